@@ -1,0 +1,118 @@
+"""Megatron-Core on a machine without CUDA — every CPU adaptation lives in this one module.
+
+Megatron-Core 0.19 assumes CUDA at a handful of call sites even when the model itself runs
+fine on the CPU (measured list: shared/notes/megatron-on-cpu.md). On import this module
+installs CPU stand-ins for exactly those sites, and **does nothing when CUDA is available**:
+GPU hosts run Megatron unmodified with the real kernels (Transformer Engine, mamba_ssm,
+causal_conv1d).
+
+What is adapted, and why:
+
+1. ``torch.cuda.current_device()`` is used as a *device* argument all over Megatron
+   (parameter init, the local attention's memory buffer). Without CUDA it answers ``"cpu"``.
+2. Megatron's RNG tracker stores and swaps CUDA generator states. Here it tracks the CPU
+   generator instead, keeping Megatron's seeding scheme (data-parallel / tensor-parallel /
+   expert-parallel streams) and fork semantics.
+3. The local attention builds its default causal mask with ``device="cuda"``.
+4. ``MambaMixer`` refuses to build without mamba_ssm and calls its Triton kernels: the mixer
+   gets the pure-PyTorch SSD path (:mod:`twotower_train.ops`) and gated RMSNorm instead.
+
+Importing :mod:`twotower_train` applies it; :func:`applied` reports whether it did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+_APPLIED = False
+
+
+def applied() -> bool:
+    return _APPLIED
+
+
+def _cpu_device(*_args, **_kwargs) -> str:
+    return "cpu"
+
+
+def _patch_rng_tracker() -> None:
+    from megatron.core.tensor_parallel import random as mrandom
+
+    class CpuRNGStatesTracker(mrandom.CudaRNGStatesTracker):
+        """Megatron's named RNG streams over the CPU generator."""
+
+        def add(self, name, seed):
+            self._is_initialized = True
+            if seed in self.seeds_:
+                raise Exception(f"seed {seed} already exists")
+            if name in self.states_:
+                raise Exception(f"rng state {name} already exists")
+            self.seeds_.add(seed)
+            original = torch.get_rng_state()
+            torch.manual_seed(seed)
+            self.states_[name] = torch.get_rng_state()
+            torch.set_rng_state(original)
+
+        @contextlib.contextmanager
+        def fork(self, name=mrandom._MODEL_PARALLEL_RNG_TRACKER_NAME):
+            if name not in self.states_:
+                raise Exception(f"rng state {name} is not added")
+            original = torch.get_rng_state()
+            torch.set_rng_state(self.states_[name])
+            try:
+                yield
+            finally:
+                self.states_[name] = torch.get_rng_state()
+                torch.set_rng_state(original)
+
+    def get_state(*_args, clone: bool = False, **_kwargs):
+        return torch.get_rng_state()
+
+    def set_state(new_state, *_args, **_kwargs):
+        torch.set_rng_state(new_state)
+
+    mrandom.CudaRNGStatesTracker = CpuRNGStatesTracker
+    mrandom._get_cuda_rng_state = get_state
+    mrandom._set_cuda_rng_state = set_state
+    mrandom.initialize_rng_tracker(force_reset=True)
+
+
+def _patch_causal_mask() -> None:
+    from megatron.core.fusions import fused_softmax
+    from megatron.core.transformer import utils as tutils
+
+    def get_default_causal_mask(sq: int) -> torch.Tensor:
+        return torch.triu(torch.ones(sq, sq, dtype=torch.bool), diagonal=1)
+
+    # fused_softmax imported the function by name, so both references are replaced.
+    tutils.get_default_causal_mask = get_default_causal_mask
+    fused_softmax.get_default_causal_mask = get_default_causal_mask
+
+
+def _patch_mamba_mixer() -> None:
+    from megatron.core.ssm import mamba_mixer
+
+    from twotower_train.ops import mamba_ssm_compat
+    from twotower_train.ops.gated_norm import GatedRMSNorm
+
+    mamba_mixer.HAVE_MAMBA_SSM = True
+    mamba_mixer.RMSNormGated = GatedRMSNorm
+    mamba_mixer.ExtendedRMSNorm = GatedRMSNorm
+    mamba_mixer.mamba_chunk_scan_combined = mamba_ssm_compat.mamba_chunk_scan_combined
+    mamba_mixer.mamba_split_conv1d_scan_combined = (
+        mamba_ssm_compat.mamba_split_conv1d_scan_combined
+    )
+
+
+def apply() -> None:
+    """Install the CPU stand-ins once; a no-op when CUDA is available."""
+    global _APPLIED
+    if _APPLIED or torch.cuda.is_available():
+        return
+    torch.cuda.current_device = _cpu_device
+    _patch_rng_tracker()
+    _patch_causal_mask()
+    _patch_mamba_mixer()
+    _APPLIED = True

@@ -1,0 +1,84 @@
+"""Process-group and RNG set-up on top of Megatron-Core's ``parallel_state``.
+
+One call for every entry point (trainer, tests, converters, samplers)::
+
+    from twotower_train import distributed
+    distributed.initialize(tensor_parallel=2, expert_parallel=1, seed=1234)
+
+Works under ``torchrun`` (reads RANK / WORLD_SIZE / MASTER_ADDR from the environment) and in a
+plain single process (creates a 1-rank group on a free local port). Backend: NCCL with CUDA,
+gloo otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state, tensor_parallel
+
+from twotower_train import backends
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def initialize(
+    *,
+    tensor_parallel: int = 1,
+    expert_parallel: int = 1,
+    pipeline_parallel: int = 1,
+    seed: int = 1234,
+) -> None:
+    """Initialise torch.distributed, Megatron's model-parallel groups and its RNG tracker.
+
+    Re-initialising with a different layout in the same process destroys the old groups first
+    (tests build several layouts in one process).
+    """
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        if backends.cuda_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend="nccl" if backends.cuda_available() else "gloo")
+    world = dist.get_world_size()
+    model_parallel = tensor_parallel * pipeline_parallel
+    if world % model_parallel or (world // pipeline_parallel) % expert_parallel:
+        raise ValueError(
+            f"world size {world} does not fit parallel.tensor_parallel={tensor_parallel} x "
+            f"parallel.pipeline_parallel={pipeline_parallel} with "
+            f"parallel.expert_parallel={expert_parallel}; change the parallel sizes or the "
+            "number of processes"
+        )
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tensor_parallel,
+        pipeline_model_parallel_size=pipeline_parallel,
+        expert_model_parallel_size=expert_parallel,
+    )
+    set_seed(seed)
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python/torch and Megatron's model-parallel RNG tracker (same on every rank, with
+    Megatron's per-TP-rank offsets for the tensor-parallel stream)."""
+    import random
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def shutdown() -> None:
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,176 @@
+"""Denoiser attention kernels and their backend switch (DESIGN §2/§3; STYLE item 6).
+
+The denoiser's queries (L noisy positions) attend to ``[context K/V (L)] ⊕ [noisy K/V (L)]``
+under the pattern of :mod:`twotower_train.diffusion.masks`. Two implementations:
+
+* ``DENSE`` — concatenate the keys to length 2L and call ``F.scaled_dot_product_attention``
+  with the dense (L, 2L) boolean mask. O(L^2) memory; the reference path, used on CPU and as
+  the oracle in tests.
+* ``FLEX`` — ``torch.nn.attention.flex_attention`` with a cached block mask. Under
+  ``torch.compile`` (on CUDA) the fused kernel skips empty tiles and never materialises the
+  score matrix, so memory grows O(L·S) instead of O(L^2). Eager (CPU) flex is an unfused
+  reference used for parity tests only.
+
+``AUTO`` resolves to FLEX on CUDA and DENSE elsewhere. This module is the only place that
+picks; tests force a backend for code that passes ``AUTO`` with :func:`forced_backend`.
+
+Shapes: q (b, heads, L, d); k/v (b, kv_heads, L, d) with ``heads % kv_heads == 0`` (GQA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import warnings
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.flex_attention import flex_attention
+
+from twotower_train.diffusion.masks import (
+    block_decode_mask,
+    denoiser_block_mask,
+    denoiser_mask_dense,
+)
+
+__all__ = [
+    "AttentionBackend",
+    "block_decode_attention",
+    "denoiser_attention",
+    "forced_backend",
+    "resolve_backend",
+]
+
+
+class AttentionBackend(enum.Enum):
+    """Which kernel computes the denoiser attention (module docstring)."""
+
+    AUTO = "auto"
+    DENSE = "dense"
+    FLEX = "flex"
+
+
+_forced: AttentionBackend | None = None
+_compiled_flex = None
+
+
+@contextlib.contextmanager
+def forced_backend(backend: AttentionBackend) -> Iterator[None]:
+    """Within the block, ``AUTO`` resolves to ``backend`` (for tests and debugging)."""
+    global _forced
+    if not isinstance(backend, AttentionBackend):
+        raise TypeError(f"backend must be an AttentionBackend, got {backend!r}")
+    previous, _forced = _forced, backend
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+def resolve_backend(backend: AttentionBackend, device: torch.device) -> AttentionBackend:
+    """Turn ``AUTO`` into a concrete backend for ``device``; explicit choices pass through."""
+    if not isinstance(backend, AttentionBackend):
+        raise TypeError(f"backend must be an AttentionBackend, got {backend!r}")
+    if backend is not AttentionBackend.AUTO:
+        return backend
+    if _forced is not None and _forced is not AttentionBackend.AUTO:
+        return _forced
+    return AttentionBackend.FLEX if device.type == "cuda" else AttentionBackend.DENSE
+
+
+def _check_shapes(q: torch.Tensor, *kv: torch.Tensor) -> None:
+    if q.dim() != 4 or any(t.dim() != 4 for t in kv):
+        raise ValueError("q, k and v must be (batch, heads, seq, head_dim)")
+    heads, kv_heads = q.shape[1], kv[0].shape[1]
+    if any(t.shape[1] != kv_heads for t in kv) or heads % kv_heads != 0:
+        raise ValueError(f"heads={heads} must be a multiple of kv_heads={kv_heads} (GQA)")
+
+
+def _flex(q, k, v, block_mask, scale):
+    """FlexAttention call: compiled (fused, block-sparse) on CUDA, eager elsewhere."""
+    global _compiled_flex
+    if q.device.type == "cuda":
+        if _compiled_flex is None:
+            _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        return _compiled_flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
+    with warnings.catch_warnings():
+        # Eager flex on CPU is deliberate (parity reference); silence its "not compiled" hint.
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
+
+
+def denoiser_attention(
+    q: torch.Tensor,
+    k_ctx: torch.Tensor,
+    v_ctx: torch.Tensor,
+    k_noisy: torch.Tensor,
+    v_noisy: torch.Tensor,
+    block_size: int,
+    *,
+    causal_in_block: bool = False,
+    backend: AttentionBackend = AttentionBackend.AUTO,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """Vectorised training attention over all blocks; returns (b, heads, L, d)."""
+    _check_shapes(q, k_ctx, v_ctx, k_noisy, v_noisy)
+    seq_len = q.shape[2]
+    if any(t.shape[2] != seq_len for t in (k_ctx, v_ctx, k_noisy, v_noisy)):
+        raise ValueError("context and noisy keys/values must have the query length L")
+    k = torch.cat([k_ctx, k_noisy], dim=2)  # (b, kv_heads, 2L, d)
+    v = torch.cat([v_ctx, v_noisy], dim=2)  # (b, kv_heads, 2L, d)
+    chosen = resolve_backend(backend, q.device)
+    if chosen is AttentionBackend.FLEX:
+        block_mask = denoiser_block_mask(
+            seq_len, block_size, causal_in_block=causal_in_block, device=q.device
+        )
+        return _flex(q, k, v, block_mask, softmax_scale)
+    mask = denoiser_mask_dense(
+        seq_len, block_size, causal_in_block=causal_in_block, device=q.device
+    )  # (L, 2L)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, scale=softmax_scale, enable_gqa=q.shape[1] != k.shape[1]
+    )
+
+
+def block_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k_block: torch.Tensor,
+    v_block: torch.Tensor,
+    *,
+    context_valid: torch.Tensor | None = None,
+    causal_in_block: bool = False,
+    softmax_scale: float | None = None,
+) -> torch.Tensor:
+    """Attention of one block being decoded against the context cache (sampler path).
+
+    Args:
+        q: (b, heads, S, d) queries of the block.
+        k_cache, v_cache: (b, kv_heads, P, d) context tower K/V for cache positions [0, P).
+        k_block, v_block: (b, kv_heads, S, d) the block's own K/V.
+        context_valid: optional (b, P) bool, False at LEFT-padding positions of the cache
+            (see :func:`twotower_train.diffusion.masks.context_valid_from_lengths`).
+        causal_in_block: as in :func:`denoiser_attention`.
+
+    Returns (b, heads, S, d). Dense SDPA: the score matrix is only (S, P + S) per head.
+    """
+    _check_shapes(q, k_cache, v_cache, k_block, v_block)
+    block_size, context_len = q.shape[2], k_cache.shape[2]
+    if k_block.shape[2] != block_size or v_block.shape[2] != block_size:
+        raise ValueError("k_block/v_block must have the block length S of q")
+    if v_cache.shape[2] != context_len:
+        raise ValueError("k_cache and v_cache must have the same length P")
+    k = torch.cat([k_cache, k_block], dim=2)  # (b, kv_heads, P + S, d)
+    v = torch.cat([v_cache, v_block], dim=2)  # (b, kv_heads, P + S, d)
+    mask = block_decode_mask(
+        block_size,
+        context_len,
+        context_valid=context_valid,
+        causal_in_block=causal_in_block,
+        device=q.device,
+    )  # (b or 1, 1, S, P + S)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, scale=softmax_scale, enable_gqa=q.shape[1] != k.shape[1]
+    )

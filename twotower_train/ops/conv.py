@@ -1,0 +1,63 @@
+"""Depthwise causal conv1d as Mamba-2 applies it to `xBC`, in pure PyTorch, with conv states.
+
+Channels-last layout: x (b, l, d), weight (d, w), bias (d,). Output
+y_t = act(bias + sum_k weight[:, k] * x_{t - w + 1 + k}), with inputs before position 0 taken
+from `initial_state` (b, w-1, d) or zeros. The conv state at position p is the w-1 pre-conv
+inputs at positions p-w+1 .. p-1 (oldest first), the layout the two-tower model hands from the
+context tower to the denoiser. Computed in fp32, returned in x's dtype; states keep x's dtype
+(they are raw inputs).
+"""
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["causal_conv1d", "conv_step"]
+
+
+def _activate(y, activation):
+    if activation in ("silu", "swish"):
+        return F.silu(y)
+    if activation is None:
+        return y
+    raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+
+
+def causal_conv1d(
+    x, weight, bias=None, *, initial_state=None, activation="silu", state_stride=None,
+) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Returns (y (b, l, d), final_state (b, w-1, d), boundary_states (b, l//S + 1, w-1, d) or
+    None), boundary k being the conv state at position k·S."""
+    bsz, l, d = x.shape
+    w = weight.shape[-1]
+    assert weight.shape == (d, w), f"weight must be (d, w) = ({d}, w), got {tuple(weight.shape)}"
+    if initial_state is None:
+        initial_state = x.new_zeros(bsz, w - 1, d)
+    assert initial_state.shape == (bsz, w - 1, d), "initial_state must be (b, w-1, d)"
+    xp = torch.cat([initial_state.to(x.dtype), x], dim=1)  # history then inputs (b, w-1+l, d)
+    y = F.conv1d(
+        xp.float().transpose(1, 2),                        # (b, d, w-1+l)
+        weight.float()[:, None, :],                        # depthwise kernels (d, 1, w)
+        bias.float() if bias is not None else None,
+        groups=d,
+    )                                                      # valid conv -> (b, d, l)
+    y = _activate(y, activation).transpose(1, 2).to(x.dtype)
+    final_state = xp[:, l:]                                # inputs at l-w+1 .. l-1 (b, w-1, d)
+    boundary = None
+    if state_stride is not None:
+        assert l % state_stride == 0, f"state_stride {state_stride} must divide seqlen {l}"
+        # window k of xp starting at k·S holds inputs at k·S-w+1 .. k·S-1
+        idx = torch.arange(0, l + 1, state_stride, device=x.device)[:, None] + torch.arange(
+            w - 1, device=x.device)                        # (K, w-1)
+        boundary = xp[:, idx]                              # (b, K, w-1, d)
+    return y, final_state, boundary
+
+
+def conv_step(state, x_t, weight, bias=None, activation="silu") -> Tuple[torch.Tensor, torch.Tensor]:
+    """One decoding step. state (b, w-1, d), x_t (b, d) -> (y_t (b, d), new_state (b, w-1, d))."""
+    window = torch.cat([state.to(x_t.dtype), x_t[:, None]], dim=1)  # (b, w, d)
+    y = torch.einsum("bwd,dw->bd", window.float(), weight.float())
+    if bias is not None:
+        y = y + bias.float()
+    return _activate(y, activation).to(x_t.dtype), window[:, 1:]
