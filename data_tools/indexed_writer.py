@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy
-
 from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
 
@@ -73,4 +72,6 @@ def write_indexed_dataset(
         os.replace(idx_tmp, f"{prefix}.idx")
     finally:
         _remove((bin_tmp, idx_tmp))
-    return WrittenIndex(documents=count, tokens=tokens, bin_bytes=Path(f"{prefix}.bin").stat().st_size)
+    return WrittenIndex(
+        documents=count, tokens=tokens, bin_bytes=Path(f"{prefix}.bin").stat().st_size
+    )

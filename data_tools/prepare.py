@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -77,6 +78,17 @@ def _tokenize_fn(tokenizer, text_key: str, eod: int):
         }
 
     return tokenize
+
+
+def _documents(tokenized, batch_size: int, progress: bool):
+    """Yield the token lists of a tokenized dataset in order, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    rows = tokenized.select_columns(["input_ids"]).iter(batch_size=batch_size)
+    with tqdm(total=len(tokenized), desc="write .bin", unit="doc", disable=not progress) as bar:
+        for batch in rows:
+            yield from batch["input_ids"]
+            bar.update(len(batch["input_ids"]))
 
 
 def _reusable(prefix: str, digest: str) -> PrepareStats | None:
@@ -147,46 +159,51 @@ def prepare_dataset(
 
     if not progress:
         datasets.disable_progress_bars()
-    ds = load_source(spec)
-    total_rows = len(ds)
-    ds = ds.filter(
-        lambda batch: [bool(t and t.strip()) for t in batch[text_key]],
-        batched=True,
-        batch_size=batch_size,
-        desc="drop empty texts",
-    )
-    if len(ds) == 0:
-        raise DataError(f"every {text_key!r} value in {', '.join(map(str, spec.paths))} is empty")
-    if workers > 1:
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    tokenized = ds.map(
-        _tokenize_fn(tok, text_key, tok.eos_token_id),
-        batched=True,
-        batch_size=batch_size,
-        num_proc=workers if workers > 1 else None,
-        remove_columns=ds.column_names,
-        desc="tokenize",
-    )
-    text_bytes = int(sum(tokenized["n_bytes"]))
+    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+    # Intermediate arrow files live in a private folder removed at the end: the manifest, not
+    # datasets' cache, decides reuse, and nothing piles up in ~/.cache between runs.
+    with tempfile.TemporaryDirectory(prefix=".prepare-", dir=Path(prefix).parent) as work:
+        ds = load_source(spec, cache_dir=work)
+        total_rows = len(ds)
+        ds = ds.filter(
+            lambda batch: [bool(t and t.strip()) for t in batch[text_key]],
+            batched=True,
+            batch_size=batch_size,
+            cache_file_name=os.path.join(work, "nonempty.arrow"),
+            load_from_cache_file=False,
+            desc="drop empty texts",
+        )
+        if len(ds) == 0:
+            raise DataError(
+                f"every {text_key!r} value in {', '.join(map(str, spec.paths))} is empty"
+            )
+        if workers > 1:
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        tokenized = ds.map(
+            _tokenize_fn(tok, text_key, tok.eos_token_id),
+            batched=True,
+            batch_size=batch_size,
+            num_proc=workers if workers > 1 else None,
+            remove_columns=ds.column_names,
+            cache_file_name=os.path.join(work, "tokenized.arrow"),
+            load_from_cache_file=False,
+            desc="tokenize",
+        )
+        text_bytes = int(sum(tokenized["n_bytes"]))
 
-    def documents():
-        from tqdm.auto import tqdm
-
-        rows = tokenized.select_columns(["input_ids"]).iter(batch_size=batch_size)
-        with tqdm(total=len(tokenized), desc="write .bin", unit="doc", disable=not progress) as bar:
-            for batch in rows:
-                yield from batch["input_ids"]
-                bar.update(len(batch["input_ids"]))
-
-    remove_manifest(prefix)
-    written = write_indexed_dataset(documents(), prefix, vocab_size)
+        remove_manifest(prefix)
+        written = write_indexed_dataset(
+            _documents(tokenized, batch_size, progress), prefix, vocab_size
+        )
+        documents_kept = len(ds)
+        del ds, tokenized  # release the memory-mapped files before the folder is removed
     stats = PrepareStats(
         output_prefix=prefix,
         documents=written.documents,
         tokens=written.tokens,
         text_bytes=text_bytes,
         bin_bytes=written.bin_bytes,
-        skipped_empty=total_rows - len(ds),
+        skipped_empty=total_rows - documents_kept,
         seconds=round(time.perf_counter() - start, 3),
     )
     stats_dict = asdict(stats)
@@ -207,25 +224,39 @@ def _parse_special(values: Sequence[str]) -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    p = argparse.ArgumentParser(prog="python -m data_tools.prepare", description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", nargs="+", required=True, help="local files or a saved-dataset folder")
-    p.add_argument("--format", default="auto", choices=FORMATS, help="input format (default: by extension)")
+    p = argparse.ArgumentParser(
+        prog="python -m data_tools.prepare", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--input", nargs="+", required=True, help="local files or a saved-dataset folder"
+    )
+    p.add_argument(
+        "--format", default="auto", choices=FORMATS, help="input format (default: by extension)"
+    )
     p.add_argument("--text-key", default="text", help="column with the document text")
     p.add_argument("--tokenizer", required=True, help="local Hugging Face tokenizer folder")
     p.add_argument("--output-prefix", required=True, help="writes PREFIX.bin and PREFIX.idx")
     p.add_argument("--workers", type=int, default=1, help="tokenizer processes")
     p.add_argument("--batch-size", type=int, default=1000, help="texts per tokenizer call")
-    p.add_argument("--max-vocab", type=int, default=None, help="model vocab size; refuse larger tokenizers")
     p.add_argument(
-        "--special-token", action="append", default=[], metavar="ROLE=TOKEN",
+        "--max-vocab", type=int, default=None, help="model vocab size; refuse larger tokenizers"
+    )
+    p.add_argument(
+        "--special-token",
+        action="append",
+        default=[],
+        metavar="ROLE=TOKEN",
         help="map an existing token to a role (pad, bos, eos, mask); repeatable",
     )
     p.add_argument(
-        "--any-special-ids", action="store_true",
+        "--any-special-ids",
+        action="store_true",
         help="only require eos and mask to exist, not the ids pad=0 bos=1 eos=2 mask=3",
     )
     p.add_argument(
-        "--text-sample-by", default="line", choices=("line", "paragraph", "document"),
+        "--text-sample-by",
+        default="line",
+        choices=("line", "paragraph", "document"),
         help="plain text only: what one document is",
     )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -118,6 +118,8 @@ def load_source(spec: SourceSpec, cache_dir: str | None = None):
     import datasets
 
     files = [str(p) for p in spec.paths]
+    if spec.fmt != "saved" and all(p.stat().st_size == 0 for p in spec.paths):
+        raise DataError(f"{', '.join(files)} is empty (0 bytes); nothing to prepare")
     try:
         if spec.fmt == "saved":
             ds = _load_saved(spec.paths[0])

@@ -1,7 +1,8 @@
 """Train a small byte-level BPE tokenizer locally and save it as a Hugging Face folder.
 
 Built with the ``tokenizers`` library; the special tokens come first so that their ids match the
-released model's conventions: ``<pad>``=0, ``<s>``=1 (bos), ``</s>``=2 (eos, also EOD), ``<mask>``=3.
+released model's conventions: ``<pad>``=0, ``<s>``=1 (bos), ``</s>``=2 (eos, also EOD),
+``<mask>``=3.
 The folder loads with ``AutoTokenizer.from_pretrained(dir)`` and with
 ``twotower_train.data.load_tokenizer(dir)``. No BOS/EOS is added automatically when encoding;
 ``data_tools.prepare`` appends EOD itself.
@@ -15,6 +16,7 @@ Example (CPU)::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -33,9 +35,7 @@ SPECIAL_TOKENS: dict[str, str] = {
 MIN_VOCAB = len(SPECIAL_TOKENS) + 256 + 1  # specials + the byte alphabet + at least one merge
 
 
-def _iter_texts(
-    texts_or_files: Iterable[str | Path], text_key: str, fmt: str
-) -> Iterator[str]:
+def _iter_texts(texts_or_files: Iterable[str | Path], text_key: str, fmt: str) -> Iterator[str]:
     """Plain ``str`` items are texts; ``Path`` items are files read with ``data_tools.sources``."""
     from data_tools.sources import load_source, resolve_sources
 
@@ -48,7 +48,9 @@ def _iter_texts(
             if item:
                 yield item
         else:
-            raise DataError(f"train_tokenizer takes str texts or Path files, got {type(item).__name__}")
+            raise DataError(
+                f"train_tokenizer takes str texts or Path files, got {type(item).__name__}"
+            )
 
 
 def _build(texts: Iterable[str], vocab_size: int, min_frequency: int):
@@ -66,6 +68,13 @@ def _build(texts: Iterable[str], vocab_size: int, min_frequency: int):
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     return tokenizer
+
+
+def _portable_config(path: Path) -> None:
+    """Name the class every transformers version knows (v5 writes its new backend name)."""
+    config = json.loads(path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def train_tokenizer(
@@ -94,7 +103,9 @@ def train_tokenizer(
 
     out = Path(out_dir)
     if vocab_size < MIN_VOCAB:
-        raise DataError(f"vocab_size {vocab_size} is too small; byte-level BPE needs >= {MIN_VOCAB}")
+        raise DataError(
+            f"vocab_size {vocab_size} is too small; byte-level BPE needs >= {MIN_VOCAB}"
+        )
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DataError(f"{out} already exists and is not empty; pass --overwrite to replace it")
     seen = 0
@@ -105,7 +116,9 @@ def train_tokenizer(
             seen += 1
             yield text
 
-    tokenizer = _build(counted(_iter_texts(texts_or_files, text_key, fmt)), vocab_size, min_frequency)
+    tokenizer = _build(
+        counted(_iter_texts(texts_or_files, text_key, fmt)), vocab_size, min_frequency
+    )
     if seen == 0:
         raise DataError("no text to train the tokenizer on (all inputs were empty)")
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
@@ -113,6 +126,7 @@ def train_tokenizer(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         fast.save_pretrained(str(tmp))
+        _portable_config(tmp / "tokenizer_config.json")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -124,8 +138,12 @@ def train_tokenizer(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    p = argparse.ArgumentParser(prog="python -m data_tools.train_tokenizer", description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", nargs="+", required=True, help="local text files (jsonl, parquet, text, ...)")
+    p = argparse.ArgumentParser(
+        prog="python -m data_tools.train_tokenizer", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--input", nargs="+", required=True, help="local text files (jsonl, parquet, text, ...)"
+    )
     p.add_argument("--text-key", default="text", help="column with the text")
     p.add_argument("--format", default="auto", help="input format (default: by extension)")
     p.add_argument("--vocab-size", type=int, required=True, help="total vocabulary size")
@@ -135,8 +153,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         out = train_tokenizer(
-            [Path(f) for f in args.input], args.vocab_size, args.out, text_key=args.text_key,
-            fmt=args.format, min_frequency=args.min_frequency, overwrite=args.overwrite,
+            [Path(f) for f in args.input],
+            args.vocab_size,
+            args.out,
+            text_key=args.text_key,
+            fmt=args.format,
+            min_frequency=args.min_frequency,
+            overwrite=args.overwrite,
         )
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)

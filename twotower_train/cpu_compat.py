@@ -9,12 +9,18 @@ causal_conv1d).
 What is adapted, and why:
 
 1. ``torch.cuda.current_device()`` is used as a *device* argument all over Megatron
-   (parameter init, the local attention's memory buffer). Without CUDA it answers ``"cpu"``.
+   (parameter init, the local attention's memory buffer). Without CUDA it answers ``"cpu"``;
+   ``torch.cuda.synchronize()`` (the checkpoint writer's pre-copy fence) has nothing to wait
+   for and returns.
 2. Megatron's RNG tracker stores and swaps CUDA generator states. Here it tracks the CPU
    generator instead, keeping Megatron's seeding scheme (data-parallel / tensor-parallel /
    expert-parallel streams) and fork semantics.
 3. The local attention builds its default causal mask with ``device="cuda"``.
-4. ``MambaMixer`` refuses to build without mamba_ssm and calls its Triton kernels: the mixer
+4. The alltoall MoE token dispatcher creates CUDA streams for its device-to-host copies.
+   Recipes that ask for it (the Nano recipe does) get Megatron's allgather dispatcher, which
+   routes every token to the same experts with the same weights; only the communication
+   pattern differs.
+5. ``MambaMixer`` refuses to build without mamba_ssm and calls its Triton kernels: the mixer
    gets the pure-PyTorch SSD path (:mod:`twotower_train.ops`) and gated RMSNorm instead.
 
 Importing :mod:`twotower_train` applies it; :func:`applied` reports whether it did.
@@ -35,6 +41,10 @@ def applied() -> bool:
 
 def _cpu_device(*_args, **_kwargs) -> str:
     return "cpu"
+
+
+def _nothing_to_synchronize(*_args, **_kwargs) -> None:
+    return None
 
 
 def _patch_rng_tracker() -> None:
@@ -91,6 +101,12 @@ def _patch_causal_mask() -> None:
     fused_softmax.get_default_causal_mask = get_default_causal_mask
 
 
+def _patch_moe_dispatcher() -> None:
+    from megatron.core.transformer.moe import moe_layer
+
+    moe_layer.MoEAlltoAllTokenDispatcher = moe_layer.MoEAllGatherTokenDispatcher
+
+
 def _patch_mamba_mixer() -> None:
     from megatron.core.ssm import mamba_mixer
 
@@ -112,7 +128,9 @@ def apply() -> None:
     if _APPLIED or torch.cuda.is_available():
         return
     torch.cuda.current_device = _cpu_device
+    torch.cuda.synchronize = _nothing_to_synchronize
     _patch_rng_tracker()
     _patch_causal_mask()
+    _patch_moe_dispatcher()
     _patch_mamba_mixer()
     _APPLIED = True

@@ -103,7 +103,8 @@ def corrupt_blocks(
     """Mask each block of ``tokens`` with its own probability ``t_b``.
 
     Args:
-        tokens: (b, L) integer token ids; must not already contain ``mask_id``.
+        tokens: (b, L) integer token ids; must not already contain ``mask_id`` (checked: one
+            device sync, cheap next to a forward pass).
         block_size: S; must divide L.
         mask_id: id written at masked positions (the tokenizer's ``[MASK]``).
         eps: lower bound of ``t_b`` (keeps the ELBO weight ``1/t`` finite).

@@ -91,7 +91,8 @@ def masked_diffusion_loss(
     """
     if token_nll.shape != masked.shape or token_nll.dim() != 2:
         raise ValueError(
-            f"token_nll {tuple(token_nll.shape)} and masked {tuple(masked.shape)} must both be (b, L)"
+            f"token_nll {tuple(token_nll.shape)} and masked {tuple(masked.shape)} "
+            "must both be (b, L)"
         )
     masked = masked.to(torch.bool)
     count = masked.sum()

@@ -285,8 +285,9 @@ def build_backbone(
 def count_parameters(cfg: BackboneConfig) -> tuple[int, int]:
     """(total, active-per-token) parameter counts of the backbone, from the config alone.
 
-    Active counts the top-k routed experts plus the shared expert in MoE layers; everything else
-    is used by every token. Computed analytically so it is cheap even for the 30B config; the
+    Active counts the top-k routed experts plus the shared expert in MoE layers and leaves out
+    the input embedding table (a row lookup, not compute; the usual convention for the "A3B"
+    figure); everything else is used by every token. Computed analytically so it is cheap even for the 30B config; the
     tests check it against a meta-device build.
     """
     h = cfg.hidden_size
@@ -313,7 +314,7 @@ def count_parameters(cfg: BackboneConfig) -> tuple[int, int]:
     per_type_total = {"M": mamba, "*": attention, "-": mlp, "E": moe_total}
     per_type_active = {**per_type_total, "E": moe_active}
     total = embed + sum(per_type_total[c] for c in cfg.pattern)
-    active = embed + sum(per_type_active[c] for c in cfg.pattern)
+    active = embed - cfg.vocab_size * h + sum(per_type_active[c] for c in cfg.pattern)
     return total, active
 
 

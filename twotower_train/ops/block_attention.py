@@ -8,8 +8,8 @@ under the pattern of :mod:`twotower_train.diffusion.masks`. Two implementations:
   the oracle in tests.
 * ``FLEX`` — ``torch.nn.attention.flex_attention`` with a cached block mask. Under
   ``torch.compile`` (on CUDA) the fused kernel skips empty tiles and never materialises the
-  score matrix, so memory grows O(L·S) instead of O(L^2). Eager (CPU) flex is an unfused
-  reference used for parity tests only.
+  score matrix, so memory grows O(L·S) instead of O(L^2). Eager (CPU) flex is an unfused,
+  forward-only path (torch has no CPU FlexAttention backward) used for parity tests only.
 
 ``AUTO`` resolves to FLEX on CUDA and DENSE elsewhere. This module is the only place that
 picks; tests force a backend for code that passes ``AUTO`` with :func:`forced_backend`.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import os
 import warnings
 from collections.abc import Iterator
 
@@ -92,8 +93,18 @@ def _flex(q, k, v, block_mask, scale):
     global _compiled_flex
     if q.device.type == "cuda":
         if _compiled_flex is None:
+            if os.environ.get("TORCHDYNAMO_DISABLE", "") == "1":
+                # torch.compile would be a no-op: eager flex materialises the O(L^2) scores.
+                warnings.warn("TORCHDYNAMO_DISABLE=1: FlexAttention runs unfused (O(L^2) memory)")
+                return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
             _compiled_flex = torch.compile(flex_attention, dynamic=False)
         return _compiled_flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise NotImplementedError(
+            "AttentionBackend.FLEX on CPU is forward-only (torch has no CPU FlexAttention "
+            "backward); use AttentionBackend.DENSE (what AUTO picks on CPU) for training"
+        )
+    q, k, v = q.detach(), k.detach(), v.detach()  # torch refuses requires_grad inputs on CPU
     with warnings.catch_warnings():
         # Eager flex on CPU is deliberate (parity reference); silence its "not compiled" hint.
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")

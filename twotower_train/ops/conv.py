@@ -35,11 +35,12 @@ def causal_conv1d(
     if initial_state is None:
         initial_state = x.new_zeros(bsz, w - 1, d)
     assert initial_state.shape == (bsz, w - 1, d), "initial_state must be (b, w-1, d)"
+    cd = torch.promote_types(x.dtype, torch.float32)  # fp32 math (fp64 for fp64 inputs)
     xp = torch.cat([initial_state.to(x.dtype), x], dim=1)  # history then inputs (b, w-1+l, d)
     y = F.conv1d(
-        xp.float().transpose(1, 2),                        # (b, d, w-1+l)
-        weight.float()[:, None, :],                        # depthwise kernels (d, 1, w)
-        bias.float() if bias is not None else None,
+        xp.to(cd).transpose(1, 2),                         # (b, d, w-1+l)
+        weight.to(cd)[:, None, :],                         # depthwise kernels (d, 1, w)
+        bias.to(cd) if bias is not None else None,
         groups=d,
     )                                                      # valid conv -> (b, d, l)
     y = _activate(y, activation).transpose(1, 2).to(x.dtype)
@@ -56,8 +57,9 @@ def causal_conv1d(
 
 def conv_step(state, x_t, weight, bias=None, activation="silu") -> Tuple[torch.Tensor, torch.Tensor]:
     """One decoding step. state (b, w-1, d), x_t (b, d) -> (y_t (b, d), new_state (b, w-1, d))."""
+    cd = torch.promote_types(x_t.dtype, torch.float32)
     window = torch.cat([state.to(x_t.dtype), x_t[:, None]], dim=1)  # (b, w, d)
-    y = torch.einsum("bwd,dw->bd", window.float(), weight.float())
+    y = torch.einsum("bwd,dw->bd", window.to(cd), weight.to(cd))
     if bias is not None:
-        y = y + bias.float()
+        y = y + bias.to(cd)
     return _activate(y, activation).to(x_t.dtype), window[:, 1:]

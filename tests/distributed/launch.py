@@ -1,0 +1,37 @@
+"""Run a worker script under ``torchrun`` (gloo, CPU) from a test and surface its output."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+WORKERS = Path(__file__).parent / "workers"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(worker: str, *args: str, nproc: int = 2, timeout: int = 300) -> str:
+    """Launch ``tests/distributed/workers/<worker>`` on ``nproc`` ranks; return its stdout.
+
+    Fails the calling test with the workers' combined output if any rank exits non-zero.
+    """
+    env = {**os.environ, "TORCHDYNAMO_DISABLE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+        f"--master-port={_free_port()}", "--master-addr=127.0.0.1",
+        str(WORKERS / worker), *args,
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"{worker} failed (exit {proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+        )
+    return proc.stdout
