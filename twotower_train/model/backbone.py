@@ -251,9 +251,91 @@ def te_stack_spec(cfg: BackboneConfig) -> ModuleSpec:
     )
 
 
+def te_unfused_stack_spec(cfg: BackboneConfig) -> ModuleSpec:
+    """Transformer Engine layers with the input norms as separate modules (``TENorm``).
+
+    Same parameters as :func:`te_stack_spec`, and the same distributed-checkpoint keys (the
+    key maps fold the separate norms back onto the fused ``layer_norm_weight`` names).
+    """
+    from megatron.core.extensions.transformer_engine import (
+        TEColumnParallelLinear,
+        TEDotProductAttention,
+        TENorm,
+        TERowParallelLinear,
+    )
+
+    fused = te_stack_spec(cfg)
+    mixer_params = {"d_conv": cfg.mamba_conv_kernel, "chunk_size": cfg.mamba_chunk_size}
+    return ModuleSpec(
+        module=HybridStack,
+        submodules=HybridStackSubmodules(
+            mamba_layer=ModuleSpec(
+                module=MambaLayer,
+                submodules=MambaLayerSubmodules(
+                    norm=TENorm,
+                    mixer=ModuleSpec(
+                        module=MambaMixer,
+                        params=mixer_params,
+                        submodules=MambaMixerSubmodules(
+                            in_proj=TEColumnParallelLinear, out_proj=TERowParallelLinear
+                        ),
+                    ),
+                    mamba_bda=get_bias_dropout_add,
+                    sharded_state_dict_keys_map={"norm.": "mixer.in_proj.layer_norm_"},
+                ),
+            ),
+            attention_layer=ModuleSpec(
+                module=TransformerLayer,
+                submodules=TransformerLayerSubmodules(
+                    input_layernorm=TENorm,
+                    self_attention=ModuleSpec(
+                        module=SelfAttention,
+                        params={"attn_mask_type": AttnMaskType.causal},
+                        submodules=SelfAttentionSubmodules(
+                            linear_qkv=TEColumnParallelLinear,
+                            core_attention=TEDotProductAttention,
+                            linear_proj=TERowParallelLinear,
+                        ),
+                    ),
+                    self_attn_bda=get_bias_dropout_add,
+                    sharded_state_dict_keys_map={
+                        "input_layernorm.": "self_attention.linear_qkv.layer_norm_"
+                    },
+                ),
+            ),
+            mlp_layer=ModuleSpec(
+                module=MLPLayer,
+                submodules=TransformerLayerSubmodules(
+                    pre_mlp_layernorm=TENorm,
+                    mlp=partial(
+                        MLP.as_mlp_submodule,
+                        submodules=MLPSubmodules(
+                            linear_fc1=TEColumnParallelLinear, linear_fc2=TERowParallelLinear
+                        ),
+                    ),
+                    mlp_bda=get_bias_dropout_add,
+                    sharded_state_dict_keys_map={
+                        "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_"
+                    },
+                ),
+            ),
+            moe_layer=fused.submodules.moe_layer,
+        ),
+    )
+
+
 def stack_spec(cfg: BackboneConfig, *, use_te: bool | None = None) -> ModuleSpec:
+    """The backbone's spec: Megatron's fused TE spec on GPU hosts, the local spec otherwise."""
     use_te = backends.use_transformer_engine() if use_te is None else use_te
     return te_stack_spec(cfg) if use_te else local_stack_spec(cfg)
+
+
+def denoiser_stack_spec(cfg: BackboneConfig, *, use_te: bool | None = None) -> ModuleSpec:
+    """The two-tower spec: every layer's input norm is its own module, because adaLN modulates
+    between the norm and the first projection. Both towers use it so their state dicts share
+    keys; its checkpoint keys equal the backbone spec's, so stage-1 checkpoints load as is."""
+    use_te = backends.use_transformer_engine() if use_te is None else use_te
+    return te_unfused_stack_spec(cfg) if use_te else local_stack_spec(cfg)
 
 
 def build_backbone(
@@ -261,16 +343,17 @@ def build_backbone(
     config: TransformerConfig | None = None,
     *,
     use_te: bool | None = None,
+    spec: ModuleSpec | None = None,
     pg_collection: ProcessGroupCollection | None = None,
 ) -> HybridModel:
-    """Build the backbone. Model-parallel groups must be initialised
-    (:func:`twotower_train.distributed.initialize`)."""
+    """Build the backbone (``spec`` defaults to :func:`stack_spec`). Model-parallel groups must
+    be initialised (:func:`twotower_train.distributed.initialize`)."""
     config = config or transformer_config(cfg)
     if pg_collection is None:
         pg_collection = ProcessGroupCollection.use_mpu_process_groups()
     return HybridModel(
         config=config,
-        hybrid_stack_spec=stack_spec(cfg, use_te=use_te),
+        hybrid_stack_spec=spec or stack_spec(cfg, use_te=use_te),
         vocab_size=cfg.vocab_size,
         max_sequence_length=cfg.max_sequence_length,
         hybrid_layer_pattern=cfg.pattern,

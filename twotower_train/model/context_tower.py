@@ -1,0 +1,131 @@
+"""The context tower: the frozen causal backbone that exposes what the denoiser conditions on.
+
+Running over clean tokens it returns, per layer (DESIGN.md §2):
+
+* attention layers — K and V for every position;
+* Mamba layers — the conv and SSM states at every block boundary p = b·S (``state_stride=S``),
+  exact for any S dividing the length and independent of the Mamba chunk size.
+
+The same forward extends a :class:`ContextCache` (prefill, then ``advance`` over committed
+blocks), which is what the samplers use. Its logits equal the backbone's causal LM logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from megatron.core.models.hybrid.hybrid_model import HybridModel
+from megatron.core.transformer.module import MegatronModule
+
+from twotower_train.model.layers import LayerKind, embed, iter_layers, lm_head, pre_norm
+from twotower_train.model.mixers import (
+    MambaStates,
+    attention_out,
+    attention_qkv,
+    causal_attention,
+    mamba_forward,
+)
+
+
+@dataclass
+class ContextCache:
+    """Per-layer context state after ``length`` positions of a (left-padded) batch.
+
+    keys/values: layer → (b, kv_heads, P, head_dim); mamba: layer → states after position P;
+    valid: (b, P) bool, False at left padding.
+    """
+
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)
+    values: dict[int, torch.Tensor] = field(default_factory=dict)
+    mamba: dict[int, MambaStates] = field(default_factory=dict)
+    valid: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.valid is None else self.valid.shape[1]
+
+
+@dataclass
+class ContextOutput:
+    cache: ContextCache  # covers every position seen so far (prefix + these tokens)
+    logits: torch.Tensor | None  # (b, s or 1, V/TP) vocab-parallel, per `logits` argument
+    boundaries: dict[int, MambaStates] = field(default_factory=dict)  # (b, s/S + 1, ...)
+
+
+class ContextTower(MegatronModule):
+    """Causal forward of a backbone ``HybridModel`` with K/V and Mamba-state outputs."""
+
+    def __init__(self, backbone: HybridModel):
+        super().__init__(config=backbone.config)
+        self.backbone = backbone
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        *,
+        cache: ContextCache | None = None,
+        valid: torch.Tensor | None = None,
+        state_stride: int | None = None,
+        logits: str = "all",
+    ) -> ContextOutput:
+        """Run over ``tokens`` (b, s), continuing from ``cache`` if given.
+
+        Args:
+            valid: (b, s) bool, False at left padding (prefill of prompts of unequal length).
+            state_stride: also return Mamba states at every multiple of this many positions
+                (block boundaries); only from an empty cache.
+            logits: "all", "last" or "none".
+        """
+        cache = cache or ContextCache()
+        if state_stride is not None and cache.length:
+            raise ValueError("state_stride needs a forward from position 0 (no cache)")
+        batch, seq = tokens.shape
+        if valid is None and cache.valid is not None and not bool(cache.valid.all()):
+            valid = torch.ones(batch, seq, dtype=torch.bool, device=tokens.device)
+        key_valid = None
+        if valid is not None:
+            past = cache.valid if cache.valid is not None else valid[:, :0]
+            key_valid = torch.cat([past, valid], dim=1)  # (b, P + s)
+        model = self.backbone
+        new = ContextCache(
+            valid=key_valid
+            if key_valid is not None
+            else torch.ones(batch, cache.length + seq, dtype=torch.bool, device=tokens.device)
+        )
+        out = ContextOutput(cache=new, logits=None)
+        hidden = embed(model, tokens)
+        for i, kind, layer in iter_layers(model):
+            normed = pre_norm(kind, layer)(hidden)
+            if kind is LayerKind.MAMBA:
+                result = mamba_forward(
+                    layer.mixer,
+                    normed,
+                    initial=cache.mamba.get(i),
+                    state_stride=state_stride,
+                    valid=valid,
+                )
+                new.mamba[i] = result.final
+                if result.boundaries is not None:
+                    out.boundaries[i] = result.boundaries
+                hidden = hidden + result.out
+            elif kind is LayerKind.ATTENTION:
+                q, k, v = attention_qkv(layer.self_attention, normed)
+                attended = causal_attention(
+                    q, cache.keys.get(i), cache.values.get(i), k, v, key_valid=key_valid
+                )
+                new.keys[i] = k if i not in cache.keys else torch.cat([cache.keys[i], k], dim=2)
+                new.values[i] = (
+                    v if i not in cache.values else torch.cat([cache.values[i], v], dim=2)
+                )
+                hidden = hidden + attention_out(layer.self_attention, attended)
+            else:
+                mlp_out, _ = layer.mlp(normed)
+                hidden = hidden + mlp_out
+        if logits == "all":
+            out.logits = lm_head(model, hidden)
+        elif logits == "last":
+            out.logits = lm_head(model, hidden[-1:])
+        elif logits != "none":
+            raise ValueError(f"logits={logits!r}; use 'all', 'last' or 'none'")
+        return out

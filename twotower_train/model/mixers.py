@@ -1,0 +1,163 @@
+"""Mixer forwards with explicit state in/out, on Megatron-Core's own modules and parameters.
+
+Megatron's ``MambaMixer`` trains through a fused kernel that takes no initial state and returns
+none, and its ``SelfAttention`` hides K/V inside ``forward``. The two towers need both:
+
+* the context tower returns, per Mamba layer, the conv and SSM states at every block boundary
+  and, per attention layer, K/V for every position;
+* the denoiser seeds each block's Mamba scan with those states and attends to those K/V.
+
+So these functions reuse the modules' projections and parameters (``in_proj``, ``conv1d_*``,
+``A_log``, ``D``, ``dt_bias``, ``norm``, ``out_proj``; ``linear_qkv``, ``linear_proj``) and do
+the state-carrying math with :mod:`twotower_train.ops`. Tensor/sequence parallelism comes from
+the projections themselves: ``in_proj``/``linear_qkv`` gather the sequence and hold the local
+heads, ``out_proj``/``linear_proj`` reduce(-scatter) back.
+
+Layout: Megatron's (s, b, h) for hidden states; (b, heads, s, d) for attention tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from megatron.core.ssm.mamba_mixer import MambaMixer
+from megatron.core.transformer.attention import SelfAttention
+
+from twotower_train.ops.conv import causal_conv1d
+from twotower_train.ops.ssd import ssd_scan
+
+
+@dataclass
+class MambaStates:
+    """Conv state (B, w−1, conv_dim) and SSM state (B, heads, head_dim, d_state), fp32."""
+
+    conv: torch.Tensor
+    ssm: torch.Tensor
+
+
+@dataclass
+class MambaOutput:
+    out: torch.Tensor  # (s, b, d) — before the residual add
+    final: MambaStates  # after the last position (per block when blocks > 1)
+    boundaries: MambaStates | None = None  # (b, s/stride + 1, ...) when state_stride is set
+
+
+def mamba_forward(
+    mixer: MambaMixer,
+    hidden: torch.Tensor,
+    *,
+    initial: MambaStates | None = None,
+    blocks: int = 1,
+    state_stride: int | None = None,
+    valid: torch.Tensor | None = None,
+) -> MambaOutput:
+    """Mamba-2 mixer over ``hidden`` (s, b, d) with seeded / returned states.
+
+    Args:
+        initial: states to start from; with ``blocks`` > 1 one state per block, shaped
+            (b·blocks, …) in (batch, block) order.
+        blocks: split the sequence into this many equal blocks, each scanned independently from
+            its own initial state (the denoiser's vectorised training forward).
+        state_stride: also return the states at every multiple of this many positions
+            (the context tower's block boundaries); needs ``blocks == 1``.
+        valid: (b, s) bool, False at left-padding positions, which then leave every state
+            unchanged (their conv input and step size are zeroed).
+    """
+    if mixer.cp.cp_size != 1:
+        raise NotImplementedError("two-tower Mamba layers do not support context parallelism")
+    zxbcdt, _ = mixer.in_proj(hidden)  # (s, b, proj_local); the sequence is gathered under SP
+    seq, batch = zxbcdt.shape[:2]
+    d_inner, groups, d_state = mixer.d_inner_local_tp, mixer.ngroups_local_tp, mixer.d_state
+    heads, head_dim = mixer.nheads_local_tp, mixer.headdim
+    conv_dim = d_inner + 2 * groups * d_state
+    z, xbc, dt = torch.split(
+        rearrange(zxbcdt, "s b p -> b s p"), [d_inner, conv_dim, heads], dim=-1
+    )
+    dt = F.softplus(dt.float() + mixer.dt_bias.float())  # (b, s, heads)
+    if valid is not None:
+        keep = valid.unsqueeze(-1)  # (b, s, 1)
+        xbc = xbc * keep
+        dt = dt * keep
+    if blocks > 1:
+        if state_stride is not None:
+            raise ValueError("state_stride is only supported for a single block")
+        # (b, blocks·S, ·) → (b·blocks, S, ·): each block scans from its own seed.
+        z, xbc, dt = (rearrange(t, "b (n s) p -> (b n) s p", n=blocks) for t in (z, xbc, dt))
+    conv_weight = rearrange(mixer.conv1d_weight, "d 1 w -> d w")
+    xbc, conv_final, conv_bounds = causal_conv1d(
+        xbc,
+        conv_weight,
+        mixer.conv1d_bias,
+        initial_state=None if initial is None else initial.conv.to(xbc.dtype),
+        activation="silu",
+        state_stride=state_stride,
+    )
+    x, B, C = torch.split(xbc, [d_inner, groups * d_state, groups * d_state], dim=-1)
+    D = mixer.D.float()
+    scan = ssd_scan(
+        rearrange(x, "b s (h p) -> b s h p", p=head_dim),
+        dt,
+        -torch.exp(mixer.A_log.float()),
+        rearrange(B, "b s (g n) -> b s g n", g=groups),
+        rearrange(C, "b s (g n) -> b s g n", g=groups),
+        min(mixer.chunk_size, x.shape[1]),
+        D=rearrange(D, "(h p) -> h p", p=head_dim) if mixer.D_has_hdim else D,
+        z=rearrange(z, "b s (h p) -> b s h p", p=head_dim),
+        dt_softplus=False,
+        initial_state=None if initial is None else initial.ssm,
+        state_stride=state_stride,
+    )
+    y = rearrange(scan.y, "b s h p -> b s (h p)")
+    if blocks > 1:
+        y = rearrange(y, "(b n) s p -> b (n s) p", n=blocks)
+    y = mixer.norm(rearrange(y, "b s p -> s b p").contiguous())  # gated norm; gate already in y
+    out, _ = mixer.out_proj(y)
+    boundaries = None
+    if state_stride is not None:
+        boundaries = MambaStates(conv=conv_bounds, ssm=scan.boundary_states)
+    return MambaOutput(out=out, final=MambaStates(conv_final, scan.final_state), boundaries=boundaries)
+
+
+def attention_qkv(
+    attention: SelfAttention, hidden: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Projections of ``hidden`` (s, b, d) → q (b, heads, s, hd), k/v (b, kv_heads, s, hd)."""
+    q, k, v = attention.get_query_key_value_tensors(hidden)  # (s, b, heads, hd)
+    return tuple(rearrange(t, "s b h d -> b h s d") for t in (q, k, v))
+
+
+def attention_out(attention: SelfAttention, context: torch.Tensor) -> torch.Tensor:
+    """Attention output (b, heads, s, hd) → output projection (s, b, d)."""
+    out, _ = attention.linear_proj(rearrange(context, "b h s d -> s b (h d)").contiguous())
+    return out
+
+
+def causal_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor | None,
+    v_cache: torch.Tensor | None,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    key_valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The context tower's attention: S new queries over cached keys ⊕ their own, causally.
+
+    ``key_valid`` (b, P+S) marks left padding; a query always sees itself, so fully padded rows
+    stay finite. Without a cache and padding this is plain causal SDPA (flash on GPU).
+    """
+    gqa = q.shape[1] != k_new.shape[1]
+    if k_cache is None and key_valid is None:
+        return F.scaled_dot_product_attention(q, k_new, v_new, is_causal=True, enable_gqa=gqa)
+    k = k_new if k_cache is None else torch.cat([k_cache, k_new], dim=2)  # (b, kvh, P+S, hd)
+    v = v_new if v_cache is None else torch.cat([v_cache, v_new], dim=2)
+    new, total = q.shape[2], k.shape[2]
+    query_pos = torch.arange(total - new, total, device=q.device).unsqueeze(1)  # (S, 1)
+    key_pos = torch.arange(total, device=q.device).unsqueeze(0)  # (1, P+S)
+    mask = key_pos <= query_pos  # (S, P+S) causal
+    if key_valid is not None:
+        mask = (mask & key_valid.unsqueeze(1)) | (key_pos == query_pos)  # (b, S, P+S)
+        mask = mask.unsqueeze(1)  # (b, 1, S, P+S)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)

@@ -1,0 +1,175 @@
+"""TwoTowerModel: a frozen causal context tower + a trainable denoiser tower (DESIGN.md §2).
+
+Both towers are the same Nemotron-H backbone (Megatron-Core ``HybridModel``) and start from the
+same weights. The context tower reads the clean sequence causally and hands each denoiser layer
+the matching layer's K/V and Mamba block-boundary states; the denoiser fills masked blocks.
+
+Freezing happens here and only here (:meth:`TwoTowerModel._freeze_context_tower`): no
+``requires_grad``, eval mode, run under ``torch.no_grad()``, expert-bias updates off, and
+:meth:`trainable_parameters` (what the optimizer and DDP get) holds denoiser parameters only.
+The context tower is still TP/EP-sharded like the denoiser.
+
+Two ways in:
+
+* training — :meth:`forward` (vectorised: context tower once over the clean sequence, denoiser
+  over all noisy blocks at once);
+* sampling — :meth:`prefill` → :meth:`denoise_block` (any number of times) → :meth:`advance`
+  over the committed block → …, for a left-padded batch of prompts.
+
+Example (CPU)::
+
+    from twotower_train import distributed
+    from twotower_train.model.config import preset
+    from twotower_train.model.two_tower import TwoTowerModel
+    distributed.initialize(seed=0)
+    model = TwoTowerModel.build(preset("tiny"))
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.models.hybrid.hybrid_model import HybridModel
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.module import MegatronModule
+
+from twotower_train.model.adaln import AdaLNSingle
+from twotower_train.model.backbone import build_backbone, denoiser_stack_spec, transformer_config
+from twotower_train.model.config import BackboneConfig, ConfigError
+from twotower_train.model.context_tower import ContextCache, ContextOutput, ContextTower
+from twotower_train.model.denoiser import BlockwiseConditioning, CacheConditioning, Denoiser
+
+
+class TwoTowerModel(MegatronModule):
+    def __init__(self, cfg: BackboneConfig, config: TransformerConfig, *, use_te: bool | None = None):
+        super().__init__(config=config)
+        self.cfg = cfg
+        spec = denoiser_stack_spec(cfg, use_te=use_te)
+        self.context_tower = ContextTower(build_backbone(cfg, config, spec=spec))
+        denoiser_backbone = build_backbone(cfg, config, spec=spec)
+        # Same weights in both towers at init; the state-dict keys of the two specs agree.
+        denoiser_backbone.load_state_dict(self.context_tower.backbone.state_dict())
+        adaln = AdaLNSingle(
+            cfg.hidden_size,
+            len(cfg.pattern),
+            sequence_parallel=config.sequence_parallel,
+            dtype=config.params_dtype,
+        )
+        self.denoiser = Denoiser(denoiser_backbone, adaln)
+        self._check_towers_agree()
+        self._freeze_context_tower()
+
+    @classmethod
+    def build(cls, cfg: BackboneConfig, parallel=None, *, params_dtype=torch.float32, **kw):
+        return cls(cfg, transformer_config(cfg, parallel, params_dtype=params_dtype), **kw)
+
+    # --- construction -------------------------------------------------------------------------
+
+    def _check_towers_agree(self) -> None:
+        ctx, den = self.context_tower.backbone, self.denoiser.backbone
+        checks = {
+            "vocab_size": (ctx.vocab_size, den.vocab_size),
+            "hidden_size": (ctx.config.hidden_size, den.config.hidden_size),
+            "tensor_parallel": (
+                ctx.config.tensor_model_parallel_size, den.config.tensor_model_parallel_size
+            ),
+            "pattern": (ctx.decoder.layer_type_list, den.decoder.layer_type_list),
+        }
+        for name, (a, b) in checks.items():
+            if a != b:
+                raise ConfigError(f"context and denoiser towers disagree on {name}: {a} vs {b}")
+
+    def _freeze_context_tower(self) -> None:
+        for p in self.context_tower.parameters():
+            p.requires_grad_(False)
+        for module in self.context_tower.modules():
+            if hasattr(module, "frozen_expert_bias"):
+                module.frozen_expert_bias = True  # Megatron skips its expert-bias update
+        self.context_tower.eval()
+
+    def train(self, mode: bool = True) -> "TwoTowerModel":
+        super().train(mode)
+        self.context_tower.eval()  # frozen: never in training mode
+        return self
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimizer and DDP get: the denoiser (+ adaLN), nothing of the context tower."""
+        return [p for p in self.denoiser.parameters() if p.requires_grad]
+
+    def load_backbone_state(self, state_dict: dict) -> None:
+        """Initialise both towers from one backbone state dict (e.g. a stage-1 checkpoint)."""
+        for tower in (self.context_tower.backbone, self.denoiser.backbone):
+            tower.load_state_dict(state_dict)
+
+    @property
+    def backbone(self) -> HybridModel:
+        """The context tower's backbone — the frozen reference weights."""
+        return self.context_tower.backbone
+
+    # --- training -----------------------------------------------------------------------------
+
+    def forward(
+        self,
+        clean_tokens: torch.Tensor,
+        noisy_tokens: torch.Tensor,
+        t_block: torch.Tensor,
+        block_size: int,
+        *,
+        causal_in_block: bool = False,
+    ) -> torch.Tensor:
+        """Vectorised training forward → denoiser logits (b, L, V/TP) for every position.
+
+        Args:
+            clean_tokens, noisy_tokens: (b, L) with L a multiple of ``block_size``.
+            t_block: (b, L / S) time of each block (its realised masked fraction).
+        """
+        batch, length = clean_tokens.shape
+        if length % block_size:
+            raise ConfigError(
+                f"block_size={block_size} does not divide the sequence length {length}"
+            )
+        blocks = length // block_size
+        with torch.no_grad():
+            context = self.context_tower(clean_tokens, state_stride=block_size, logits="none")
+        conditioning = BlockwiseConditioning(context, block_size, blocks)
+        t_tokens = t_block.repeat_interleave(block_size, dim=1)  # (b, L)
+        return self.denoiser(
+            noisy_tokens, t_tokens, conditioning, causal_in_block=causal_in_block
+        )
+
+    # --- incremental (samplers) ---------------------------------------------------------------
+
+    def _check_inference(self) -> None:
+        if self.config.sequence_parallel:
+            raise ConfigError("sampling needs parallel.sequence_parallel=false")
+
+    @torch.no_grad()
+    def prefill(
+        self, tokens: torch.Tensor, valid: torch.Tensor | None = None, logits: str = "last"
+    ) -> ContextOutput:
+        """Context caches for (left-padded) prompts (b, P); ``valid`` (b, P) marks real tokens."""
+        self._check_inference()
+        return self.context_tower(tokens, valid=valid, logits=logits)
+
+    @torch.no_grad()
+    def advance(
+        self, cache: ContextCache, tokens: torch.Tensor, logits: str = "last"
+    ) -> ContextOutput:
+        """Extend the context caches over committed tokens (b, S)."""
+        self._check_inference()
+        return self.context_tower(tokens, cache=cache, logits=logits)
+
+    @torch.no_grad()
+    def denoise_block(
+        self,
+        cache: ContextCache,
+        block_tokens: torch.Tensor,
+        t: torch.Tensor,
+        *,
+        causal_in_block: bool = False,
+    ) -> torch.Tensor:
+        """Denoiser logits (b, S, V/TP) for the block right after the cache, at time t (b,)."""
+        self._check_inference()
+        t_tokens = t.reshape(-1, 1).expand_as(block_tokens).float()
+        return self.denoiser(
+            block_tokens, t_tokens, CacheConditioning(cache), causal_in_block=causal_in_block
+        )
