@@ -47,4 +47,4 @@ def embed(model: HybridModel, tokens: torch.Tensor) -> torch.Tensor:
 def lm_head(model: HybridModel, hidden: torch.Tensor) -> torch.Tensor:
     """Final norm + untied LM head: (s, b, d) → vocab-parallel logits (b, s, V/TP)."""
     logits, _ = model.output_layer(model.decoder.final_norm(hidden))
-    return logits.transpose(0, 1)
+    return logits.transpose(0, 1).contiguous()  # (b, s, V/TP), as HybridModel returns it

@@ -1,0 +1,212 @@
+"""Stage 2: the masked block-diffusion objective for the two-tower model (DESIGN.md §3).
+
+Per micro-batch: the clean sequence is split into blocks of the active phase's size S; each
+block draws t ~ U(ε, 1) (or stratified / antithetic draws) and masks each of its positions with
+probability t (:func:`twotower_train.diffusion.corrupt_blocks`); the denoiser sees the noisy
+blocks with each block's *realised* masked fraction as its time input (what the sampler feeds
+at inference) and the context tower sees the clean sequence; the loss is the mean NLL over
+masked positions (the released model's choice) or the ELBO 1/t weighting.
+
+The two-tower model starts from a stage-1 backbone checkpoint (``objective.backbone_checkpoint``)
+loaded into both towers; the frozen context tower then never changes, so checkpoints store the
+denoiser (+ adaLN) only and a verified reference to that backbone checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from megatron.core import dist_checkpointing, tensor_parallel
+from megatron.core.transformer.module import MegatronModule
+
+from twotower_train.diffusion import (
+    LossOutput,
+    LossWeighting,
+    MetricSums,
+    TimeSampling,
+    corrupt_blocks,
+    diffusion_step_sums,
+    masked_diffusion_loss,
+)
+from twotower_train.model.config import BackboneConfig, ConfigError, ParallelConfig
+from twotower_train.model.two_tower import TwoTowerModel
+from twotower_train.training.curriculum import ActivePhase
+from twotower_train.training.objective import (
+    ObjectiveBase,
+    transformer_flops_per_token,
+    vocab_parallel_argmax,
+)
+
+DENOISER_PREFIX = "denoiser."
+
+
+class DiffusionObjective(ObjectiveBase):
+    """Masked-diffusion training of the denoiser tower of a :class:`TwoTowerModel`."""
+
+    name: ClassVar[str] = "diffusion"
+
+    @dataclasses.dataclass
+    class Config:
+        backbone_checkpoint: str | None = None
+        """Stage-1 checkpoint (a trainer checkpoint directory or one of its ``iter_*`` folders)
+        whose backbone initialises both towers; None = both towers from the same random init."""
+        mask_token_id: int | None = None
+        """[MASK] id; None = the model config's ``mask_token_id`` (3 in the released model)."""
+        eps: float = 1e-3
+        """Lower end of t ~ U(eps, 1)."""
+        time_sampling: str = "uniform"
+        """uniform | stratified | antithetic (variance reduction across the batch's blocks)."""
+        loss_weighting: str = "mean"
+        """mean: mean NLL over masked positions (released model) | elbo: 1/t weighted."""
+        num_t_buckets: int = 4
+        """Logged NLL-by-t buckets over (0, 1]."""
+
+        def __post_init__(self) -> None:
+            _enum("objective.time_sampling", TimeSampling, self.time_sampling)
+            _enum("objective.loss_weighting", LossWeighting, self.loss_weighting)
+            if not 0.0 <= self.eps < 1.0:
+                raise ConfigError(f"objective.eps={self.eps} must be in [0, 1)")
+
+    def __init__(self, config: Config | None = None) -> None:
+        super().__init__(config)
+        self.time_sampling = TimeSampling(self.config.time_sampling)
+        self.loss_weighting = LossWeighting(self.config.loss_weighting)
+        self.mask_id: int | None = None
+
+    # --- model ---------------------------------------------------------------------------------
+
+    def build_model(
+        self, model_cfg: BackboneConfig, parallel: ParallelConfig, params_dtype: torch.dtype
+    ) -> MegatronModule:
+        self.mask_id = (
+            model_cfg.mask_token_id if self.config.mask_token_id is None
+            else self.config.mask_token_id
+        )
+        if not 0 <= self.mask_id < model_cfg.vocab_size:
+            raise ConfigError(
+                f"objective.mask_token_id={self.mask_id} is outside the vocabulary "
+                f"[0, model.vocab_size={model_cfg.vocab_size})"
+            )
+        model = TwoTowerModel.build(model_cfg, parallel, params_dtype=params_dtype)
+        if self.config.backbone_checkpoint is not None:
+            load_backbone_checkpoint(model, self.config.backbone_checkpoint)
+        return model
+
+    def trainable_parameters(self, model: TwoTowerModel):
+        return model.trainable_parameters()
+
+    # --- loss ----------------------------------------------------------------------------------
+
+    def loss(
+        self, model: TwoTowerModel, batch: dict, phase: ActivePhase, generator: torch.Generator
+    ) -> tuple[LossOutput, MetricSums]:
+        tokens = batch["tokens"]  # (b, L) clean
+        block_size = phase.phase.block_size
+        corruption = corrupt_blocks(
+            tokens, block_size, self.mask_id, eps=self.config.eps,
+            sampling=self.time_sampling, generator=generator,
+        )
+        logits = model(tokens, corruption.noisy, corruption.t_realised, block_size)  # (b, L, V/TP)
+        token_nll = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), tokens)  # (b, L)
+        # ELBO weights use the sampled noise level (the forward process's t); the denoiser's
+        # input is the realised fraction.
+        out = masked_diffusion_loss(
+            token_nll, corruption.masked, corruption.t_sampled, weighting=self.loss_weighting
+        )
+        sums = diffusion_step_sums(
+            token_nll, vocab_parallel_argmax(logits), tokens, corruption.masked,
+            corruption.t_realised, num_t_buckets=self.config.num_t_buckets,
+        )
+        return out, sums
+
+    def summarize(self, sums: MetricSums) -> dict[str, float]:
+        return sums.summary()
+
+    def flops_per_token(self, model_cfg: BackboneConfig, seq_length: int) -> float:
+        # Denoiser forward + backward (6N) plus the context tower's forward only (2N).
+        return transformer_flops_per_token(model_cfg, seq_length) * 8.0 / 6.0
+
+    # --- checkpoints: denoiser only + a verified reference to the frozen backbone --------------
+
+    def checkpoint_state(self, model: TwoTowerModel) -> dict[str, Any]:
+        if self.config.backbone_checkpoint is None:
+            return model.sharded_state_dict()
+        return model.denoiser.sharded_state_dict(prefix=DENOISER_PREFIX)
+
+    def load_checkpoint_state(self, model: TwoTowerModel, state: dict[str, Any]) -> None:
+        if self.config.backbone_checkpoint is None:
+            model.load_state_dict(state)
+            return
+        denoiser = {k[len(DENOISER_PREFIX):]: v for k, v in state.items()}
+        model.denoiser.load_state_dict(denoiser)
+
+    def frozen_reference(self, model: TwoTowerModel) -> dict[str, Any]:
+        if self.config.backbone_checkpoint is None:
+            return {}
+        path = resolve_backbone_checkpoint(self.config.backbone_checkpoint)
+        return {"backbone_checkpoint": str(path), "sha256": checkpoint_digest(path)}
+
+
+def _enum(key: str, enum_cls, value: str) -> None:
+    valid = [e.value for e in enum_cls]
+    if value not in valid:
+        raise ConfigError(f"{key}={value!r}; choose one of {valid}")
+
+
+def resolve_backbone_checkpoint(path: str | Path) -> Path:
+    """A trainer checkpoint root (follows its ``latest`` pointer) or an ``iter_*`` folder."""
+    from twotower_train.training import checkpoint
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(
+            f"objective.backbone_checkpoint={str(path)!r} does not exist; run stage 1 first "
+            "(twotower-train +experiment=demo_ar) or point it at a stage-1 checkpoint"
+        )
+    resolved = checkpoint.resolve_checkpoint_dir(path)
+    if resolved is None:
+        raise ConfigError(
+            f"objective.backbone_checkpoint={str(path)!r} holds no complete checkpoint"
+        )
+    return resolved
+
+
+METADATA_BYTES = 1 << 20
+
+
+def checkpoint_digest(path: Path) -> str:
+    """SHA-256 identity of a checkpoint folder: every file's name and size, plus the bytes of its
+    small files (dist_checkpointing's metadata, meta.json, common state). Reading the tensor
+    shards themselves would cost minutes per save at Nano scale; their layout and sizes are in
+    the hashed metadata."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path)}:{size}\n".encode())
+        if size <= METADATA_BYTES:
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def load_backbone_checkpoint(model: TwoTowerModel, path: str | Path) -> None:
+    """Load a stage-1 checkpoint's backbone weights (any TP/EP it was saved at) into both
+    towers of ``model``."""
+    from twotower_train.training import checkpoint
+
+    resolved = resolve_backbone_checkpoint(path)
+    backbone = model.backbone
+    state = checkpoint.load_model_state(resolved, backbone.sharded_state_dict())
+    model.load_backbone_state(state)
+    meta = resolved / checkpoint.TRAINER_STATE_FILE
+    if meta.exists():
+        objective = json.loads(meta.read_text()).get("objective")
+        if objective not in (None, "ar"):
+            raise ConfigError(
+                f"objective.backbone_checkpoint={str(path)!r} was written by objective "
+                f"{objective!r}; stage 2 starts from a stage-1 (ar) checkpoint"
+            )
