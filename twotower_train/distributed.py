@@ -52,9 +52,9 @@ def initialize(
     model_parallel = tensor_parallel * pipeline_parallel
     if world % model_parallel or (world // pipeline_parallel) % expert_parallel:
         raise ValueError(
-            f"world size {world} does not fit parallel.tensor_parallel={tensor_parallel} x "
-            f"parallel.pipeline_parallel={pipeline_parallel} with "
-            f"parallel.expert_parallel={expert_parallel}; change the parallel sizes or the "
+            f"world size {world} does not fit parallelism.tensor_parallel={tensor_parallel} x "
+            f"parallelism.pipeline_parallel={pipeline_parallel} with "
+            f"parallelism.expert_parallel={expert_parallel}; change the parallel sizes or the "
             "number of processes"
         )
     if parallel_state.model_parallel_is_initialized():

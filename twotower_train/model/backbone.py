@@ -138,8 +138,8 @@ def check_parallel_layout(cfg: BackboneConfig, parallel: ParallelConfig) -> None
     checks += [("model.vocab_size", cfg.vocab_size, tp)]
     for key, value, degree in checks:
         if value % degree:
-            knob = "parallel.expert_parallel" if key == "model.num_experts" else (
-                "parallel.tensor_parallel"
+            knob = "parallelism.expert_parallel" if key == "model.num_experts" else (
+                "parallelism.tensor_parallel"
             )
             raise ConfigError(
                 f"{key}={value} is not divisible by {knob}={degree}; choose a {knob} that "

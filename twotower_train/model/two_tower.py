@@ -140,7 +140,7 @@ class TwoTowerModel(MegatronModule):
 
     def _check_inference(self) -> None:
         if self.config.sequence_parallel:
-            raise ConfigError("sampling needs parallel.sequence_parallel=false")
+            raise ConfigError("sampling needs parallelism.sequence_parallel=false")
 
     @torch.no_grad()
     def prefill(

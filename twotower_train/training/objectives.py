@@ -77,6 +77,7 @@ class DiffusionObjective(ObjectiveBase):
         self.time_sampling = TimeSampling(self.config.time_sampling)
         self.loss_weighting = LossWeighting(self.config.loss_weighting)
         self.mask_id: int | None = None
+        self._frozen_reference: dict[str, Any] | None = None  # digest computed once per run
 
     # --- model ---------------------------------------------------------------------------------
 
@@ -148,8 +149,12 @@ class DiffusionObjective(ObjectiveBase):
     def frozen_reference(self, model: TwoTowerModel) -> dict[str, Any]:
         if self.config.backbone_checkpoint is None:
             return {}
-        path = resolve_backbone_checkpoint(self.config.backbone_checkpoint)
-        return {"backbone_checkpoint": str(path), "sha256": checkpoint_digest(path)}
+        if self._frozen_reference is None:
+            path = resolve_backbone_checkpoint(self.config.backbone_checkpoint)
+            self._frozen_reference = {
+                "backbone_checkpoint": str(path), "sha256": checkpoint_digest(path)
+            }
+        return self._frozen_reference
 
 
 def _enum(key: str, enum_cls, value: str) -> None:
@@ -166,7 +171,7 @@ def resolve_backbone_checkpoint(path: str | Path) -> Path:
     if not path.exists():
         raise ConfigError(
             f"objective.backbone_checkpoint={str(path)!r} does not exist; run stage 1 first "
-            "(twotower-train +experiment=demo_ar) or point it at a stage-1 checkpoint"
+            "(twotower-train, recipe demo) or point it at a stage-1 checkpoint"
         )
     resolved = checkpoint.resolve_checkpoint_dir(path)
     if resolved is None:

@@ -1,0 +1,39 @@
+"""MFU arithmetic and the console progress line."""
+
+import pytest
+
+from twotower_train.model.backbone import count_parameters
+from twotower_train.model.config import preset
+from twotower_train.training.logging import format_progress, mfu
+from twotower_train.training.objective import transformer_flops_per_token
+
+
+def test_flops_per_token_is_6n_plus_attention():
+    cfg = preset("tiny")
+    _, active = count_parameters(cfg)
+    attention = 6 * cfg.pattern.count("*") * cfg.num_attention_heads * cfg.head_dim * 256
+    assert transformer_flops_per_token(cfg, 256) == 6 * active + attention
+
+
+def test_mfu_and_progress_line():
+    assert mfu(1000.0, 1e9, peak_tflops=1.0, devices=2) == pytest.approx(0.5)
+    line = format_progress(
+        {"phase": "phase2_s16", "block_size": 16, "step": 9, "loss": 2.5, "lr": 1e-4,
+         "grad_norm": 0.75, "tokens_per_s": 12345.0, "mfu": 0.31}, total_steps=100,
+    )
+    assert line.startswith("[phase2_s16 S=16] step 10/100 | loss 2.5000 | lr 1.000e-04")
+    assert "grad-norm 0.750" in line and "12,345 tok/s" in line and "MFU 31.00%" in line
+
+
+def test_wandb_offline_and_tensorboard_files(recipe, tmp_path):
+    from twotower_train.training.trainer import Trainer
+
+    cfg = recipe("curriculum.phases.0.steps=3", "curriculum.phases.0.lr.warmup_steps=0",
+                 "checkpoint.dir=null", "logging.wandb_mode=offline", "logging.tensorboard=true")
+    trainer = Trainer(cfg)
+    trainer.train()
+    trainer.close()
+    run = tmp_path / "run"
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    assert list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))

@@ -1,0 +1,49 @@
+"""Load a trained model from a trainer checkpoint, for sampling and evaluation.
+
+The checkpoint carries the resolved recipe it was trained with; the model is rebuilt from it
+(through the same objective that trained it, so a stage-2 checkpoint that stores only the
+denoiser gets its frozen context tower from the referenced backbone checkpoint) and its weights
+are loaded, resharded to the current TP/EP layout by ``dist_checkpointing``.
+
+    from twotower_train import distributed
+    from twotower_train.inference.load import load_trained_model
+    distributed.initialize(seed=0)
+    model, cfg = load_trained_model("runs/demo/stage2/checkpoints")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from megatron.core import dist_checkpointing, parallel_state
+
+from twotower_train.model.config import ConfigError, ParallelConfig
+from twotower_train.training import checkpoint
+from twotower_train.training.config import TrainConfig, from_container
+from twotower_train.training.objective import build_objective
+
+
+def load_trained_model(path: str | Path) -> tuple[torch.nn.Module, TrainConfig]:
+    """(model in eval mode, its training config) from a checkpoint root or ``iter_*`` folder."""
+    resolved = checkpoint.resolve_checkpoint_dir(path)
+    if resolved is None:
+        raise ConfigError(f"{path} holds no complete checkpoint (no meta.json / latest)")
+    common = dist_checkpointing.load_common_state_dict(str(resolved))
+    cfg = from_container(common["config"], check_data=False)
+    objective = build_objective(cfg.objective_name, cfg.objective_options)
+    # The layout of this process (set by distributed.initialize), not the one it trained at.
+    parallel = ParallelConfig(
+        tensor_parallel=parallel_state.get_tensor_model_parallel_world_size(),
+        expert_parallel=parallel_state.get_expert_model_parallel_world_size(),
+    )
+    model = objective.build_model(cfg.model, parallel, torch.float32)
+    expected = objective.frozen_reference(model)
+    if common.get("frozen_reference", {}) != expected:
+        raise ConfigError(
+            f"{resolved} was trained against frozen weights {common.get('frozen_reference')}, "
+            f"but they now read {expected}; was the backbone checkpoint changed?"
+        )
+    state = checkpoint.load_model_state(resolved, objective.checkpoint_state(model))
+    objective.load_checkpoint_state(model, state)
+    return model.eval(), cfg

@@ -1,0 +1,302 @@
+"""Atomic, resumable, reshardable distributed checkpoints (Megatron ``dist_checkpointing``).
+
+Layout of a checkpoint root::
+
+    iter_0000040/          one complete checkpoint (torch_dist format + meta.json)
+    iter_0000080/
+    latest                 text file: the name of the newest complete checkpoint
+
+What one checkpoint holds (one ``dist_checkpointing.save`` of a sharded state dict):
+
+* ``model`` — the objective's :meth:`~twotower_train.training.objective.Objective.checkpoint_state`
+  (by default the whole model; a two-tower objective may leave its frozen tower out and record a
+  ``frozen_reference`` instead, which is compared on load);
+* ``optimizer`` — moments as sharded tensors shaped like their parameters, so a checkpoint saved
+  at TP=2 / EP=2 loads at TP=1 (Megatron's optimizer on GPU: its own ``sharded_state_dict``,
+  distributed-optimizer format ``dp_reshardable``);
+* ``scheduler`` (the active phase's WSD scheduler), ``train_state`` (next step, consumed samples
+  per phase), ``layout`` (parallel sizes), ``config`` (the resolved recipe) — common values;
+* ``rng`` — per rank: Python, NumPy, torch (CPU and CUDA), Megatron's RNG-tracker streams and the
+  trainer's corruption generator. Restored only when the parallel layout is unchanged (a
+  resharded resume re-seeds; the trainer's per-step generator seeding keeps the data and
+  corruption identical anyway).
+
+Atomicity: a save writes ``iter_XXXXXXX.tmp/``, then (rank 0) ``meta.json``, renames the folder
+to ``iter_XXXXXXX/`` and only then replaces ``latest`` (write ``latest.tmp`` + ``os.replace``).
+Older checkpoints beyond ``keep_last`` are deleted after that. A crash at any point leaves
+``latest`` naming the previous complete checkpoint; leftover ``*.tmp`` folders are ignored by
+:func:`find_latest` and removed by the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+from twotower_train import backends
+
+__all__ = [
+    "CheckpointError",
+    "LoadedCheckpoint",
+    "TrainState",
+    "find_latest",
+    "load_checkpoint",
+    "load_model_state",
+    "read_train_state",
+    "resolve_checkpoint_dir",
+    "save_checkpoint",
+]
+
+_ITER = re.compile(r"^iter_(\d{7})$")
+LATEST = "latest"
+META = "meta.json"
+TRAINER_STATE_FILE = META
+"""Written last into a complete checkpoint: step, objective name, layout, time (JSON)."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or does not match the run."""
+
+
+@dataclass
+class TrainState:
+    """Where the run is: everything the curriculum and the data need to continue exactly."""
+
+    step: int = 0
+    """Next global step to run (= steps completed)."""
+    consumed_samples: dict[str, int] = field(default_factory=dict)
+    """Phase name -> samples consumed in that phase."""
+    scheduler_phase: int | None = None
+    """Index of the phase whose scheduler state is saved (the phase of step ``step - 1``)."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    state: TrainState
+    scheduler: dict[str, Any] | None
+    config: dict[str, Any]
+    rng_restored: bool
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _layout() -> dict[str, int]:
+    return {
+        "world": dist.get_world_size() if dist.is_initialized() else 1,
+        "tensor_parallel": parallel_state.get_tensor_model_parallel_world_size(),
+        "pipeline_parallel": parallel_state.get_pipeline_model_parallel_world_size(),
+        "expert_parallel": parallel_state.get_expert_model_parallel_world_size(),
+        "data_parallel": parallel_state.get_data_parallel_world_size(),
+    }
+
+
+def _rng_states(generator: torch.Generator) -> dict[str, Any]:
+    states = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+        "generator": generator.get_state(),
+    }
+    if backends.cuda_available():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any], generator: torch.Generator) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(states["tracker"])
+    generator.set_state(states["generator"])
+    if "cuda" in states and backends.cuda_available():
+        torch.cuda.set_rng_state(states["cuda"])
+
+
+def _rng_object(data: Any) -> ShardedObject:
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return ShardedObject("rng_state", data, (world,), (_rank(),), replica_id=0)
+
+
+def _optimizer_sharded(optimizer: Any, model_sd: dict, is_loading: bool) -> dict:
+    from twotower_train.training.optim import TorchAdamW
+
+    if isinstance(optimizer, TorchAdamW):
+        return optimizer.sharded_state_dict(model_sd, is_loading=is_loading)
+    return optimizer.sharded_state_dict(
+        model_sd, is_loading=is_loading, metadata={"distrib_optim_sharding_type": "dp_reshardable"}
+    )
+
+
+def _write_shards(state_dict: dict, directory: Path) -> None:
+    """The one call that writes tensor data (tests inject crashes here)."""
+    dist_checkpointing.save(state_dict, str(directory))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as stream:
+        stream.write(text)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(tmp, path)
+
+
+def _complete_checkpoints(root: Path) -> list[Path]:
+    found = [p for p in root.iterdir() if _ITER.match(p.name) and (p / META).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def find_latest(root: str | Path) -> Path | None:
+    """The checkpoint ``root/latest`` names, or None when there is none yet."""
+    root = Path(root)
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None
+    path = root / pointer.read_text().strip()
+    if not (path / META).is_file():
+        raise CheckpointError(f"{pointer} names {path.name}, which is not a complete checkpoint")
+    return path
+
+
+def resolve_checkpoint_dir(path: str | Path) -> Path | None:
+    """A complete checkpoint folder from a checkpoint root (via ``latest``) or an ``iter_*``
+    folder; None when there is none."""
+    path = Path(path)
+    if (path / META).is_file():
+        return path
+    if (path / LATEST).is_file():
+        return find_latest(path)
+    return None
+
+
+def load_model_state(path: str | Path, sharded_state_dict: dict) -> dict:
+    """Only the model tensors of checkpoint ``path``, resharded into ``sharded_state_dict``
+    (e.g. a stage-1 backbone loaded into a two-tower model at any TP/EP)."""
+    loaded = dist_checkpointing.load({"model": sharded_state_dict}, str(Path(path)))
+    return loaded["model"]
+
+
+def save_checkpoint(
+    root: str | Path,
+    *,
+    objective: Any,
+    model: torch.nn.Module,
+    optimizer: Any,
+    scheduler: Any,
+    state: TrainState,
+    generator: torch.Generator,
+    config: dict[str, Any],
+    keep_last: int = 2,
+) -> Path:
+    """Save atomically as ``root/iter_{state.step:07d}`` and point ``latest`` at it (collective)."""
+    root = Path(root)
+    final = root / f"iter_{state.step:07d}"
+    tmp = root / f"{final.name}.tmp"
+    if (final / META).is_file():  # e.g. a preemption save right after an interval save
+        return final
+    if _rank() == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob("iter_*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    _barrier()
+    model_sd = objective.checkpoint_state(model)
+    state_dict = {
+        "model": model_sd,
+        "optimizer": _optimizer_sharded(optimizer, model_sd, is_loading=False),
+        "rng": _rng_object(_rng_states(generator)),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "train_state": asdict(state),
+        "layout": _layout(),
+        "config": config,
+        "frozen_reference": objective.frozen_reference(model),
+    }
+    _write_shards(state_dict, tmp)
+    _barrier()
+    if _rank() == 0:
+        meta = {
+            "step": state.step,
+            "objective": getattr(objective, "name", None),
+            "saved_at": time.time(),
+            "layout": _layout(),
+        }
+        _write_text_atomic(tmp / META, json.dumps(meta, indent=1))
+        os.rename(tmp, final)
+        _write_text_atomic(root / LATEST, final.name + "\n")
+        for old in _complete_checkpoints(root)[:-keep_last]:
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return final
+
+
+def read_train_state(path: str | Path) -> TrainState:
+    """The train state of a checkpoint, without loading tensors."""
+    common = dist_checkpointing.load_common_state_dict(str(path))
+    return TrainState(**common["train_state"])
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    objective: Any,
+    model: torch.nn.Module,
+    optimizer: Any,
+    generator: torch.Generator,
+) -> LoadedCheckpoint:
+    """Load model, optimizer and (same layout only) RNG states in place (collective).
+
+    The scheduler state is returned for the trainer to load into the phase's fresh scheduler.
+    """
+    path = Path(path)
+    if not (path / META).is_file():
+        raise CheckpointError(f"{path} is not a complete checkpoint (no {META})")
+    common = dist_checkpointing.load_common_state_dict(str(path))
+    expected = objective.frozen_reference(model)
+    if common.get("frozen_reference", {}) != expected:
+        raise CheckpointError(
+            f"{path} was saved against frozen weights {common.get('frozen_reference')} but this "
+            f"run has {expected}"
+        )
+    same_layout = common["layout"] == _layout()
+    model_sd = objective.checkpoint_state(model)
+    request = {
+        "model": model_sd,
+        "optimizer": _optimizer_sharded(optimizer, model_sd, is_loading=True),
+    }
+    if same_layout:
+        request["rng"] = _rng_object(None)
+    loaded = dist_checkpointing.load(request, str(path))
+    objective.load_checkpoint_state(model, loaded["model"])
+    optimizer.load_state_dict(loaded["optimizer"])
+    if same_layout:
+        _set_rng_states(loaded["rng"], generator)
+    return LoadedCheckpoint(
+        path=path,
+        state=TrainState(**common["train_state"]),
+        scheduler=common["scheduler"],
+        config=common["config"],
+        rng_restored=same_layout,
+    )

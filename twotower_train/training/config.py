@@ -1,0 +1,384 @@
+"""The training recipe as typed dataclasses — the schema behind the Hydra files in ``recipes/``.
+
+Hydra composes YAML groups (``model/ parallelism/ data/ curriculum/ objective/``) and
+command-line overrides into one OmegaConf tree; :func:`from_container` turns it into a
+:class:`TrainConfig`, validating each section. Every problem raises one
+:class:`~twotower_train.model.config.ConfigError` whose message names the key to change, before
+anything is built: unknown keys, a block size that does not divide the sequence length, special
+token ids outside the vocabulary, a missing tokenizer or data prefix (with the ``data_tools``
+command that creates it), batch sizes that do not divide, unknown enum values.
+
+:func:`load_config` composes a recipe programmatically (tests, notebooks)::
+
+    cfg = load_config("demo", ["training.micro_batch_size=2", "model.hidden_size=128"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twotower_train.model.config import BackboneConfig, ConfigError, ParallelConfig, preset
+from twotower_train.training.curriculum import Curriculum
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+"""The repository's Hydra config folder (``recipes/``)."""
+
+
+class Precision(enum.Enum):
+    """Parameter / compute precision."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+
+class GradSync(enum.Enum):
+    """How data-parallel gradients are reduced (see ``trainer.build_grad_sync``)."""
+
+    AUTO = "auto"  # Megatron DDP on CUDA, the explicit all-reduce on CPU
+    MEGATRON_DDP = "megatron_ddp"
+    ALLREDUCE = "allreduce"
+
+
+class WandbMode(enum.Enum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+    DISABLED = "disabled"
+
+
+@dataclass
+class DataConfig:
+    """Tokenizer, sequence length and the named blends that curriculum phases use."""
+
+    root: str = ""
+    """Base folder of the data (recipes build ``tokenizer`` and blend prefixes from it)."""
+    tokenizer: str = ""
+    """Local Hugging Face tokenizer folder."""
+    seq_length: int = 256
+    """Tokens per training sample."""
+    blends: dict[str, list[Any]] = field(default_factory=dict)
+    """Named blends, each a list of ``{prefix, weight}``; phases refer to them by interpolation."""
+    split: str = "98,2,0"
+    """Train/valid/test document split of every indexed dataset."""
+    seed: int = 1234
+    """Dataset shuffling seed; phase ``i`` uses ``seed + i``."""
+    prepare_command: str = "twotower-prepare-data --help"
+    """Shown when a data prefix or the tokenizer is missing: the command that creates them."""
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW (Megatron's optimizer on CUDA, ``torch.optim.AdamW`` on CPU)."""
+
+    weight_decay: float = 0.1
+    """Decoupled weight decay on matrices; biases, norms and 1-D parameters get none."""
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+    precision: Precision = Precision.FP32
+    """``bf16`` on GPU (fp32 master weights in Megatron's optimizer) or ``fp32``."""
+    use_distributed_optimizer: bool = True
+    """Shard optimizer state over data-parallel ranks (CUDA only)."""
+
+
+@dataclass
+class TrainingConfig:
+    """Batching, seeds and the cadence of logging / evaluation."""
+
+    global_batch_size: int = 8
+    """Samples per optimizer step over all data-parallel ranks."""
+    micro_batch_size: int = 2
+    """Samples per forward pass on one rank; accumulation = global / (micro × DP)."""
+    seed: int = 1234
+    """Model init, Megatron RNG streams and the corruption generator."""
+    max_steps: int | None = None
+    """Stop (with a checkpoint) after this global step even if the curriculum goes on."""
+    log_interval: int = 1
+    eval_interval: int = 0
+    """Evaluate every N steps on the active phase's valid split (0 = never)."""
+    eval_iters: int = 1
+    """Micro-batches per evaluation."""
+    grad_sync: GradSync = GradSync.AUTO
+
+
+@dataclass
+class CheckpointConfig:
+    """Distributed checkpoints (``iter_XXXXXXX/`` folders plus a ``latest`` pointer)."""
+
+    dir: str | None = None
+    """Checkpoint folder; ``null`` disables saving and auto-resume."""
+    save_interval: int = 0
+    """Save every N steps (0 = only at the end / on preemption)."""
+    keep_last: int = 2
+    """Keep this many complete checkpoints (older ones are deleted after a successful save)."""
+    resume: bool = True
+    """Resume from ``dir/latest`` when it exists."""
+    load_from: str | None = None
+    """Resume from this checkpoint folder (``.../iter_XXXXXXX``) instead of ``dir/latest``."""
+    save_at_end: bool = True
+
+
+@dataclass
+class LoggingConfig:
+    """Console, wandb and TensorBoard."""
+
+    wandb_mode: WandbMode = WandbMode.DISABLED
+    wandb_project: str = "twotower-train"
+    tensorboard: bool = False
+    peak_tflops: float | None = None
+    """Peak dense TFLOP/s of one device for MFU; ``null`` = by device type and precision."""
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run."""
+
+    run_name: str
+    output_dir: str
+    """Run folder (metrics, logs, wandb, TensorBoard; default checkpoints under it)."""
+    model: BackboneConfig
+    parallelism: ParallelConfig
+    data: DataConfig
+    curriculum: Curriculum
+    objective_name: str
+    objective_options: dict[str, Any]
+    optimizer: OptimizerConfig
+    training: TrainingConfig
+    checkpoint: CheckpointConfig
+    logging: LoggingConfig
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    """The resolved recipe as plain data (saved in checkpoints and the run folder)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion with validation
+
+
+_SECTIONS = {
+    "run_name", "output_dir", "model", "parallelism", "data", "curriculum", "objective",
+    "optimizer", "training", "checkpoint", "logging",
+}
+
+
+def _reject_unknown(values: Mapping[str, Any], allowed: set[str], key: str) -> None:
+    unknown = sorted(str(k) for k in values if k not in allowed)
+    if unknown:
+        where = f"{key}." if key else ""
+        raise ConfigError(
+            f"unknown key(s) {[where + k for k in unknown]}; valid keys under "
+            f"{key or 'the top level'}: {sorted(allowed)}"
+        )
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check/convert one scalar field value against its annotation (enums by value)."""
+    origin = typing.get_origin(annotation)
+    if origin in (types.UnionType, typing.Union):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        if isinstance(value, annotation):
+            return value
+        try:
+            return annotation(value)
+        except ValueError:
+            raise ConfigError(
+                f"{key}={value!r} is not one of {[m.value for m in annotation]}"
+            ) from None
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false")
+        return value
+    if annotation is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} must be a string")
+        return value
+    return value
+
+
+def _section(cls: type, values: Any, key: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, naming ``key.<field>`` in every error."""
+    if values is None:
+        values = {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{key} must be a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    _reject_unknown(values, fields, key)
+    kwargs = {name: _coerce(v, hints[name], f"{key}.{name}") for name, v in values.items()}
+    return cls(**kwargs)
+
+
+def _model(values: Any) -> BackboneConfig:
+    if not isinstance(values, Mapping):
+        raise ConfigError("model must be a mapping with a `preset` key")
+    values = dict(values)
+    name = values.pop("preset", None)
+    if name is None:
+        raise ConfigError("model.preset is missing (e.g. model=tiny on the command line)")
+    known = {f.name for f in dataclasses.fields(BackboneConfig)}
+    _reject_unknown(values, known | {"preset"}, "model")
+    try:
+        return preset(str(name), **values)
+    except TypeError as error:
+        raise ConfigError(f"model: {error}") from error
+
+
+def _check_positive(value: int, key: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key}={value} must be positive")
+
+
+def _check_batches(training: TrainingConfig, parallel: ParallelConfig) -> None:
+    _check_positive(training.global_batch_size, "training.global_batch_size")
+    _check_positive(training.micro_batch_size, "training.micro_batch_size")
+    _check_positive(training.log_interval, "training.log_interval")
+    _check_positive(training.eval_iters, "training.eval_iters")
+    if training.global_batch_size % training.micro_batch_size:
+        raise ConfigError(
+            f"training.global_batch_size={training.global_batch_size} is not a multiple of "
+            f"training.micro_batch_size={training.micro_batch_size}"
+        )
+    for name in ("tensor_parallel", "expert_parallel", "pipeline_parallel"):
+        _check_positive(getattr(parallel, name), f"parallelism.{name}")
+    if parallel.pipeline_parallel != 1:
+        raise ConfigError(
+            "parallelism.pipeline_parallel must be 1: the trainer has no pipeline schedule yet"
+        )
+
+
+def check_data_paths(data: DataConfig, curriculum: Curriculum) -> None:
+    """The tokenizer folder and every phase's ``PREFIX.bin``/``PREFIX.idx`` exist."""
+    hint = f"create it with: {data.prepare_command}"
+    if not data.tokenizer:
+        raise ConfigError("data.tokenizer is empty; set it to a tokenizer folder")
+    if not Path(data.tokenizer).is_dir():
+        raise ConfigError(f"data.tokenizer={data.tokenizer} does not exist; {hint}")
+    for i, phase in enumerate(curriculum.phases):
+        for prefix, _ in phase.blend:
+            missing = [s for s in (".bin", ".idx") if not Path(prefix + s).is_file()]
+            if missing:
+                raise ConfigError(
+                    f"curriculum.phases[{i}] ({phase.name}) blend prefix {prefix} has no "
+                    f"{' / '.join(prefix + s for s in missing)}; {hint}"
+                )
+
+
+def from_container(values: Mapping[str, Any], *, check_data: bool = True) -> TrainConfig:
+    """Validate a resolved recipe (plain dicts/lists) into a :class:`TrainConfig`.
+
+    Raises:
+        ConfigError: one message naming the offending key.
+    """
+    values = {k: v for k, v in values.items() if k != "hydra"}
+    _reject_unknown(values, _SECTIONS, "")
+    for required in ("run_name", "model", "data", "curriculum", "training"):
+        if required not in values:
+            raise ConfigError(f"the recipe has no `{required}` section")
+    model = _model(values["model"])
+    parallel = _section(ParallelConfig, values.get("parallelism"), "parallelism")
+    data = _section(DataConfig, values["data"], "data")
+    training = _section(TrainingConfig, values["training"], "training")
+    optimizer = _section(OptimizerConfig, values.get("optimizer"), "optimizer")
+    checkpoint = _section(CheckpointConfig, values.get("checkpoint"), "checkpoint")
+    logging_cfg = _section(LoggingConfig, values.get("logging"), "logging")
+    _check_positive(data.seq_length, "data.seq_length")
+    if data.seq_length > model.max_sequence_length:
+        raise ConfigError(
+            f"data.seq_length={data.seq_length} exceeds model.max_sequence_length="
+            f"{model.max_sequence_length}"
+        )
+    _check_batches(training, parallel)
+    if checkpoint.keep_last < 1:
+        raise ConfigError(f"checkpoint.keep_last={checkpoint.keep_last} must be at least 1")
+    try:
+        curriculum = Curriculum.from_dict(
+            values["curriculum"],
+            global_batch_tokens=training.global_batch_size * data.seq_length,
+            seq_length=data.seq_length,
+        )
+    except ValueError as error:
+        message = str(error)
+        if "seq_length" in message and "block_size" in message:
+            message += " (data.seq_length)"
+        raise ConfigError(message) from None
+    objective = dict(values.get("objective") or {"name": "ar"})
+    objective_name = str(objective.pop("name", "ar"))
+    from twotower_train.model.backbone import check_parallel_layout
+    from twotower_train.training.objective import build_objective
+
+    build_objective(objective_name, objective)  # validates the options now
+    check_parallel_layout(model, parallel)
+    if check_data:
+        check_data_paths(data, curriculum)
+    output_dir = str(values.get("output_dir") or f"runs/{values['run_name']}")
+    return TrainConfig(
+        run_name=str(values["run_name"]),
+        output_dir=output_dir,
+        model=model,
+        parallelism=parallel,
+        data=data,
+        curriculum=curriculum,
+        objective_name=objective_name,
+        objective_options=objective,
+        optimizer=optimizer,
+        training=training,
+        checkpoint=checkpoint,
+        logging=logging_cfg,
+        raw=dict(values),
+    )
+
+
+def from_omegaconf(cfg: Any, *, check_data: bool = True) -> TrainConfig:
+    """Resolve a composed OmegaConf recipe (interpolations included) and validate it."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        values = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"cannot resolve the recipe: {error}") from None
+    return from_container(values, check_data=check_data)
+
+
+def compose(recipe: str = "demo", overrides: Sequence[str] = ()) -> Any:
+    """Compose ``recipes/<recipe>.yaml`` with Hydra overrides (no Hydra run directory)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
+
+    try:
+        with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
+            return hydra_compose(config_name=recipe, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException, YAMLError) as error:
+        raise ConfigError(f"recipe {recipe!r}: {error}") from None
+
+
+def load_config(
+    recipe: str = "demo", overrides: Sequence[str] = (), *, check_data: bool = True
+) -> TrainConfig:
+    """Compose and validate a recipe; see the module docstring."""
+    return from_omegaconf(compose(recipe, overrides), check_data=check_data)

@@ -1,0 +1,332 @@
+"""The training loop — one loop for stage 1 (AR backbone) and stage 2 (two-tower denoiser).
+
+Per global step ``k`` (0-based)::
+
+    phase = curriculum.phase_at(k)                 # on a change: new data blend, fresh WSD
+    generator.manual_seed(hash(seed, k, dp_rank))  # all randomness of the step (corruption)
+    for micro_batch in this rank's slice of the global batch:
+        loss_sums = objective.loss(model, micro_batch, phase, generator)
+        loss_sums.numerator.backward()
+    reducer.finish(num_tokens)                     # DP/SP all-reduce, ÷ global loss denominator
+    optimizer.step()                               # clip + AdamW
+    scheduler.step(1)                              # WSD lr of step k+1
+    log, evaluate every N, checkpoint every N, stop cleanly on SIGTERM / SIGUSR1
+
+Everything stage-specific is the :class:`~twotower_train.training.objective.Objective` (STYLE
+item 1); everything about *when* (block size, blend, lr) is the curriculum (STYLE item 9). The
+trainer trains exactly the parameters the objective names and freezes the rest, so a model with
+a frozen tower needs nothing special here.
+
+CPU example (seconds; needs the demo data, see docs/training.md)::
+
+    .venv/bin/twotower-train training.max_steps=5
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+from twotower_train import distributed
+from twotower_train.diffusion import MetricSums
+from twotower_train.training.checkpoint import (
+    TrainState,
+    find_latest,
+    load_checkpoint,
+    save_checkpoint,
+)
+from twotower_train.training.config import Precision, TrainConfig
+from twotower_train.training.curriculum import ActivePhase, Curriculum, build_phase_scheduler
+from twotower_train.training.data import PhaseData, build_phase_data, eval_batches, micro_batches
+from twotower_train.training.logging import MetricLogger, default_peak_tflops, mfu
+from twotower_train.training.objective import Objective, build_objective
+from twotower_train.training.optim import GradReducer, build_grad_reducer, build_optimizer
+
+__all__ = ["PreemptionSignal", "Trainer", "step_seed"]
+
+
+def step_seed(seed: int, step: int, dp_rank: int) -> int:
+    """Seed of the trainer's generator for one step of one data-parallel rank (63 bits)."""
+    digest = hashlib.sha256(f"{seed}/{step}/{dp_rank}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class PreemptionSignal:
+    """SIGTERM / SIGUSR1 (SLURM ``--signal=B:USR1@120``) ask for a checkpoint and a clean exit.
+
+    The handler only sets a flag; the trainer checks it after each step and all ranks agree
+    (max over the world) so they stop at the same step.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def _handle(self, signum, _frame) -> None:
+        self.received = signum
+
+    def requested(self) -> bool:
+        flag = torch.tensor([1.0 if self.received is not None else 0.0])
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+class Trainer:
+    """Builds the run from a :class:`TrainConfig` and trains it; see the module docstring."""
+
+    cfg: TrainConfig
+    objective: Objective
+    module: torch.nn.Module  # the model as built (checkpoints, objective calls)
+    model: torch.nn.Module  # what the forward runs on (Megatron DDP wrapper on CUDA)
+    trainable: list[torch.nn.Parameter]
+    reducer: GradReducer
+    optimizer: Any  # TorchAdamW on CPU, Megatron's optimizer on CUDA
+    curriculum: Curriculum
+    phase: ActivePhase | None  # the phase of the data and scheduler below
+    data: PhaseData | None
+    scheduler: OptimizerParamScheduler | None
+    state: TrainState
+    generator: torch.Generator
+    logger: MetricLogger
+    preemption: PreemptionSignal
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        par, training = cfg.parallelism, cfg.training
+        distributed.initialize(
+            tensor_parallel=par.tensor_parallel,
+            expert_parallel=par.expert_parallel,
+            pipeline_parallel=par.pipeline_parallel,
+            seed=training.seed,
+        )
+        self.dp_rank = parallel_state.get_data_parallel_rank()
+        self.dp_size = parallel_state.get_data_parallel_world_size()
+        self.curriculum = cfg.curriculum
+        self.objective = build_objective(cfg.objective_name, cfg.objective_options)
+        bf16 = cfg.optimizer.precision is Precision.BF16
+        self.module = self.objective.build_model(
+            cfg.model, par, torch.bfloat16 if bf16 else torch.float32
+        )
+        self.trainable = self._freeze_all_but_trainable()
+        self.reducer = build_grad_reducer(training.grad_sync, self.module, self.trainable, bf16=bf16)
+        self.model = self.reducer.model
+        first_lr = self.curriculum.phases[0].lr
+        self.optimizer = build_optimizer(
+            cfg.optimizer, self.model, self.trainable, peak_lr=first_lr.peak, min_lr=first_lr.min
+        )
+        self.generator = torch.Generator()
+        self.state = TrainState()
+        self.phase = self.data = self.scheduler = None
+        self._saved_scheduler: dict | None = None
+        self._last_saved_step: int | None = None
+        self.run_dir = Path(cfg.output_dir)
+        self.logger = MetricLogger(
+            cfg.logging, self.run_dir, cfg.run_name, cfg.raw,
+            rank=dist.get_rank(), total_steps=self.curriculum.total_steps,
+        )
+        self.flops_per_token = self.objective.flops_per_token(cfg.model, cfg.data.seq_length)
+        self.peak_tflops = cfg.logging.peak_tflops or default_peak_tflops(cfg.optimizer.precision)
+        self._resume()
+        self.preemption = PreemptionSignal()
+
+    # ----------------------------------------------------------------------------- building
+
+    def _freeze_all_but_trainable(self) -> list[torch.nn.Parameter]:
+        """Only the objective's trainable parameters get gradients, optimizer state and DDP."""
+        trainable = list(self.objective.trainable_parameters(self.module))
+        if not trainable:
+            raise ValueError(f"objective {self.cfg.objective_name!r} named no trainable parameter")
+        chosen = {id(p) for p in trainable}
+        for p in self.module.parameters():
+            p.requires_grad_(id(p) in chosen)
+        return trainable
+
+    def _resume(self) -> None:
+        ckpt = self.cfg.checkpoint
+        path = None
+        if ckpt.load_from:
+            path = Path(ckpt.load_from)
+        elif ckpt.dir and ckpt.resume:
+            path = find_latest(ckpt.dir)
+        if path is None:
+            return
+        loaded = load_checkpoint(
+            path, objective=self.objective, model=self.module, optimizer=self.optimizer,
+            generator=self.generator,
+        )
+        self.state = loaded.state
+        self._last_saved_step = self.state.step
+        if self.state.step < self.curriculum.total_steps:
+            active = self.curriculum.phase_at(self.state.step)
+            if loaded.state.scheduler_phase == active.index:
+                self._saved_scheduler = loaded.scheduler
+        rng = "restored" if loaded.rng_restored else "re-seeded (parallel layout changed)"
+        self.logger.message(f"resumed from {path} at step {self.state.step}; RNG {rng}")
+
+    def _enter_phase(self, active: ActivePhase) -> None:
+        """New blend, fresh WSD scheduler (or the checkpoint's, when resuming mid-phase)."""
+        training = self.cfg.training
+        self.data = build_phase_data(
+            self.cfg.data, active,
+            global_batch_size=training.global_batch_size,
+            eval_samples=training.eval_iters * training.micro_batch_size * self.dp_size
+            if training.eval_interval else 0,
+        )
+        self.scheduler = build_phase_scheduler(self.optimizer, active.phase, active.num_steps)
+        if self._saved_scheduler is not None:
+            self.scheduler.load_state_dict(self._saved_scheduler)
+            self._saved_scheduler = None
+        self.phase = active
+        self.logger.message(
+            f"phase {active.index} '{active.phase.name}': steps {active.phase_start_step}-"
+            f"{active.phase_end_step - 1}, block size {active.phase.block_size}, "
+            f"blend {[(Path(p).name, w) for p, w in active.phase.blend]}"
+        )
+
+    # ----------------------------------------------------------------------------- training
+
+    def train(self) -> str:
+        """Run to the end of the curriculum (or ``training.max_steps``).
+
+        Returns ``"finished"``, ``"max_steps"`` or ``"preempted"``."""
+        stop = self.curriculum.total_steps
+        if self.cfg.training.max_steps is not None:
+            stop = min(stop, self.cfg.training.max_steps)
+        self.model.train()
+        outcome = "finished" if stop == self.curriculum.total_steps else "max_steps"
+        while self.state.step < stop:
+            active = self.curriculum.phase_at(self.state.step)
+            if self.phase is None or active.index != self.phase.index:
+                self._enter_phase(active)
+            record = self.train_step(active)
+            step = record["step"]
+            interval = self.cfg.training.eval_interval
+            if interval and (step + 1) % interval == 0:
+                record["eval/loss"] = self.evaluate(active)
+            if (step + 1) % self.cfg.training.log_interval == 0 or "eval/loss" in record:
+                self.logger.log(record)
+            if self.preemption.requested():
+                self.logger.message(f"preemption signal: checkpoint at step {self.state.step}")
+                self.save()
+                return "preempted"
+            every = self.cfg.checkpoint.save_interval
+            if every and self.state.step % every == 0:
+                self.save()
+        if self.cfg.checkpoint.save_at_end:
+            self.save()
+        return outcome
+
+    def train_step(self, active: ActivePhase) -> dict[str, Any]:
+        """One optimizer step on the global batch; returns its metrics record."""
+        training, state = self.cfg.training, self.state
+        start = time.perf_counter()
+        step, name = state.step, active.phase.name
+        self.generator.manual_seed(step_seed(training.seed, step, self.dp_rank))
+        self.reducer.zero()
+        self.optimizer.zero_grad()
+        numerator = torch.zeros((), dtype=torch.float64)
+        denominator = torch.zeros((), dtype=torch.float64)
+        sums: MetricSums | None = None
+        consumed = state.consumed_samples.get(name, 0)
+        for batch in micro_batches(
+            self.data.train, consumed,
+            global_batch_size=training.global_batch_size,
+            micro_batch_size=training.micro_batch_size,
+            dp_rank=self.dp_rank, dp_size=self.dp_size,
+        ):
+            out, metrics = self.objective.loss(self.model, batch, active, self.generator)
+            out.numerator.backward()
+            numerator += out.numerator.detach().double()
+            denominator += out.denominator.detach().double()
+            sums = metrics if sums is None else sums + metrics
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.reducer.finish(denominator.clone())
+        _, grad_norm, _ = self.optimizer.step()
+        self.scheduler.step(1)
+        state.consumed_samples[name] = consumed + training.global_batch_size
+        state.step += 1
+        state.scheduler_phase = active.index
+        loss, summary = self._reduce_stats(numerator, denominator, sums)
+        seconds = time.perf_counter() - start
+        tokens_per_s = training.global_batch_size * self.cfg.data.seq_length / seconds
+        return {
+            "step": step,
+            "phase": name,
+            "phase_index": active.index,
+            "block_size": active.phase.block_size,
+            "consumed_samples": state.consumed_samples[name],
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "step_time": seconds,
+            "tokens_per_s": tokens_per_s,
+            "mfu": mfu(tokens_per_s, self.flops_per_token, self.peak_tflops, dist.get_world_size()),
+            **summary,
+        }
+
+    def _reduce_stats(
+        self, numerator: torch.Tensor, denominator: torch.Tensor, sums: MetricSums | None
+    ) -> tuple[float, dict[str, float]]:
+        """Exact step loss and objective metrics over micro-batches and data-parallel ranks."""
+        vector = torch.cat([numerator.reshape(1), denominator.reshape(1), sums.to_tensor()])
+        if self.dp_size > 1:
+            dist.all_reduce(vector, group=parallel_state.get_data_parallel_group())
+        loss = float(vector[0] / vector[1].clamp(min=1.0))
+        return loss, self.objective.summarize(sums.from_tensor(vector[2:]))
+
+    @torch.no_grad()
+    def evaluate(self, active: ActivePhase) -> float:
+        """Loss on the phase's fixed valid micro-batches (same corruption seed every time)."""
+        if self.data.valid is None:
+            return float("nan")
+        training = self.cfg.training
+        self.model.eval()
+        self.generator.manual_seed(step_seed(training.seed, -1 - active.index, self.dp_rank))
+        totals = torch.zeros(2, dtype=torch.float64)
+        for batch in eval_batches(
+            self.data.valid, iters=training.eval_iters,
+            micro_batch_size=training.micro_batch_size, dp_rank=self.dp_rank, dp_size=self.dp_size,
+        ):
+            out, _ = self.objective.loss(self.model, batch, active, self.generator)
+            totals += torch.stack([out.numerator.double(), out.denominator.double()])
+        if self.dp_size > 1:
+            dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+        self.model.train()
+        return float(totals[0] / totals[1].clamp(min=1.0))
+
+    # ----------------------------------------------------------------------------- outputs
+
+    def save(self) -> Path | None:
+        """Checkpoint the current state (no-op without ``checkpoint.dir``)."""
+        if not self.cfg.checkpoint.dir:
+            return None
+        if self._last_saved_step == self.state.step:
+            return None
+        path = save_checkpoint(
+            self.cfg.checkpoint.dir,
+            objective=self.objective, model=self.module, optimizer=self.optimizer,
+            scheduler=self.scheduler, state=self.state, generator=self.generator,
+            config=self.cfg.raw, keep_last=self.cfg.checkpoint.keep_last,
+        )
+        self._last_saved_step = self.state.step
+        self.logger.message(f"saved checkpoint {path}")
+        return path
+
+    def close(self) -> None:
+        self.preemption.restore()
+        self.logger.close()
