@@ -41,6 +41,7 @@ def data_root(tmp_path_factory) -> Path:
 
 
 TINY_OVERRIDES = [
+    "model=tiny",
     "data.seq_length=64",
     "model.vocab_size=512",
     "training.global_batch_size=4",

@@ -68,10 +68,15 @@ def test_bad_options(options, message):
         build_objective("diffusion", options)
 
 
-def test_mask_id_outside_vocab(single_process, tiny_cfg):
+def test_mask_id_outside_vocab(tiny_cfg):
     objective = build_objective("diffusion", {"mask_token_id": tiny_cfg.vocab_size})
     with pytest.raises(ConfigError, match="objective.mask_token_id=4096 is outside"):
-        objective.build_model(tiny_cfg, ParallelConfig(), torch.float32)
+        objective.check_model(tiny_cfg)
+
+
+def test_mask_id_outside_vocab_fails_recipe_validation(recipe):
+    with pytest.raises(ConfigError, match="objective.mask_token_id=512 is outside"):
+        recipe("objective=diffusion", "objective.mask_token_id=512", name="demo")
 
 
 def test_missing_backbone_checkpoint(single_process, tiny_cfg, tmp_path):

@@ -35,35 +35,35 @@ from twotower_train.inference.sampling import TokenChoice, choose_tokens
 
 
 @dataclass
-class MaskDiffusionConfig:
+class DecodeConfig:
+    """What every sampler takes."""
+
     max_new_tokens: int = 128
+    choice: TokenChoice = field(default_factory=TokenChoice)
+    """Temperature / top-k / top-p; greedy by default."""
+    eos_token_id: int | None = None
+    pad_token_id: int = 0
+    """Left padding of prompts of different lengths."""
+
+
+@dataclass
+class ARConfig(DecodeConfig):
+    """AR decoding with the context tower alone."""
+
+
+@dataclass
+class MockARConfig(DecodeConfig):
+    mask_token_id: int = 3
+
+
+@dataclass
+class MaskDiffusionConfig(MockARConfig):
     block_size: int = 16
     """Tokens generated per block (S; the released model samples at 16)."""
     steps_per_block: int = 16
     """Denoising iterations per block at most; a floor guarantees the block completes."""
-    mask_token_id: int = 3
     confidence_threshold: float = 0.8
     """γ: every masked position whose chosen token has at least this probability is committed."""
-    choice: TokenChoice = field(default_factory=TokenChoice)
-    eos_token_id: int | None = None
-    pad_token_id: int = 0
-
-
-@dataclass
-class MockARConfig:
-    max_new_tokens: int = 128
-    mask_token_id: int = 3
-    choice: TokenChoice = field(default_factory=TokenChoice)
-    eos_token_id: int | None = None
-    pad_token_id: int = 0
-
-
-@dataclass
-class ARConfig:
-    max_new_tokens: int = 128
-    choice: TokenChoice = field(default_factory=TokenChoice)
-    eos_token_id: int | None = None
-    pad_token_id: int = 0
 
 
 @dataclass

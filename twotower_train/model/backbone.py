@@ -160,21 +160,34 @@ class LocalHybridStack(HybridStack):
             self.final_norm = RMSNorm(config, config.hidden_size, eps=config.layernorm_epsilon)
 
 
-def local_stack_spec(cfg: BackboneConfig) -> ModuleSpec:
-    """Hybrid stack spec with no Transformer Engine (runs on CPU)."""
+@dataclasses.dataclass(frozen=True)
+class _UnfusedModules:
+    """The module classes an unfused (separate-norm) hybrid stack is built from."""
+
+    stack: type
+    norm: type
+    column_linear: type
+    row_linear: type
+    core_attention: type
+    moe_layer: ModuleSpec
+
+
+def _unfused_stack_spec(cfg: BackboneConfig, m: _UnfusedModules) -> ModuleSpec:
+    """A hybrid stack whose input norms are separate modules. The key maps fold those norms
+    onto Transformer Engine's fused ``layer_norm_weight`` names in distributed checkpoints."""
     mixer_params = {"d_conv": cfg.mamba_conv_kernel, "chunk_size": cfg.mamba_chunk_size}
     return ModuleSpec(
-        module=LocalHybridStack,
+        module=m.stack,
         submodules=HybridStackSubmodules(
             mamba_layer=ModuleSpec(
                 module=MambaLayer,
                 submodules=MambaLayerSubmodules(
-                    norm=RMSNorm,
+                    norm=m.norm,
                     mixer=ModuleSpec(
                         module=MambaMixer,
                         params=mixer_params,
                         submodules=MambaMixerSubmodules(
-                            in_proj=ColumnParallelLinear, out_proj=RowParallelLinear
+                            in_proj=m.column_linear, out_proj=m.row_linear
                         ),
                     ),
                     mamba_bda=get_bias_dropout_add,
@@ -184,14 +197,14 @@ def local_stack_spec(cfg: BackboneConfig) -> ModuleSpec:
             attention_layer=ModuleSpec(
                 module=TransformerLayer,
                 submodules=TransformerLayerSubmodules(
-                    input_layernorm=RMSNorm,
+                    input_layernorm=m.norm,
                     self_attention=ModuleSpec(
                         module=SelfAttention,
                         params={"attn_mask_type": AttnMaskType.causal},
                         submodules=SelfAttentionSubmodules(
-                            linear_qkv=ColumnParallelLinear,
-                            core_attention=DotProductAttention,
-                            linear_proj=RowParallelLinear,
+                            linear_qkv=m.column_linear,
+                            core_attention=m.core_attention,
+                            linear_proj=m.row_linear,
                         ),
                     ),
                     self_attn_bda=get_bias_dropout_add,
@@ -203,11 +216,11 @@ def local_stack_spec(cfg: BackboneConfig) -> ModuleSpec:
             mlp_layer=ModuleSpec(
                 module=MLPLayer,
                 submodules=TransformerLayerSubmodules(
-                    pre_mlp_layernorm=RMSNorm,
+                    pre_mlp_layernorm=m.norm,
                     mlp=partial(
                         MLP.as_mlp_submodule,
                         submodules=MLPSubmodules(
-                            linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear
+                            linear_fc1=m.column_linear, linear_fc2=m.row_linear
                         ),
                     ),
                     mlp_bda=get_bias_dropout_add,
@@ -216,16 +229,33 @@ def local_stack_spec(cfg: BackboneConfig) -> ModuleSpec:
                     },
                 ),
             ),
-            moe_layer=ModuleSpec(
-                module=MoETransformerLayer,
-                submodules=TransformerLayerSubmodules(
-                    pre_mlp_layernorm=RMSNorm,
-                    mlp=get_moe_module_spec(
-                        use_te=False, num_experts=cfg.num_experts, moe_grouped_gemm=False
-                    ),
-                    mlp_bda=get_bias_dropout_add,
-                ),
+            moe_layer=m.moe_layer,
+        ),
+    )
+
+
+def local_stack_spec(cfg: BackboneConfig) -> ModuleSpec:
+    """Hybrid stack spec with no Transformer Engine (runs on CPU): plain column/row-parallel
+    linears, Megatron's local attention and ``SequentialMLP`` experts, our RMSNorm."""
+    moe_layer = ModuleSpec(
+        module=MoETransformerLayer,
+        submodules=TransformerLayerSubmodules(
+            pre_mlp_layernorm=RMSNorm,
+            mlp=get_moe_module_spec(
+                use_te=False, num_experts=cfg.num_experts, moe_grouped_gemm=False
             ),
+            mlp_bda=get_bias_dropout_add,
+        ),
+    )
+    return _unfused_stack_spec(
+        cfg,
+        _UnfusedModules(
+            stack=LocalHybridStack,
+            norm=RMSNorm,
+            column_linear=ColumnParallelLinear,
+            row_linear=RowParallelLinear,
+            core_attention=DotProductAttention,
+            moe_layer=moe_layer,
         ),
     )
 
@@ -252,11 +282,8 @@ def te_stack_spec(cfg: BackboneConfig) -> ModuleSpec:
 
 
 def te_unfused_stack_spec(cfg: BackboneConfig) -> ModuleSpec:
-    """Transformer Engine layers with the input norms as separate modules (``TENorm``).
-
-    Same parameters as :func:`te_stack_spec`, and the same distributed-checkpoint keys (the
-    key maps fold the separate norms back onto the fused ``layer_norm_weight`` names).
-    """
+    """Transformer Engine layers with the input norms as separate modules (``TENorm``): the
+    same parameters and distributed-checkpoint keys as :func:`te_stack_spec`."""
     from megatron.core.extensions.transformer_engine import (
         TEColumnParallelLinear,
         TEDotProductAttention,
@@ -264,62 +291,15 @@ def te_unfused_stack_spec(cfg: BackboneConfig) -> ModuleSpec:
         TERowParallelLinear,
     )
 
-    fused = te_stack_spec(cfg)
-    mixer_params = {"d_conv": cfg.mamba_conv_kernel, "chunk_size": cfg.mamba_chunk_size}
-    return ModuleSpec(
-        module=HybridStack,
-        submodules=HybridStackSubmodules(
-            mamba_layer=ModuleSpec(
-                module=MambaLayer,
-                submodules=MambaLayerSubmodules(
-                    norm=TENorm,
-                    mixer=ModuleSpec(
-                        module=MambaMixer,
-                        params=mixer_params,
-                        submodules=MambaMixerSubmodules(
-                            in_proj=TEColumnParallelLinear, out_proj=TERowParallelLinear
-                        ),
-                    ),
-                    mamba_bda=get_bias_dropout_add,
-                    sharded_state_dict_keys_map={"norm.": "mixer.in_proj.layer_norm_"},
-                ),
-            ),
-            attention_layer=ModuleSpec(
-                module=TransformerLayer,
-                submodules=TransformerLayerSubmodules(
-                    input_layernorm=TENorm,
-                    self_attention=ModuleSpec(
-                        module=SelfAttention,
-                        params={"attn_mask_type": AttnMaskType.causal},
-                        submodules=SelfAttentionSubmodules(
-                            linear_qkv=TEColumnParallelLinear,
-                            core_attention=TEDotProductAttention,
-                            linear_proj=TERowParallelLinear,
-                        ),
-                    ),
-                    self_attn_bda=get_bias_dropout_add,
-                    sharded_state_dict_keys_map={
-                        "input_layernorm.": "self_attention.linear_qkv.layer_norm_"
-                    },
-                ),
-            ),
-            mlp_layer=ModuleSpec(
-                module=MLPLayer,
-                submodules=TransformerLayerSubmodules(
-                    pre_mlp_layernorm=TENorm,
-                    mlp=partial(
-                        MLP.as_mlp_submodule,
-                        submodules=MLPSubmodules(
-                            linear_fc1=TEColumnParallelLinear, linear_fc2=TERowParallelLinear
-                        ),
-                    ),
-                    mlp_bda=get_bias_dropout_add,
-                    sharded_state_dict_keys_map={
-                        "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_"
-                    },
-                ),
-            ),
-            moe_layer=fused.submodules.moe_layer,
+    return _unfused_stack_spec(
+        cfg,
+        _UnfusedModules(
+            stack=HybridStack,
+            norm=TENorm,
+            column_linear=TEColumnParallelLinear,
+            row_linear=TERowParallelLinear,
+            core_attention=TEDotProductAttention,
+            moe_layer=te_stack_spec(cfg).submodules.moe_layer,
         ),
     )
 

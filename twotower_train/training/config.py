@@ -328,7 +328,8 @@ def from_container(values: Mapping[str, Any], *, check_data: bool = True) -> Tra
     from twotower_train.model.backbone import check_parallel_layout
     from twotower_train.training.objective import build_objective
 
-    build_objective(objective_name, objective)  # validates the options now
+    # Validates the options, and the options against the model, before anything is built.
+    build_objective(objective_name, objective).check_model(model)
     check_parallel_layout(model, parallel)
     if check_data:
         check_data_paths(data, curriculum)

@@ -81,6 +81,9 @@ class Objective(Protocol):
     def summarize(self, sums: MetricSums) -> dict[str, float]:
         """Logged metrics from the step's sums (already reduced over micro-batches and ranks)."""
 
+    def check_model(self, model_cfg: BackboneConfig) -> None:
+        """Raise :class:`ConfigError` if the options do not fit this model (recipe validation)."""
+
     def flops_per_token(self, model_cfg: BackboneConfig, seq_length: int) -> float:
         """Model FLOPs (forward + backward) per trained token."""
 
@@ -148,6 +151,9 @@ class ObjectiveBase:
 
     def trainable_parameters(self, model: MegatronModule) -> Iterable[torch.nn.Parameter]:
         return [p for p in model.parameters() if p.requires_grad]
+
+    def check_model(self, model_cfg: BackboneConfig) -> None:
+        return None
 
     def summarize(self, sums: MetricSums) -> dict[str, float]:
         return {}

@@ -81,9 +81,7 @@ class DiffusionObjective(ObjectiveBase):
 
     # --- model ---------------------------------------------------------------------------------
 
-    def build_model(
-        self, model_cfg: BackboneConfig, parallel: ParallelConfig, params_dtype: torch.dtype
-    ) -> MegatronModule:
+    def check_model(self, model_cfg: BackboneConfig) -> None:
         self.mask_id = (
             model_cfg.mask_token_id if self.config.mask_token_id is None
             else self.config.mask_token_id
@@ -93,6 +91,11 @@ class DiffusionObjective(ObjectiveBase):
                 f"objective.mask_token_id={self.mask_id} is outside the vocabulary "
                 f"[0, model.vocab_size={model_cfg.vocab_size})"
             )
+
+    def build_model(
+        self, model_cfg: BackboneConfig, parallel: ParallelConfig, params_dtype: torch.dtype
+    ) -> MegatronModule:
+        self.check_model(model_cfg)
         model = TwoTowerModel.build(model_cfg, parallel, params_dtype=params_dtype)
         if self.config.backbone_checkpoint is not None:
             load_backbone_checkpoint(model, self.config.backbone_checkpoint)

@@ -4,15 +4,14 @@ Weights come from one TP=1 build, saved with Megatron dist_checkpointing and loa
 into each parallel layout — so this also exercises checkpoint resharding of every layer type.
 """
 
-import os
 import sys
 
 import torch
-import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
 import twotower_train  # noqa: F401
+from common import report, save_reference
 from twotower_train import distributed
 from twotower_train.model.backbone import build_backbone, forward_logits, transformer_config
 from twotower_train.model.config import ParallelConfig, preset
@@ -32,10 +31,7 @@ def main(ckpt_dir: str) -> None:
     reference_model = build_backbone(cfg).eval()
     with torch.no_grad():
         reference = forward_logits(reference_model, tokens)
-    if dist.get_rank() == 0:
-        os.makedirs(ckpt_dir)
-    dist.barrier()
-    dist_checkpointing.save(reference_model.sharded_state_dict(), ckpt_dir)
+    save_reference(reference_model.sharded_state_dict(), ckpt_dir)
 
     for name, layout in LAYOUTS.items():
         distributed.initialize(
@@ -49,8 +45,7 @@ def main(ckpt_dir: str) -> None:
         diff = (logits - reference).abs().max().item()
         # fp32; TP/EP only re-associate sums (row-parallel all-reduce, expert combine): ~1e-6.
         assert diff < 1e-4, f"{name}: max |logits - TP1 logits| = {diff}"
-        if dist.get_rank() == 0:
-            print(f"PARITY {name} max_abs_diff={diff:.2e}", flush=True)
+        report(name, diff)
     distributed.shutdown()
 
 

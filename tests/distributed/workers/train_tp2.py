@@ -14,7 +14,7 @@ from twotower_train.training.config import load_config
 from twotower_train.training.trainer import Trainer
 
 OVERRIDES = [
-    "data.seq_length=64", "model.vocab_size=512", "training.global_batch_size=4",
+    "model=tiny", "data.seq_length=64", "model.vocab_size=512", "training.global_batch_size=4",
     "training.micro_batch_size=2", "training.log_interval=1", "logging.wandb_mode=disabled",
     "curriculum.phases.0.steps=6", "curriculum.phases.0.lr.warmup_steps=1",
     "checkpoint.save_interval=4", "checkpoint.keep_last=3", "parallelism=tp2",

@@ -6,15 +6,14 @@ tower holds no gradient; the optimizer is built from denoiser (+ adaLN) paramete
 adaLN gradient equals TP=1's (it is replicated, so without SP every rank computes it whole).
 """
 
-import os
 import sys
 
 import torch
-import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
 import twotower_train  # noqa: F401
+from common import report, save_reference
 from twotower_train import distributed
 from twotower_train.model.config import ParallelConfig, preset
 from twotower_train.model.two_tower import TwoTowerModel
@@ -49,10 +48,7 @@ def main(ckpt_dir: str) -> None:
             p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
     reference = run(reference_model, tokens, noisy, t)
     reference_adaln_grad = reference_model.denoiser.adaln.tables.grad.clone()
-    if dist.get_rank() == 0:
-        os.makedirs(ckpt_dir)
-    dist.barrier()
-    dist_checkpointing.save(reference_model.sharded_state_dict(), ckpt_dir)
+    save_reference(reference_model.sharded_state_dict(), ckpt_dir)
 
     for name, layout in LAYOUTS.items():
         distributed.initialize(
@@ -76,8 +72,7 @@ def main(ckpt_dir: str) -> None:
         if not layout.sequence_parallel:
             grad_diff = (model.denoiser.adaln.tables.grad - reference_adaln_grad).abs().max()
             assert grad_diff < 1e-5, f"{name}: adaLN grad differs by {grad_diff}"
-        if dist.get_rank() == 0:
-            print(f"PARITY {name} max_abs_diff={diff:.2e}", flush=True)
+        report(name, diff)
     distributed.shutdown()
 
 
