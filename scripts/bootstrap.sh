@@ -27,7 +27,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
-if ! .venv/bin/python -c 'import torch, megatron.core as m; assert torch.__version__.startswith("2.14.1") and m.__version__ == "0.19.2"' 2>/dev/null; then
+if ! .venv/bin/python -c 'import torch, megatron.core as m; assert torch.__version__.startswith("2.14.1") and m.__version__.startswith("0.19.2")' 2>/dev/null; then
   echo "bootstrap: installing torch + megatron-core (first run: ~2 min, ~5.5 GB)"
   "${PIP[@]}" install -r requirements/cpu.txt
 fi
