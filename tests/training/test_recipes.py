@@ -25,6 +25,10 @@ REPO = Path(__file__).resolve().parents[2]
         (["optimizer.precision=fp8"], "optimizer.precision='fp8' is not one of"),
         (["training.global_batch_size=5"], "training.global_batch_size=5 is not a multiple"),
         (["parallelism.tensor_parallel=3"], "parallelism.tensor_parallel=3"),
+        (
+            ["parallelism=tp2", "parallelism.sequence_parallel=false"],
+            "set parallelism.sequence_parallel=true",
+        ),
         (["+objective.bogus=1"], "objective.bogus"),
     ],
 )

@@ -331,6 +331,12 @@ def from_container(values: Mapping[str, Any], *, check_data: bool = True) -> Tra
     # Validates the options, and the options against the model, before anything is built.
     build_objective(objective_name, objective).check_model(model)
     check_parallel_layout(model, parallel)
+    if "E" in model.pattern and parallel.tensor_parallel > 1 and not parallel.sequence_parallel:
+        raise ConfigError(
+            f"parallelism.sequence_parallel=false with parallelism.tensor_parallel="
+            f"{parallel.tensor_parallel} and MoE layers: Megatron-Core trains MoE under tensor "
+            "parallelism only with sequence parallelism; set parallelism.sequence_parallel=true"
+        )
     if check_data:
         check_data_paths(data, curriculum)
     output_dir = str(values.get("output_dir") or f"runs/{values['run_name']}")
