@@ -381,8 +381,10 @@ def count_parameters(cfg: BackboneConfig) -> tuple[int, int]:
     return total, active
 
 
-def smoke(preset_name: str = "tiny", seq_len: int = 64, batch: int = 2) -> float:
-    """Forward + backward of a preset on this machine; prints and returns the seconds taken."""
+def smoke(preset_name: str = "tiny", seq_len: int = 64, batch: int = 2, repeats: int = 5) -> float:
+    """Forward + backward of a preset on this machine: prints and returns the median seconds
+    over ``repeats`` runs after one warm-up (which pays one-time kernel compilation)."""
+    import statistics
     import time
 
     from twotower_train import distributed
@@ -392,11 +394,15 @@ def smoke(preset_name: str = "tiny", seq_len: int = 64, batch: int = 2) -> float
     cfg = preset(preset_name)
     model = build_backbone(cfg)
     tokens = torch.randint(0, cfg.vocab_size, (batch, seq_len))
-    start = time.perf_counter()
-    logits = forward_logits(model, tokens)
-    logits.float().logsumexp(-1).mean().backward()
-    seconds = time.perf_counter() - start
-    print(f"{preset_name}: forward+backward of {batch}x{seq_len} tokens in {seconds:.3f}s")
+    times = []
+    for _ in range(repeats + 1):
+        model.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        forward_logits(model, tokens).float().logsumexp(-1).mean().backward()
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times[1:])
+    print(f"{preset_name}: forward+backward of {batch}x{seq_len} tokens in {seconds:.3f}s "
+          f"(median of {repeats}; warm-up {times[0]:.3f}s)")
     return seconds
 
 
