@@ -128,6 +128,14 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def _start(model, prompts: list[list[int]], config: DecodeConfig, logits: str):
+    """Left-pad the prompts and prefill the context tower → (collector, stats, prefill)."""
+    tokens, valid = left_pad(prompts, config.pad_token_id, _device(model))
+    out = _Output(tokens.shape[0], config.max_new_tokens, config.eos_token_id)
+    stats = Generation(tokens=out.rows, context_forwards=1)
+    return out, stats, model.prefill(tokens, valid=valid, logits=logits)
+
+
 @torch.no_grad()
 def generate_mask_diffusion(
     model, prompts: list[list[int]], config: MaskDiffusionConfig,
@@ -137,15 +145,11 @@ def generate_mask_diffusion(
     diffusion works")."""
     if config.steps_per_block <= 0 or config.block_size <= 0:
         raise ValueError("block_size and steps_per_block must be positive")
-    tokens, valid = left_pad(prompts, config.pad_token_id, _device(model))
-    batch, S = tokens.shape[0], config.block_size
-    out = _Output(batch, config.max_new_tokens, config.eos_token_id)
-    stats = Generation(tokens=out.rows)
-    cache = model.prefill(tokens, valid=valid, logits="none").cache
-    stats.context_forwards += 1
+    out, stats, prefill = _start(model, prompts, config, logits="none")
+    cache, batch, S, device = prefill.cache, len(prompts), config.block_size, _device(model)
     for _ in range(math.ceil(config.max_new_tokens / S)):
-        block = torch.full((batch, S), config.mask_token_id, dtype=torch.long, device=tokens.device)
-        decoded = torch.zeros(batch, S, dtype=torch.bool, device=tokens.device)
+        block = torch.full((batch, S), config.mask_token_id, dtype=torch.long, device=device)
+        decoded = torch.zeros(batch, S, dtype=torch.bool, device=device)
         for step in range(config.steps_per_block):
             masked = ~decoded
             if not masked.any():
@@ -183,14 +187,10 @@ def generate_mock_ar(
 ) -> Generation:
     """Two-tower AR: the context tower builds the cache, the denoiser predicts one masked
     position at a time (t = 1)."""
-    tokens, valid = left_pad(prompts, config.pad_token_id, _device(model))
-    batch = tokens.shape[0]
-    out = _Output(batch, config.max_new_tokens, config.eos_token_id)
-    stats = Generation(tokens=out.rows)
-    cache = model.prefill(tokens, valid=valid, logits="none").cache
-    stats.context_forwards += 1
-    masked = torch.full((batch, 1), config.mask_token_id, dtype=torch.long, device=tokens.device)
-    t = torch.ones(batch, device=tokens.device)
+    out, stats, prefill = _start(model, prompts, config, logits="none")
+    cache, batch, device = prefill.cache, len(prompts), _device(model)
+    masked = torch.full((batch, 1), config.mask_token_id, dtype=torch.long, device=device)
+    t = torch.ones(batch, device=device)
     for _ in range(config.max_new_tokens):
         logits = _full_vocab(model.denoise_block(cache, masked, t))  # (b, 1, V)
         stats.denoiser_forwards += 1
@@ -209,15 +209,12 @@ def generate_ar(
     model, prompts: list[list[int]], config: ARConfig, generator: torch.Generator | None = None
 ) -> Generation:
     """Standard cached AR decoding with the context tower only."""
-    tokens, valid = left_pad(prompts, config.pad_token_id, _device(model))
-    out = _Output(tokens.shape[0], config.max_new_tokens, config.eos_token_id)
-    stats = Generation(tokens=out.rows)
-    step = model.prefill(tokens, valid=valid, logits="last")
+    out, stats, step = _start(model, prompts, config, logits="last")
     for _ in range(config.max_new_tokens):
-        stats.context_forwards += 1
         new, _ = choose_tokens(_full_vocab(step.logits), config.choice, generator=generator)
         out.extend(new)
         if out.finished:
             break
         step = model.advance(step.cache, new, logits="last")
+        stats.context_forwards += 1
     return stats
