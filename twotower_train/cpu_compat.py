@@ -11,7 +11,8 @@ What is adapted, and why:
 1. ``torch.cuda.current_device()`` is used as a *device* argument all over Megatron
    (parameter init, the local attention's memory buffer). Without CUDA it answers ``"cpu"``;
    ``torch.cuda.synchronize()`` (the checkpoint writer's pre-copy fence) has nothing to wait
-   for and returns.
+   for and returns; ``torch.cuda.current_stream()`` (Megatron DDP's bucket sync waits on it)
+   is a stream whose waits return at once — CPU work is already ordered.
 2. Megatron's RNG tracker stores and swaps CUDA generator states. Here it tracks the CPU
    generator instead, keeping Megatron's seeding scheme (data-parallel / tensor-parallel /
    expert-parallel streams) and fork semantics.
@@ -45,6 +46,20 @@ def _cpu_device(*_args, **_kwargs) -> str:
 
 def _nothing_to_synchronize(*_args, **_kwargs) -> None:
     return None
+
+
+class _CpuStream:
+    """What Megatron asks of ``torch.cuda.current_stream()``: waits, which on a CPU are done."""
+
+    def wait_event(self, _event) -> None:
+        return None
+
+    def wait_stream(self, _stream) -> None:
+        return None
+
+
+def _current_stream(*_args, **_kwargs) -> _CpuStream:
+    return _CpuStream()
 
 
 def _patch_rng_tracker() -> None:
@@ -129,6 +144,7 @@ def apply() -> None:
         return
     torch.cuda.current_device = _cpu_device
     torch.cuda.synchronize = _nothing_to_synchronize
+    torch.cuda.current_stream = _current_stream
     _patch_rng_tracker()
     _patch_causal_mask()
     _patch_moe_dispatcher()

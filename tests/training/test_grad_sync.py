@@ -1,18 +1,12 @@
-"""The Megatron-DDP gradient path (what CUDA runs use) matches the CPU all-reduce path.
+"""The Megatron-DDP gradient path (the default) matches the explicit all-reduce reference.
 
-Megatron's bucket sync asks for ``torch.cuda.current_stream()`` to wait on CUDA-graph events;
-a stub stream stands in for it here so the DDP + ``finalize_model_grads`` path runs on CPU.
+On CPU, Megatron's bucket sync waits on ``torch.cuda.current_stream()``, which
+:mod:`twotower_train.cpu_compat` provides.
 """
 
 import pytest
-import torch
 
 from twotower_train.training.trainer import Trainer
-
-
-class _StubStream:
-    def wait_event(self, _event):
-        pass
 
 
 def _losses(cfg):
@@ -22,8 +16,7 @@ def _losses(cfg):
     return [(r["loss"], r["grad_norm"]) for r in trainer.logger.history]
 
 
-def test_megatron_ddp_path_matches_allreduce_path(recipe, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _StubStream())
+def test_megatron_ddp_path_matches_allreduce_path(recipe):
     common = ("curriculum.phases.0.steps=4", "curriculum.phases.0.lr.warmup_steps=0",
               "checkpoint.dir=null")
     ddp = _losses(recipe(*common, "training.grad_sync=megatron_ddp"))

@@ -41,7 +41,7 @@ class Precision(enum.Enum):
 class GradSync(enum.Enum):
     """How data-parallel gradients are reduced (see ``trainer.build_grad_sync``)."""
 
-    AUTO = "auto"  # Megatron DDP on CUDA, the explicit all-reduce on CPU
+    AUTO = "auto"  # Megatron DDP (CUDA and CPU)
     MEGATRON_DDP = "megatron_ddp"
     ALLREDUCE = "allreduce"
 

@@ -8,12 +8,12 @@ loss denominator (the objective's loss is a sum — Megatron's per-token-loss mo
 MoE router's expert-bias update for the global batch.
 
 * :class:`MegatronDDPReducer` — Megatron's ``DistributedDataParallel`` (contiguous grad buffers,
-  bucketed all-reduce) and ``finalize_model_grads``, which do all of the above. Used on CUDA.
-* :class:`AllReduceReducer` — the same steps written out with ``torch.distributed`` collectives.
-  Used on CPU because Megatron's bucket sync calls ``torch.cuda.current_stream()`` (for CUDA-graph
-  events) in ``start_grad_sync``, which has no CPU stand-in in :mod:`twotower_train.cpu_compat`.
-  With such a stand-in, ``training.grad_sync=megatron_ddp`` runs the Megatron path on CPU too
-  (the tests do this with a stub and check both give the same losses).
+  bucketed all-reduce) and ``finalize_model_grads``, which do all of the above. The default
+  (``training.grad_sync=auto``), on CUDA and on CPU (where :mod:`twotower_train.cpu_compat`
+  stands in for the CUDA stream its bucket sync waits on).
+* :class:`AllReduceReducer` — the same steps written out with ``torch.distributed`` collectives
+  (``training.grad_sync=allreduce``): a small, readable reference that the tests compare the
+  Megatron path against.
 
 Optimizer (:func:`build_optimizer`): on CUDA Megatron's optimizer (AdamW, BF16 with fp32 master
 weights, distributed optimizer, grad clipping built in); on CPU ``torch.optim.AdamW`` in
@@ -170,7 +170,7 @@ def build_grad_reducer(
 ) -> GradReducer:
     """Megatron DDP on CUDA (``auto``), the explicit all-reduce on CPU (module docstring)."""
     if choice is GradSync.AUTO:
-        choice = GradSync.MEGATRON_DDP if backends.cuda_available() else GradSync.ALLREDUCE
+        choice = GradSync.MEGATRON_DDP
     if choice is GradSync.MEGATRON_DDP:
         return MegatronDDPReducer(model, bf16=bf16, copy_to_grad=not backends.cuda_available())
     return AllReduceReducer(model, trainable)
