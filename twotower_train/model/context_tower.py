@@ -80,19 +80,14 @@ class ContextTower(MegatronModule):
         cache = cache or ContextCache()
         if state_stride is not None and cache.length:
             raise ValueError("state_stride needs a forward from position 0 (no cache)")
-        batch, seq = tokens.shape
-        if valid is None and cache.valid is not None and not bool(cache.valid.all()):
-            valid = torch.ones(batch, seq, dtype=torch.bool, device=tokens.device)
-        key_valid = None
-        if valid is not None:
-            past = cache.valid if cache.valid is not None else valid[:, :0]
-            key_valid = torch.cat([past, valid], dim=1)  # (b, P + s)
+        if valid is None:
+            valid = torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device)
+        past = cache.valid if cache.valid is not None else valid[:, :0]
+        new = ContextCache(valid=torch.cat([past, valid], dim=1))  # (b, P + s)
+        # Padding masks only where some position is padding; otherwise the unmasked fast paths.
+        padded = not bool(new.valid.all())
+        key_valid, valid = (new.valid, valid) if padded else (None, None)
         model = self.backbone
-        new = ContextCache(
-            valid=key_valid
-            if key_valid is not None
-            else torch.ones(batch, cache.length + seq, dtype=torch.bool, device=tokens.device)
-        )
         out = ContextOutput(cache=new, logits=None)
         hidden = embed(model, tokens)
         for i, kind, layer in iter_layers(model):
@@ -111,13 +106,11 @@ class ContextTower(MegatronModule):
                 hidden = hidden + result.out
             elif kind is LayerKind.ATTENTION:
                 q, k, v = attention_qkv(layer.self_attention, normed)
-                attended = causal_attention(
-                    q, cache.keys.get(i), cache.values.get(i), k, v, key_valid=key_valid
-                )
-                new.keys[i] = k if i not in cache.keys else torch.cat([cache.keys[i], k], dim=2)
-                new.values[i] = (
-                    v if i not in cache.values else torch.cat([cache.values[i], v], dim=2)
-                )
+                if i in cache.keys:  # (b, kv_heads, P + s, hd): cached keys, then the new ones
+                    k = torch.cat([cache.keys[i], k], dim=2)
+                    v = torch.cat([cache.values[i], v], dim=2)
+                new.keys[i], new.values[i] = k, v
+                attended = causal_attention(q, k, v, key_valid=key_valid)
                 hidden = hidden + attention_out(layer.self_attention, attended)
             else:
                 mlp_out, _ = layer.mlp(normed)

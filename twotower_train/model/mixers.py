@@ -69,7 +69,6 @@ def mamba_forward(
     if mixer.cp.cp_size != 1:
         raise NotImplementedError("two-tower Mamba layers do not support context parallelism")
     zxbcdt, _ = mixer.in_proj(hidden)  # (s, b, proj_local); the sequence is gathered under SP
-    seq, batch = zxbcdt.shape[:2]
     d_inner, groups, d_state = mixer.d_inner_local_tp, mixer.ngroups_local_tp, mixer.d_state
     heads, head_dim = mixer.nheads_local_tp, mixer.headdim
     conv_dim = d_inner + 2 * groups * d_state
@@ -118,7 +117,8 @@ def mamba_forward(
     boundaries = None
     if state_stride is not None:
         boundaries = MambaStates(conv=conv_bounds, ssm=scan.boundary_states)
-    return MambaOutput(out=out, final=MambaStates(conv_final, scan.final_state), boundaries=boundaries)
+    final = MambaStates(conv=conv_final, ssm=scan.final_state)
+    return MambaOutput(out=out, final=final, boundaries=boundaries)
 
 
 def attention_qkv(
@@ -137,23 +137,20 @@ def attention_out(attention: SelfAttention, context: torch.Tensor) -> torch.Tens
 
 def causal_attention(
     q: torch.Tensor,
-    k_cache: torch.Tensor | None,
-    v_cache: torch.Tensor | None,
-    k_new: torch.Tensor,
-    v_new: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
     key_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The context tower's attention: S new queries over cached keys ⊕ their own, causally.
+    """The context tower's attention: the S newest positions query all P+S keys causally.
 
+    q (b, heads, S, hd); k/v (b, kv_heads, P+S, hd) — cached keys followed by the new ones.
     ``key_valid`` (b, P+S) marks left padding; a query always sees itself, so fully padded rows
     stay finite. Without a cache and padding this is plain causal SDPA (flash on GPU).
     """
-    gqa = q.shape[1] != k_new.shape[1]
-    if k_cache is None and key_valid is None:
-        return F.scaled_dot_product_attention(q, k_new, v_new, is_causal=True, enable_gqa=gqa)
-    k = k_new if k_cache is None else torch.cat([k_cache, k_new], dim=2)  # (b, kvh, P+S, hd)
-    v = v_new if v_cache is None else torch.cat([v_cache, v_new], dim=2)
+    gqa = q.shape[1] != k.shape[1]
     new, total = q.shape[2], k.shape[2]
+    if new == total and key_valid is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     query_pos = torch.arange(total - new, total, device=q.device).unsqueeze(1)  # (S, 1)
     key_pos = torch.arange(total, device=q.device).unsqueeze(0)  # (1, P+S)
     mask = key_pos <= query_pos  # (S, P+S) causal
