@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
@@ -24,17 +22,7 @@ from twotower_train.diffusion import corrupt_blocks  # noqa: E402
 from twotower_train.model.backbone import forward_logits  # noqa: E402
 from twotower_train.model.config import preset  # noqa: E402
 from twotower_train.model.two_tower import TwoTowerModel  # noqa: E402
-
-
-def median_seconds(step, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from twotower_train.timing import median_seconds  # noqa: E402
 
 
 def main() -> None:
@@ -69,8 +57,8 @@ def main() -> None:
             logits[corruption.masked].float(), tokens[corruption.masked]
         ).backward()
 
-    ar = median_seconds(ar_step, args.warmup, args.repeats)
-    tt = median_seconds(two_tower_step, args.warmup, args.repeats)
+    ar, _ = median_seconds(ar_step, warmup=args.warmup, repeats=args.repeats)
+    tt, _ = median_seconds(two_tower_step, warmup=args.warmup, repeats=args.repeats)
     print(
         f"preset={args.preset} batch={args.batch} seq={args.seq_len} S={args.block_size} "
         f"threads={torch.get_num_threads()}\n"

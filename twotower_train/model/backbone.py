@@ -350,8 +350,8 @@ def count_parameters(cfg: BackboneConfig) -> tuple[int, int]:
 
     Active counts the top-k routed experts plus the shared expert in MoE layers and leaves out
     the input embedding table (a row lookup, not compute; the usual convention for the "A3B"
-    figure); everything else is used by every token. Computed analytically so it is cheap even for the 30B config; the
-    tests check it against a meta-device build.
+    figure); everything else is used by every token. Computed analytically so it is cheap even
+    for the 30B config; the tests check it against a meta-device build.
     """
     h = cfg.hidden_size
     embed = 2 * cfg.vocab_size * h + h  # embedding + untied head + final norm
@@ -384,25 +384,22 @@ def count_parameters(cfg: BackboneConfig) -> tuple[int, int]:
 def smoke(preset_name: str = "tiny", seq_len: int = 64, batch: int = 2, repeats: int = 5) -> float:
     """Forward + backward of a preset on this machine: prints and returns the median seconds
     over ``repeats`` runs after one warm-up (which pays one-time kernel compilation)."""
-    import statistics
-    import time
-
     from twotower_train import distributed
     from twotower_train.model.config import preset
+    from twotower_train.timing import median_seconds
 
     distributed.initialize(seed=1234)
     cfg = preset(preset_name)
     model = build_backbone(cfg)
     tokens = torch.randint(0, cfg.vocab_size, (batch, seq_len))
-    times = []
-    for _ in range(repeats + 1):
+
+    def step():
         model.zero_grad(set_to_none=True)
-        start = time.perf_counter()
         forward_logits(model, tokens).float().logsumexp(-1).mean().backward()
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times[1:])
+
+    seconds, warmup = median_seconds(step, repeats=repeats)
     print(f"{preset_name}: forward+backward of {batch}x{seq_len} tokens in {seconds:.3f}s "
-          f"(median of {repeats}; warm-up {times[0]:.3f}s)")
+          f"(median of {repeats}; warm-up {warmup:.3f}s)")
     return seconds
 
 
