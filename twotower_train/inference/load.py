@@ -38,12 +38,7 @@ def load_trained_model(path: str | Path) -> tuple[torch.nn.Module, TrainConfig]:
         expert_parallel=parallel_state.get_expert_model_parallel_world_size(),
     )
     model = objective.build_model(cfg.model, parallel, torch.float32)
-    expected = objective.frozen_reference(model)
-    if common.get("frozen_reference", {}) != expected:
-        raise ConfigError(
-            f"{resolved} was trained against frozen weights {common.get('frozen_reference')}, "
-            f"but they now read {expected}; was the backbone checkpoint changed?"
-        )
+    checkpoint.verify_frozen_reference(resolved, common, objective, model)
     state = checkpoint.load_model_state(resolved, objective.checkpoint_state(model))
     objective.load_checkpoint_state(model, state)
     return model.eval(), cfg

@@ -58,6 +58,7 @@ __all__ = [
     "read_train_state",
     "resolve_checkpoint_dir",
     "save_checkpoint",
+    "verify_frozen_reference",
 ]
 
 _ITER = re.compile(r"^iter_(\d{7})$")
@@ -191,6 +192,18 @@ def resolve_checkpoint_dir(path: str | Path) -> Path | None:
     return None
 
 
+def verify_frozen_reference(
+    path: Path, common: dict[str, Any], objective: Any, model: torch.nn.Module
+) -> None:
+    """The frozen weights a checkpoint was saved against (its common state) are this model's."""
+    expected = objective.frozen_reference(model)
+    if common.get("frozen_reference", {}) != expected:
+        raise CheckpointError(
+            f"{path} was saved against frozen weights {common.get('frozen_reference')} but this "
+            f"run has {expected}"
+        )
+
+
 def load_model_state(path: str | Path, sharded_state_dict: dict) -> dict:
     """Only the model tensors of checkpoint ``path``, resharded into ``sharded_state_dict``
     (e.g. a stage-1 backbone loaded into a two-tower model at any TP/EP)."""
@@ -274,12 +287,7 @@ def load_checkpoint(
     if not (path / META).is_file():
         raise CheckpointError(f"{path} is not a complete checkpoint (no {META})")
     common = dist_checkpointing.load_common_state_dict(str(path))
-    expected = objective.frozen_reference(model)
-    if common.get("frozen_reference", {}) != expected:
-        raise CheckpointError(
-            f"{path} was saved against frozen weights {common.get('frozen_reference')} but this "
-            f"run has {expected}"
-        )
+    verify_frozen_reference(path, common, objective, model)
     same_layout = common["layout"] == _layout()
     model_sd = objective.checkpoint_state(model)
     request = {
