@@ -22,7 +22,8 @@ from megatron.core import parallel_state, tensor_parallel
 from twotower_train import backends
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on localhost (single-process groups, test launchers)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -43,7 +44,7 @@ def initialize(
     if not dist.is_initialized():
         if "RANK" not in os.environ:
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+            os.environ.setdefault("MASTER_PORT", str(free_port()))
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         if backends.cuda_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from twotower_train.distributed import free_port
+
 WORKERS = Path(__file__).parent / "workers"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(worker: str, *args: str, nproc: int = 2, timeout: int = 300) -> str:
@@ -26,7 +21,7 @@ def torchrun(worker: str, *args: str, nproc: int = 2, timeout: int = 300) -> str
            "PYTHONUNBUFFERED": "1"}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-        f"--master-port={_free_port()}", "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}", "--master-addr=127.0.0.1",
         str(WORKERS / worker), *args,
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -5,7 +5,7 @@ import pytest
 from twotower_train.model.backbone import count_parameters
 from twotower_train.model.config import preset
 from twotower_train.training.logging import format_progress, mfu
-from twotower_train.training.objective import transformer_flops_per_token
+from twotower_train.training.objectives import transformer_flops_per_token
 
 
 def test_flops_per_token_is_6n_plus_attention():

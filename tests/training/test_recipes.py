@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        (["+training.bogus=1"], "training.bogus"),
+        (["+training.bogus=1"], "training: unknown key(s) ['bogus']"),
         (["+curriculum.phases.0.bogus=1"], "curriculum.phases[0]: unknown key(s) ['bogus']"),
         (["curriculum.phases.0.block_size=48"], "block_size=48 must divide seq_length=64"),
         (["+model.mask_token_id=600"], "model.mask_token_id=600 is outside the vocabulary"),
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
             ["parallelism=tp2", "parallelism.sequence_parallel=false"],
             "set parallelism.sequence_parallel=true",
         ),
-        (["+objective.bogus=1"], "objective.bogus"),
+        (["+objective.bogus=1"], "objective: unknown key(s) ['bogus']"),
     ],
 )
 def test_bad_values_name_the_key(recipe, overrides, expected):

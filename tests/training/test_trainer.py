@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from twotower_train.training import checkpoint as ckpt
-from twotower_train.training.objective import OBJECTIVES, ARObjective
+from twotower_train.training.objectives import OBJECTIVES
+from twotower_train.training.objectives.ar import ARObjective
 from twotower_train.training.trainer import Trainer
 
 

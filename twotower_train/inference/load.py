@@ -21,7 +21,7 @@ from megatron.core import dist_checkpointing, parallel_state
 from twotower_train.model.config import ConfigError, ParallelConfig
 from twotower_train.training import checkpoint
 from twotower_train.training.config import TrainConfig, from_container
-from twotower_train.training.objective import build_objective
+from twotower_train.training.objectives import build_objective
 
 
 def load_trained_model(path: str | Path) -> tuple[torch.nn.Module, TrainConfig]:

@@ -12,12 +12,9 @@ from einops import rearrange
 
 from twotower_train.ops.conv import causal_conv1d
 from twotower_train.ops.gated_norm import gated_rms_norm
-from twotower_train.ops.ssd import ssd_scan
+from twotower_train.ops.ssd import NO_DT_LIMIT, ssd_scan
 
 __all__ = ["mamba_chunk_scan_combined", "mamba_split_conv1d_scan_combined"]
-
-_NO_LIMIT = (0.0, float("inf"))
-
 
 def _reject_seq_idx(seq_idx):
     if seq_idx is not None:
@@ -28,7 +25,7 @@ def _reject_seq_idx(seq_idx):
 
 def mamba_chunk_scan_combined(
     x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None, seq_idx=None,
-    cu_seqlens=None, dt_softplus=False, dt_limit=_NO_LIMIT, return_final_states=False,
+    cu_seqlens=None, dt_softplus=False, dt_limit=NO_DT_LIMIT, return_final_states=False,
     return_varlen_states=False, state_dtype=None,
 ):
     """x (b, l, h, p), dt (b, l, h), A (h,), B/C (b, l, g, n) -> out (b, l, h, p)
@@ -46,7 +43,7 @@ def mamba_chunk_scan_combined(
 
 def mamba_split_conv1d_scan_combined(
     zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, chunk_size, initial_states=None,
-    seq_idx=None, dt_limit=_NO_LIMIT, return_final_states=False, activation="silu",
+    seq_idx=None, dt_limit=NO_DT_LIMIT, return_final_states=False, activation="silu",
     rmsnorm_weight=None, rmsnorm_eps=1e-6, outproj_weight=None, outproj_bias=None, headdim=None,
     ngroups=1, norm_before_gate=True, state_dtype=None,
 ):

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 __all__ = ["SSDOutput", "ssd_scan", "ssd_step", "ssd_sequential"]
 
-_NO_LIMIT = (0.0, float("inf"))
+NO_DT_LIMIT = (0.0, float("inf"))
+"""``dt_limit`` that clamps nothing (mamba_ssm's default)."""
 
 
 @dataclass
@@ -108,7 +109,7 @@ def _prefix_states(seg_states, seg_log_decay, init):
 
 def ssd_scan(
     x, dt, A, B, C, chunk_size, *, D=None, z=None, dt_bias=None, dt_softplus=False,
-    dt_limit=_NO_LIMIT, initial_state=None, state_stride=None,
+    dt_limit=NO_DT_LIMIT, initial_state=None, state_stride=None,
 ) -> SSDOutput:
     """Chunked SSD scan: quadratic form inside chunks, state passing between them (a segment
     sum over chunk states, no Python loop over time or chunks). Differentiable.
@@ -199,7 +200,7 @@ def _boundary_states(S, Q, a, xdt, Bc, H_start):
 
 def ssd_step(
     state, x_t, dt_t, A, B_t, C_t, *, D=None, z_t=None, dt_bias=None, dt_softplus=False,
-    dt_limit=_NO_LIMIT,
+    dt_limit=NO_DT_LIMIT,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """One recurrence step for decoding. state (b, h, p, n); x_t (b, h, p); dt_t (b, h);
     B_t/C_t (b, g, n). Returns (y_t (b, h, p) in x_t's dtype, new_state (b, h, p, n) fp32)."""
@@ -222,7 +223,7 @@ def ssd_step(
 
 def ssd_sequential(
     x, dt, A, B, C, chunk_size=None, *, D=None, z=None, dt_bias=None, dt_softplus=False,
-    dt_limit=_NO_LIMIT, initial_state=None, state_stride=None,
+    dt_limit=NO_DT_LIMIT, initial_state=None, state_stride=None,
 ) -> SSDOutput:
     """Naive per-time-step recurrence (the test oracle). chunk_size is accepted and ignored."""
     _check_shapes(x, dt, A, B, C, D, z)

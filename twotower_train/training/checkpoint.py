@@ -8,7 +8,7 @@ Layout of a checkpoint root::
 
 What one checkpoint holds (one ``dist_checkpointing.save`` of a sharded state dict):
 
-* ``model`` — the objective's :meth:`~twotower_train.training.objective.Objective.checkpoint_state`
+* ``model`` — the objective's :meth:`~twotower_train.training.objectives.Objective.checkpoint_state`
   (by default the whole model; a two-tower objective may leave its frozen tower out and record a
   ``frozen_reference`` instead, which is compared on load);
 * ``optimizer`` — moments as sharded tensors shaped like their parameters, so a checkpoint saved
@@ -141,7 +141,7 @@ def _rng_object(data: Any) -> ShardedObject:
 
 
 def _optimizer_sharded(optimizer: Any, model_sd: dict, is_loading: bool) -> dict:
-    from twotower_train.training.optim import TorchAdamW
+    from twotower_train.training.optimizer import TorchAdamW
 
     if isinstance(optimizer, TorchAdamW):
         return optimizer.sharded_state_dict(model_sd, is_loading=is_loading)

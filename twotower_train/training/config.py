@@ -26,6 +26,7 @@ from typing import Any
 
 from twotower_train.model.config import BackboneConfig, ConfigError, ParallelConfig, preset
 from twotower_train.training.curriculum import Curriculum
+from twotower_train.training.validation import positive_int, reject_unknown
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 """The repository's Hydra config folder (``recipes/``)."""
@@ -39,7 +40,7 @@ class Precision(enum.Enum):
 
 
 class GradSync(enum.Enum):
-    """How data-parallel gradients are reduced (see ``trainer.build_grad_sync``)."""
+    """How data-parallel gradients are reduced (see :mod:`twotower_train.training.grad_reduce`)."""
 
     AUTO = "auto"  # Megatron DDP (CUDA and CPU)
     MEGATRON_DDP = "megatron_ddp"
@@ -168,16 +169,6 @@ _SECTIONS = {
 }
 
 
-def _reject_unknown(values: Mapping[str, Any], allowed: set[str], key: str) -> None:
-    unknown = sorted(str(k) for k in values if k not in allowed)
-    if unknown:
-        where = f"{key}." if key else ""
-        raise ConfigError(
-            f"unknown key(s) {[where + k for k in unknown]}; valid keys under "
-            f"{key or 'the top level'}: {sorted(allowed)}"
-        )
-
-
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check/convert one scalar field value against its annotation (enums by value)."""
     origin = typing.get_origin(annotation)
@@ -225,7 +216,7 @@ def _section(cls: type, values: Any, key: str) -> Any:
         raise ConfigError(f"{key} must be a mapping, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
-    _reject_unknown(values, fields, key)
+    reject_unknown(values, fields, key)
     kwargs = {name: _coerce(v, hints[name], f"{key}.{name}") for name, v in values.items()}
     return cls(**kwargs)
 
@@ -238,30 +229,25 @@ def _model(values: Any) -> BackboneConfig:
     if name is None:
         raise ConfigError("model.preset is missing (e.g. model=tiny on the command line)")
     known = {f.name for f in dataclasses.fields(BackboneConfig)}
-    _reject_unknown(values, known | {"preset"}, "model")
+    reject_unknown(values, known | {"preset"}, "model")
     try:
         return preset(str(name), **values)
     except TypeError as error:
         raise ConfigError(f"model: {error}") from error
 
 
-def _check_positive(value: int, key: str) -> None:
-    if value <= 0:
-        raise ConfigError(f"{key}={value} must be positive")
-
-
 def _check_batches(training: TrainingConfig, parallel: ParallelConfig) -> None:
-    _check_positive(training.global_batch_size, "training.global_batch_size")
-    _check_positive(training.micro_batch_size, "training.micro_batch_size")
-    _check_positive(training.log_interval, "training.log_interval")
-    _check_positive(training.eval_iters, "training.eval_iters")
+    positive_int(training.global_batch_size, "training.global_batch_size")
+    positive_int(training.micro_batch_size, "training.micro_batch_size")
+    positive_int(training.log_interval, "training.log_interval")
+    positive_int(training.eval_iters, "training.eval_iters")
     if training.global_batch_size % training.micro_batch_size:
         raise ConfigError(
             f"training.global_batch_size={training.global_batch_size} is not a multiple of "
             f"training.micro_batch_size={training.micro_batch_size}"
         )
     for name in ("tensor_parallel", "expert_parallel", "pipeline_parallel"):
-        _check_positive(getattr(parallel, name), f"parallelism.{name}")
+        positive_int(getattr(parallel, name), f"parallelism.{name}")
     if parallel.pipeline_parallel != 1:
         raise ConfigError(
             "parallelism.pipeline_parallel must be 1: the trainer has no pipeline schedule yet"
@@ -292,7 +278,7 @@ def from_container(values: Mapping[str, Any], *, check_data: bool = True) -> Tra
         ConfigError: one message naming the offending key.
     """
     values = {k: v for k, v in values.items() if k != "hydra"}
-    _reject_unknown(values, _SECTIONS, "")
+    reject_unknown(values, _SECTIONS, "")
     for required in ("run_name", "model", "data", "curriculum", "training"):
         if required not in values:
             raise ConfigError(f"the recipe has no `{required}` section")
@@ -303,7 +289,7 @@ def from_container(values: Mapping[str, Any], *, check_data: bool = True) -> Tra
     optimizer = _section(OptimizerConfig, values.get("optimizer"), "optimizer")
     checkpoint = _section(CheckpointConfig, values.get("checkpoint"), "checkpoint")
     logging_cfg = _section(LoggingConfig, values.get("logging"), "logging")
-    _check_positive(data.seq_length, "data.seq_length")
+    positive_int(data.seq_length, "data.seq_length")
     if data.seq_length > model.max_sequence_length:
         raise ConfigError(
             f"data.seq_length={data.seq_length} exceeds model.max_sequence_length="
@@ -326,7 +312,7 @@ def from_container(values: Mapping[str, Any], *, check_data: bool = True) -> Tra
     objective = dict(values.get("objective") or {"name": "ar"})
     objective_name = str(objective.pop("name", "ar"))
     from twotower_train.model.backbone import check_parallel_layout
-    from twotower_train.training.objective import build_objective
+    from twotower_train.training.objectives import build_objective
 
     # Validates the options, and the options against the model, before anything is built.
     build_objective(objective_name, objective).check_model(model)

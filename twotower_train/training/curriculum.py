@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
+from twotower_train.training.validation import positive_int, reject_unknown
+
 __all__ = [
     "ActivePhase",
     "Curriculum",
@@ -108,14 +110,6 @@ def resolve_decay_steps(lr: LRScheduleConfig, phase_steps: int) -> int:
     return max(1, round(fraction * phase_steps))
 
 
-def _positive_int(value: Any, key: str) -> int:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # YAML may read 2.1e12 as a float
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{key}={value!r} must be a positive integer")
-    return value
-
-
 def _validate_lr(lr: LRScheduleConfig, phase_steps: int, key: str) -> None:
     if not isinstance(lr.decay_style, WSDDecayStyle):
         raise ValueError(f"{key}.decay_style={lr.decay_style!r} must be a WSDDecayStyle")
@@ -132,7 +126,7 @@ def _validate_lr(lr: LRScheduleConfig, phase_steps: int, key: str) -> None:
     if lr.decay_fraction is not None and not 0.0 < lr.decay_fraction <= 1.0:
         raise ValueError(f"{key}.decay_fraction={lr.decay_fraction} must be in (0, 1]")
     if lr.decay_steps is not None:
-        _positive_int(lr.decay_steps, f"{key}.decay_steps")
+        positive_int(lr.decay_steps, f"{key}.decay_steps")
     if phase_steps < 2:
         raise ValueError(f"{key}: a phase needs at least 2 steps for a WSD schedule")
     decay = resolve_decay_steps(lr, phase_steps)
@@ -156,8 +150,8 @@ class Curriculum:
             global_batch_tokens: tokens per optimizer step (global batch size × seq_length).
             seq_length: training sequence length; every block size must divide it.
         """
-        self.global_batch_tokens = _positive_int(global_batch_tokens, "global_batch_tokens")
-        self.seq_length = _positive_int(seq_length, "seq_length")
+        self.global_batch_tokens = positive_int(global_batch_tokens, "global_batch_tokens")
+        self.seq_length = positive_int(seq_length, "seq_length")
         if self.global_batch_tokens % self.seq_length != 0:
             raise ValueError(
                 f"global_batch_tokens={global_batch_tokens} must be a multiple of "
@@ -175,7 +169,7 @@ class Curriculum:
             if phase.name in names:
                 raise ValueError(f"{key}.name={phase.name!r} is used by another phase")
             names.add(phase.name)
-            block = _positive_int(phase.block_size, f"{key}.block_size")
+            block = positive_int(phase.block_size, f"{key}.block_size")
             if self.seq_length % block != 0:
                 raise ValueError(
                     f"{key}.block_size={block} must divide seq_length={self.seq_length}"
@@ -199,8 +193,8 @@ class Curriculum:
         if (phase.steps is None) == (phase.tokens is None):
             raise ValueError(f"{key}: set exactly one of steps / tokens")
         if phase.steps is not None:
-            return _positive_int(phase.steps, f"{key}.steps")
-        tokens = _positive_int(phase.tokens, f"{key}.tokens")
+            return positive_int(phase.steps, f"{key}.steps")
+        tokens = positive_int(phase.tokens, f"{key}.tokens")
         return math.ceil(tokens / self.global_batch_tokens)
 
     @staticmethod
@@ -242,7 +236,7 @@ class Curriculum:
         Unknown keys raise an error naming them.
         """
         if isinstance(cfg, Mapping):
-            _reject_unknown(cfg, {"phases"}, "curriculum")
+            reject_unknown(cfg, {"phases"}, "curriculum")
             if "phases" not in cfg:
                 raise ValueError("curriculum.phases is missing")
             cfg = cfg["phases"]
@@ -252,16 +246,10 @@ class Curriculum:
         return cls(phases, global_batch_tokens=global_batch_tokens, seq_length=seq_length)
 
 
-def _reject_unknown(cfg: Mapping[str, Any], allowed: set[str], key: str) -> None:
-    unknown = sorted(str(k) for k in cfg.keys() if k not in allowed)
-    if unknown:
-        raise ValueError(f"{key}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-
-
 def _phase_from_dict(cfg: Any, key: str) -> PhaseConfig:
     if not isinstance(cfg, Mapping):
         raise ValueError(f"{key} must be a mapping, got {type(cfg).__name__}")
-    _reject_unknown(cfg, {f.name for f in fields(PhaseConfig)}, key)
+    reject_unknown(cfg, {f.name for f in fields(PhaseConfig)}, key)
     for required in ("name", "block_size", "blend"):
         if required not in cfg:
             raise ValueError(f"{key}.{required} is missing")
@@ -274,7 +262,7 @@ def _phase_from_dict(cfg: Any, key: str) -> PhaseConfig:
 
 def _blend_item(item: Any, key: str) -> tuple[str, float]:
     if isinstance(item, Mapping):
-        _reject_unknown(item, {"prefix", "weight"}, key)
+        reject_unknown(item, {"prefix", "weight"}, key)
         if "prefix" not in item or "weight" not in item:
             raise ValueError(f"{key} needs both prefix and weight")
         return (item["prefix"], item["weight"])
@@ -286,7 +274,7 @@ def _blend_item(item: Any, key: str) -> tuple[str, float]:
 def _lr_from_dict(cfg: Any, key: str) -> LRScheduleConfig:
     if not isinstance(cfg, Mapping):
         raise ValueError(f"{key} must be a mapping")
-    _reject_unknown(cfg, {f.name for f in fields(LRScheduleConfig)}, key)
+    reject_unknown(cfg, {f.name for f in fields(LRScheduleConfig)}, key)
     values = dict(cfg)
     if "decay_style" in values and not isinstance(values["decay_style"], WSDDecayStyle):
         try:

@@ -7,12 +7,12 @@ Per global step ``k`` (0-based)::
     for micro_batch in this rank's slice of the global batch:
         loss_sums = objective.loss(model, micro_batch, phase, generator)
         loss_sums.numerator.backward()
-    reducer.finish(num_tokens)                     # DP/SP all-reduce, ÷ global loss denominator
+    reducer.finish(num_tokens)                     # DDP + finalize_model_grads, ÷ global tokens
     optimizer.step()                               # clip + AdamW
     scheduler.step(1)                              # WSD lr of step k+1
     log, evaluate every N, checkpoint every N, stop cleanly on SIGTERM / SIGUSR1
 
-Everything stage-specific is the :class:`~twotower_train.training.objective.Objective` (STYLE
+Everything stage-specific is the :class:`~twotower_train.training.objectives.Objective` (STYLE
 item 1); everything about *when* (block size, blend, lr) is the curriculum (STYLE item 9). The
 trainer trains exactly the parameters the objective names and freezes the rest, so a model with
 a frozen tower needs nothing special here.
@@ -47,8 +47,9 @@ from twotower_train.training.config import Precision, TrainConfig
 from twotower_train.training.curriculum import ActivePhase, Curriculum, build_phase_scheduler
 from twotower_train.training.data import PhaseData, build_phase_data, eval_batches, micro_batches
 from twotower_train.training.logging import MetricLogger, default_peak_tflops, mfu
-from twotower_train.training.objective import Objective, build_objective
-from twotower_train.training.optim import GradReducer, build_grad_reducer, build_optimizer
+from twotower_train.training.objectives import Objective, build_objective
+from twotower_train.training.grad_reduce import GradReducer, build_grad_reducer
+from twotower_train.training.optimizer import build_optimizer
 
 __all__ = ["PreemptionSignal", "Trainer", "step_seed"]
 
@@ -92,7 +93,7 @@ class Trainer:
     cfg: TrainConfig
     objective: Objective
     module: torch.nn.Module  # the model as built (checkpoints, objective calls)
-    model: torch.nn.Module  # what the forward runs on (Megatron DDP wrapper on CUDA)
+    model: torch.nn.Module  # what the forward runs on (the Megatron DDP wrapper, CPU and CUDA)
     trainable: list[torch.nn.Parameter]
     reducer: GradReducer
     optimizer: Any  # TorchAdamW on CPU, Megatron's optimizer on CUDA

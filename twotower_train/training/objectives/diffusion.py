@@ -36,7 +36,7 @@ from twotower_train.diffusion import (
 from twotower_train.model.config import BackboneConfig, ConfigError, ParallelConfig
 from twotower_train.model.two_tower import TwoTowerModel
 from twotower_train.training.curriculum import ActivePhase
-from twotower_train.training.objective import (
+from twotower_train.training.objectives.base import (
     ObjectiveBase,
     transformer_flops_per_token,
     vocab_parallel_argmax,

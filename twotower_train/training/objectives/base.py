@@ -1,5 +1,8 @@
-"""What the trainer optimises: the :class:`Objective` protocol, the stage-1 AR objective, and the
-registry that picks one by name from the recipe (``objective.name: ar | diffusion``).
+"""The :class:`Objective` protocol — what the trainer optimises — and its shared defaults.
+
+The concrete objectives live next to this file (``ar.py`` stage 1, ``diffusion.py`` stage 2);
+the package ``__init__`` holds the registry that picks one by recipe name
+(``objective.name: ar | diffusion``).
 
 The trainer is one loop for both stages (STYLE item 1): it asks the objective to build the model,
 to name the parameters it trains, and to compute a micro-batch loss; it never branches on the
@@ -25,38 +28,29 @@ stage. An objective owns everything stage-specific:
 
 :class:`ObjectiveBase` gives the defaults of the last four; an objective usually overrides only
 ``build_model``, ``trainable_parameters``, ``loss`` and ``summarize``.
-
-Registry: :data:`OBJECTIVES` maps a recipe name to ``"module:Class"``; the class carries its own
-config dataclass as ``Class.Config`` (the recipe's ``objective:`` keys other than ``name``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
-from megatron.core import parallel_state, tensor_parallel
+from megatron.core import parallel_state
 from megatron.core.transformer.module import MegatronModule
 
-from twotower_train.diffusion import LossOutput, MetricSums, ar_loss
-from twotower_train.model.config import BackboneConfig, ConfigError, ParallelConfig
+from twotower_train.diffusion import LossOutput, MetricSums
+from twotower_train.model.config import BackboneConfig, ParallelConfig
 from twotower_train.training.curriculum import ActivePhase
+from twotower_train.training.data import Batch
 
 __all__ = [
-    "ARObjective",
-    "OBJECTIVES",
     "Objective",
     "ObjectiveBase",
-    "build_objective",
-    "objective_class",
     "transformer_flops_per_token",
     "vocab_parallel_argmax",
 ]
-
-Batch = dict[str, torch.Tensor]
 
 
 @runtime_checkable
@@ -169,86 +163,3 @@ class ObjectiveBase:
 
     def frozen_reference(self, model: MegatronModule) -> dict[str, Any]:
         return {}
-
-
-class ARObjective(ObjectiveBase):
-    """Stage 1: next-token prediction with the single-tower backbone (DESIGN §3).
-
-    Per-token NLL from Megatron's ``vocab_parallel_cross_entropy`` on the vocab-parallel logits,
-    reduced by :func:`twotower_train.diffusion.ar_loss` over ``loss_mask``. Metrics: token
-    accuracy and the NLL. The phase's block size does not change the AR loss (the trainer still
-    logs it, so a curriculum is visible in stage 1 too).
-    """
-
-    name: ClassVar[str] = "ar"
-
-    def build_model(
-        self, model_cfg: BackboneConfig, parallel: ParallelConfig, params_dtype: torch.dtype
-    ) -> MegatronModule:
-        from twotower_train.model.backbone import build_backbone, transformer_config
-
-        config = transformer_config(model_cfg, parallel, params_dtype=params_dtype)
-        return build_backbone(model_cfg, config)
-
-    def loss(
-        self, model: torch.nn.Module, batch: Batch, phase: ActivePhase, generator: torch.Generator
-    ) -> tuple[LossOutput, MetricSums]:
-        from twotower_train.model.backbone import forward_logits
-
-        tokens, labels = batch["tokens"], batch["labels"]  # (b, s)
-        logits = forward_logits(model, tokens)  # (b, s, vocab/TP)
-        token_nll = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels)  # (b, s)
-        out = ar_loss(token_nll, batch["loss_mask"])
-        keep = batch["loss_mask"].to(torch.bool)
-        correct = ((vocab_parallel_argmax(logits) == labels) & keep).sum()
-        sums = MetricSums(
-            {
-                "nll_sum": float(out.numerator.detach()),
-                "num_tokens": float(out.num_masked),
-                "correct": float(correct),
-            }
-        )
-        return out, sums
-
-    def summarize(self, sums: MetricSums) -> dict[str, float]:
-        v = sums.values
-        n = v["num_tokens"]
-        return {"accuracy": v["correct"] / n if n else float("nan")}
-
-
-OBJECTIVES: dict[str, str] = {
-    "ar": "twotower_train.training.objective:ARObjective",
-    "diffusion": "twotower_train.training.objectives:DiffusionObjective",
-}
-"""Recipe name -> ``"module:Class"`` (imported on first use, so a stage-1 run never imports the
-two-tower model)."""
-
-
-def objective_class(name: str) -> type:
-    """The objective class registered under ``name`` (error names ``objective.name``)."""
-    if name not in OBJECTIVES:
-        raise ConfigError(f"objective.name={name!r} is not registered; choose one of "
-                          f"{sorted(OBJECTIVES)}")
-    module, cls = OBJECTIVES[name].split(":")
-    return getattr(importlib.import_module(module), cls)
-
-
-def build_objective(name: str, options: Mapping[str, Any]) -> Objective:
-    """Instantiate objective ``name`` with its ``Config`` built from ``options``.
-
-    Unknown option keys raise :class:`ConfigError` naming ``objective.<key>``.
-    """
-    cls = objective_class(name)
-    config_cls = cls.Config
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) {['objective.' + k for k in unknown]} for objective {name!r}; "
-            f"valid keys: {sorted(known) or 'none besides objective.name'}"
-        )
-    try:
-        config = config_cls(**options)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"objective ({name}): {error}") from error
-    return cls(config)

@@ -1,0 +1,30 @@
+"""The two checks every recipe section repeats, with the project's error wording.
+
+Recipe validation (:mod:`twotower_train.training.config`, :mod:`~twotower_train.training.curriculum`)
+reports every problem as one :class:`~twotower_train.model.config.ConfigError` that names the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from twotower_train.model.config import ConfigError
+
+
+def reject_unknown(values: Mapping[str, Any], allowed: set[str], key: str) -> None:
+    """Raise naming ``key`` and the unknown names if ``values`` has keys outside ``allowed``."""
+    unknown = sorted(str(k) for k in values if k not in allowed)
+    if unknown:
+        raise ConfigError(
+            f"{key or 'recipe'}: unknown key(s) {unknown}; valid keys: {sorted(allowed)}"
+        )
+
+
+def positive_int(value: Any, key: str) -> int:
+    """``value`` as a positive int (YAML may read ``2.1e12`` as a float), else an error."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{key}={value!r} must be a positive integer")
+    return value
