@@ -29,6 +29,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def device() -> torch.device:
+    """The one device of this process: its local CUDA device with CUDA, else the CPU.
+
+    Models, batches, generators and every tensor that enters a collective live here."""
+    if backends.cuda_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def initialize(
     *,
     tensor_parallel: int = 1,

@@ -91,3 +91,24 @@ def test_sampling_filters():
         for _ in range(50)
     }
     assert draws == {3}  # softmax(3) ≈ 0.64 ≥ 0.5 alone
+
+
+def test_shared_decoding_modules_import_only_torch():
+    """The HF export ships these files verbatim: no project or Megatron imports (cache.py)."""
+    import ast
+    from pathlib import Path
+
+    import twotower_train.inference as package
+
+    for name in ("cache.py", "sampling.py", "samplers.py"):
+        tree = ast.parse((Path(package.__file__).parent / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                roots = {"." if node.level else node.module.split(".")[0]}
+            else:
+                continue
+            assert roots <= {"torch", "math", "dataclasses", "typing", "__future__", "."}, (
+                name, roots
+            )

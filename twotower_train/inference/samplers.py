@@ -4,9 +4,10 @@
 * :func:`generate_mock_ar` — one masked position at a time, predicted by the denoiser;
 * :func:`generate_ar` — the context tower alone, standard cached decoding.
 
-They drive any model with the incremental API of
-:class:`~twotower_train.model.two_tower.TwoTowerModel` (``prefill``, ``denoise_block``,
-``advance``), so the Hugging Face export can reuse them unchanged. Prompts of different lengths
+They drive any model with the incremental interface of :mod:`.cache` (``prefill``,
+``denoise_block``, ``advance``; full-vocabulary logits): the Megatron
+:class:`~twotower_train.model.two_tower.TwoTowerModel` and the Hugging Face export, which ships
+a verbatim copy of this module (it imports only ``torch`` and its siblings). Prompts of different lengths
 are left-padded into one batch. Each returns a :class:`Generation` with the new tokens and the
 statistic the card reports: tokens committed per denoiser forward.
 
@@ -29,9 +30,8 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-from twotower_train.inference.sampling import TokenChoice, choose_tokens
+from .sampling import TokenChoice, choose_tokens
 
 
 @dataclass
@@ -98,10 +98,6 @@ def left_pad(prompts: list[list[int]], pad_id: int, device=None) -> tuple[torch.
     return tokens, valid
 
 
-def _full_vocab(logits: torch.Tensor) -> torch.Tensor:
-    return gather_from_tensor_model_parallel_region(logits)
-
-
 class _Output:
     """Collects new tokens per row and stops a row at its first EOS."""
 
@@ -155,7 +151,7 @@ def generate_mask_diffusion(
             if not masked.any():
                 break
             t = masked.float().mean(-1)  # (b,) the block's masked fraction
-            logits = _full_vocab(model.denoise_block(cache, block, t))  # (b, S, V)
+            logits = model.denoise_block(cache, block, t)  # (b, S, V)
             stats.denoiser_forwards += 1
             proposal, confidence = choose_tokens(
                 logits, config.choice, forbid=config.mask_token_id, generator=generator
@@ -192,7 +188,7 @@ def generate_mock_ar(
     masked = torch.full((batch, 1), config.mask_token_id, dtype=torch.long, device=device)
     t = torch.ones(batch, device=device)
     for _ in range(config.max_new_tokens):
-        logits = _full_vocab(model.denoise_block(cache, masked, t))  # (b, 1, V)
+        logits = model.denoise_block(cache, masked, t)  # (b, 1, V)
         stats.denoiser_forwards += 1
         new, _ = choose_tokens(logits, config.choice, forbid=config.mask_token_id, generator=generator)
         stats.committed += batch
@@ -211,7 +207,7 @@ def generate_ar(
     """Standard cached AR decoding with the context tower only."""
     out, stats, step = _start(model, prompts, config, logits="last")
     for _ in range(config.max_new_tokens):
-        new, _ = choose_tokens(_full_vocab(step.logits), config.choice, generator=generator)
+        new, _ = choose_tokens(step.logits, config.choice, generator=generator)
         out.extend(new)
         if out.finished:
             break

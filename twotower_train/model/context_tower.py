@@ -12,45 +12,18 @@ blocks), which is what the samplers use. Its logits equal the backbone's causal 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from megatron.core.models.hybrid.hybrid_model import HybridModel
 from megatron.core.transformer.module import MegatronModule
 
+from twotower_train.inference.cache import ContextCache, ContextOutput
 from twotower_train.model.layers import LayerKind, embed, iter_layers, lm_head, pre_norm
 from twotower_train.model.mixers import (
-    MambaStates,
     attention_out,
     attention_qkv,
     causal_attention,
     mamba_forward,
 )
-
-
-@dataclass
-class ContextCache:
-    """Per-layer context state after ``length`` positions of a (left-padded) batch.
-
-    keys/values: layer → (b, kv_heads, P, head_dim); mamba: layer → states after position P;
-    valid: (b, P) bool, False at left padding.
-    """
-
-    keys: dict[int, torch.Tensor] = field(default_factory=dict)
-    values: dict[int, torch.Tensor] = field(default_factory=dict)
-    mamba: dict[int, MambaStates] = field(default_factory=dict)
-    valid: torch.Tensor | None = None
-
-    @property
-    def length(self) -> int:
-        return 0 if self.valid is None else self.valid.shape[1]
-
-
-@dataclass
-class ContextOutput:
-    cache: ContextCache  # covers every position seen so far (prefix + these tokens)
-    logits: torch.Tensor | None  # (b, s or 1, V/TP) vocab-parallel, per `logits` argument
-    boundaries: dict[int, MambaStates] = field(default_factory=dict)  # (b, s/S + 1, ...)
 
 
 class ContextTower(MegatronModule):

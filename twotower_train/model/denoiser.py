@@ -26,15 +26,10 @@ from megatron.core import tensor_parallel
 from megatron.core.models.hybrid.hybrid_model import HybridModel
 from megatron.core.transformer.module import MegatronModule
 
+from twotower_train.inference.cache import ContextCache, ContextOutput, MambaStates
 from twotower_train.model.adaln import AdaLNSingle
-from twotower_train.model.context_tower import ContextCache, ContextOutput
 from twotower_train.model.layers import LayerKind, embed, iter_layers, lm_head, pre_norm
-from twotower_train.model.mixers import (
-    MambaStates,
-    attention_out,
-    attention_qkv,
-    mamba_forward,
-)
+from twotower_train.model.mixers import attention_out, attention_qkv, mamba_forward
 from twotower_train.ops.block_attention import block_decode_attention, denoiser_attention
 
 

@@ -26,16 +26,9 @@ from einops import rearrange
 from megatron.core.ssm.mamba_mixer import MambaMixer
 from megatron.core.transformer.attention import SelfAttention
 
+from twotower_train.inference.cache import MambaStates
 from twotower_train.ops.conv import causal_conv1d
 from twotower_train.ops.ssd import ssd_scan
-
-
-@dataclass
-class MambaStates:
-    """Conv state (B, w−1, conv_dim) and SSM state (B, heads, head_dim, d_state), fp32."""
-
-    conv: torch.Tensor
-    ssm: torch.Tensor
 
 
 @dataclass

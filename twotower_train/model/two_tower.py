@@ -29,13 +29,15 @@ from __future__ import annotations
 
 import torch
 from megatron.core.models.hybrid.hybrid_model import HybridModel
+from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import MegatronModule
 
 from twotower_train.model.adaln import AdaLNSingle
 from twotower_train.model.backbone import build_backbone, denoiser_stack_spec, transformer_config
 from twotower_train.model.config import BackboneConfig, ConfigError
-from twotower_train.model.context_tower import ContextCache, ContextOutput, ContextTower
+from twotower_train.inference.cache import ContextCache, ContextOutput
+from twotower_train.model.context_tower import ContextTower
 from twotower_train.model.denoiser import BlockwiseConditioning, CacheConditioning, Denoiser
 
 
@@ -136,11 +138,19 @@ class TwoTowerModel(MegatronModule):
             noisy_tokens, t_tokens, conditioning, causal_in_block=causal_in_block
         )
 
-    # --- incremental (samplers) ---------------------------------------------------------------
+    # --- incremental (samplers; the DecodingModel interface of inference/cache.py) ------------
+    # Logits come back over the full vocabulary: the samplers are torch-only (the HF export
+    # reuses them), so the tensor-parallel gather happens here.
 
     def _check_inference(self) -> None:
         if self.config.sequence_parallel:
             raise ConfigError("sampling needs parallelism.sequence_parallel=false")
+
+    @staticmethod
+    def _full_vocab(out: ContextOutput) -> ContextOutput:
+        if out.logits is not None:
+            out.logits = gather_from_tensor_model_parallel_region(out.logits)
+        return out
 
     @torch.no_grad()
     def prefill(
@@ -148,15 +158,15 @@ class TwoTowerModel(MegatronModule):
     ) -> ContextOutput:
         """Context caches for (left-padded) prompts (b, P); ``valid`` (b, P) marks real tokens."""
         self._check_inference()
-        return self.context_tower(tokens, valid=valid, logits=logits)
+        return self._full_vocab(self.context_tower(tokens, valid=valid, logits=logits))
 
     @torch.no_grad()
     def advance(
         self, cache: ContextCache, tokens: torch.Tensor, logits: str = "last"
     ) -> ContextOutput:
-        """Extend the context caches over committed tokens (b, S)."""
+        """Extend the context caches over committed tokens (b, s)."""
         self._check_inference()
-        return self.context_tower(tokens, cache=cache, logits=logits)
+        return self._full_vocab(self.context_tower(tokens, cache=cache, logits=logits))
 
     @torch.no_grad()
     def denoise_block(
@@ -167,9 +177,10 @@ class TwoTowerModel(MegatronModule):
         *,
         causal_in_block: bool = False,
     ) -> torch.Tensor:
-        """Denoiser logits (b, S, V/TP) for the block right after the cache, at time t (b,)."""
+        """Denoiser logits (b, S, V) for the block right after the cache, at time t (b,)."""
         self._check_inference()
         t_tokens = t.reshape(-1, 1).expand_as(block_tokens).float()
-        return self.denoiser(
+        logits = self.denoiser(
             block_tokens, t_tokens, CacheConditioning(cache), causal_in_block=causal_in_block
         )
+        return gather_from_tensor_model_parallel_region(logits)
