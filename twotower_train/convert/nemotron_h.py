@@ -37,6 +37,7 @@ from safetensors.torch import save_file
 from transformers import NemotronHConfig
 
 from twotower_train import backends
+from twotower_train.errors import UserError
 from twotower_train.convert.hf_names import (
     HF_LAYER_TYPES,
     TRANSFORMS,
@@ -94,7 +95,7 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """A checkpoint or config cannot be converted; the message names the file, tensor or key."""
 
 

@@ -7,6 +7,8 @@ a traceback to find the fix.
 
 from __future__ import annotations
 
+from twotower_train.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """A bad data input or configuration; the message names the problem and the fix."""

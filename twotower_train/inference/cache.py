@@ -18,7 +18,10 @@ them itself):
 * ``denoise_block(cache, block, t)`` — denoiser logits (b, S, V) for the block of S tokens right
   after the cache, at diffusion time ``t`` (b,).
 
-``logits`` is ``"all"`` (b, s, V), ``"last"`` (b, 1, V) or ``"none"``.
+``logits`` is ``"all"`` (b, s, V), ``"last"`` (b, 1, V) or ``"none"``. Two attributes say
+where the towers live, ``context_device`` and ``denoiser_device`` (the same device unless the
+towers were placed apart); the samplers move the cache to the denoiser's device before each
+denoiser call and committed tokens back to the context tower's (:meth:`ContextCache.to`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ class MambaStates:
     conv: torch.Tensor
     ssm: torch.Tensor
 
+    def to(self, device: torch.device) -> MambaStates:
+        return MambaStates(conv=self.conv.to(device), ssm=self.ssm.to(device))
+
 
 @dataclass
 class ContextCache:
@@ -57,6 +63,17 @@ class ContextCache:
     def length(self) -> int:
         return 0 if self.valid is None else self.valid.shape[1]
 
+    def to(self, device: torch.device) -> ContextCache:
+        """This cache on ``device`` — itself when it is already there (one-device decoding)."""
+        if self.valid is None or self.valid.device == torch.device(device):
+            return self
+        return ContextCache(
+            keys={i: k.to(device) for i, k in self.keys.items()},
+            values={i: v.to(device) for i, v in self.values.items()},
+            mamba={i: m.to(device) for i, m in self.mamba.items()},
+            valid=self.valid.to(device),
+        )
+
 
 @dataclass
 class ContextOutput:
@@ -70,6 +87,9 @@ class ContextOutput:
 
 class DecodingModel(Protocol):
     """What the samplers call (module docstring)."""
+
+    context_device: torch.device
+    denoiser_device: torch.device
 
     def prefill(
         self, tokens: torch.Tensor, valid: torch.Tensor | None = None, logits: str = "last"

@@ -120,13 +120,9 @@ class _Output:
         return all(self.done)
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _start(model, prompts: list[list[int]], config: DecodeConfig, logits: str):
     """Left-pad the prompts and prefill the context tower → (collector, stats, prefill)."""
-    tokens, valid = left_pad(prompts, config.pad_token_id, _device(model))
+    tokens, valid = left_pad(prompts, config.pad_token_id, model.context_device)
     out = _Output(tokens.shape[0], config.max_new_tokens, config.eos_token_id)
     stats = Generation(tokens=out.rows, context_forwards=1)
     return out, stats, model.prefill(tokens, valid=valid, logits=logits)
@@ -142,16 +138,19 @@ def generate_mask_diffusion(
     if config.steps_per_block <= 0 or config.block_size <= 0:
         raise ValueError("block_size and steps_per_block must be positive")
     out, stats, prefill = _start(model, prompts, config, logits="none")
-    cache, batch, S, device = prefill.cache, len(prompts), config.block_size, _device(model)
+    cache, batch, S = prefill.cache, len(prompts), config.block_size
+    device = model.denoiser_device
     for _ in range(math.ceil(config.max_new_tokens / S)):
         block = torch.full((batch, S), config.mask_token_id, dtype=torch.long, device=device)
         decoded = torch.zeros(batch, S, dtype=torch.bool, device=device)
+        # Towers on two devices: the denoiser reads a copy of the cache on its own device.
+        denoiser_cache = cache.to(device)
         for step in range(config.steps_per_block):
             masked = ~decoded
             if not masked.any():
                 break
             t = masked.float().mean(-1)  # (b,) the block's masked fraction
-            logits = model.denoise_block(cache, block, t)  # (b, S, V)
+            logits = model.denoise_block(denoiser_cache, block, t)  # (b, S, V)
             stats.denoiser_forwards += 1
             proposal, confidence = choose_tokens(
                 logits, config.choice, forbid=config.mask_token_id, generator=generator
@@ -171,7 +170,7 @@ def generate_mask_diffusion(
         out.extend(block)
         if out.finished:
             break
-        cache = model.advance(cache, block, logits="none").cache
+        cache = model.advance(cache, block.to(model.context_device), logits="none").cache
         stats.context_forwards += 1
     return stats
 
@@ -184,18 +183,18 @@ def generate_mock_ar(
     """Two-tower AR: the context tower builds the cache, the denoiser predicts one masked
     position at a time (t = 1)."""
     out, stats, prefill = _start(model, prompts, config, logits="none")
-    cache, batch, device = prefill.cache, len(prompts), _device(model)
+    cache, batch, device = prefill.cache, len(prompts), model.denoiser_device
     masked = torch.full((batch, 1), config.mask_token_id, dtype=torch.long, device=device)
     t = torch.ones(batch, device=device)
     for _ in range(config.max_new_tokens):
-        logits = model.denoise_block(cache, masked, t)  # (b, 1, V)
+        logits = model.denoise_block(cache.to(device), masked, t)  # (b, 1, V)
         stats.denoiser_forwards += 1
         new, _ = choose_tokens(logits, config.choice, forbid=config.mask_token_id, generator=generator)
         stats.committed += batch
         out.extend(new)
         if out.finished:
             break
-        cache = model.advance(cache, new, logits="none").cache
+        cache = model.advance(cache, new.to(model.context_device), logits="none").cache
         stats.context_forwards += 1
     return stats
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from twotower_train.errors import UserError
+
 LAYER_SYMBOLS = {"M": "mamba", "*": "attention", "E": "moe", "-": "mlp"}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value is invalid; the message names the key and the fix."""
 
 

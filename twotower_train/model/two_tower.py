@@ -146,6 +146,14 @@ class TwoTowerModel(MegatronModule):
         if self.config.sequence_parallel:
             raise ConfigError("sampling needs parallelism.sequence_parallel=false")
 
+    @property
+    def context_device(self) -> torch.device:
+        return self.context_tower.backbone.embedding.word_embeddings.weight.device
+
+    @property
+    def denoiser_device(self) -> torch.device:
+        return self.denoiser.backbone.embedding.word_embeddings.weight.device
+
     @staticmethod
     def _full_vocab(out: ContextOutput) -> ContextOutput:
         if out.logits is not None:

@@ -47,6 +47,7 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from twotower_train import backends
+from twotower_train.errors import UserError
 
 __all__ = [
     "CheckpointError",
@@ -68,7 +69,7 @@ TRAINER_STATE_FILE = META
 """Written last into a complete checkpoint: step, objective name, layout, time (JSON)."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, incomplete or does not match the run."""
 
 
