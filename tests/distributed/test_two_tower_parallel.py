@@ -1,4 +1,5 @@
-"""I4: TP=2 (± SP) and EP=2 two-tower models equal TP=1; the context tower gets no gradient."""
+"""I4: TP=2 (± SP) and EP=2 two-tower models equal TP=1 (logits and adaLN gradients); the
+context tower gets no gradient."""
 
 import pytest
 
@@ -11,3 +12,4 @@ def test_two_tower_tp2_sp_ep2_match_tp1(tmp_path):
     out = torchrun("two_tower_parity.py", str(tmp_path / "ckpt"))
     for layout in ("tp2", "tp2-sp", "ep2"):
         assert f"PARITY {layout} " in out, out
+        assert f"PARITY {layout}-adaln-grad " in out, out

@@ -9,8 +9,10 @@ learned ``3·D`` table and splits the sum into (shift, scale, gate)::
 The MLP's output layer and the tables start at zero, so at initialisation every denoiser layer
 computes exactly the backbone layer. At Nano scale (D=2688, 52 layers, 128 features, hidden
 128) this is ≈1.48 M parameters. The parameters are plain (not tensor-parallel): every TP rank
-holds a full copy; they are tagged ``sequence_parallel`` so that, with sequence parallelism,
-Megatron all-reduces their gradients over the TP group like the norms'.
+holds a full copy. Under sequence parallelism the denoiser feeds each rank only its own
+positions' times (the MLP runs after the sequence scatter), so each rank's adaLN gradients are
+partial sums over its positions; the parameters are tagged ``sequence_parallel`` so that
+Megatron sums them over the TP group like the norms'.
 """
 
 from __future__ import annotations

@@ -95,10 +95,16 @@ class Denoiser(MegatronModule):
     ) -> torch.Tensor:
         """Noisy tokens (b, n·S) with per-token times (b, n·S) → logits (b, n·S, V/TP)."""
         model = self.backbone
-        hidden = embed(model, tokens)  # (s, b, d)
-        base = self.adaln(t_tokens.transpose(0, 1))  # (s, b, 3d)
+        hidden = embed(model, tokens)  # (s, b, d); (s/TP, b, d) under SP
+        t_tokens = t_tokens.transpose(0, 1)  # (s, b)
         if self.config.sequence_parallel:
-            base = tensor_parallel.scatter_to_sequence_parallel_region(base)
+            # Scatter t, then run the adaLN MLP on this rank's positions only: every adaLN
+            # gradient is then a partial sum over the local positions, which is what the
+            # ``sequence_parallel`` tag tells finalize_model_grads to sum over TP (running the
+            # MLP on the full sequence and scattering its output would give each rank the
+            # whole MLP gradient already, and the TP sum would double it).
+            t_tokens = tensor_parallel.scatter_to_sequence_parallel_region(t_tokens)
+        base = self.adaln(t_tokens)  # (s, b, 3d); (s/TP, b, 3d) under SP
         for i, kind, layer in iter_layers(model):
             mod = self.adaln.layer(base, i)
             normed = mod.pre(pre_norm(kind, layer)(hidden))

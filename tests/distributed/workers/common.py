@@ -14,6 +14,6 @@ def save_reference(sharded_state_dict: dict, ckpt_dir: str) -> None:
     dist_checkpointing.save(sharded_state_dict, ckpt_dir)
 
 
-def report(name: str, diff: float) -> None:
+def report(name: str, diff: float, kind: str = "max_abs_diff") -> None:
     if dist.get_rank() == 0:
-        print(f"PARITY {name} max_abs_diff={diff:.2e}", flush=True)
+        print(f"PARITY {name} {kind}={diff:.2e}", flush=True)
