@@ -18,8 +18,8 @@ What one checkpoint holds (one ``dist_checkpointing.save`` of a sharded state di
   per phase), ``layout`` (parallel sizes), ``config`` (the resolved recipe) — common values;
 * ``rng`` — per rank: Python, NumPy, torch (CPU and CUDA), Megatron's RNG-tracker streams and the
   trainer's corruption generator. Restored only when the parallel layout is unchanged (a
-  resharded resume re-seeds; the trainer's per-step generator seeding keeps the data and
-  corruption identical anyway).
+  resharded resume re-seeds; the trainer seeds the corruption generator per micro-batch from
+  the step and the position in the global batch, so data and corruption stay identical anyway).
 
 Atomicity: a save writes ``iter_XXXXXXX.tmp/``, then (rank 0) ``meta.json``, renames the folder
 to ``iter_XXXXXXX/`` and only then replaces ``latest`` (write ``latest.tmp`` + ``os.replace``).

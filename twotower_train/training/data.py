@@ -7,7 +7,8 @@ number, the phase's *consumed samples*: the step that starts at ``consumed`` tra
 samples ``[consumed, consumed + global_batch)``. Like Megatron's pretraining sampler, micro-step
 ``m`` of data-parallel rank ``r`` takes samples ``consumed + m·(micro·DP) + r·micro + [0, micro)``,
 so a run sees the same samples in the same order for any DP size, and resuming only needs the
-consumed count (stored per phase in the checkpoint). Tensor-parallel ranks of one data-parallel
+consumed count (stored per phase in the checkpoint). Each micro-batch comes with its offset in
+the global batch (the trainer seeds the micro-batch's corruption from it). Tensor-parallel ranks of one data-parallel
 rank read the same samples.
 
 Evaluation uses the first ``eval_iters · micro · DP`` samples of the phase's valid split every
@@ -76,8 +77,9 @@ def micro_batches(
     micro_batch_size: int,
     dp_rank: int,
     dp_size: int,
-) -> Iterator[Batch]:
-    """This rank's micro-batches of the global batch that starts at sample ``consumed``."""
+) -> Iterator[tuple[int, Batch]]:
+    """This rank's micro-batches of the global batch that starts at sample ``consumed``, each
+    as ``(offset of its first sample in the global batch, batch)``."""
     per_micro_step = micro_batch_size * dp_size
     if global_batch_size % per_micro_step:
         raise ValueError(
@@ -85,14 +87,15 @@ def micro_batches(
             f"micro_batch_size × data-parallel size = {per_micro_step}"
         )
     for m in range(global_batch_size // per_micro_step):
-        start = consumed + m * per_micro_step + dp_rank * micro_batch_size
-        yield _collate(dataset, list(range(start, start + micro_batch_size)))
+        offset = m * per_micro_step + dp_rank * micro_batch_size
+        start = consumed + offset
+        yield offset, _collate(dataset, list(range(start, start + micro_batch_size)))
 
 
 def eval_batches(
     dataset: Any, *, iters: int, micro_batch_size: int, dp_rank: int, dp_size: int
-) -> Iterator[Batch]:
-    """The fixed evaluation micro-batches of this rank."""
+) -> Iterator[tuple[int, Batch]]:
+    """The fixed evaluation micro-batches of this rank, as ``(first sample index, batch)``."""
     for m in range(iters):
         start = (m * dp_size + dp_rank) * micro_batch_size
-        yield _collate(dataset, list(range(start, start + micro_batch_size)))
+        yield start, _collate(dataset, list(range(start, start + micro_batch_size)))

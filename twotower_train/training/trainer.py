@@ -3,8 +3,8 @@
 Per global step ``k`` (0-based)::
 
     phase = curriculum.phase_at(k)                 # on a change: new data blend, fresh WSD
-    generator.manual_seed(hash(seed, k, dp_rank))  # all randomness of the step (corruption)
-    for micro_batch in this rank's slice of the global batch:
+    for offset, micro_batch in this rank's slice of the global batch:
+        generator.manual_seed(hash(seed, k, offset))  # all randomness of the micro-batch
         loss_sums = objective.loss(model, micro_batch, phase, generator)
         loss_sums.numerator.backward()
     reducer.finish(num_tokens)                     # DDP + finalize_model_grads, ÷ global tokens
@@ -51,12 +51,17 @@ from twotower_train.training.objectives import Objective, build_objective
 from twotower_train.training.grad_reduce import GradReducer, build_grad_reducer
 from twotower_train.training.optimizer import build_optimizer
 
-__all__ = ["PreemptionSignal", "Trainer", "step_seed"]
+__all__ = ["PreemptionSignal", "Trainer", "micro_batch_seed"]
 
 
-def step_seed(seed: int, step: int, dp_rank: int) -> int:
-    """Seed of the trainer's generator for one step of one data-parallel rank (63 bits)."""
-    digest = hashlib.sha256(f"{seed}/{step}/{dp_rank}".encode()).digest()
+def micro_batch_seed(seed: int, step: int, offset: int) -> int:
+    """Seed of the trainer's generator for the micro-batch at sample ``offset`` of the global
+    batch of ``step`` (63 bits).
+
+    Keyed by the position in the global batch, not by the data-parallel rank, so a sample gets
+    the same corruption at any DP size (parity tests, resuming on another layout); only the
+    micro-batch size, which groups the samples of one draw, changes it."""
+    digest = hashlib.sha256(f"{seed}/{step}/{offset}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
@@ -237,19 +242,19 @@ class Trainer:
         training, state = self.cfg.training, self.state
         start = time.perf_counter()
         step, name = state.step, active.phase.name
-        self.generator.manual_seed(step_seed(training.seed, step, self.dp_rank))
         self.reducer.zero()
         self.optimizer.zero_grad()
         numerator = torch.zeros((), dtype=torch.float64)
         denominator = torch.zeros((), dtype=torch.float64)
         sums: MetricSums | None = None
         consumed = state.consumed_samples.get(name, 0)
-        for batch in micro_batches(
+        for offset, batch in micro_batches(
             self.data.train, consumed,
             global_batch_size=training.global_batch_size,
             micro_batch_size=training.micro_batch_size,
             dp_rank=self.dp_rank, dp_size=self.dp_size,
         ):
+            self.generator.manual_seed(micro_batch_seed(training.seed, step, offset))
             out, metrics = self.objective.loss(self.model, batch, active, self.generator)
             out.numerator.backward()
             numerator += out.numerator.detach().double()
@@ -297,12 +302,14 @@ class Trainer:
             return float("nan")
         training = self.cfg.training
         self.model.eval()
-        self.generator.manual_seed(step_seed(training.seed, -1 - active.index, self.dp_rank))
         totals = torch.zeros(2, dtype=torch.float64)
-        for batch in eval_batches(
+        for offset, batch in eval_batches(
             self.data.valid, iters=training.eval_iters,
             micro_batch_size=training.micro_batch_size, dp_rank=self.dp_rank, dp_size=self.dp_size,
         ):
+            # Same corruption at every evaluation of the phase (a negative "step" per phase).
+            seed = micro_batch_seed(training.seed, -1 - active.index, offset)
+            self.generator.manual_seed(seed)
             out, _ = self.objective.loss(self.model, batch, active, self.generator)
             totals += torch.stack([out.numerator.double(), out.denominator.double()])
         if self.dp_size > 1:

@@ -18,7 +18,8 @@ stage. An objective owns everything stage-specific:
   global ``denominator`` (summed over micro-batches and data-parallel ranks), so the step's
   loss is exact whatever the per-micro-batch counts are (Megatron's per-token loss mode).
   Randomness (diffusion corruption) must come only from the ``generator`` argument: the trainer
-  seeds it from ``(seed, step, data-parallel rank)``, which makes a resumed run bit-identical.
+  seeds it per micro-batch from ``(seed, step, offset in the global batch)``, which makes a
+  resumed run bit-identical and the draws independent of the data-parallel size.
 * :meth:`Objective.summarize` — logged ratios from the step's reduced metric sums.
 * :meth:`Objective.flops_per_token` — model FLOPs per trained token (for the MFU estimate).
 * :meth:`Objective.checkpoint_state` / :meth:`Objective.load_checkpoint_state` /
