@@ -10,6 +10,7 @@ from pathlib import Path
 from twotower_train.distributed import free_port
 
 WORKERS = Path(__file__).parent / "workers"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def torchrun(worker: str, *args: str, nproc: int = 2, timeout: int = 300) -> str:
@@ -17,8 +18,10 @@ def torchrun(worker: str, *args: str, nproc: int = 2, timeout: int = 300) -> str
 
     Fails the calling test with the workers' combined output if any rank exits non-zero.
     """
+    # The repository root on the path: workers import shared test helpers (tests.*).
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "TORCHDYNAMO_DISABLE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
         f"--master-port={free_port()}", "--master-addr=127.0.0.1",
