@@ -48,24 +48,12 @@ LAYOUTS: dict[str, tuple[str, int, list[str]]] = {
 }
 
 
-def _base(data_root: Path, run_dir: Path) -> list[str]:
-    return [
-        f"data.root={data_root}", f"output_dir={run_dir}", f"checkpoint.dir={run_dir}/ck",
-        *TINY_OVERRIDES,
-    ]
-
-
-def backbone_overrides(model: str, data_root: Path, run_dir: Path) -> list[str]:
-    """Stage 1 (AR, TP=1): one step, saved — the backbone every stage-2 layout starts from."""
-    return [*_base(data_root, run_dir), *MODELS[model], "curriculum.phases.0.steps=4",
-            "curriculum.phases.0.lr.warmup_steps=1", "training.max_steps=1"]
-
-
 def step_overrides(model: str, data_root: Path, backbone: Path, run_dir: Path,
                    layout: list[str]) -> list[str]:
     """Stage 2: one step of the demo_twotower curriculum (S=32) at peak lr, then a save."""
     return [
-        *_base(data_root, run_dir), *MODELS[model], *layout,
+        f"data.root={data_root}", f"output_dir={run_dir}", f"checkpoint.dir={run_dir}/ck",
+        *TINY_OVERRIDES, *MODELS[model], *layout,
         f"objective.backbone_checkpoint={backbone}",
         f"training.global_batch_size={GLOBAL_BATCH}", f"training.micro_batch_size={MICRO_BATCH}",
         "training.max_steps=1", "curriculum.phases.0.lr.warmup_steps=0",
@@ -118,16 +106,21 @@ def _save_grads(trainer, directory: Path) -> None:
             p.data = w
 
 
-def gathered(cfg, path: Path) -> dict[str, torch.Tensor]:
-    """A saved denoiser state (weights or gradients) loaded at this process's layout (TP=1),
-    as a flat state dict of the denoiser (parameters and buffers such as expert biases)."""
+def gatherer(cfg):
+    """``gather(path)``: a saved denoiser state (weights or gradients) loaded at this process's
+    layout (TP=1) into one model built once, as a flat state dict of the denoiser (parameters
+    and buffers such as expert biases)."""
     from twotower_train.model.config import ParallelConfig
     from twotower_train.training import checkpoint
     from twotower_train.training.objectives import build_objective
 
     objective = build_objective(cfg.objective_name, cfg.objective_options)
     model = objective.build_model(cfg.model, ParallelConfig(), torch.float32)
-    state = checkpoint.load_model_state(path, objective.checkpoint_state(model))
-    objective.load_checkpoint_state(model, state)
-    return {k: v.clone() for k, v in model.denoiser.state_dict().items()
-            if isinstance(v, torch.Tensor)}
+
+    def gather(path: Path) -> dict[str, torch.Tensor]:
+        state = checkpoint.load_model_state(path, objective.checkpoint_state(model))
+        objective.load_checkpoint_state(model, state)
+        return {k: v.clone() for k, v in model.denoiser.state_dict().items()
+                if isinstance(v, torch.Tensor)}
+
+    return gather

@@ -28,16 +28,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.distributed.full_step import (
-    LAYOUTS,
-    MODELS,
-    backbone_overrides,
-    gathered,
-    run_step,
-    step_overrides,
-)
+from tests.distributed.full_step import LAYOUTS, MODELS, gatherer, run_step, step_overrides
 from tests.distributed.launch import torchrun
-from tests.training.fixtures import data_root  # noqa: F401  (fixture)
+from tests.training.fixtures import backbone_checkpoint, data_root  # noqa: F401  (fixtures)
+from tests.training.fixtures import train_backbone
 
 pytestmark = pytest.mark.distributed
 
@@ -47,26 +41,22 @@ ULP = torch.finfo(torch.float32).eps
 
 
 @pytest.fixture(scope="module")
-def runs(data_root, tmp_path_factory) -> Path:  # noqa: F811
-    """Per model kind: the stage-1 backbone checkpoint and the TP=1/DP=1 reference step."""
-    from twotower_train.training.config import load_config
-    from twotower_train.training.trainer import Trainer
-
+def runs(data_root, backbone_checkpoint, tmp_path_factory) -> dict:  # noqa: F811
+    """The stage-1 backbone of each model kind and its TP=1/DP=1 reference step."""
     root = tmp_path_factory.mktemp("full_step")
-    for model in MODELS:
-        stage1 = root / "backbones" / model
-        trainer = Trainer(load_config("demo", backbone_overrides(model, data_root, stage1)))
-        trainer.train()
-        trainer.close()
+    backbones = {
+        "moe": backbone_checkpoint,
+        "dense": train_backbone(data_root, root / "dense", *MODELS["dense"]),
+    }
+    for model, backbone in backbones.items():
         reference = root / f"reference-{model}"
-        run_step(_config(model, data_root, root, reference), reference)
-    return root
+        run_step(_config(model, data_root, backbone, reference), reference)
+    return {"root": root, "backbones": backbones}
 
 
-def _config(model: str, data_root: Path, root: Path, run_dir: Path, layout=()):
+def _config(model: str, data_root: Path, backbone: Path, run_dir: Path, layout=()):
     from twotower_train.training.config import load_config
 
-    backbone = root / "backbones" / model / "ck"
     return load_config(
         "demo_twotower", step_overrides(model, data_root, backbone, run_dir, list(layout))
     )
@@ -76,13 +66,13 @@ def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
 
 
-def _compare(name: str, runs: Path, data_root: Path, out: Path) -> dict[str, float]:
+def _compare(name: str, runs: dict, data_root: Path, out: Path) -> dict[str, float]:
     from twotower_train import distributed
 
     model = LAYOUTS[name][0]
-    reference = runs / f"reference-{model}"
+    reference = runs["root"] / f"reference-{model}"
     distributed.initialize(seed=0)  # gather at TP=1 in this process
-    cfg = _config(model, data_root, runs, reference)
+    cfg = _config(model, data_root, runs["backbones"][model], reference)
     ref_record = json.loads((reference / "record.json").read_text())
     record = json.loads((out / name / "record.json").read_text())
     diffs = {
@@ -91,10 +81,10 @@ def _compare(name: str, runs: Path, data_root: Path, out: Path) -> dict[str, flo
     }
     assert diffs["loss"] < 1e-5 and diffs["grad_norm"] < 1e-5, (name, record, ref_record)
 
-    ref_grads = gathered(cfg, reference / "grads")
-    grads = gathered(cfg, out / name / "grads")
-    ref_weights = gathered(cfg, reference / "ck" / "iter_0000001")
-    weights = gathered(cfg, out / name / "ck" / "iter_0000001")
+    gather = gatherer(cfg)
+    ref_grads, grads = gather(reference / "grads"), gather(out / name / "grads")
+    ref_weights = gather(reference / "ck" / "iter_0000001")
+    weights = gather(out / name / "ck" / "iter_0000001")
     assert ref_weights.keys() == weights.keys() == ref_grads.keys() == grads.keys()
     trained = [k for k in ref_weights if not k.endswith("expert_bias")]
     biases = [k for k in ref_weights if k.endswith("expert_bias")]
@@ -116,11 +106,12 @@ def _compare(name: str, runs: Path, data_root: Path, out: Path) -> dict[str, flo
     return diffs
 
 
-def _run_layouts(runs: Path, data_root: Path, nproc: int, out_name: str) -> None:
+def _run_layouts(runs: dict, data_root: Path, nproc: int, out_name: str) -> None:
     names = [n for n, (_, procs, _) in LAYOUTS.items() if procs == nproc]
-    out = runs / out_name
+    out = runs["root"] / out_name
+    backbones = [f"{model}={path}" for model, path in runs["backbones"].items()]
     torchrun(
-        "train_one_step.py", str(data_root), str(runs / "backbones"), str(out), *names,
+        "train_one_step.py", str(data_root), str(out), *backbones, *names,
         nproc=nproc, timeout=900,
     )
     for name in names:

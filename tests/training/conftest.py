@@ -1,4 +1,4 @@
 """Fixtures of the training tests live in :mod:`tests.training.fixtures` (also imported by the
 distributed training tests)."""
 
-from tests.training.fixtures import data_root, recipe  # noqa: F401
+from tests.training.fixtures import backbone_checkpoint, data_root, recipe  # noqa: F401

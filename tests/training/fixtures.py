@@ -1,5 +1,5 @@
-"""Training-test fixtures (shared with tests/distributed/test_train_*.py): tiny demo-shaped
-data and a recipe builder.
+"""Training-test fixtures (shared with tests/distributed/): tiny demo-shaped data, a recipe
+builder, a stage-1 backbone checkpoint, and the helpers that run a trainer.
 
 The data folder has the demo layout (``tokenizer/``, ``indexed/wiki``, ``indexed/chitchat``), so
 ``recipes/demo.yaml`` runs on it with ``data.root=<folder>``. The two datasets use disjoint word
@@ -67,3 +67,57 @@ def recipe(data_root, tmp_path):
         return load_config(name, [*base, *overrides], check_data=check_data)
 
     return build
+
+
+def three_phases(steps: int = 4, *, wiki_then_chat: bool = False,
+                 data_root: Path | None = None) -> list[str]:
+    """Overrides for the 3-phase demo_twotower curriculum (S=32 → 32 → 16) with ``steps`` per
+    phase, no warm-up, a one-step decay and peaks 1e-3 / 2e-3 / 3e-3."""
+    out = ["curriculum=demo_twotower"]
+    for i in range(3):
+        out += [
+            f"curriculum.phases.{i}.steps={steps}",
+            f"curriculum.phases.{i}.lr.warmup_steps=0",
+            f"+curriculum.phases.{i}.lr.decay_steps=1",
+            f"curriculum.phases.{i}.lr.peak={1e-3 * (i + 1)}",
+            f"curriculum.phases.{i}.lr.min=1e-5",
+            f"~curriculum.phases.{i}.lr.decay_fraction",
+        ]
+    if wiki_then_chat:
+        out += [
+            f"data.blends.broad=[{{prefix:{data_root}/indexed/wiki,weight:1.0}}]",
+            f"data.blends.quality=[{{prefix:{data_root}/indexed/chitchat,weight:1.0}}]",
+        ]
+    return out
+
+
+def train(cfg):
+    """Build a Trainer for ``cfg``, train, close; returns ``(trainer, outcome)``."""
+    from twotower_train.training.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    try:
+        outcome = trainer.train()
+    finally:
+        trainer.close()
+    return trainer, outcome
+
+
+def train_backbone(data_root: Path, run_dir: Path, *overrides: str) -> Path:
+    """A stage-1 (AR, TP=1) checkpoint root after one step on the tiny model: the backbone a
+    stage-2 test starts from (``objective.backbone_checkpoint``)."""
+    from twotower_train.training.config import load_config
+
+    cfg = load_config("demo", [
+        f"data.root={data_root}", f"output_dir={run_dir}", f"checkpoint.dir={run_dir}/ck",
+        *TINY_OVERRIDES, "curriculum.phases.0.steps=4", "curriculum.phases.0.lr.warmup_steps=1",
+        "training.max_steps=1", *overrides,
+    ])
+    train(cfg)
+    return run_dir / "ck"
+
+
+@pytest.fixture(scope="session")
+def backbone_checkpoint(data_root, tmp_path_factory) -> Path:
+    """Stage-1 checkpoint root of the tiny model (built once per session)."""
+    return train_backbone(data_root, tmp_path_factory.mktemp("stage1"))

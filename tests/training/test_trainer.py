@@ -8,39 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.training.fixtures import three_phases, train
 from twotower_train.training import checkpoint as ckpt
 from twotower_train.training.objectives import OBJECTIVES
 from twotower_train.training.objectives.ar import ARObjective
-from twotower_train.training.trainer import Trainer
-
-
-def _train(cfg) -> tuple[Trainer, str]:
-    trainer = Trainer(cfg)
-    try:
-        outcome = trainer.train()
-    finally:
-        trainer.close()
-    return trainer, outcome
-
-
-def _phases(steps: int = 4, *, wiki_then_chat: bool = False, data_root: Path | None = None):
-    """Overrides for the 3-phase demo_twotower curriculum with ``steps`` per phase."""
-    out = ["curriculum=demo_twotower"]
-    for i in range(3):
-        out += [
-            f"curriculum.phases.{i}.steps={steps}",
-            f"curriculum.phases.{i}.lr.warmup_steps=0",
-            f"+curriculum.phases.{i}.lr.decay_steps=1",
-            f"curriculum.phases.{i}.lr.peak={1e-3 * (i + 1)}",
-            f"curriculum.phases.{i}.lr.min=1e-5",
-            f"~curriculum.phases.{i}.lr.decay_fraction",
-        ]
-    if wiki_then_chat:
-        out += [
-            f"data.blends.broad=[{{prefix:{data_root}/indexed/wiki,weight:1.0}}]",
-            f"data.blends.quality=[{{prefix:{data_root}/indexed/chitchat,weight:1.0}}]",
-        ]
-    return out
 
 
 class RecordingAR(ARObjective):
@@ -59,7 +30,7 @@ def test_stage1_ar_loss_decreases(recipe):
         "curriculum.phases.0.steps=30", "curriculum.phases.0.lr.warmup_steps=2",
         "curriculum.phases.0.lr.peak=3e-3", "checkpoint.dir=null",
     )
-    trainer, outcome = _train(cfg)
+    trainer, outcome = train(cfg)
     losses = [r["loss"] for r in trainer.logger.history]
     assert outcome == "finished" and len(losses) == 30
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0, losses
@@ -73,8 +44,8 @@ def test_three_phases_switch_block_size_blend_and_wsd(recipe, data_root, monkeyp
 
     monkeypatch.setitem(OBJECTIVES, "ar", f"{__name__}:RecordingAR")
     RecordingAR.seen = []
-    cfg = recipe(*_phases(4, wiki_then_chat=True, data_root=data_root), "checkpoint.dir=null")
-    trainer, _ = _train(cfg)
+    cfg = recipe(*three_phases(4, wiki_then_chat=True, data_root=data_root), "checkpoint.dir=null")
+    trainer, _ = train(cfg)
     history = trainer.logger.history
     assert [r["phase"] for r in history] == ["phase1_s32"] * 4 + ["phase2_s32"] * 4 + [
         "phase2_s16"
@@ -105,11 +76,11 @@ def test_three_phases_switch_block_size_blend_and_wsd(recipe, data_root, monkeyp
 
 @pytest.mark.parametrize("kill_at", [3, 6])
 def test_kill_and_resume_is_bit_identical(recipe, tmp_path, kill_at):
-    full, _ = _train(recipe(*_phases(4), "checkpoint.dir=null"))
+    full, _ = train(recipe(*three_phases(4), "checkpoint.dir=null"))
     ckdir = tmp_path / "ck"
-    _train(recipe(*_phases(4), f"checkpoint.dir={ckdir}", f"training.max_steps={kill_at}"))
+    train(recipe(*three_phases(4), f"checkpoint.dir={ckdir}", f"training.max_steps={kill_at}"))
     assert ckpt.find_latest(ckdir).name == f"iter_{kill_at:07d}"
-    resumed, outcome = _train(recipe(*_phases(4), f"checkpoint.dir={ckdir}"))
+    resumed, outcome = train(recipe(*three_phases(4), f"checkpoint.dir={ckdir}"))
     assert outcome == "finished"
     expected = [(r["step"], r["loss"], r["grad_norm"], r["lr"]) for r in full.logger.history]
     got = [(r["step"], r["loss"], r["grad_norm"], r["lr"]) for r in resumed.logger.history]
@@ -130,12 +101,12 @@ def test_crash_mid_save_keeps_previous_checkpoint(recipe, tmp_path, monkeypatch)
 
     monkeypatch.setattr(ckpt, "_write_shards", crash_on_second_save)
     with pytest.raises(OSError, match="injected"):
-        _train(recipe(*args))
+        train(recipe(*args))
     assert (ckdir / "latest").read_text().strip() == "iter_0000002"
     assert (ckdir / "iter_0000004.tmp").is_dir() and not (ckdir / "iter_0000004").exists()
     assert ckpt.find_latest(ckdir) == ckdir / "iter_0000002"
 
     monkeypatch.setattr(ckpt, "_write_shards", real_write)
-    resumed, outcome = _train(recipe(*args, "checkpoint.keep_last=2"))
+    resumed, outcome = train(recipe(*args, "checkpoint.keep_last=2"))
     assert outcome == "finished" and resumed.logger.history[0]["step"] == 2
     assert sorted(p.name for p in ckdir.iterdir()) == ["iter_0000004", "iter_0000006", "latest"]

@@ -1,7 +1,7 @@
 """Worker: one complete stage-2 trainer step at each given layout (tests/distributed/full_step.py).
 
-Args: DATA_ROOT BACKBONES OUT LAYOUT... — the stage-1 checkpoint of model kind ``m`` is
-``BACKBONES/m/ck``; layout ``x`` writes ``OUT/x/{ck,grads,record.json}``. All layouts run in
+Args: DATA_ROOT OUT MODEL=BACKBONE... LAYOUT... — ``MODEL=BACKBONE`` names the stage-1
+checkpoint of each model kind; layout ``x`` writes ``OUT/x/{ck,grads,record.json}``. All layouts run in
 the same processes one after the other (each Trainer re-initialises the parallel groups).
 """
 
@@ -14,12 +14,13 @@ from twotower_train import distributed
 from twotower_train.training.config import load_config
 
 
-def main(data_root: str, backbones: str, out: str, *layouts: str) -> None:
-    for name in layouts:
+def main(data_root: str, out: str, *args: str) -> None:
+    backbones = dict(a.split("=", 1) for a in args if "=" in a)
+    for name in (a for a in args if "=" not in a):
         model, _, overrides = LAYOUTS[name]
         run_dir = Path(out) / name
         cfg = load_config("demo_twotower", step_overrides(
-            model, Path(data_root), Path(backbones) / model / "ck", run_dir, overrides,
+            model, Path(data_root), Path(backbones[model]), run_dir, overrides,
         ))
         run_step(cfg, run_dir)
     distributed.shutdown()

@@ -1,7 +1,8 @@
-"""2-rank worker: train the tiny AR model at TP=2 (+SP) and save checkpoints.
+"""2-rank worker: train the tiny model at TP=2 (+SP) and save checkpoints.
 
-Args: DATA_ROOT RUN_DIR. Runs 6 steps with a checkpoint every 4; rank 0 prints one
-``LOSS <step> <loss>`` line per step for the test to compare against a TP=1 resume.
+Args: DATA_ROOT RUN_DIR [OVERRIDE...] (the curriculum and objective come from the test). Saves
+every 4 steps; rank 0 prints one ``LOSS <step> <loss> <lr>`` line per step for the test to
+compare against TP=1 runs.
 """
 
 import sys
@@ -9,22 +10,18 @@ import sys
 import torch.distributed as dist
 
 import twotower_train  # noqa: F401
+from tests.training.fixtures import TINY_OVERRIDES
 from twotower_train import distributed
 from twotower_train.training.config import load_config
 from twotower_train.training.trainer import Trainer
 
-OVERRIDES = [
-    "model=tiny", "data.seq_length=64", "model.vocab_size=512", "training.global_batch_size=4",
-    "training.micro_batch_size=2", "training.log_interval=1", "logging.wandb_mode=disabled",
-    "curriculum.phases.0.steps=6", "curriculum.phases.0.lr.warmup_steps=1",
-    "checkpoint.save_interval=4", "checkpoint.keep_last=3", "parallelism=tp2",
-]
+OVERRIDES = [*TINY_OVERRIDES, "checkpoint.save_interval=4", "checkpoint.keep_last=3", "parallelism=tp2"]
 
 
-def main(data_root: str, run_dir: str) -> None:
+def main(data_root: str, run_dir: str, *overrides: str) -> None:
     cfg = load_config("demo", [
         f"data.root={data_root}", f"output_dir={run_dir}", f"checkpoint.dir={run_dir}/ck",
-        *OVERRIDES,
+        *OVERRIDES, *overrides,
     ])
     trainer = Trainer(cfg)
     trainer.train()
@@ -35,5 +32,5 @@ def main(data_root: str, run_dir: str) -> None:
     distributed.shutdown()
 
 
-if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+if __name__ == "__main__":  # dist_checkpointing may spawn processes
+    main(*sys.argv[1:])
