@@ -24,13 +24,31 @@ from twotower_train.training.config import TrainConfig, from_container
 from twotower_train.training.objectives import build_objective
 
 
-def load_trained_model(path: str | Path) -> tuple[torch.nn.Module, TrainConfig]:
-    """(model in eval mode, its training config) from a checkpoint root or ``iter_*`` folder."""
+def load_trained_model(
+    path: str | Path, *, backbone_checkpoint: str | Path | None = None
+) -> tuple[torch.nn.Module, TrainConfig]:
+    """(model in eval mode, its training config) from a checkpoint root or ``iter_*`` folder.
+
+    A checkpoint that keeps its frozen weights out (stage 2) finds them at
+    ``backbone_checkpoint`` if given, else where it recorded them — relative to itself (the run
+    tree moved as a whole), then the absolute path — and verifies their fingerprint.
+    """
     resolved = checkpoint.resolve_checkpoint_dir(path)
     if resolved is None:
         raise ConfigError(f"{path} holds no complete checkpoint (no meta.json / latest)")
     common = dist_checkpointing.load_common_state_dict(str(resolved))
     cfg = from_container(common["config"], check_data=False)
+    reference = common.get("frozen_reference") or {}
+    if reference:
+        frozen = backbone_checkpoint or checkpoint.locate_frozen_reference(resolved, common)
+        option = reference.get("option", "objective.backbone_checkpoint")
+        if frozen is None:
+            raise checkpoint.CheckpointError(
+                f"{resolved} was trained against frozen weights at {reference.get('path')}, "
+                f"which are not there any more; pass backbone_checkpoint=<folder> "
+                f"(the run's {option})"
+            )
+        cfg.objective_options[option.removeprefix("objective.")] = str(frozen)
     objective = build_objective(cfg.objective_name, cfg.objective_options)
     # The layout of this process (set by distributed.initialize), not the one it trained at.
     parallel = ParallelConfig(

@@ -10,7 +10,9 @@ What one checkpoint holds (one ``dist_checkpointing.save`` of a sharded state di
 
 * ``model`` — the objective's :meth:`~twotower_train.training.objectives.Objective.checkpoint_state`
   (by default the whole model; a two-tower objective may leave its frozen tower out and record a
-  ``frozen_reference`` instead, which is compared on load);
+  ``frozen_reference`` instead: an identity compared on load — the backbone checkpoint's content
+  fingerprint, :mod:`~twotower_train.training.fingerprint` — and its location, absolute and
+  relative to the checkpoint, used only to find it again);
 * ``optimizer`` — moments as sharded tensors shaped like their parameters, so a checkpoint saved
   at TP=2 / EP=2 loads at TP=1 (Megatron's optimizer on GPU: its own ``sharded_state_dict``,
   distributed-optimizer format ``dp_reshardable``);
@@ -56,6 +58,7 @@ __all__ = [
     "find_latest",
     "load_checkpoint",
     "load_model_state",
+    "locate_frozen_reference",
     "read_train_state",
     "resolve_checkpoint_dir",
     "save_checkpoint",
@@ -193,16 +196,56 @@ def resolve_checkpoint_dir(path: str | Path) -> Path | None:
     return None
 
 
+LOCATION_KEYS = ("path", "relative_path", "option")
+"""Keys of a frozen reference that say where the frozen weights were, not what they are: kept
+for finding them again, never compared."""
+
+
+def _identity(reference: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in reference.items() if k not in LOCATION_KEYS}
+
+
+def _describe(reference: dict[str, Any]) -> str:
+    identity = ", ".join(f"{k} {str(v)[:16]}" for k, v in sorted(_identity(reference).items()))
+    return f"{reference.get('path', '?')} ({identity})"
+
+
 def verify_frozen_reference(
     path: Path, common: dict[str, Any], objective: Any, model: torch.nn.Module
 ) -> None:
-    """The frozen weights a checkpoint was saved against (its common state) are this model's."""
-    expected = objective.frozen_reference(model)
-    if common.get("frozen_reference", {}) != expected:
+    """The frozen weights a checkpoint was saved against (its common state) are this model's.
+
+    Only the identity (e.g. the backbone checkpoint's fingerprint) is compared, so a moved
+    backbone folder still verifies; a different one fails with one line naming the key to set.
+    """
+    saved = common.get("frozen_reference") or {}
+    current = objective.frozen_reference(model)
+    if _identity(saved) == _identity(current):
+        return
+    option = current.get("option") or saved.get("option") or "the frozen-weights option"
+    if not saved:
         raise CheckpointError(
-            f"{path} was saved against frozen weights {common.get('frozen_reference')} but this "
-            f"run has {expected}"
+            f"{path} stores the whole model (no frozen reference) but this run loads frozen "
+            f"weights from {_describe(current)}; set {option}=null to resume it"
         )
+    now = f"this run has {_describe(current)}" if current else "this run has none"
+    raise CheckpointError(
+        f"{path} was trained against frozen weights {_describe(saved)} but {now}; set "
+        f"{option} to the checkpoint that run started from"
+    )
+
+
+def locate_frozen_reference(path: Path, common: dict[str, Any]) -> Path | None:
+    """Where the frozen weights of checkpoint ``path`` are now: at their recorded place relative
+    to the checkpoint (a run tree that moved as a whole), else at their recorded absolute path;
+    None if neither exists (or there is no reference)."""
+    reference = common.get("frozen_reference") or {}
+    candidates = []
+    if "relative_path" in reference:
+        candidates.append(Path(os.path.normpath(Path(path).resolve() / reference["relative_path"])))
+    if "path" in reference:
+        candidates.append(Path(reference["path"]))
+    return next((c for c in candidates if c.exists()), None)
 
 
 def load_model_state(path: str | Path, sharded_state_dict: dict) -> dict:
@@ -210,6 +253,15 @@ def load_model_state(path: str | Path, sharded_state_dict: dict) -> dict:
     (e.g. a stage-1 backbone loaded into a two-tower model at any TP/EP)."""
     loaded = dist_checkpointing.load({"model": sharded_state_dict}, str(Path(path)))
     return loaded["model"]
+
+
+def _located(reference: dict[str, Any], checkpoint_dir: Path) -> dict[str, Any]:
+    """The reference plus its path relative to the checkpoint being written (found again by
+    :func:`locate_frozen_reference` after the run folder moved)."""
+    if "path" not in reference:
+        return reference
+    relative = os.path.relpath(Path(reference["path"]).resolve(), checkpoint_dir.resolve())
+    return {**reference, "relative_path": relative}
 
 
 def save_checkpoint(
@@ -245,7 +297,7 @@ def save_checkpoint(
         "train_state": asdict(state),
         "layout": _layout(),
         "config": config,
-        "frozen_reference": objective.frozen_reference(model),
+        "frozen_reference": _located(objective.frozen_reference(model), final),
     }
     _write_shards(state_dict, tmp)
     _barrier()

@@ -9,13 +9,14 @@ masked positions (the released model's choice) or the ELBO 1/t weighting.
 
 The two-tower model starts from a stage-1 backbone checkpoint (``objective.backbone_checkpoint``)
 loaded into both towers; the frozen context tower then never changes, so checkpoints store the
-denoiser (+ adaLN) only and a verified reference to that backbone checkpoint.
+denoiser (+ adaLN) only and a verified reference to that backbone checkpoint: its content
+fingerprint (:mod:`twotower_train.training.fingerprint`), checked on every resume and load, and
+its location, used to find it again (a moved backbone folder verifies; another one does not).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,6 +37,7 @@ from twotower_train.diffusion import (
 from twotower_train.model.config import BackboneConfig, ConfigError, ParallelConfig
 from twotower_train.model.two_tower import TwoTowerModel
 from twotower_train.training.curriculum import ActivePhase
+from twotower_train.training.fingerprint import checkpoint_fingerprint
 from twotower_train.training.objectives.base import (
     ObjectiveBase,
     transformer_flops_per_token,
@@ -77,7 +79,7 @@ class DiffusionObjective(ObjectiveBase):
         self.time_sampling = TimeSampling(self.config.time_sampling)
         self.loss_weighting = LossWeighting(self.config.loss_weighting)
         self.mask_id: int | None = None
-        self._frozen_reference: dict[str, Any] | None = None  # digest computed once per run
+        self._frozen_reference: dict[str, Any] | None = None  # computed once per run
 
     # --- model ---------------------------------------------------------------------------------
 
@@ -98,7 +100,8 @@ class DiffusionObjective(ObjectiveBase):
         self.check_model(model_cfg)
         model = TwoTowerModel.build(model_cfg, parallel, params_dtype=params_dtype)
         if self.config.backbone_checkpoint is not None:
-            load_backbone_checkpoint(model, self.config.backbone_checkpoint)
+            loaded = load_backbone_checkpoint(model, self.config.backbone_checkpoint)
+            self._frozen_reference = _reference(loaded)  # of exactly the folder just loaded
         return model
 
     def trainable_parameters(self, model: TwoTowerModel):
@@ -150,13 +153,14 @@ class DiffusionObjective(ObjectiveBase):
         model.denoiser.load_state_dict(denoiser)
 
     def frozen_reference(self, model: TwoTowerModel) -> dict[str, Any]:
+        """The backbone checkpoint's content fingerprint (compared on resume and load) and where
+        it is (absolute; the checkpoint adds the path relative to itself) — computed once."""
         if self.config.backbone_checkpoint is None:
             return {}
         if self._frozen_reference is None:
-            path = resolve_backbone_checkpoint(self.config.backbone_checkpoint)
-            self._frozen_reference = {
-                "backbone_checkpoint": str(path), "sha256": checkpoint_digest(path)
-            }
+            self._frozen_reference = _reference(
+                resolve_backbone_checkpoint(self.config.backbone_checkpoint)
+            )
         return self._frozen_reference
 
 
@@ -166,15 +170,24 @@ def _enum(key: str, enum_cls, value: str) -> None:
         raise ConfigError(f"{key}={value!r}; choose one of {valid}")
 
 
+def _reference(backbone: Path) -> dict[str, Any]:
+    return {
+        "fingerprint": checkpoint_fingerprint(backbone),
+        "path": str(backbone.resolve()),
+        "option": "objective.backbone_checkpoint",
+    }
+
+
 def resolve_backbone_checkpoint(path: str | Path) -> Path:
     """A trainer checkpoint root (follows its ``latest`` pointer) or an ``iter_*`` folder."""
     from twotower_train.training import checkpoint
 
     path = Path(path)
     if not path.exists():
+        where = "" if path.is_absolute() else f" (relative to the working directory {Path.cwd()})"
         raise ConfigError(
-            f"objective.backbone_checkpoint={str(path)!r} does not exist; run stage 1 first "
-            "(twotower-train, recipe demo) or point it at a stage-1 checkpoint"
+            f"objective.backbone_checkpoint={str(path)!r} does not exist{where}; run stage 1 "
+            "first (twotower-train, recipe demo) or point it at a stage-1 checkpoint"
         )
     resolved = checkpoint.resolve_checkpoint_dir(path)
     if resolved is None:
@@ -184,32 +197,12 @@ def resolve_backbone_checkpoint(path: str | Path) -> Path:
     return resolved
 
 
-METADATA_BYTES = 1 << 20
-
-
-def checkpoint_digest(path: Path) -> str:
-    """SHA-256 identity of a checkpoint folder: every file's name and size, plus the bytes of its
-    small files (dist_checkpointing's metadata, meta.json, common state). Reading the tensor
-    shards themselves would cost minutes per save at Nano scale; their layout and sizes are in
-    the hashed metadata."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        size = file.stat().st_size
-        digest.update(f"{file.relative_to(path)}:{size}\n".encode())
-        if size <= METADATA_BYTES:
-            digest.update(file.read_bytes())
-    return digest.hexdigest()
-
-
-def load_backbone_checkpoint(model: TwoTowerModel, path: str | Path) -> None:
+def load_backbone_checkpoint(model: TwoTowerModel, path: str | Path) -> Path:
     """Load a stage-1 checkpoint's backbone weights (any TP/EP it was saved at) into both
-    towers of ``model``."""
+    towers of ``model``; returns the checkpoint folder it read."""
     from twotower_train.training import checkpoint
 
     resolved = resolve_backbone_checkpoint(path)
-    backbone = model.backbone
-    state = checkpoint.load_model_state(resolved, backbone.sharded_state_dict())
-    model.load_backbone_state(state)
     meta = resolved / checkpoint.TRAINER_STATE_FILE
     if meta.exists():
         objective = json.loads(meta.read_text()).get("objective")
@@ -218,3 +211,6 @@ def load_backbone_checkpoint(model: TwoTowerModel, path: str | Path) -> None:
                 f"objective.backbone_checkpoint={str(path)!r} was written by objective "
                 f"{objective!r}; stage 2 starts from a stage-1 (ar) checkpoint"
             )
+    state = checkpoint.load_model_state(resolved, model.backbone.sharded_state_dict())
+    model.load_backbone_state(state)
+    return resolved
