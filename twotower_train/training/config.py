@@ -28,8 +28,9 @@ from twotower_train.model.config import BackboneConfig, ConfigError, ParallelCon
 from twotower_train.training.curriculum import Curriculum
 from twotower_train.training.validation import positive_int, reject_unknown
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
-"""The repository's Hydra config folder (``recipes/``)."""
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+"""The Hydra config folder, ``twotower_train/recipes/`` — package data, so a wheel install has it
+too (the checkout's top-level ``recipes`` is a link to it)."""
 
 
 class Precision(enum.Enum):
