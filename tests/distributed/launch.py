@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,9 +28,19 @@ def torchrun(worker: str, *args: str, nproc: int = 2, timeout: int = 300) -> str
         f"--master-port={free_port()}", "--master-addr=127.0.0.1",
         str(WORKERS / worker), *args,
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    # Own process group: on a timeout the ranks go too, not only the torchrun launcher.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(
+            f"{worker} timed out after {timeout}s:\n{stdout[-6000:]}\n{stderr[-6000:]}"
+        ) from None
     if proc.returncode != 0:
         raise AssertionError(
-            f"{worker} failed (exit {proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+            f"{worker} failed (exit {proc.returncode}):\n{stdout[-6000:]}\n{stderr[-6000:]}"
         )
-    return proc.stdout
+    return stdout
