@@ -6,7 +6,7 @@ Run as its own process because the Triton interpreter must be on before triton i
     python -m tests.kernels.kernel_parity --dtype bfloat16               # a CUDA host
 
 Each entry is ``{"impl": <function the backend picked>, "max_abs_diff": d, "ref_max_abs": m}``
-for one output, state or input gradient; :mod:`tests.kernels.test_mamba_kernels` holds the
+for one output, state or input gradient; :mod:`tests.kernels.test_kernel_parity` holds the
 tolerances. Cases (tiny shapes, seconds each under the interpreter):
 
 * ``scan_boundaries`` — the context tower's forward-only scan: outputs, final and block-boundary
@@ -18,7 +18,10 @@ tolerances. Cases (tiny shapes, seconds each under the interpreter):
 * ``conv_seeded`` — the differentiable seeded conv: causal_conv1d, so CUDA hosts only (on a
   CPU the backend hands out the reference itself);
 * ``two_tower`` — the tiny TwoTowerModel's training forward with every Mamba call on the kernels
-  vs on the reference: context boundary states, denoiser logits and denoiser parameter grads.
+  vs on the reference: context boundary states, denoiser logits and denoiser parameter grads;
+* ``flex_training`` — the denoiser's compiled block-sparse FlexAttention vs the dense mask,
+  output and input gradients, plus its extra memory at two lengths (CUDA only; needs
+  ``TORCHDYNAMO_DISABLE`` unset so ``torch.compile`` is live).
 """
 
 from __future__ import annotations
@@ -210,12 +213,55 @@ def two_tower(device, dtype) -> dict:
     return out
 
 
+def flex_training(device, dtype) -> dict:
+    """Compiled block-sparse FlexAttention vs the dense mask, forward and backward (CUDA)."""
+    from twotower_train.ops import block_attention
+    from twotower_train.ops.block_attention import AttentionBackend, denoiser_attention
+
+    if device.type != "cuda":
+        raise RuntimeError("flex_training needs CUDA (torch has no CPU FlexAttention backward)")
+    g = torch.Generator().manual_seed(4)
+    length, block, heads, kv_heads, dim = 2048, 16, 8, 2, 64
+    q = torch.randn(1, heads, length, dim, generator=g)
+    kvs = [torch.randn(1, kv_heads, length, dim, generator=g) for _ in range(4)]
+    leaves = [t.to(device, dtype) for t in (q, *kvs)]
+    weight = torch.randn(q.shape, generator=g).to(device)
+
+    def run(backend):
+        inputs = [t.detach().clone().requires_grad_(True) for t in leaves]
+        out = denoiser_attention(*inputs, block, backend=backend)
+        (out.float() * weight).sum().backward()
+        return out.detach(), [t.grad for t in inputs]
+
+    out, grads = run(AttentionBackend.FLEX)
+    impl = "flex_compiled" if block_attention._compiled_flex is not None else "flex_eager"
+    out_ref, grads_ref = run(AttentionBackend.DENSE)
+    entries = {"out": _entry(impl, out, out_ref)}
+    for name, got, ref in zip(["q", "k_ctx", "v_ctx", "k_noisy", "v_noisy"], grads, grads_ref):
+        entries[f"grad_{name}"] = _entry(impl, got, ref)
+    # Extra memory of forward+backward beyond the inputs: linear in L for the block-sparse
+    # kernel, quadratic for the dense mask. (The first length reuses the compiled kernel.)
+    memory = {}
+    for n in (2048, 4096):
+        ins = [torch.randn(1, h, n, dim, device=device, dtype=dtype, requires_grad=True)
+               for h in (heads, kv_heads, kv_heads, kv_heads, kv_heads)]
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        denoiser_attention(*ins, block, backend=AttentionBackend.FLEX).sum().backward()
+        torch.cuda.synchronize()
+        memory[f"L{n}"] = torch.cuda.max_memory_allocated() - base
+    entries["extra_memory_bytes"] = memory
+    return entries
+
+
 CASES = {
     "scan_boundaries": scan_boundaries,
     "conv_boundaries": conv_boundaries,
     "scan_seeded": scan_seeded,
     "conv_seeded": conv_seeded,
     "two_tower": two_tower,
+    "flex_training": flex_training,
 }
 
 

@@ -1,17 +1,19 @@
-"""The GPU Mamba kernels against the pure-torch ops (DESIGN §9), on the CPU and on a GPU.
+"""The GPU kernels against their reference paths (DESIGN §9), on the CPU and on a GPU.
 
-On a CPU the kernels run under the Triton interpreter in a subprocess
+Mamba: on a CPU the Triton kernels run under the Triton interpreter in a subprocess
 (:mod:`tests.kernels.kernel_parity`, ~25 s of CPU for all cases); on a CUDA host the same worker
-runs natively, in fp32 and in bf16 (marker ``gpu``). Every entry is also checked for *which*
-implementation the backend picked, so a silent fall-back to the reference cannot pass.
+runs natively, in fp32 and in bf16 (marker ``gpu``), plus causal_conv1d's seeded conv and the
+denoiser's compiled block-sparse FlexAttention (forward, backward, and its memory growing
+linearly in L). Every entry is also checked for *which* implementation the backend picked, so a
+silent fall-back to the reference cannot pass.
 
 Tolerances are relative to the largest reference magnitude of each quantity:
 
 * fp32 under the interpreter: ``1e-4``. Kernel and reference compute the same sums in another
   order (chunked Triton tiles vs einsums); measured ≤ 2e-6 relative for every output, state and
   gradient, while any wiring error (a wrong state, chunk boundary or gate) is O(1) relative.
-* fp32 on a GPU: ``5e-3``. Triton's ``tl.dot`` multiplies fp32 tiles in TF32 (10-bit mantissa)
-  by default; the torch reference does not.
+* fp32 on a GPU: ``5e-3``. Triton's ``tl.dot`` (the Mamba kernels and compiled FlexAttention)
+  multiplies fp32 tiles in TF32 (10-bit mantissa) by default; the torch references do not.
 * bf16 on a GPU: ``2e-2`` for outputs and states, ``5e-2`` for gradients — a few bf16 ulps
   (2^-8 ≈ 4e-3): both sides round the same bf16 inputs and accumulate in fp32, but the kernels
   also keep chunk states and some gradient partials in bf16. (The interpreter cannot check
@@ -38,6 +40,7 @@ KERNEL_IMPLS = {
     "conv_boundaries": {"causal_conv1d_varlen", "causal_conv1d_cuda"},
     "scan_seeded": {"ssd_scan_differentiable"},
     "conv_seeded": {"causal_conv1d_cuda"},
+    "flex_training": {"flex_compiled"},
 }
 INTERPRETER_CASES = ["scan_boundaries", "conv_boundaries", "scan_seeded", "two_tower"]
 
@@ -50,7 +53,10 @@ def expected_impls(case: str, quantity: str) -> set[str]:
 
 
 def run_worker(*args: str, interpreter: bool) -> dict:
-    env = {**os.environ, "TORCHDYNAMO_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
+    # On a GPU torch.compile must be live (compiled FlexAttention); under the interpreter
+    # megatron's jit_fuser compiles would only cost time.
+    env = {**os.environ, "TORCHDYNAMO_DISABLE": "1" if interpreter else "0",
+           "PYTHONUNBUFFERED": "1"}
     env.pop("TWOTOWER_MAMBA_KERNELS", None)
     if interpreter:
         env["TRITON_INTERPRET"] = "1"
@@ -66,7 +72,7 @@ def run_worker(*args: str, interpreter: bool) -> dict:
 
 
 def check_case(report: dict, case: str, rtol: float, grad_rtol: float | None = None) -> None:
-    entries = {k: v for k, v in report[case].items() if k != "seconds"}
+    entries = {k: v for k, v in report[case].items() if "max_abs_diff" in v}
     assert entries, f"{case}: no quantities compared"
     failures = []
     for quantity, e in entries.items():
@@ -99,10 +105,14 @@ def test_kernels_match_reference_under_interpreter(interpreter_report, case):
 def test_kernels_match_reference_on_gpu(dtype):
     from twotower_train import backends
 
-    cases = [*INTERPRETER_CASES, *(["conv_seeded"] if backends.have_causal_conv1d() else [])]
+    cases = [*INTERPRETER_CASES, "flex_training",
+             *(["conv_seeded"] if backends.have_causal_conv1d() else [])]
     report = run_worker("--dtype", dtype, "--cases", *cases, interpreter=False)
     for case in cases:
         if dtype == "float32":
             check_case(report, case, rtol=5e-3)
         else:
             check_case(report, case, rtol=2e-2, grad_rtol=5e-2)
+    # O(L·S), not O(L^2): doubling L at most ~doubles the block-sparse kernel's extra memory.
+    memory = report["flex_training"]["extra_memory_bytes"]
+    assert memory["L4096"] <= 2.6 * memory["L2048"], memory
