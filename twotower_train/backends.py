@@ -15,7 +15,8 @@ run only under the Triton interpreter, switched on explicitly by
 :func:`twotower_train.cpu_compat.enable_triton_interpreter` (the kernel parity tests).
 
 The denoiser's training attention (:func:`use_flex_attention`): compiled block-sparse
-FlexAttention on CUDA, the dense-mask SDPA reference elsewhere.
+FlexAttention on CUDA, the dense-mask SDPA reference elsewhere. The loss's cross-entropy
+(:func:`vocab_parallel_cross_entropy`): Megatron's fused kernel for bf16 logits.
 """
 
 from __future__ import annotations
@@ -126,6 +127,22 @@ def mamba_conv(device: torch.device, *, needs_grad: bool) -> Callable:
         if not needs_grad and have_megatron_mamba_kernels():
             return mamba_kernels.causal_conv1d_varlen
     return conv.causal_conv1d
+
+
+def vocab_parallel_cross_entropy(logits_dtype: torch.dtype) -> Callable:
+    """Per-token NLL of vocab-parallel logits (..., V/TP) against targets (...): Megatron's fused
+    cross-entropy for bf16 logits (it reads them in bf16, computes in fp32 and returns bf16
+    gradients, so it is only exact for bf16 training), Megatron's unfused one otherwise."""
+    from megatron.core import parallel_state, tensor_parallel
+
+    if logits_dtype == torch.bfloat16:
+        from megatron.core.fusions.fused_cross_entropy import fused_vocab_parallel_cross_entropy
+
+        group = parallel_state.get_tensor_model_parallel_group()
+        return lambda logits, target: fused_vocab_parallel_cross_entropy(logits, target, group)
+    return lambda logits, target: tensor_parallel.vocab_parallel_cross_entropy(
+        logits.float(), target
+    )
 
 
 def use_flex_attention(device: torch.device) -> bool:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from twotower_train.ops.conv import conv_states
-from twotower_train.ops.ssd import SSDOutput
+from twotower_train.ops.ssd import NO_DT_LIMIT, SSDOutput
 
 __all__ = [
     "causal_conv1d_cuda",
@@ -34,7 +34,6 @@ __all__ = [
     "ssd_scan_varlen",
 ]
 
-_NO_LIMIT = (0.0, float("inf"))
 
 
 def _pow2_at_most(n: int) -> int:
@@ -53,7 +52,7 @@ def _chunk_starts(seqlen: int, chunk: int, stride: int | None, device) -> torch.
 
 def ssd_scan_varlen(
     x, dt, A, B, C, chunk_size, *, D=None, z=None, dt_bias=None, dt_softplus=False,
-    dt_limit=_NO_LIMIT, initial_state=None, state_stride=None,
+    dt_limit=NO_DT_LIMIT, initial_state=None, state_stride=None,
 ) -> SSDOutput:
     """Forward-only :func:`~twotower_train.ops.ssd.ssd_scan` on megatron-core's varlen kernel."""
     from megatron.core.ssm.ops.ssd_combined import mamba_chunk_scan_combined_varlen
@@ -109,7 +108,7 @@ def ssd_scan_varlen(
 
 def ssd_scan_differentiable(
     x, dt, A, B, C, chunk_size, *, D=None, z=None, dt_bias=None, dt_softplus=False,
-    dt_limit=_NO_LIMIT, initial_state=None, state_stride=None,
+    dt_limit=NO_DT_LIMIT, initial_state=None, state_stride=None,
 ) -> SSDOutput:
     """:func:`~twotower_train.ops.ssd.ssd_scan` with backward, on mamba_ssm's Triton kernels."""
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
