@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from megatron.core import tensor_parallel
 from megatron.core.transformer.module import MegatronModule
 
+from twotower_train import backends
 from twotower_train.diffusion import LossOutput, MetricSums, ar_loss
 from twotower_train.model.config import BackboneConfig, ParallelConfig, Recompute
 from twotower_train.training.curriculum import ActivePhase
@@ -49,7 +49,7 @@ class ARObjective(ObjectiveBase):
 
         tokens, labels = batch["tokens"], batch["labels"]  # (b, s)
         logits = forward_logits(model, tokens)  # (b, s, vocab/TP)
-        token_nll = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels)  # (b, s)
+        token_nll = backends.vocab_parallel_cross_entropy(logits.dtype)(logits, labels)  # (b, s)
         out = ar_loss(token_nll, batch["loss_mask"])
         keep = batch["loss_mask"].to(torch.bool)
         correct = ((vocab_parallel_argmax(logits) == labels) & keep).sum()
