@@ -19,6 +19,8 @@ tolerances. Cases (tiny shapes, seconds each under the interpreter):
   CPU the backend hands out the reference itself);
 * ``two_tower`` — the tiny TwoTowerModel's training forward with every Mamba call on the kernels
   vs on the reference: context boundary states, denoiser logits and denoiser parameter grads;
+* ``sampling`` — the samplers' no-grad path on the forward-only kernels: a left-padded prefill,
+  a committed block, a denoised block (logits, cached conv and SSM states);
 * ``flex_training`` — the denoiser's compiled block-sparse FlexAttention vs the dense mask,
   output and input gradients, plus its extra memory at two lengths (CUDA only; needs
   ``TORCHDYNAMO_DISABLE`` unset so ``torch.compile`` is live).
@@ -213,6 +215,42 @@ def two_tower(device, dtype) -> dict:
     return out
 
 
+def sampling(device, dtype) -> dict:
+    """The samplers' path: left-padded prefill, one committed block, one denoised block."""
+    distributed.initialize(seed=0)
+    cfg = preset("tiny", mamba_num_heads=4)
+    model = TwoTowerModel.build(cfg, params_dtype=dtype).to(device).eval()
+    gen = torch.Generator().manual_seed(5)
+    prompts = torch.randint(4, cfg.vocab_size, (2, 16), generator=gen).to(device)
+    valid = torch.ones(2, 16, dtype=torch.bool, device=device)
+    valid[1, :5] = False  # the second prompt is 5 tokens shorter (left padding)
+    block = torch.randint(4, cfg.vocab_size, (2, 8), generator=gen).to(device)
+    noisy = block.clone()
+    noisy[:, ::2] = cfg.mask_token_id
+    t = torch.full((2,), 0.5, device=device)
+
+    def run():
+        prefill = model.prefill(prompts, valid, logits="last")
+        advanced = model.advance(prefill.cache, block, logits="last")
+        denoised = model.denoise_block(advanced.cache, noisy, t)
+        layer = cfg.pattern.index("M")
+        return advanced.logits, advanced.cache.mamba[layer], denoised
+
+    scan = backends.mamba_scan(device, needs_grad=False, state_stride=None)
+    conv = backends.mamba_conv(device, needs_grad=False)
+    logits, states, denoised = run()
+    with _reference_kernels():
+        logits_ref, states_ref, denoised_ref = run()
+    out = {
+        "context_logits": _entry(scan, logits, logits_ref),
+        "cache_ssm_state": _entry(scan, states.ssm, states_ref.ssm),
+        "cache_conv_state": _entry(conv, states.conv, states_ref.conv),
+        "denoiser_logits": _entry(scan, denoised, denoised_ref),
+    }
+    distributed.shutdown()
+    return out
+
+
 def flex_training(device, dtype) -> dict:
     """Compiled block-sparse FlexAttention vs the dense mask, forward and backward (CUDA)."""
     from twotower_train.ops import block_attention
@@ -261,6 +299,7 @@ CASES = {
     "scan_seeded": scan_seeded,
     "conv_seeded": conv_seeded,
     "two_tower": two_tower,
+    "sampling": sampling,
     "flex_training": flex_training,
 }
 

@@ -1,7 +1,7 @@
 """The GPU kernels against their reference paths (DESIGN §9), on the CPU and on a GPU.
 
 Mamba: on a CPU the Triton kernels run under the Triton interpreter in a subprocess
-(:mod:`tests.kernels.kernel_parity`, ~25 s of CPU for all cases); on a CUDA host the same worker
+(:mod:`tests.kernels.kernel_parity`, ~25 s of CPU for all cases, ~40 s with imports); on a CUDA host the same worker
 runs natively, in fp32 and in bf16 (marker ``gpu``), plus causal_conv1d's seeded conv and the
 denoiser's compiled block-sparse FlexAttention (forward, backward, and its memory growing
 linearly in L). Every entry is also checked for *which* implementation the backend picked, so a
@@ -42,13 +42,15 @@ KERNEL_IMPLS = {
     "conv_seeded": {"causal_conv1d_cuda"},
     "flex_training": {"flex_compiled"},
 }
-INTERPRETER_CASES = ["scan_boundaries", "conv_boundaries", "scan_seeded", "two_tower"]
+INTERPRETER_CASES = ["scan_boundaries", "conv_boundaries", "scan_seeded", "two_tower", "sampling"]
 
 
 def expected_impls(case: str, quantity: str) -> set[str]:
     if case == "two_tower":  # context tower: forward-only kernels; denoiser: differentiable
         case = {"context_ssm": "scan_boundaries", "context_con": "conv_boundaries"}.get(
             quantity[:11], "scan_seeded")
+    if case == "sampling":  # no gradient anywhere: the forward-only kernels
+        case = "conv_boundaries" if "conv" in quantity else "scan_boundaries"
     return KERNEL_IMPLS[case]
 
 

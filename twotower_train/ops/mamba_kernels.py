@@ -42,12 +42,13 @@ def _pow2_at_most(n: int) -> int:
     return 1 << (max(n, 1).bit_length() - 1)
 
 
-def _chunk_starts(seqlen: int, chunk: int, stride: int | None, device) -> torch.Tensor:
-    """Start of every chunk of one sequence: the chunk grid ∪ the block grid, sorted."""
-    grids = [torch.arange(0, seqlen, chunk, device=device)]
+def _chunk_starts(seqlen: int, chunk: int, stride: int | None) -> list[int]:
+    """Start of every chunk of one sequence: the chunk grid ∪ the block grid, sorted (host-side
+    ints: at most seqlen/S + seqlen/Q of them)."""
+    starts = set(range(0, seqlen, chunk))
     if stride is not None:
-        grids.append(torch.arange(0, seqlen, stride, device=device))
-    return torch.unique(torch.cat(grids))  # sorted
+        starts |= set(range(0, seqlen, stride))
+    return sorted(starts)
 
 
 def ssd_scan_varlen(
@@ -61,12 +62,16 @@ def ssd_scan_varlen(
     groups, d_state = B.shape[-2:]
     if state_stride is not None and seqlen % state_stride:
         raise ValueError(f"state_stride {state_stride} must divide seqlen {seqlen}")
-    chunk = _pow2_at_most(min(chunk_size, seqlen))
-    starts = _chunk_starts(seqlen, chunk, state_stride, x.device)  # (nc,)
-    nc = starts.numel()
+    starts = _chunk_starts(seqlen, _pow2_at_most(min(chunk_size, seqlen)), state_stride)
+    ends = starts[1:] + [seqlen]
+    nc = len(starts)
+    # Tiles as long as the longest chunk, not Q: S=16 blocks under Q=128 need 16-wide tiles.
+    # (At least 16, the smallest tile the kernels' dot products take.)
+    tile = max(16, 1 << (max(e - s for s, e in zip(starts, ends)) - 1).bit_length())
+    grid = torch.tensor(starts, device=x.device)
     offsets = torch.arange(bsz, device=x.device).unsqueeze(1) * seqlen  # (b, 1)
     cu_chunks = torch.cat(
-        [(offsets + starts).flatten(), torch.tensor([bsz * seqlen], device=x.device)]
+        [(offsets + grid).flatten(), torch.tensor([bsz * seqlen], device=x.device)]
     ).to(torch.int32)  # (b·nc + 1,) chunk boundaries of the packed batch
     seq_idx = torch.arange(bsz, device=x.device, dtype=torch.int32).repeat_interleave(nc)
     last_chunk = torch.arange(1, bsz + 1, device=x.device) * nc - 1  # (b,)
@@ -77,7 +82,7 @@ def ssd_scan_varlen(
         A,
         B.reshape(bsz * seqlen, groups, d_state),
         C.reshape(bsz * seqlen, groups, d_state),
-        chunk,
+        tile,
         cu_chunks,
         last_chunk,
         seq_idx,
@@ -94,9 +99,12 @@ def ssd_scan_varlen(
     boundary = None
     if state_stride is not None:
         # raw[c] is the state after chunk c; the block ends k·S are chunk ends by construction.
-        ends = torch.cat([starts[1:], starts.new_tensor([seqlen])])  # (nc,)
-        wanted = torch.arange(state_stride, seqlen + 1, state_stride, device=x.device)
-        after = raw.reshape(bsz, nc, heads, head_dim, d_state)[:, torch.searchsorted(ends, wanted)]
+        chunk_of_end = {end: c for c, end in enumerate(ends)}
+        picks = torch.tensor(
+            [chunk_of_end[p] for p in range(state_stride, seqlen + 1, state_stride)],
+            device=x.device,
+        )
+        after = raw.reshape(bsz, nc, heads, head_dim, d_state)[:, picks]  # (b, l/S, h, p, n)
         first = (
             torch.zeros_like(final) if initial_state is None else initial_state.float()
         ).unsqueeze(1)  # (b, 1, h, p, n)
