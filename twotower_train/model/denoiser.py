@@ -14,6 +14,10 @@ Where the conditioning comes from is a small object with two methods (``mamba_se
 ``attend``): :class:`BlockwiseConditioning` for the vectorised training forward (all blocks
 of a sequence at once) and :class:`CacheConditioning` for one block decoded against a
 :class:`~twotower_train.model.context_tower.ContextCache`.
+
+Training memory (docs/memory.md): the layers honour Megatron's recompute settings of the
+backbone's ``TransformerConfig`` (``full``: each layer one checkpoint; ``selective``: attention
+core, MLP and MoE), and the LM head can run on the loss positions only (``positions``).
 """
 
 from __future__ import annotations
