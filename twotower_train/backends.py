@@ -40,23 +40,6 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def _importable(module: str) -> bool:
-    # Only meaningful with CUDA: on a CPU machine TE's PyPI meta-package raises RuntimeError (not
-    # ImportError) on import, and mamba_ssm / causal_conv1d do not build.
-    if not cuda_available():
-        return False
-    try:
-        importlib.import_module(module)
-    except (ImportError, RuntimeError, OSError):
-        return False
-    return True
-
-
-@functools.cache
-def have_transformer_engine() -> bool:
-    return _importable("transformer_engine.pytorch")
-
-
 @functools.cache
 def _loads(module: str) -> bool:
     try:
@@ -64,6 +47,17 @@ def _loads(module: str) -> bool:
     except (ImportError, RuntimeError, OSError):
         return False
     return True
+
+
+def _importable(module: str) -> bool:
+    # Only meaningful with CUDA: on a CPU machine TE's PyPI meta-package raises RuntimeError (not
+    # ImportError) on import, and causal_conv1d does not build.
+    return cuda_available() and _loads(module)
+
+
+@functools.cache
+def have_transformer_engine() -> bool:
+    return _importable("transformer_engine.pytorch")
 
 
 def _triton_kernel_loads(module: str) -> bool:

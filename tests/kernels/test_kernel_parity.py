@@ -42,6 +42,7 @@ KERNEL_IMPLS = {
     "conv_seeded": {"causal_conv1d_cuda"},
     "flex_training": {"flex_compiled"},
 }
+DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
 INTERPRETER_CASES = ["scan_boundaries", "conv_boundaries", "scan_seeded", "two_tower", "sampling"]
 
 
@@ -59,7 +60,9 @@ def run_worker(*args: str, interpreter: bool) -> dict:
     # megatron's jit_fuser compiles would only cost time.
     env = {**os.environ, "TORCHDYNAMO_DISABLE": "1" if interpreter else "0",
            "PYTHONUNBUFFERED": "1"}
-    env.pop("TWOTOWER_MAMBA_KERNELS", None)
+    # A fresh single-process group: not the rendezvous this pytest process may have set up.
+    for name in ("TWOTOWER_MAMBA_KERNELS", *DIST_ENV):
+        env.pop(name, None)
     if interpreter:
         env["TRITON_INTERPRET"] = "1"
     else:
