@@ -36,4 +36,17 @@ echo "bootstrap: installing twotower-train[dev] (editable) and the demo corpus p
 if [ -f requirements/corpus.txt ]; then
   "${PIP[@]}" install --no-deps -r requirements/corpus.txt
 fi
+# mamba_ssm's Triton SSD kernels, for the CPU parity tests that run them under the Triton
+# interpreter (docs/mamba_ops.md). Its kernels are pure Python: build it here without CUDA and
+# without the prebuilt-wheel download (MAMBA_FORCE_BUILD), against the venv's own torch
+# (--no-build-isolation; its setup.py imports setuptools and torch) and without touching the
+# pinned dependencies (--no-deps). GPU hosts install the real wheel from the [gpu] extra instead.
+MAMBA_SSM_CPU=mamba-ssm==2.3.2.post1
+if ! .venv/bin/python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null && \
+   ! .venv/bin/python -c 'import importlib.metadata as m, sys; sys.exit(m.version("mamba-ssm") != sys.argv[1])' "${MAMBA_SSM_CPU#*==}" 2>/dev/null; then
+  echo "bootstrap: building $MAMBA_SSM_CPU (Triton kernels only, no CUDA extension)"
+  "${PIP[@]}" install "setuptools>=70.1"
+  MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE \
+    "${PIP[@]}" install --no-build-isolation --no-deps "$MAMBA_SSM_CPU"
+fi
 .venv/bin/python -c 'import twotower_train, megatron.core; print("bootstrap: ok, megatron-core", megatron.core.__version__)'

@@ -1,9 +1,22 @@
-"""Which kernels this process uses — the one place that probes optional GPU packages.
+"""Which kernels this process uses — the one place that probes optional GPU packages and picks.
 
 Transformer Engine, ``mamba_ssm`` and ``causal_conv1d`` are optional GPU extras
 (``pip install twotower-train[gpu]``). They are detected here, once, and every other module asks
 these functions instead of importing them speculatively. ``TWOTOWER_BACKEND=local`` forces the
 non-TE path on a GPU host (handy for parity checks); ``TWOTOWER_BACKEND=te`` insists on TE.
+
+Mamba-2 in the two towers (:func:`mamba_scan`, :func:`mamba_conv`): on CUDA the Triton/CUDA
+kernels of :mod:`twotower_train.ops.mamba_kernels` — megatron-core's forward-only varlen scan and
+conv where no gradient is needed (context tower, sampling), mamba_ssm's differentiable scan and
+causal_conv1d's conv where one is (the denoiser in training) — and the pure-torch ops of
+:mod:`twotower_train.ops` everywhere else (the CPU path and the reference).
+``TWOTOWER_MAMBA_KERNELS=torch`` forces the pure-torch ops on a GPU host. On a CPU the kernels
+run only under the Triton interpreter, switched on explicitly by
+:func:`twotower_train.cpu_compat.enable_triton_interpreter` (the kernel parity tests).
+
+The denoiser's training attention (:func:`use_flex_attention`): compiled block-sparse
+FlexAttention on CUDA, the dense-mask SDPA reference elsewhere. The loss's cross-entropy
+(:func:`vocab_parallel_cross_entropy`): Megatron's fused kernel for bf16 logits.
 """
 
 from __future__ import annotations
@@ -12,9 +25,14 @@ import functools
 import importlib
 import os
 
+from collections.abc import Callable
+
 import torch
 
+from twotower_train import cpu_compat
+
 _BACKEND_ENV = "TWOTOWER_BACKEND"
+_MAMBA_ENV = "TWOTOWER_MAMBA_KERNELS"
 
 
 @functools.cache
@@ -22,11 +40,8 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def _importable(module: str) -> bool:
-    # Only meaningful with CUDA: on a CPU machine TE's PyPI meta-package raises RuntimeError (not
-    # ImportError) on import, and mamba_ssm / causal_conv1d do not build.
-    if not cuda_available():
-        return False
+@functools.cache
+def _loads(module: str) -> bool:
     try:
         importlib.import_module(module)
     except (ImportError, RuntimeError, OSError):
@@ -34,15 +49,101 @@ def _importable(module: str) -> bool:
     return True
 
 
+def _importable(module: str) -> bool:
+    # Only meaningful with CUDA: on a CPU machine TE's PyPI meta-package raises RuntimeError (not
+    # ImportError) on import, and causal_conv1d does not build.
+    return cuda_available() and _loads(module)
+
+
 @functools.cache
 def have_transformer_engine() -> bool:
     return _importable("transformer_engine.pytorch")
 
 
-@functools.cache
-def have_mamba_kernels() -> bool:
-    """mamba_ssm's Triton SSD kernels and causal_conv1d are both usable."""
-    return _importable("mamba_ssm.ops.triton.ssd_combined") and _importable("causal_conv1d")
+def _triton_kernel_loads(module: str) -> bool:
+    # Triton kernels run on CUDA, or on the CPU under the Triton interpreter once the test-only
+    # stand-ins are installed (importing mamba_ssm needs one of them).
+    return (cuda_available() or cpu_compat.triton_interpreter_active()) and _loads(module)
+
+
+def have_mamba_ssm() -> bool:
+    """mamba_ssm's differentiable Triton SSD scan is usable."""
+    return _triton_kernel_loads("mamba_ssm.ops.triton.ssd_combined")
+
+
+def have_causal_conv1d() -> bool:
+    """Dao-AILab's causal_conv1d CUDA kernels are usable (CUDA only: no interpreter for them)."""
+    return _importable("causal_conv1d")
+
+
+def have_megatron_mamba_kernels() -> bool:
+    """megatron-core's forward-only Triton varlen SSD scan and conv are usable."""
+    return _triton_kernel_loads("megatron.core.ssm.ops.ssd_combined") and _triton_kernel_loads(
+        "megatron.core.ssm.ops.causal_conv1d_varlen"
+    )
+
+
+def _mamba_kernels_wanted(device: torch.device) -> bool:
+    choice = os.environ.get(_MAMBA_ENV, "auto").lower()
+    if choice not in {"auto", "torch"}:
+        raise ValueError(f"{_MAMBA_ENV}={choice!r}; use one of auto, torch")
+    if choice == "torch":
+        return False
+    return device.type == "cuda" or (
+        device.type == "cpu" and cpu_compat.triton_interpreter_active()
+    )
+
+
+def mamba_scan(device: torch.device, *, needs_grad: bool, state_stride: int | None) -> Callable:
+    """The SSD scan for one mixer call, with :func:`twotower_train.ops.ssd.ssd_scan`'s
+    signature: forward-only varlen kernel without grad (it also gives block-boundary states),
+    mamba_ssm's differentiable one with grad, else the pure-torch scan."""
+    from twotower_train.ops import mamba_kernels, ssd
+
+    if _mamba_kernels_wanted(device):
+        if not needs_grad and have_megatron_mamba_kernels():
+            return mamba_kernels.ssd_scan_varlen
+        if needs_grad and state_stride is None and have_mamba_ssm():
+            return mamba_kernels.ssd_scan_differentiable
+    return ssd.ssd_scan
+
+
+def mamba_conv(device: torch.device, *, needs_grad: bool) -> Callable:
+    """The depthwise causal conv for one mixer call, with
+    :func:`twotower_train.ops.conv.causal_conv1d`'s signature: causal_conv1d's CUDA kernel where
+    installed, else megatron's forward-only Triton conv without grad, else pure torch (cuDNN's
+    depthwise conv on a GPU)."""
+    from twotower_train.ops import conv, mamba_kernels
+
+    if _mamba_kernels_wanted(device):
+        if have_causal_conv1d():
+            return mamba_kernels.causal_conv1d_cuda
+        if not needs_grad and have_megatron_mamba_kernels():
+            return mamba_kernels.causal_conv1d_varlen
+    return conv.causal_conv1d
+
+
+def vocab_parallel_cross_entropy(logits_dtype: torch.dtype) -> Callable:
+    """Per-token NLL of vocab-parallel logits (..., V/TP) against targets (...): Megatron's fused
+    cross-entropy for bf16 logits (it reads them in bf16, computes in fp32 and returns bf16
+    gradients, so it is only exact for bf16 training), Megatron's unfused one otherwise."""
+    from megatron.core import parallel_state, tensor_parallel
+
+    if logits_dtype == torch.bfloat16:
+        from megatron.core.fusions.fused_cross_entropy import fused_vocab_parallel_cross_entropy
+
+        group = parallel_state.get_tensor_model_parallel_group()
+        return lambda logits, target: fused_vocab_parallel_cross_entropy(logits, target, group)
+    return lambda logits, target: tensor_parallel.vocab_parallel_cross_entropy(
+        logits.float(), target
+    )
+
+
+def use_flex_attention(device: torch.device) -> bool:
+    """Compiled block-sparse FlexAttention for the denoiser's training attention (forward and
+    backward, O(L·S) memory) on CUDA; the dense-mask SDPA reference elsewhere (torch has no CPU
+    FlexAttention backward)."""
+    return device.type == "cuda"
 
 
 def use_transformer_engine() -> bool:

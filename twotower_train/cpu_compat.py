@@ -25,15 +25,25 @@ What is adapted, and why:
    gets the pure-PyTorch SSD path (:mod:`twotower_train.ops`) and gated RMSNorm instead.
 
 Importing :mod:`twotower_train` applies it; :func:`applied` reports whether it did.
+
+Separately, and only when called, :func:`enable_triton_interpreter` lets the GPU Triton kernels
+(megatron-core's and mamba_ssm's Mamba-2 scans) run on CPU tensors under ``TRITON_INTERPRET=1``,
+so their parity with the pure-torch ops is checked in CPU CI (measured facts:
+shared/notes/gpu-kernels-on-cpu.md). Nothing else calls it: training and sampling on a CPU keep
+the pure-torch ops.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
+import types
 
 import torch
 
 _APPLIED = False
+_TRITON_INTERPRETER = False
 
 
 def applied() -> bool:
@@ -150,3 +160,64 @@ def apply() -> None:
     _patch_moe_dispatcher()
     _patch_mamba_mixer()
     _APPLIED = True
+
+
+def triton_interpreter_active() -> bool:
+    """Whether :func:`enable_triton_interpreter` has switched the CPU kernel path on."""
+    return _TRITON_INTERPRETER
+
+
+def _interpreted(kernel) -> bool:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    while not isinstance(kernel, InterpretedFunction) and hasattr(kernel, "fn"):
+        kernel = kernel.fn  # through autotune / heuristics wrappers
+    return isinstance(kernel, InterpretedFunction)
+
+
+def _tile_size(config) -> float:
+    size = 1.0
+    for key, value in config.kwargs.items():
+        if key.startswith("BLOCK") and isinstance(value, int):
+            size *= value
+    return size
+
+
+def enable_triton_interpreter() -> None:
+    """Run the Mamba Triton kernels on the CPU under the Triton interpreter (tests only).
+
+    ``TRITON_INTERPRET=1`` must be in the environment before the process imports triton (it is
+    read when kernels are decorated, and ``import twotower_train`` already imports them). Then
+    the CPU stand-ins the kernels need are installed, and :mod:`twotower_train.backends` picks
+    the kernels for CPU tensors:
+
+    1. ``torch.cuda.device(index)``, the context the kernels launch in → a null context;
+    2. ``torch.cuda.get_device_properties`` (mamba_ssm's backward sizes a grid by the SM
+       count) → an object with a small ``multi_processor_count``;
+    3. triton's autotuner times every config through the GPU driver → its per-config benchmark
+       returns the config's tile size instead, so it takes the smallest tiles (every config
+       computes the same result; small tiles are what the interpreter runs fastest);
+    4. ``import mamba_ssm`` imports the Mamba-1 CUDA extension ``selective_scan_cuda``, which
+       the SSD kernels never use → an empty module of that name.
+
+    A no-op with CUDA, where the kernels run natively.
+    """
+    global _TRITON_INTERPRETER
+    if _TRITON_INTERPRETER or torch.cuda.is_available():
+        return
+    from megatron.core.ssm.ops import ssd_bmm
+    from triton.runtime import autotuner
+
+    if os.environ.get("TRITON_INTERPRET") != "1" or not _interpreted(ssd_bmm._bmm_chunk_fwd_kernel):
+        raise RuntimeError(
+            "enable_triton_interpreter needs TRITON_INTERPRET=1 in the environment before "
+            "Python starts (triton reads it when the kernels are defined); run e.g. "
+            "TRITON_INTERPRET=1 python -m tests.kernels.interpreter_parity"
+        )
+    torch.cuda.device = lambda _index=None: contextlib.nullcontext()
+    torch.cuda.get_device_properties = lambda *_a, **_k: types.SimpleNamespace(
+        name="cpu (triton interpreter)", multi_processor_count=2
+    )
+    autotuner.Autotuner._bench = lambda self, *_a, config, **_k: [_tile_size(config)] * 3
+    sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+    _TRITON_INTERPRETER = True

@@ -4,7 +4,8 @@ import pytest
 
 from twotower_train.model.backbone import count_parameters
 from twotower_train.model.config import preset
-from twotower_train.training.logging import format_progress, mfu
+from twotower_train.training.config import Precision
+from twotower_train.training.logging import format_progress, mfu, peak_tflops_by_name
 from twotower_train.training.objectives import transformer_flops_per_token
 
 
@@ -13,6 +14,19 @@ def test_flops_per_token_is_6n_plus_attention():
     _, active = count_parameters(cfg)
     attention = 6 * cfg.pattern.count("*") * cfg.num_attention_heads * cfg.head_dim * 256
     assert transformer_flops_per_token(cfg, 256) == 6 * active + attention
+
+
+@pytest.mark.parametrize(
+    "name, precision, expected",
+    [
+        ("NVIDIA H100 80GB HBM3", Precision.BF16, 989.0),
+        ("NVIDIA H100 PCIe", Precision.BF16, 756.0),  # the longer key wins over "H100"
+        ("NVIDIA H200", Precision.FP32, 494.0),
+        ("NVIDIA GeForce RTX 4090", Precision.BF16, None),  # not in the table: no guess
+    ],
+)
+def test_peak_tflops_by_device_name(name, precision, expected):
+    assert peak_tflops_by_name(name, precision) == expected
 
 
 def test_mfu_and_progress_line():

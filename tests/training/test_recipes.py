@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
         (["curriculum.phases.0.block_size=48"], "block_size=48 must divide seq_length=64"),
         (["+model.mask_token_id=600"], "model.mask_token_id=600 is outside the vocabulary"),
         (["optimizer.precision=fp8"], "optimizer.precision='fp8' is not one of"),
+        (["training.recompute=some"], "training.recompute='some' is not one of"),
         (["training.global_batch_size=5"], "training.global_batch_size=5 is not a multiple"),
         (["parallelism.tensor_parallel=3"], "parallelism.tensor_parallel=3"),
         (

@@ -47,7 +47,7 @@ from megatron.core.transformer.transformer_layer import (
 )
 
 from twotower_train import backends
-from twotower_train.model.config import BackboneConfig, ConfigError, ParallelConfig
+from twotower_train.model.config import BackboneConfig, ConfigError, ParallelConfig, Recompute
 from twotower_train.model.norm import RMSNorm
 
 
@@ -57,6 +57,7 @@ def transformer_config(
     *,
     params_dtype: torch.dtype = torch.float32,
     use_cpu_initialization: bool | None = None,
+    recompute: Recompute = Recompute.NONE,
 ) -> TransformerConfig:
     """The Megatron ``TransformerConfig`` for a backbone config and parallel layout."""
     parallel = parallel or ParallelConfig()
@@ -116,7 +117,20 @@ def transformer_config(
         gradient_accumulation_fusion=False,
         persist_layer_norm=False,
         apply_rope_fusion=False,
+        **_recompute_fields(recompute, has_moe),
     )
+
+
+def _recompute_fields(recompute: Recompute, has_moe: bool) -> dict:
+    """Megatron's recompute settings for ``training.recompute``: full = every layer its own
+    checkpoint unit; selective = the attention core, the dense MLP and the MoE layer."""
+    if recompute is Recompute.FULL:
+        return dict(recompute_granularity="full", recompute_method="uniform",
+                    recompute_num_layers=1)
+    if recompute is Recompute.SELECTIVE:
+        return dict(recompute_granularity="selective",
+                    recompute_modules=["core_attn", "mlp", *(["moe"] if has_moe else [])])
+    return {}
 
 
 def check_parallel_layout(cfg: BackboneConfig, parallel: ParallelConfig) -> None:

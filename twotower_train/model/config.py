@@ -10,6 +10,7 @@ the parallel layout (heads divisible by TP, experts by EP) live in
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass
 
 from twotower_train.errors import UserError
@@ -196,6 +197,19 @@ def preset(name: str, **overrides) -> BackboneConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name].replace(**overrides)
+
+
+class Recompute(enum.Enum):
+    """Activation recompute of the trained layers (``training.recompute``; docs/memory.md).
+
+    Set on Megatron's ``TransformerConfig`` (``recompute_granularity`` / ``recompute_modules``),
+    so the stage-1 backbone gets Megatron's own recompute and the denoiser, which walks its
+    layers itself, reads the same fields.
+    """
+
+    NONE = "none"  # keep every activation
+    SELECTIVE = "selective"  # recompute attention cores and MLP / MoE sub-layers
+    FULL = "full"  # keep only each layer's input, recompute the layer in backward
 
 
 @dataclass

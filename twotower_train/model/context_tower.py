@@ -16,7 +16,7 @@ import torch
 from megatron.core.models.hybrid.hybrid_model import HybridModel
 from megatron.core.transformer.module import MegatronModule
 
-from twotower_train.inference.cache import ContextCache, ContextOutput
+from twotower_train.inference.cache import ContextCache, ContextOutput, MambaStates
 from twotower_train.model.layers import LayerKind, embed, iter_layers, lm_head, pre_norm
 from twotower_train.model.mixers import (
     attention_out,
@@ -40,6 +40,7 @@ class ContextTower(MegatronModule):
         cache: ContextCache | None = None,
         valid: torch.Tensor | None = None,
         state_stride: int | None = None,
+        boundary_dtype: torch.dtype | None = None,
         logits: str = "all",
     ) -> ContextOutput:
         """Run over ``tokens`` (b, s), continuing from ``cache`` if given.
@@ -48,6 +49,8 @@ class ContextTower(MegatronModule):
             valid: (b, s) bool, False at left padding (prefill of prompts of unequal length).
             state_stride: also return Mamba states at every multiple of this many positions
                 (block boundaries); only from an empty cache.
+            boundary_dtype: keep those states in this dtype (the training forward passes the
+                parameter dtype: bf16 seeds on a GPU, half the fp32 size; docs/memory.md).
             logits: "all", "last" or "none".
         """
         cache = cache or ContextCache()
@@ -75,7 +78,11 @@ class ContextTower(MegatronModule):
                 )
                 new.mamba[i] = result.final
                 if result.boundaries is not None:
-                    out.boundaries[i] = result.boundaries
+                    bounds = result.boundaries
+                    if boundary_dtype is not None:  # compact as produced, layer by layer
+                        bounds = MambaStates(conv=bounds.conv.to(boundary_dtype),
+                                             ssm=bounds.ssm.to(boundary_dtype))
+                    out.boundaries[i] = bounds
                 hidden = hidden + result.out
             elif kind is LayerKind.ATTENTION:
                 q, k, v = attention_qkv(layer.self_attention, normed)

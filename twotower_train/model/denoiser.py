@@ -14,11 +14,16 @@ Where the conditioning comes from is a small object with two methods (``mamba_se
 ``attend``): :class:`BlockwiseConditioning` for the vectorised training forward (all blocks
 of a sequence at once) and :class:`CacheConditioning` for one block decoded against a
 :class:`~twotower_train.model.context_tower.ContextCache`.
+
+Training memory (docs/memory.md): the layers honour Megatron's recompute settings of the
+backbone's ``TransformerConfig`` (``full``: each layer one checkpoint; ``selective``: attention
+core, MLP and MoE), and the LM head can run on the loss positions only (``positions``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 
 import torch
 from einops import rearrange
@@ -28,7 +33,14 @@ from megatron.core.transformer.module import MegatronModule
 
 from twotower_train.inference.cache import ContextCache, ContextOutput, MambaStates
 from twotower_train.model.adaln import AdaLNSingle
-from twotower_train.model.layers import LayerKind, embed, iter_layers, lm_head, pre_norm
+from twotower_train.model.layers import (
+    LayerKind,
+    embed,
+    iter_layers,
+    lm_head,
+    lm_head_at,
+    pre_norm,
+)
 from twotower_train.model.mixers import attention_out, attention_qkv, mamba_forward
 from twotower_train.ops.block_attention import block_decode_attention, denoiser_attention
 
@@ -40,14 +52,19 @@ class BlockwiseConditioning:
     context: ContextOutput
     block_size: int
     blocks: int
+    _seeds: dict[int, MambaStates] = field(default_factory=dict, repr=False)
 
     def mamba_seed(self, layer: int) -> MambaStates:
         # States at p = b·S for b = 0..n−1 (drop the final one), one seed per (batch, block).
-        bounds = self.context.boundaries[layer]
-        return MambaStates(
-            conv=rearrange(bounds.conv[:, : self.blocks], "b n w d -> (b n) w d"),
-            ssm=rearrange(bounds.ssm[:, : self.blocks], "b n h p s -> (b n) h p s"),
-        )
+        # Built once per layer (a recompute asks again) and the context's boundary states are
+        # released, so each layer's seeds exist once.
+        if layer not in self._seeds:
+            bounds = self.context.boundaries.pop(layer)
+            self._seeds[layer] = MambaStates(
+                conv=rearrange(bounds.conv[:, : self.blocks], "b n w d -> (b n) w d"),
+                ssm=rearrange(bounds.ssm[:, : self.blocks], "b n h p s -> (b n) h p s"),
+            )
+        return self._seeds[layer]
 
     def attend(self, layer, q, k, v, causal_in_block: bool) -> torch.Tensor:
         cache = self.context.cache
@@ -92,8 +109,13 @@ class Denoiser(MegatronModule):
         conditioning: Conditioning,
         *,
         causal_in_block: bool = False,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Noisy tokens (b, n·S) with per-token times (b, n·S) → logits (b, n·S, V/TP)."""
+        """Noisy tokens (b, n·S) with per-token times (b, n·S) → logits (b, n·S, V/TP).
+
+        With ``positions`` (b, n·S) bool, the final norm and LM head run there only and the
+        logits come back as (count, V/TP) in (batch, position) order.
+        """
         model = self.backbone
         hidden = embed(model, tokens)  # (s, b, d); (s/TP, b, d) under SP
         t_tokens = t_tokens.transpose(0, 1)  # (s, b)
@@ -105,21 +127,49 @@ class Denoiser(MegatronModule):
             # whole MLP gradient already, and the TP sum would double it).
             t_tokens = tensor_parallel.scatter_to_sequence_parallel_region(t_tokens)
         base = self.adaln(t_tokens)  # (s, b, 3d); (s/TP, b, 3d) under SP
+        full_recompute = self.config.recompute_granularity == "full" and torch.is_grad_enabled()
         for i, kind, layer in iter_layers(model):
-            mod = self.adaln.layer(base, i)
-            normed = mod.pre(pre_norm(kind, layer)(hidden))
-            if kind is LayerKind.MAMBA:
-                out = mamba_forward(
-                    layer.mixer,
-                    normed,
-                    initial=conditioning.mamba_seed(i),
-                    blocks=conditioning.blocks,
-                ).out
-            elif kind is LayerKind.ATTENTION:
-                q, k, v = attention_qkv(layer.self_attention, normed)
-                attended = conditioning.attend(i, q, k, v, causal_in_block)
-                out = attention_out(layer.self_attention, attended)
+            run = functools.partial(self._layer, i, kind, layer, conditioning, causal_in_block)
+            if full_recompute:
+                # Keep only the layer's input; Megatron's checkpoint reruns the layer in backward
+                # with the same RNG streams.
+                hidden = tensor_parallel.checkpoint(run, False, hidden, base)
             else:
-                out, _ = layer.mlp(normed)
-            hidden = hidden + mod.post(out)
+                hidden = run(hidden, base)
+        if positions is not None:
+            return lm_head_at(model, hidden, positions)
         return lm_head(model, hidden)
+
+    def _layer(self, i, kind, layer, conditioning, causal_in_block, hidden, base):
+        """One adaLN-modulated denoiser layer: hidden (s, b, d) → hidden (s, b, d)."""
+        mod = self.adaln.layer(base, i)
+        normed = mod.pre(pre_norm(kind, layer)(hidden))
+        if kind is LayerKind.MAMBA:
+            out = mamba_forward(
+                layer.mixer,
+                normed,
+                initial=conditioning.mamba_seed(i),
+                blocks=conditioning.blocks,
+            ).out
+        elif kind is LayerKind.ATTENTION:
+            q, k, v = attention_qkv(layer.self_attention, normed)
+            attend = functools.partial(conditioning.attend, i, causal_in_block=causal_in_block)
+            attended = self._selective("core_attn", attend, q, k, v)
+            out = attention_out(layer.self_attention, attended)
+        elif kind is LayerKind.MLP:
+            out = self._selective("mlp", lambda x: layer.mlp(x)[0], normed)
+        else:
+            out, _ = layer.mlp(normed)  # MoE: recomputes itself when "moe" is selected
+        return hidden + mod.post(out)
+
+    def _selective(self, module: str, function, *args: torch.Tensor) -> torch.Tensor:
+        """``function(*args)``, recomputed in backward when ``module`` is one of the selective
+        recompute modules (Megatron's names: core_attn, mlp)."""
+        config = self.config
+        if (
+            config.recompute_granularity == "selective"
+            and module in config.recompute_modules
+            and torch.is_grad_enabled()
+        ):
+            return tensor_parallel.checkpoint(function, False, *args)
+        return function(*args)

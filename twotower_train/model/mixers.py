@@ -9,9 +9,11 @@ none, and its ``SelfAttention`` hides K/V inside ``forward``. The two towers nee
 
 So these functions reuse the modules' projections and parameters (``in_proj``, ``conv1d_*``,
 ``A_log``, ``D``, ``dt_bias``, ``norm``, ``out_proj``; ``linear_qkv``, ``linear_proj``) and do
-the state-carrying math with :mod:`twotower_train.ops`. Tensor/sequence parallelism comes from
-the projections themselves: ``in_proj``/``linear_qkv`` gather the sequence and hold the local
-heads, ``out_proj``/``linear_proj`` reduce(-scatter) back.
+the state-carrying math with the conv and SSD scan :mod:`twotower_train.backends` picks per call
+(GPU kernels, or the pure-torch ops of :mod:`twotower_train.ops`, which share one signature).
+Tensor/sequence parallelism comes from the projections themselves: ``in_proj``/``linear_qkv``
+gather the sequence and hold the local heads, ``out_proj``/``linear_proj`` reduce(-scatter)
+back.
 
 Layout: Megatron's (s, b, h) for hidden states; (b, heads, s, d) for attention tensors.
 """
@@ -26,9 +28,8 @@ from einops import rearrange
 from megatron.core.ssm.mamba_mixer import MambaMixer
 from megatron.core.transformer.attention import SelfAttention
 
+from twotower_train import backends
 from twotower_train.inference.cache import MambaStates
-from twotower_train.ops.conv import causal_conv1d
-from twotower_train.ops.ssd import ssd_scan
 
 
 @dataclass
@@ -79,6 +80,15 @@ def mamba_forward(
         # (b, blocks·S, ·) → (b·blocks, S, ·): each block scans from its own seed.
         z, xbc, dt = (rearrange(t, "b (n s) p -> (b n) s p", n=blocks) for t in (z, xbc, dt))
     conv_weight = rearrange(mixer.conv1d_weight, "d 1 w -> d w")
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad
+        for t in (zxbcdt, conv_weight, mixer.A_log, mixer.D, mixer.dt_bias,
+                  *((initial.conv, initial.ssm) if initial is not None else ()))
+    )
+    # The implementations for this call (kernels or the pure-torch reference), with the
+    # signatures of ops.conv.causal_conv1d and ops.ssd.ssd_scan.
+    causal_conv1d = backends.mamba_conv(xbc.device, needs_grad=needs_grad)
+    ssd_scan = backends.mamba_scan(xbc.device, needs_grad=needs_grad, state_stride=state_stride)
     xbc, conv_final, conv_bounds = causal_conv1d(
         xbc,
         conv_weight,

@@ -35,7 +35,7 @@ from megatron.core.transformer.module import MegatronModule
 
 from twotower_train.model.adaln import AdaLNSingle
 from twotower_train.model.backbone import build_backbone, denoiser_stack_spec, transformer_config
-from twotower_train.model.config import BackboneConfig, ConfigError
+from twotower_train.model.config import BackboneConfig, ConfigError, Recompute
 from twotower_train.inference.cache import ContextCache, ContextOutput
 from twotower_train.model.context_tower import ContextTower
 from twotower_train.model.denoiser import BlockwiseConditioning, CacheConditioning, Denoiser
@@ -61,8 +61,12 @@ class TwoTowerModel(MegatronModule):
         self._freeze_context_tower()
 
     @classmethod
-    def build(cls, cfg: BackboneConfig, parallel=None, *, params_dtype=torch.float32, **kw):
-        return cls(cfg, transformer_config(cfg, parallel, params_dtype=params_dtype), **kw)
+    def build(
+        cls, cfg: BackboneConfig, parallel=None, *, params_dtype=torch.float32,
+        recompute: Recompute = Recompute.NONE, **kw,
+    ):
+        config = transformer_config(cfg, parallel, params_dtype=params_dtype, recompute=recompute)
+        return cls(cfg, config, **kw)
 
     # --- construction -------------------------------------------------------------------------
 
@@ -117,12 +121,15 @@ class TwoTowerModel(MegatronModule):
         block_size: int,
         *,
         causal_in_block: bool = False,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Vectorised training forward → denoiser logits (b, L, V/TP) for every position.
 
         Args:
             clean_tokens, noisy_tokens: (b, L) with L a multiple of ``block_size``.
             t_block: (b, L / S) time of each block (its realised masked fraction).
+            positions: (b, L) bool; if given, the final norm and LM head run only there and
+                the logits are (count, V/TP) in (batch, position) order (the loss positions).
         """
         batch, length = clean_tokens.shape
         if length % block_size:
@@ -131,11 +138,15 @@ class TwoTowerModel(MegatronModule):
             )
         blocks = length // block_size
         with torch.no_grad():
-            context = self.context_tower(clean_tokens, state_stride=block_size, logits="none")
+            context = self.context_tower(
+                clean_tokens, state_stride=block_size, logits="none",
+                boundary_dtype=self.config.params_dtype,
+            )
         conditioning = BlockwiseConditioning(context, block_size, blocks)
         t_tokens = t_block.repeat_interleave(block_size, dim=1)  # (b, L)
         return self.denoiser(
-            noisy_tokens, t_tokens, conditioning, causal_in_block=causal_in_block
+            noisy_tokens, t_tokens, conditioning, causal_in_block=causal_in_block,
+            positions=positions,
         )
 
     # --- incremental (samplers; the DecodingModel interface of inference/cache.py) ------------

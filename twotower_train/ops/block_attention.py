@@ -7,12 +7,14 @@ under the pattern of :mod:`twotower_train.diffusion.masks`. Two implementations:
   with the dense (L, 2L) boolean mask. O(L^2) memory; the reference path, used on CPU and as
   the oracle in tests.
 * ``FLEX`` — ``torch.nn.attention.flex_attention`` with a cached block mask. Under
-  ``torch.compile`` (on CUDA) the fused kernel skips empty tiles and never materialises the
-  score matrix, so memory grows O(L·S) instead of O(L^2). Eager (CPU) flex is an unfused,
-  forward-only path (torch has no CPU FlexAttention backward) used for parity tests only.
+  ``torch.compile`` (on CUDA) the fused kernel, forward and backward, skips empty tiles and
+  never materialises the score matrix, so memory grows O(L·S) instead of O(L^2) (the block
+  mask itself is O((L/128)^2) tile indices). Eager (CPU) flex is an unfused, forward-only path
+  (torch has no CPU FlexAttention backward) used for parity tests only.
 
-``AUTO`` resolves to FLEX on CUDA and DENSE elsewhere. This module is the only place that
-picks; tests force a backend for code that passes ``AUTO`` with :func:`forced_backend`.
+``AUTO`` resolves through :func:`twotower_train.backends.use_flex_attention` (FLEX on CUDA,
+DENSE elsewhere); tests force a backend for code that passes ``AUTO`` with
+:func:`forced_backend`.
 
 Shapes: q (b, heads, L, d); k/v (b, kv_heads, L, d) with ``heads % kv_heads == 0`` (GQA).
 """
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import flex_attention
 
+from twotower_train import backends
 from twotower_train.diffusion.masks import (
     block_decode_mask,
     denoiser_block_mask,
@@ -77,7 +80,7 @@ def resolve_backend(backend: AttentionBackend, device: torch.device) -> Attentio
         return backend
     if _forced is not None and _forced is not AttentionBackend.AUTO:
         return _forced
-    return AttentionBackend.FLEX if device.type == "cuda" else AttentionBackend.DENSE
+    return AttentionBackend.FLEX if backends.use_flex_attention(device) else AttentionBackend.DENSE
 
 
 def _check_shapes(q: torch.Tensor, *kv: torch.Tensor) -> None:

@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-__all__ = ["causal_conv1d", "conv_step"]
+__all__ = ["causal_conv1d", "conv_states", "conv_step"]
 
 
 def _activate(y, activation):
@@ -44,15 +44,29 @@ def causal_conv1d(
         groups=d,
     )                                                      # valid conv -> (b, d, l)
     y = _activate(y, activation).transpose(1, 2).to(x.dtype)
-    final_state = xp[:, l:]                                # inputs at l-w+1 .. l-1 (b, w-1, d)
-    boundary = None
-    if state_stride is not None:
-        assert l % state_stride == 0, f"state_stride {state_stride} must divide seqlen {l}"
-        # window k of xp starting at k·S holds inputs at k·S-w+1 .. k·S-1
-        idx = torch.arange(0, l + 1, state_stride, device=x.device)[:, None] + torch.arange(
-            w - 1, device=x.device)                        # (K, w-1)
-        boundary = xp[:, idx]                              # (b, K, w-1, d)
-    return y, final_state, boundary
+    return (y, *conv_states(x, initial_state, w, state_stride))
+
+
+def conv_states(
+    x, initial_state, width, state_stride=None,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The conv states of a pass over x (b, l, d) that started from ``initial_state``
+    (b, w-1, d) or zeros: (final_state (b, w-1, d), boundary_states (b, l//S + 1, w-1, d) or
+    None). They are only gathers of pre-conv inputs, so every conv implementation shares them."""
+    bsz, l, d = x.shape
+    if initial_state is None:
+        initial_state = x.new_zeros(bsz, width - 1, d)
+    if state_stride is None:
+        # inputs at l-w+1 .. l-1, reaching into the initial state when l < w-1
+        tail = torch.cat([initial_state.to(x.dtype), x[:, -(width - 1):]], dim=1)
+        return tail[:, tail.shape[1] - (width - 1):], None
+    assert l % state_stride == 0, f"state_stride {state_stride} must divide seqlen {l}"
+    xp = torch.cat([initial_state.to(x.dtype), x], dim=1)  # history then inputs (b, w-1+l, d)
+    # window k of xp starting at k·S holds inputs at k·S-w+1 .. k·S-1
+    idx = torch.arange(0, l + 1, state_stride, device=x.device)[:, None] + torch.arange(
+        width - 1, device=x.device)                        # (K, w-1)
+    boundary = xp[:, idx]                                  # (b, K, w-1, d)
+    return boundary[:, -1], boundary
 
 
 def conv_step(state, x_t, weight, bias=None, activation="silu") -> Tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twotower_train.model.config import BackboneConfig, ConfigError, ParallelConfig, preset
+from twotower_train.model.config import (
+    BackboneConfig,
+    ConfigError,
+    ParallelConfig,
+    Recompute,
+    preset,
+)
 from twotower_train.training.curriculum import Curriculum
 from twotower_train.training.validation import positive_int, reject_unknown
 
@@ -109,6 +115,9 @@ class TrainingConfig:
     eval_iters: int = 1
     """Micro-batches per evaluation."""
     grad_sync: GradSync = GradSync.AUTO
+    recompute: Recompute = Recompute.NONE
+    """Activation recompute of the trained layers: none | selective (attention cores, MLP and
+    MoE sub-layers) | full (every layer; only its input is kept). docs/memory.md."""
 
 
 @dataclass

@@ -22,11 +22,16 @@ import torch
 
 from twotower_train.training.config import LoggingConfig, Precision, WandbMode
 
-__all__ = ["MetricLogger", "default_peak_tflops", "format_progress", "mfu"]
+__all__ = ["MetricLogger", "default_peak_tflops", "format_progress", "mfu", "peak_tflops_by_name"]
 
 # Dense peak TFLOP/s per device (vendor data sheets, without sparsity): (bf16, fp32/tf32).
+# Matched against torch.cuda.get_device_name(); the longest matching key wins (H100 PCIe/NVL
+# before the SXM "H100").
 _PEAK_TFLOPS = {
+    "B200": (2250.0, 1100.0),
     "H200": (989.0, 494.0),
+    "H100 PCIe": (756.0, 378.0),
+    "H100 NVL": (835.0, 418.0),
     "H100": (989.0, 494.0),
     "A100": (312.0, 156.0),
     "L40S": (362.0, 183.0),
@@ -34,15 +39,23 @@ _PEAK_TFLOPS = {
 _CPU_NOMINAL_TFLOPS = 0.1  # a couple of AVX2 cores; only makes the CPU MFU column non-empty
 
 
+def peak_tflops_by_name(device_name: str, precision: Precision) -> float | None:
+    """Data-sheet peak TFLOP/s of a GPU named like ``torch.cuda.get_device_name()``; None if
+    the name is not in the table."""
+    keys = [key for key in _PEAK_TFLOPS if key in device_name]
+    if not keys:
+        return None
+    bf16, fp32 = _PEAK_TFLOPS[max(keys, key=len)]
+    return bf16 if precision is Precision.BF16 else fp32
+
+
 def default_peak_tflops(precision: Precision) -> float:
-    """Peak TFLOP/s of this process's device for ``precision`` (nominal 0.1 on CPU)."""
+    """Peak TFLOP/s of this process's device for ``precision`` (nominal 0.1 on CPU, 100 for a
+    GPU missing from the table)."""
     if not torch.cuda.is_available():
         return _CPU_NOMINAL_TFLOPS
-    name = torch.cuda.get_device_name()
-    for key, (bf16, fp32) in _PEAK_TFLOPS.items():
-        if key in name:
-            return bf16 if precision is Precision.BF16 else fp32
-    return 100.0
+    peak = peak_tflops_by_name(torch.cuda.get_device_name(), precision)
+    return 100.0 if peak is None else peak
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak_tflops: float, devices: int) -> float:

@@ -126,7 +126,8 @@ class Trainer:
         self.objective = build_objective(cfg.objective_name, cfg.objective_options)
         bf16 = cfg.optimizer.precision is Precision.BF16
         self.module = self.objective.build_model(
-            cfg.model, par, torch.bfloat16 if bf16 else torch.float32
+            cfg.model, par, torch.bfloat16 if bf16 else torch.float32,
+            recompute=training.recompute,
         )
         self.trainable = self._freeze_all_but_trainable()
         self.reducer = build_grad_reducer(training.grad_sync, self.module, self.trainable, bf16=bf16)

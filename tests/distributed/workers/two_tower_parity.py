@@ -5,7 +5,9 @@ into each layout. Checked per layout: denoiser logits equal TP=1's; after backwa
 tower holds no gradient; the optimizer is built from denoiser (+ adaLN) parameters only; every
 adaLN gradient (tables and MLP) equals TP=1's after the tensor-parallel sum that
 ``finalize_model_grads`` applies to parameters tagged ``sequence_parallel`` (without SP every
-rank computes them whole and nothing is summed; with SP each rank holds its positions' share).
+rank computes them whole and nothing is summed; with SP each rank holds its positions' share);
+the head over masked positions only gives TP=1's logits there and, within the layout, the same
+gradients as the head over every position (an odd masked count exercises the SP padding).
 """
 
 import sys
@@ -48,12 +50,43 @@ def adaln_grads(model) -> dict[str, torch.Tensor]:
     return grads
 
 
+def check_masked_head(model, tokens, noisy, t, masked, reference, name) -> float:
+    """Masked-only head vs TP=1's logits there, and vs this layout's full head in backward."""
+    grads = []
+    for positions in (None, masked):
+        model.zero_grad(set_to_none=True)
+        logits = gather_from_tensor_model_parallel_region(
+            model(tokens, noisy, t, BLOCK, positions=positions)
+        )
+        selected = logits if positions is not None else logits[masked]  # (n, V)
+        selected.float().logsumexp(-1).mean().backward()
+        for param in model.denoiser.parameters():
+            if param.grad is not None and getattr(param, "sequence_parallel", False):
+                # Under SP each rank holds a partial gradient over its rows (what Megatron's
+                # finalize_model_grads all-reduces); only the sum is comparable.
+                torch.distributed.all_reduce(
+                    param.grad, group=parallel_state.get_tensor_model_parallel_group()
+                )
+        grads.append({n: p.grad.clone() for n, p in model.denoiser.named_parameters()
+                      if p.grad is not None})
+    diff = (selected.detach() - reference[masked]).abs().max().item()
+    assert diff < 1e-4, f"{name}: masked head logits differ from TP1 by {diff}"
+    assert grads[0].keys() == grads[1].keys() and grads[0], name
+    for key in grads[0]:
+        scale = grads[0][key].abs().max().item()
+        err = (grads[0][key] - grads[1][key]).abs().max().item()
+        assert err <= 1e-5 * scale + 1e-12, f"{name}: masked-head grad of {key} off by {err}"
+    return diff
+
+
 def main(ckpt_dir: str) -> None:
     cfg = preset("tiny")
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(4, cfg.vocab_size, (2, 32), generator=gen)
     noisy = tokens.clone()
     noisy[:, ::3] = cfg.mask_token_id
+    noisy[0, 1] = cfg.mask_token_id  # 23 masked positions: not a multiple of TP
+    masked = noisy == cfg.mask_token_id
     t = torch.rand(2, 32 // BLOCK, generator=gen)
 
     distributed.initialize(seed=1234)
@@ -92,7 +125,8 @@ def main(ckpt_dir: str) -> None:
             rel = ((grad - ref).abs().max() / ref.abs().max()).item()
             assert rel < 1e-5, f"{name}: adaLN {param} grad differs by {rel:.2e} (relative)"
             grad_diff = max(grad_diff, rel)
-        report(name, diff)
+        masked_head_diff = check_masked_head(model, tokens, noisy, t, masked, reference, name)
+        report(name, max(diff, masked_head_diff))
         report(f"{name}-adaln-grad", grad_diff, "max_rel_diff")
     distributed.shutdown()
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from megatron.core import tensor_parallel
 from megatron.core.transformer.module import MegatronModule
 
+from twotower_train import backends
 from twotower_train.diffusion import LossOutput, MetricSums, ar_loss
-from twotower_train.model.config import BackboneConfig, ParallelConfig
+from twotower_train.model.config import BackboneConfig, ParallelConfig, Recompute
 from twotower_train.training.curriculum import ActivePhase
 from twotower_train.training.data import Batch
 from twotower_train.training.objectives.base import ObjectiveBase, vocab_parallel_argmax
@@ -27,11 +27,19 @@ class ARObjective(ObjectiveBase):
     name: ClassVar[str] = "ar"
 
     def build_model(
-        self, model_cfg: BackboneConfig, parallel: ParallelConfig, params_dtype: torch.dtype
+        self,
+        model_cfg: BackboneConfig,
+        parallel: ParallelConfig,
+        params_dtype: torch.dtype,
+        *,
+        recompute: Recompute = Recompute.NONE,
     ) -> MegatronModule:
         from twotower_train.model.backbone import build_backbone, transformer_config
 
-        config = transformer_config(model_cfg, parallel, params_dtype=params_dtype)
+        # Megatron's hybrid stack applies the recompute settings itself.
+        config = transformer_config(
+            model_cfg, parallel, params_dtype=params_dtype, recompute=recompute
+        )
         return build_backbone(model_cfg, config)
 
     def loss(
@@ -41,7 +49,7 @@ class ARObjective(ObjectiveBase):
 
         tokens, labels = batch["tokens"], batch["labels"]  # (b, s)
         logits = forward_logits(model, tokens)  # (b, s, vocab/TP)
-        token_nll = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels)  # (b, s)
+        token_nll = backends.vocab_parallel_cross_entropy(logits.dtype)(logits, labels)  # (b, s)
         out = ar_loss(token_nll, batch["loss_mask"])
         keep = batch["loss_mask"].to(torch.bool)
         correct = ((vocab_parallel_argmax(logits) == labels) & keep).sum()

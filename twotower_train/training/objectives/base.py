@@ -42,7 +42,7 @@ from megatron.core import parallel_state
 from megatron.core.transformer.module import MegatronModule
 
 from twotower_train.diffusion import LossOutput, MetricSums
-from twotower_train.model.config import BackboneConfig, ParallelConfig
+from twotower_train.model.config import BackboneConfig, ParallelConfig, Recompute
 from twotower_train.training.curriculum import ActivePhase
 from twotower_train.training.data import Batch
 
@@ -61,9 +61,15 @@ class Objective(Protocol):
     name: ClassVar[str]
 
     def build_model(
-        self, model_cfg: BackboneConfig, parallel: ParallelConfig, params_dtype: torch.dtype
+        self,
+        model_cfg: BackboneConfig,
+        parallel: ParallelConfig,
+        params_dtype: torch.dtype,
+        *,
+        recompute: Recompute = Recompute.NONE,
     ) -> MegatronModule:
-        """Build the (unwrapped) model; model-parallel groups are initialised."""
+        """Build the (unwrapped) model; model-parallel groups are initialised. ``recompute``
+        (``training.recompute``) goes into the model's Megatron ``TransformerConfig``."""
 
     def trainable_parameters(self, model: MegatronModule) -> Iterable[torch.nn.Parameter]:
         """The parameters to train; every other parameter of ``model`` is frozen."""

@@ -5,7 +5,9 @@ block draws t ~ U(ε, 1) (or stratified / antithetic draws) and masks each of it
 probability t (:func:`twotower_train.diffusion.corrupt_blocks`); the denoiser sees the noisy
 blocks with each block's *realised* masked fraction as its time input (what the sampler feeds
 at inference) and the context tower sees the clean sequence; the loss is the mean NLL over
-masked positions (the released model's choice) or the ELBO 1/t weighting.
+masked positions (the released model's choice) or the ELBO 1/t weighting. Only the masked
+positions go through the final norm, the LM head and the cross-entropy (Megatron's fused one for
+bf16 logits): the other positions carry no loss, so their logits are never computed.
 
 The two-tower model starts from a stage-1 backbone checkpoint (``objective.backbone_checkpoint``)
 loaded into both towers; the frozen context tower then never changes, so checkpoints store the
@@ -22,9 +24,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from megatron.core import dist_checkpointing, tensor_parallel
+from megatron.core import dist_checkpointing
 from megatron.core.transformer.module import MegatronModule
 
+from twotower_train import backends
 from twotower_train.diffusion import (
     LossOutput,
     LossWeighting,
@@ -34,7 +37,7 @@ from twotower_train.diffusion import (
     diffusion_step_sums,
     masked_diffusion_loss,
 )
-from twotower_train.model.config import BackboneConfig, ConfigError, ParallelConfig
+from twotower_train.model.config import BackboneConfig, ConfigError, ParallelConfig, Recompute
 from twotower_train.model.two_tower import TwoTowerModel
 from twotower_train.training.curriculum import ActivePhase
 from twotower_train.training.fingerprint import checkpoint_fingerprint
@@ -95,10 +98,17 @@ class DiffusionObjective(ObjectiveBase):
             )
 
     def build_model(
-        self, model_cfg: BackboneConfig, parallel: ParallelConfig, params_dtype: torch.dtype
+        self,
+        model_cfg: BackboneConfig,
+        parallel: ParallelConfig,
+        params_dtype: torch.dtype,
+        *,
+        recompute: Recompute = Recompute.NONE,
     ) -> MegatronModule:
         self.check_model(model_cfg)
-        model = TwoTowerModel.build(model_cfg, parallel, params_dtype=params_dtype)
+        model = TwoTowerModel.build(
+            model_cfg, parallel, params_dtype=params_dtype, recompute=recompute
+        )
         if self.config.backbone_checkpoint is not None:
             loaded = load_backbone_checkpoint(model, self.config.backbone_checkpoint)
             self._frozen_reference = _reference(loaded)  # of exactly the folder just loaded
@@ -118,16 +128,24 @@ class DiffusionObjective(ObjectiveBase):
             tokens, block_size, self.mask_id, eps=self.config.eps,
             sampling=self.time_sampling, generator=generator,
         )
-        logits = model(tokens, corruption.noisy, corruption.t_realised, block_size)  # (b, L, V/TP)
-        token_nll = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), tokens)  # (b, L)
+        masked = corruption.masked  # (b, L) bool: the only positions that carry loss
+        # Final norm, LM head and cross-entropy over the masked positions only: (n, V/TP).
+        logits = model(
+            tokens, corruption.noisy, corruption.t_realised, block_size, positions=masked
+        )
+        nll = backends.vocab_parallel_cross_entropy(logits.dtype)(logits, tokens[masked])  # (n,)
+        # Back to (b, L) with zeros off the mask, which the reductions below never read.
+        token_nll = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
+        token_nll = token_nll.masked_scatter(masked, nll.float())
+        predictions = torch.zeros_like(tokens).masked_scatter(masked, vocab_parallel_argmax(logits))
         # ELBO weights use the sampled noise level (the forward process's t); the denoiser's
         # input is the realised fraction.
         out = masked_diffusion_loss(
-            token_nll, corruption.masked, corruption.t_sampled, weighting=self.loss_weighting
+            token_nll, masked, corruption.t_sampled, weighting=self.loss_weighting
         )
         sums = diffusion_step_sums(
-            token_nll, vocab_parallel_argmax(logits), tokens, corruption.masked,
-            corruption.t_realised, num_t_buckets=self.config.num_t_buckets,
+            token_nll, predictions, tokens, masked, corruption.t_realised,
+            num_t_buckets=self.config.num_t_buckets,
         )
         return out, sums
 
