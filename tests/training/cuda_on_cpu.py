@@ -6,7 +6,8 @@ Megatron-Core's optimizers allocate with ``device="cuda"``, call ``.cuda()`` and
 answers ``Tensor.type()`` with the CUDA type name, and ``uses_megatron_optimizer`` says yes — so
 the trainer builds :class:`~twotower_train.training.megatron_optimizer.MegatronAdamW` with its DDP
 config exactly as on a GPU host. A test-only harness: the product never runs Megatron's optimizer
-on the CPU (``cpu_compat`` keeps ``torch.optim.AdamW`` there).
+on the CPU (``cpu_compat`` keeps ``torch.optim.AdamW`` there). With CUDA it only makes sure the
+trainer takes Megatron's optimizer, so the same tests run unchanged on a GPU host.
 """
 
 from __future__ import annotations
@@ -41,8 +42,12 @@ def megatron_optimizer_on_cpu(monkeypatch) -> Iterator[None]:
     """The trainer uses Megatron's optimizer (and its DDP config) on this CPU machine."""
     from twotower_train.training import optimizer, trainer
 
-    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
     for module in (optimizer, trainer):
         monkeypatch.setattr(module, "uses_megatron_optimizer", lambda grad_sync: True)
+    if torch.cuda.is_available():
+        yield
+        return
     with _CudaOnCpu():
         yield
