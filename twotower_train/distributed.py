@@ -21,6 +21,7 @@ only CUDA tensors, so a CPU tensor in a collective fails on a GPU host although 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 from collections.abc import Iterator
@@ -65,6 +66,18 @@ def on_device(target: torch.device | str) -> Iterator[None]:
         yield
 
 
+def ranks_per_replica(
+    *, tensor_parallel: int = 1, expert_parallel: int = 1, expert_tensor_parallel: int = 1,
+    pipeline_parallel: int = 1,
+) -> int:
+    """The smallest world size a layout fits: a multiple of the dense model-parallel size (TP ×
+    PP) and of the expert one (expert-TP × EP × PP); the rest of the world is data parallel."""
+    return math.lcm(
+        tensor_parallel * pipeline_parallel,
+        expert_tensor_parallel * expert_parallel * pipeline_parallel,
+    )
+
+
 def initialize(
     *,
     tensor_parallel: int = 1,
@@ -91,15 +104,18 @@ def initialize(
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend="nccl" if backends.cuda_available() else "gloo")
     world = dist.get_world_size()
-    model_parallel = tensor_parallel * pipeline_parallel
-    expert_group = expert_tensor_parallel * expert_parallel * pipeline_parallel
-    if world % model_parallel or world % expert_group:
-        raise ValueError(
+    replica = ranks_per_replica(
+        tensor_parallel=tensor_parallel, expert_parallel=expert_parallel,
+        expert_tensor_parallel=expert_tensor_parallel, pipeline_parallel=pipeline_parallel,
+    )
+    if world % replica:
+        from twotower_train.model.config import ConfigError
+
+        raise ConfigError(
             f"world size {world} does not fit parallelism.tensor_parallel={tensor_parallel} x "
-            f"parallelism.pipeline_parallel={pipeline_parallel} and parallelism."
-            f"expert_tensor_parallel={expert_tensor_parallel} x parallelism.expert_parallel="
-            f"{expert_parallel} x pipeline_parallel; use a multiple of {model_parallel} and of "
-            f"{expert_group} processes, or change the parallel sizes"
+            f"pipeline_parallel={pipeline_parallel} and parallelism.expert_tensor_parallel="
+            f"{expert_tensor_parallel} x expert_parallel={expert_parallel}: use a multiple of "
+            f"{replica} processes, or change the parallel sizes"
         )
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()

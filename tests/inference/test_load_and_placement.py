@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.training.fixtures import data_root, recipe  # noqa: F401  (fixtures)
+from tests.training.fixtures import TINY_OVERRIDES, data_root  # noqa: F401  (fixture)
 from tests.training.test_trainer import _train
 from twotower_train.inference.load import load_trained_model
 from twotower_train.inference.samplers import (
@@ -21,18 +21,22 @@ from twotower_train.inference.samplers import (
 PROMPTS = [[5, 17, 99, 240, 31, 7], [12, 40, 9]]
 
 
-@pytest.fixture
-def stage2_checkpoint(recipe, tmp_path):
-    """A two-tower checkpoint after two training steps (fp32)."""
-    cfg = recipe(
-        "objective=diffusion", "curriculum.phases.0.steps=2",
-        "curriculum.phases.0.lr.warmup_steps=0", f"checkpoint.dir={tmp_path / 'ck'}",
-    )
+@pytest.fixture(scope="module")
+def stage2_checkpoint(data_root, tmp_path_factory):
+    """A two-tower checkpoint after two training steps (fp32), shared by this module's tests."""
+    from twotower_train.training.config import load_config
+
+    run = tmp_path_factory.mktemp("stage2")
+    cfg = load_config("demo", [
+        f"data.root={data_root}", f"output_dir={run}", *TINY_OVERRIDES, "objective=diffusion",
+        "curriculum.phases.0.steps=2", "curriculum.phases.0.lr.warmup_steps=0",
+        f"checkpoint.dir={run / 'ck'}",
+    ])
     _train(cfg)
-    return tmp_path / "ck"
+    return run / "ck"
 
 
-def test_load_on_a_device_moves_the_whole_model(stage2_checkpoint):
+def test_load_on_a_device_moves_the_whole_model(stage2_checkpoint, single_process):
     # The meta device stands for "not where it was built": nothing may stay behind (Megatron
     # builds some parameters, e.g. router weights, on the default device).
     model, _ = load_trained_model(stage2_checkpoint, device="meta")
@@ -40,7 +44,7 @@ def test_load_on_a_device_moves_the_whole_model(stage2_checkpoint):
     assert placed == {torch.device("meta")}
 
 
-def test_load_in_bf16_keeps_the_weights(stage2_checkpoint):
+def test_load_in_bf16_keeps_the_weights(stage2_checkpoint, single_process):
     fp32, cfg = load_trained_model(stage2_checkpoint)
     bf16, _ = load_trained_model(stage2_checkpoint, dtype=torch.bfloat16)
     assert cfg.optimizer.precision.value == "fp32"
@@ -61,7 +65,7 @@ def test_load_in_bf16_keeps_the_weights(stage2_checkpoint):
     assert (low - ref).abs().max() <= 0.05 * ref.abs().max()
 
 
-def test_towers_placed_apart_decode_the_same(stage2_checkpoint):
+def test_towers_placed_apart_decode_the_same(stage2_checkpoint, single_process):
     model, cfg = load_trained_model(stage2_checkpoint)
     mask = cfg.model.mask_token_id
     runs = {

@@ -4,6 +4,8 @@ distributed optimizer, ``fully_reshardable`` checkpoints — run on the CPU thro
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -76,3 +78,24 @@ def test_bf16_without_distributed_optimizer_is_refused(recipe, monkeypatch):
         ConfigError, match="set optimizer.use_distributed_optimizer=true"
     ):
         Trainer(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sharded", [False, True], ids=["torch-adamw", "distributed"])
+def test_overlapped_communication_gives_the_same_steps(recipe, monkeypatch, sharded):
+    """overlap_grad_reduce (+ overlap_param_gather with the distributed optimizer): buckets
+    reduced during the last micro-batch's backward, parameters gathered in the next forward —
+    the same numbers as the synchronous path (2 micro-batches per step)."""
+    base = ("curriculum.phases.0.steps=3", "curriculum.phases.0.lr.warmup_steps=0",
+            "checkpoint.dir=null", "training.global_batch_size=4", "training.micro_batch_size=2")
+    if sharded:
+        base = (*base, *BF16, "optimizer.use_distributed_optimizer=true")
+    overlap = ["optimizer.overlap_grad_reduce=true"]
+    if sharded:
+        overlap.append("optimizer.overlap_param_gather=true")
+    context = megatron_optimizer_on_cpu(monkeypatch) if sharded else contextlib.nullcontext()
+    with context:
+        plain, _ = _train(recipe(*base))
+        overlapped, _ = _train(recipe(*base, *overlap))
+    assert overlapped.reducer.model.ddp_config.overlap_grad_reduce
+    assert _records(overlapped) == _records(plain)
