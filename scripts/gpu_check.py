@@ -156,7 +156,13 @@ def _train(ctx: Context, recipe: str, run_dir: Path, steps: int, *extra: str) ->
 
 def _metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by the SIGKILL
+            continue
+    return records
 
 
 def _summary(records: list[dict]) -> str:
@@ -185,7 +191,7 @@ def step_kill_and_resume(ctx: Context, reference: Path, *extra: str) -> bool:
     resume to the end (its last checkpoint is what the samplers load)."""
     start = time.perf_counter()
     steps, half = ctx.args.steps, ctx.args.steps // 2
-    killed, resumed = ctx.out / "stage2_killed", ctx.out / "stage2_resumed"
+    killed = ctx.out / "stage2_killed"  # one run folder, as a requeued job would use
     ck = killed / "checkpoints"
     args = (*extra, f"checkpoint.dir={ck}", f"checkpoint.save_interval={half}")
     with open(ctx.log("stage2_killed"), "w") as stream:
@@ -202,10 +208,11 @@ def step_kill_and_resume(ctx: Context, reference: Path, *extra: str) -> bool:
     if not marker.exists():
         return _record(ctx, "stage 2: save -> SIGKILL -> resume", False, start,
                        f"no checkpoint at step {half} (exit {proc.returncode})")
-    rc, tail = _run(ctx, "stage2_resumed", _train(ctx, "demo_twotower", resumed, steps, *args),
+    before = len(_metrics(killed))
+    rc, tail = _run(ctx, "stage2_resumed", _train(ctx, "demo_twotower", killed, steps, *args),
                     ctx.args.stage_timeout)
     ref = {r["step"]: r["loss"] for r in _metrics(reference)}
-    got = {r["step"]: r["loss"] for r in _metrics(resumed)}
+    got = {r["step"]: r["loss"] for r in _metrics(killed)[before:]}
     if rc != 0 or sorted(got) != list(range(half, steps)) or not ref:
         return _record(ctx, "stage 2: save -> SIGKILL -> resume", False, start,
                        f"exit {rc}; resumed steps {sorted(got)}")

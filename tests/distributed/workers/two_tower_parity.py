@@ -1,4 +1,5 @@
-"""2-rank worker (I4): TwoTowerModel under TP=2 (± SP) and EP=2 reproduces TP=1.
+"""2-rank worker (I4): TwoTowerModel under TP=2 (± SP), EP=2 and TP=2 + SP x EP=2 with whole
+experts reproduces TP=1.
 
 One TP=1 model (with non-zero adaLN) is saved with dist_checkpointing and loaded, resharded,
 into each layout. Checked per layout: denoiser logits equal TP=1's; after backward the context
@@ -25,10 +26,6 @@ LAYOUTS = {
     # The nano_ep8 shape in small: dense layers TP=2 + SP, whole experts EP=2 on the same ranks.
     "tp2-sp-ep2-etp1": ParallelConfig(
         tensor_parallel=2, sequence_parallel=True, expert_parallel=2, expert_tensor_parallel=1
-    ),
-    # Experts split like the dense layers (Megatron's default expert_tensor_parallel = TP).
-    "tp2-sp-etp2": ParallelConfig(
-        tensor_parallel=2, sequence_parallel=True, expert_tensor_parallel=2
     ),
 }
 BLOCK = 8
