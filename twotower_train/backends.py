@@ -2,7 +2,9 @@
 
 Transformer Engine, ``mamba_ssm`` and ``causal_conv1d`` are optional GPU extras
 (``pip install twotower-train[gpu]``). They are detected here, once, and every other module asks
-these functions instead of importing them speculatively. ``TWOTOWER_BACKEND=local`` forces the
+these functions instead of importing them speculatively. Without the Mamba kernels (CPU, or a
+GPU host without the extra) :func:`install_mamba_fallback` gives Megatron's ``MambaMixer`` the
+pure-PyTorch SSD ops of :mod:`twotower_train.ops`. ``TWOTOWER_BACKEND=local`` forces the
 non-TE path on a GPU host (handy for parity checks); ``TWOTOWER_BACKEND=te`` insists on TE.
 
 Mamba-2 in the two towers (:func:`mamba_scan`, :func:`mamba_conv`): on CUDA the Triton/CUDA
@@ -158,3 +160,24 @@ def use_transformer_engine() -> bool:
     if choice == "local":
         return False
     return have_transformer_engine()
+
+
+def install_mamba_fallback() -> bool:
+    """Give Megatron's ``MambaMixer`` the pure-PyTorch SSD ops and gated RMSNorm when
+    mamba_ssm's kernels are not usable here (it refuses to build without them). Returns whether
+    it did; the package ``__init__`` calls it once."""
+    if have_mamba_kernels():
+        return False
+    from megatron.core.ssm import mamba_mixer
+
+    from twotower_train.ops import mamba_ssm_compat
+    from twotower_train.ops.gated_norm import GatedRMSNorm
+
+    mamba_mixer.HAVE_MAMBA_SSM = True
+    mamba_mixer.RMSNormGated = GatedRMSNorm
+    mamba_mixer.ExtendedRMSNorm = GatedRMSNorm
+    mamba_mixer.mamba_chunk_scan_combined = mamba_ssm_compat.mamba_chunk_scan_combined
+    mamba_mixer.mamba_split_conv1d_scan_combined = (
+        mamba_ssm_compat.mamba_split_conv1d_scan_combined
+    )
+    return True

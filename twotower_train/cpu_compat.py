@@ -21,8 +21,9 @@ What is adapted, and why:
    Recipes that ask for it (the Nano recipe does) get Megatron's allgather dispatcher, which
    routes every token to the same experts with the same weights; only the communication
    pattern differs.
-5. ``MambaMixer`` refuses to build without mamba_ssm and calls its Triton kernels: the mixer
-   gets the pure-PyTorch SSD path (:mod:`twotower_train.ops`) and gated RMSNorm instead.
+
+(``MambaMixer`` without mamba_ssm is a kernel choice, not a CPU matter — GPU hosts without the
+``[gpu]`` extra need it too — so it lives in :func:`twotower_train.backends.install_mamba_fallback`.)
 
 Importing :mod:`twotower_train` applies it; :func:`applied` reports whether it did.
 
@@ -132,21 +133,6 @@ def _patch_moe_dispatcher() -> None:
     moe_layer.MoEAlltoAllTokenDispatcher = moe_layer.MoEAllGatherTokenDispatcher
 
 
-def _patch_mamba_mixer() -> None:
-    from megatron.core.ssm import mamba_mixer
-
-    from twotower_train.ops import mamba_ssm_compat
-    from twotower_train.ops.gated_norm import GatedRMSNorm
-
-    mamba_mixer.HAVE_MAMBA_SSM = True
-    mamba_mixer.RMSNormGated = GatedRMSNorm
-    mamba_mixer.ExtendedRMSNorm = GatedRMSNorm
-    mamba_mixer.mamba_chunk_scan_combined = mamba_ssm_compat.mamba_chunk_scan_combined
-    mamba_mixer.mamba_split_conv1d_scan_combined = (
-        mamba_ssm_compat.mamba_split_conv1d_scan_combined
-    )
-
-
 def apply() -> None:
     """Install the CPU stand-ins once; a no-op when CUDA is available."""
     global _APPLIED
@@ -158,7 +144,6 @@ def apply() -> None:
     _patch_rng_tracker()
     _patch_causal_mask()
     _patch_moe_dispatcher()
-    _patch_mamba_mixer()
     _APPLIED = True
 
 

@@ -10,6 +10,6 @@ pytestmark = pytest.mark.distributed
 
 def test_two_tower_tp2_sp_ep2_match_tp1(tmp_path):
     out = torchrun("two_tower_parity.py", str(tmp_path / "ckpt"))
-    for layout in ("tp2", "tp2-sp", "ep2"):
+    for layout in ("tp2", "tp2-sp", "ep2", "tp2-sp-ep2-etp1"):
         assert f"PARITY {layout} " in out, out
         assert f"PARITY {layout}-adaln-grad " in out, out

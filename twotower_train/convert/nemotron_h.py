@@ -10,7 +10,7 @@ Everything here is a pure function of its inputs, driven by the name table in
 
     cfg, state = load_hf_folder("path/to/nemotron_h_folder")
     distributed.initialize(seed=0)
-    model = build_backbone(cfg)
+    model = distributed.to_device(build_backbone(cfg))  # this process's GPU, or the CPU
     load_megatron_state(model, state)
 
 Semantics that a config cannot carry are checked here and fail with the HF key to change:
@@ -337,7 +337,7 @@ def _write_shards(hf_state: dict[str, torch.Tensor], folder: Path, max_shard_byt
         if shards[-1] and size + nbytes > max_shard_bytes:
             shards.append({})
             size = 0
-        shards[-1][name] = tensor.contiguous()
+        shards[-1][name] = tensor.detach().to("cpu").contiguous()  # e.g. from a GPU model
         size += nbytes
     weight_map = {}
     for k, shard in enumerate(shards, start=1):

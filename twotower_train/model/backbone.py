@@ -106,6 +106,7 @@ def transformer_config(
         tensor_model_parallel_size=parallel.tensor_parallel,
         sequence_parallel=parallel.sequence_parallel and parallel.tensor_parallel > 1,
         expert_model_parallel_size=parallel.expert_parallel,
+        expert_tensor_parallel_size=parallel.expert_tensor_parallel,
         pipeline_model_parallel_size=parallel.pipeline_parallel,
         # Precision / init
         params_dtype=params_dtype,
@@ -135,7 +136,7 @@ def _recompute_fields(recompute: Recompute, has_moe: bool) -> dict:
 
 def check_parallel_layout(cfg: BackboneConfig, parallel: ParallelConfig) -> None:
     """Shapes that a tensor/expert-parallel split must divide, each with one clear message."""
-    tp, ep = parallel.tensor_parallel, parallel.expert_parallel
+    tp = (parallel.tensor_parallel, "parallelism.tensor_parallel")
     checks = []
     if "*" in cfg.pattern:
         checks += [
@@ -148,13 +149,15 @@ def check_parallel_layout(cfg: BackboneConfig, parallel: ParallelConfig) -> None
             ("model.mamba_num_groups", cfg.mamba_num_groups, tp),
         ]
     if "E" in cfg.pattern:
-        checks += [("model.num_experts", cfg.num_experts, ep)]
-    checks += [("model.vocab_size", cfg.vocab_size, tp)]
-    for key, value, degree in checks:
+        checks += [
+            ("model.num_experts", cfg.num_experts,
+             (parallel.expert_parallel, "parallelism.expert_parallel")),
+            ("model.moe_ffn_hidden_size", cfg.moe_ffn_hidden_size,
+             (parallel.expert_tensor_parallel, "parallelism.expert_tensor_parallel")),
+        ]
+    checks.append(("model.vocab_size", cfg.vocab_size, tp))
+    for key, value, (degree, knob) in checks:
         if value % degree:
-            knob = "parallelism.expert_parallel" if key == "model.num_experts" else (
-                "parallelism.tensor_parallel"
-            )
             raise ConfigError(
                 f"{key}={value} is not divisible by {knob}={degree}; choose a {knob} that "
                 f"divides {value}"

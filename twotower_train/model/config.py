@@ -219,4 +219,9 @@ class ParallelConfig:
     tensor_parallel: int = 1
     sequence_parallel: bool = False
     expert_parallel: int = 1
+    expert_tensor_parallel: int = 1
+    """Tensor-parallel split of each expert's weights. 1 (whole experts, as Megatron-Bridge's
+    Nemotron-3-Nano recipe) makes an expert group ``expert_parallel`` ranks wide whatever
+    ``tensor_parallel`` is; Megatron's own default (= tensor_parallel) would need
+    ``tensor_parallel × expert_parallel`` ranks per group."""
     pipeline_parallel: int = 1

@@ -14,7 +14,8 @@ Two ways in:
 * training — :meth:`forward` (vectorised: context tower once over the clean sequence, denoiser
   over all noisy blocks at once);
 * sampling — :meth:`prefill` → :meth:`denoise_block` (any number of times) → :meth:`advance`
-  over the committed block → …, for a left-padded batch of prompts.
+  over the committed block → …, for a left-padded batch of prompts. For sampling the towers may
+  live on two devices (:meth:`place_towers`); the samplers move caches and tokens between them.
 
 Example (CPU)::
 
@@ -33,6 +34,7 @@ from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_regi
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import MegatronModule
 
+from twotower_train import distributed
 from twotower_train.model.adaln import AdaLNSingle
 from twotower_train.model.backbone import build_backbone, denoiser_stack_spec, transformer_config
 from twotower_train.model.config import BackboneConfig, ConfigError, Recompute
@@ -157,6 +159,23 @@ class TwoTowerModel(MegatronModule):
         if self.config.sequence_parallel:
             raise ConfigError("sampling needs parallelism.sequence_parallel=false")
 
+    def place_towers(
+        self, context_device: torch.device | str, denoiser_device: torch.device | str
+    ) -> "TwoTowerModel":
+        """Put the context tower on ``context_device`` and the denoiser (with adaLN) on
+        ``denoiser_device`` for sampling — e.g. ``("cuda:0", "cuda:1")`` for the 30B model, as
+        the model card's ``place_towers_on_devices``. Returns the model."""
+        if self.config.tensor_model_parallel_size > 1:
+            raise ConfigError(
+                "place_towers needs parallelism.tensor_parallel=1 (a tensor-parallel model "
+                "lives on its ranks' devices)"
+            )
+        self.context_tower.to(torch.device(context_device))
+        self.denoiser.to(torch.device(denoiser_device))
+        return self
+
+    place_towers_on_devices = place_towers  # the model card's (and the HF export's) name
+
     @property
     def context_device(self) -> torch.device:
         return self.context_tower.backbone.embedding.word_embeddings.weight.device
@@ -177,7 +196,8 @@ class TwoTowerModel(MegatronModule):
     ) -> ContextOutput:
         """Context caches for (left-padded) prompts (b, P); ``valid`` (b, P) marks real tokens."""
         self._check_inference()
-        return self._full_vocab(self.context_tower(tokens, valid=valid, logits=logits))
+        with distributed.on_device(self.context_device):
+            return self._full_vocab(self.context_tower(tokens, valid=valid, logits=logits))
 
     @torch.no_grad()
     def advance(
@@ -185,7 +205,8 @@ class TwoTowerModel(MegatronModule):
     ) -> ContextOutput:
         """Extend the context caches over committed tokens (b, s)."""
         self._check_inference()
-        return self._full_vocab(self.context_tower(tokens, cache=cache, logits=logits))
+        with distributed.on_device(self.context_device):
+            return self._full_vocab(self.context_tower(tokens, cache=cache, logits=logits))
 
     @torch.no_grad()
     def denoise_block(
@@ -199,7 +220,8 @@ class TwoTowerModel(MegatronModule):
         """Denoiser logits (b, S, V) for the block right after the cache, at time t (b,)."""
         self._check_inference()
         t_tokens = t.reshape(-1, 1).expand_as(block_tokens).float()
-        logits = self.denoiser(
-            block_tokens, t_tokens, CacheConditioning(cache), causal_in_block=causal_in_block
-        )
-        return gather_from_tensor_model_parallel_region(logits)
+        with distributed.on_device(self.denoiser_device):
+            logits = self.denoiser(
+                block_tokens, t_tokens, CacheConditioning(cache), causal_in_block=causal_in_block
+            )
+            return gather_from_tensor_model_parallel_region(logits)

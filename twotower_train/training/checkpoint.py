@@ -13,9 +13,10 @@ What one checkpoint holds (one ``dist_checkpointing.save`` of a sharded state di
   ``frozen_reference`` instead: an identity compared on load — the backbone checkpoint's content
   fingerprint, :mod:`~twotower_train.training.fingerprint` — and its location, absolute and
   relative to the checkpoint, used only to find it again);
-* ``optimizer`` — moments as sharded tensors shaped like their parameters, so a checkpoint saved
-  at TP=2 / EP=2 loads at TP=1 (Megatron's optimizer on GPU: its own ``sharded_state_dict``,
-  distributed-optimizer format ``dp_reshardable``);
+* ``optimizer`` — moments (and fp32 main weights) as sharded tensors shaped like their
+  parameters, so a checkpoint saved at TP=2 / EP=2 / DP=4 loads at TP=1 / DP=1 (Megatron's
+  optimizer on GPU: its own ``sharded_state_dict``, distributed-optimizer format
+  ``fully_reshardable``; see :mod:`twotower_train.training.megatron_optimizer`);
 * ``scheduler`` (the active phase's WSD scheduler), ``train_state`` (next step, consumed samples
   per phase), ``layout`` (parallel sizes), ``config`` (the resolved recipe) — common values;
 * ``rng`` — per rank: Python, NumPy, torch (CPU and CUDA), Megatron's RNG-tracker streams and the
@@ -112,6 +113,7 @@ def _layout() -> dict[str, int]:
         "tensor_parallel": parallel_state.get_tensor_model_parallel_world_size(),
         "pipeline_parallel": parallel_state.get_pipeline_model_parallel_world_size(),
         "expert_parallel": parallel_state.get_expert_model_parallel_world_size(),
+        "expert_tensor_parallel": parallel_state.get_expert_tensor_parallel_world_size(),
         "data_parallel": parallel_state.get_data_parallel_world_size(),
     }
 
@@ -142,16 +144,6 @@ def _set_rng_states(states: dict[str, Any], generator: torch.Generator) -> None:
 def _rng_object(data: Any) -> ShardedObject:
     world = dist.get_world_size() if dist.is_initialized() else 1
     return ShardedObject("rng_state", data, (world,), (_rank(),), replica_id=0)
-
-
-def _optimizer_sharded(optimizer: Any, model_sd: dict, is_loading: bool) -> dict:
-    from twotower_train.training.optimizer import TorchAdamW
-
-    if isinstance(optimizer, TorchAdamW):
-        return optimizer.sharded_state_dict(model_sd, is_loading=is_loading)
-    return optimizer.sharded_state_dict(
-        model_sd, is_loading=is_loading, metadata={"distrib_optim_sharding_type": "dp_reshardable"}
-    )
 
 
 def _write_shards(state_dict: dict, directory: Path) -> None:
@@ -291,7 +283,7 @@ def save_checkpoint(
     model_sd = objective.checkpoint_state(model)
     state_dict = {
         "model": model_sd,
-        "optimizer": _optimizer_sharded(optimizer, model_sd, is_loading=False),
+        "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=False),
         "rng": _rng_object(_rng_states(generator)),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "train_state": asdict(state),
@@ -345,7 +337,7 @@ def load_checkpoint(
     model_sd = objective.checkpoint_state(model)
     request = {
         "model": model_sd,
-        "optimizer": _optimizer_sharded(optimizer, model_sd, is_loading=True),
+        "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=True),
     }
     if same_layout:
         request["rng"] = _rng_object(None)

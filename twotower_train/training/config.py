@@ -94,7 +94,15 @@ class OptimizerConfig:
     precision: Precision = Precision.FP32
     """``bf16`` on GPU (fp32 master weights in Megatron's optimizer) or ``fp32``."""
     use_distributed_optimizer: bool = True
-    """Shard optimizer state over data-parallel ranks (CUDA only)."""
+    """Megatron's distributed optimizer: optimizer state and fp32 master weights sharded over
+    data-parallel ranks. The one key both the DDP config and Megatron's optimizer config are
+    derived from (:func:`twotower_train.training.optimizer.megatron_configs`); in effect only
+    where Megatron's optimizer runs (CUDA, ``training.grad_sync`` auto / megatron_ddp)."""
+    overlap_grad_reduce: bool = False
+    """Start each gradient bucket's reduction during the backward of the last micro-batch."""
+    overlap_param_gather: bool = False
+    """Distributed optimizer: gather updated parameters during the next forward (needs
+    ``use_distributed_optimizer``)."""
 
 
 @dataclass
@@ -256,12 +264,33 @@ def _check_batches(training: TrainingConfig, parallel: ParallelConfig) -> None:
             f"training.global_batch_size={training.global_batch_size} is not a multiple of "
             f"training.micro_batch_size={training.micro_batch_size}"
         )
-    for name in ("tensor_parallel", "expert_parallel", "pipeline_parallel"):
+    for name in ("tensor_parallel", "expert_parallel", "expert_tensor_parallel", "pipeline_parallel"):
         positive_int(getattr(parallel, name), f"parallelism.{name}")
     if parallel.pipeline_parallel != 1:
         raise ConfigError(
             "parallelism.pipeline_parallel must be 1: the trainer has no pipeline schedule yet"
         )
+
+
+def check_optimizer(optimizer: OptimizerConfig, training: TrainingConfig) -> None:
+    """Optimizer settings that contradict each other (Megatron would assert mid-build)."""
+    if optimizer.overlap_param_gather and not optimizer.use_distributed_optimizer:
+        raise ConfigError(
+            "optimizer.overlap_param_gather=true needs optimizer.use_distributed_optimizer=true "
+            "(only the distributed optimizer gathers parameters); set one of them accordingly"
+        )
+    if training.grad_sync is GradSync.ALLREDUCE:
+        wanted = [
+            key for key in ("use_distributed_optimizer", "overlap_grad_reduce",
+                            "overlap_param_gather")
+            if getattr(optimizer, key)
+        ]
+        if wanted:
+            raise ConfigError(
+                f"training.grad_sync=allreduce (the plain all-reduce reference, with torch AdamW) "
+                f"cannot use optimizer.{wanted[0]}=true: set it to false or use "
+                "training.grad_sync=auto (Megatron DDP)"
+            )
 
 
 def check_data_paths(data: DataConfig, curriculum: Curriculum) -> None:
@@ -306,6 +335,7 @@ def from_container(values: Mapping[str, Any], *, check_data: bool = True) -> Tra
             f"{model.max_sequence_length}"
         )
     _check_batches(training, parallel)
+    check_optimizer(optimizer, training)
     if checkpoint.keep_last < 1:
         raise ConfigError(f"checkpoint.keep_last={checkpoint.keep_last} must be at least 1")
     try:

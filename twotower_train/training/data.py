@@ -12,7 +12,8 @@ the global batch (the trainer seeds the micro-batch's corruption from it). Tenso
 rank read the same samples.
 
 Evaluation uses the first ``eval_iters · micro · DP`` samples of the phase's valid split every
-time, so evaluations of one phase are comparable across steps.
+time, so evaluations of one phase are comparable across steps. Batches come out on
+:func:`twotower_train.distributed.device`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 
+from twotower_train import distributed
 from twotower_train.data import build_blended_datasets
 from twotower_train.training.config import DataConfig
 from twotower_train.training.curriculum import ActivePhase
@@ -66,7 +68,12 @@ def build_phase_data(
 def _collate(dataset: Any, indices: list[int]) -> Batch:
     items = [dataset[i] for i in indices]
     keys = ("tokens", "labels", "loss_mask")
-    return {k: torch.stack([torch.as_tensor(item[k]) for item in items]) for k in keys}
+    target = distributed.device()
+    # Stacked on the CPU (the dataset's numpy arrays), then one copy per tensor to the device.
+    return {
+        k: torch.stack([torch.as_tensor(item[k], device="cpu") for item in items]).to(target)
+        for k in keys
+    }
 
 
 def micro_batches(

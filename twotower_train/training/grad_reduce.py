@@ -7,9 +7,11 @@ gradient by the global loss denominator (the objective's loss is a sum — Megat
 per-token-loss mode), and apply the MoE router's expert-bias update for the global batch.
 
 * :class:`MegatronDDPReducer` — Megatron's ``DistributedDataParallel`` (contiguous grad buffers,
-  bucketed all-reduce) and ``finalize_model_grads``, which do all of the above. The default
+  bucketed all-reduce, or reduce-scatter into the distributed optimizer's shards) and
+  ``finalize_model_grads``, which do all of the above. The default
   (``training.grad_sync=auto``), on CUDA and on CPU (where :mod:`twotower_train.cpu_compat`
-  stands in for the CUDA stream its bucket sync waits on).
+  stands in for the CUDA stream its bucket sync waits on). Its DDP config comes from
+  :func:`twotower_train.training.optimizer.megatron_configs` (one recipe key with the optimizer).
 * :class:`AllReduceReducer` — the same steps written out with ``torch.distributed`` collectives
   (``training.grad_sync=allreduce``): a small, readable reference that the tests compare the
   Megatron path against.
@@ -17,15 +19,15 @@ per-token-loss mode), and apply the MoE router's expert-bias update for the glob
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.transformer.moe.moe_utils import get_updated_expert_bias
 
-from twotower_train import backends
 from twotower_train.training.config import GradSync
 
 __all__ = [
@@ -48,22 +50,35 @@ class GradReducer(Protocol):
 
     def zero(self) -> None: ...
 
+    def no_sync(self) -> contextlib.AbstractContextManager: ...
+
     def finish(self, num_tokens: torch.Tensor) -> None: ...
+
+    def sync_params(self) -> None: ...
 
 
 class MegatronDDPReducer:
     """Megatron-Core DDP + ``finalize_model_grads`` (grads land in ``param.main_grad``)."""
 
-    def __init__(self, model: torch.nn.Module, *, bf16: bool, copy_to_grad: bool) -> None:
-        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    def __init__(self, model: torch.nn.Module, ddp_config: Any, *, copy_to_grad: bool) -> None:
+        from megatron.core.distributed import DistributedDataParallel
 
         config = model.config
         config.calculate_per_token_loss = True  # sum in the collective, scale by 1/num_tokens
-        ddp_config = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=bf16, overlap_grad_reduce=False, use_distributed_optimizer=False
-        )
         self.model = DistributedDataParallel(config, ddp_config, model)
         self._copy_to_grad = copy_to_grad  # a torch optimizer reads .grad, Megatron's main_grad
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        """Accumulate a micro-batch's gradients without launching their reduction
+        (``overlap_grad_reduce`` launches buckets during the last micro-batch's backward)."""
+        return self.model.no_sync()
+
+    def sync_params(self) -> None:
+        """Finish the overlapped parameter all-gather (``overlap_param_gather``) so the model
+        holds the updated weights everywhere (before a checkpoint), as Megatron-LM does."""
+        if self.model.use_forward_hook:
+            self.model.disable_forward_pre_hook(param_sync=True)
+            self.model.enable_forward_pre_hook()
 
     def zero(self) -> None:
         self.model.zero_grad_buffer()
@@ -92,6 +107,12 @@ class AllReduceReducer:
     def zero(self) -> None:
         for p in self.trainable:
             p.grad = None
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # reduces once, in finish()
+
+    def sync_params(self) -> None:
+        return None
 
     @torch.no_grad()
     def finish(self, num_tokens: torch.Tensor) -> None:
@@ -149,12 +170,11 @@ def update_expert_bias(model: torch.nn.Module) -> None:
 
 def build_grad_reducer(
     choice: GradSync, model: torch.nn.Module, trainable: Sequence[torch.nn.Parameter],
-    *, bf16: bool,
+    *, ddp_config: Any, megatron_optimizer: bool,
 ) -> GradReducer:
     """Megatron DDP for ``auto`` and ``megatron_ddp`` (CUDA and CPU), the explicit all-reduce
-    reference for ``allreduce`` (module docstring)."""
-    if choice is GradSync.AUTO:
-        choice = GradSync.MEGATRON_DDP
-    if choice is GradSync.MEGATRON_DDP:
-        return MegatronDDPReducer(model, bf16=bf16, copy_to_grad=not backends.cuda_available())
-    return AllReduceReducer(model, trainable)
+    reference for ``allreduce`` (module docstring). ``megatron_optimizer``: Megatron's optimizer
+    reads ``main_grad``; otherwise the reducer copies it to ``.grad`` for torch's AdamW."""
+    if choice is GradSync.ALLREDUCE:
+        return AllReduceReducer(model, trainable)
+    return MegatronDDPReducer(model, ddp_config, copy_to_grad=not megatron_optimizer)

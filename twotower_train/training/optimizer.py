@@ -1,12 +1,17 @@
 """The optimizer: Megatron's on CUDA, ``torch.optim.AdamW`` behind the same interface on CPU.
 
-On CUDA Megatron's optimizer (AdamW, BF16 with fp32 master weights, distributed optimizer, grad
-clipping built in); on CPU ``torch.optim.AdamW`` in :class:`TorchAdamW`, because Megatron's
-optimizer allocates with ``device='cuda'`` and checks ``torch.cuda.FloatTensor`` types.
-:class:`TorchAdamW` clips by the same global norm Megatron computes (each shard once:
+On CUDA with Megatron DDP, :class:`MegatronAdamW` — Megatron's optimizer (AdamW, bf16 parameters
+with fp32 main weights, the distributed optimizer, grad clipping built in); on CPU (and with the
+``training.grad_sync=allreduce`` reference) ``torch.optim.AdamW`` in :class:`TorchAdamW`, because
+Megatron's optimizer allocates with ``device='cuda'`` and checks ``torch.cuda.FloatTensor``
+types. :class:`TorchAdamW` clips by the same global norm Megatron computes (each shard once:
 tensor-parallel duplicates skipped, sums over the model-parallel and expert-model-parallel
-groups) and saves its state reshardably, mapped onto the model's sharded tensors the way
-Megatron's own non-distributed optimizer does.
+groups). Both save their state reshardably (TP / EP / DP may change on resume), mapped onto the
+model's sharded tensors; both offer ``sharded_state_dict`` / ``load_state_dict`` to
+:mod:`twotower_train.training.checkpoint`.
+
+:func:`megatron_configs` derives the DDP config and Megatron's optimizer config from the one
+recipe key ``optimizer.use_distributed_optimizer`` (Megatron asserts that they agree).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -25,22 +30,30 @@ from megatron.core.dist_checkpointing.optimizer import (
 )
 from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 
-from twotower_train import backends
-from twotower_train.training.config import OptimizerConfig, Precision
+from twotower_train import backends, distributed
+from twotower_train.training.config import GradSync, OptimizerConfig, Precision
 from twotower_train.training.grad_reduce import is_expert_param
+from twotower_train.training.megatron_optimizer import MegatronAdamW
 
-__all__ = ["TorchAdamW", "build_optimizer", "global_grad_norm"]
-
+__all__ = [
+    "MegatronAdamW",
+    "MegatronConfigs",
+    "TorchAdamW",
+    "build_optimizer",
+    "global_grad_norm",
+    "megatron_configs",
+    "uses_megatron_optimizer",
+]
 
 
 def global_grad_norm(params: Iterable[torch.nn.Parameter]) -> float:
     """L2 norm of all gradients of the model, each shard counted once (Megatron's definition)."""
-    dense = torch.zeros((), dtype=torch.float64)
-    expert = torch.zeros((), dtype=torch.float64)
+    dense = torch.zeros((), dtype=torch.float64, device=distributed.device())
+    expert = torch.zeros((), dtype=torch.float64, device=distributed.device())
     for p in params:
         if p.grad is None or not param_is_not_tensor_parallel_duplicate(p):
             continue
-        sq = p.grad.detach().double().pow(2).sum().cpu()
+        sq = p.grad.detach().double().pow(2).sum()
         if is_expert_param(p):
             expert += sq
         else:
@@ -102,7 +115,7 @@ class TorchAdamW:
         for p in self._ordered_params():
             if not self.optimizer.state[p]:
                 self.optimizer.state[p] = {
-                    "step": torch.zeros((), dtype=torch.float32),
+                    "step": torch.zeros((), dtype=torch.float32, device="cpu"),  # torch's place
                     "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
                     "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
                 }
@@ -124,25 +137,42 @@ class TorchAdamW:
     def load_state_dict(self, state: dict) -> None:
         step = state.pop("common_step")
         for param_state in state["state"].values():
-            param_state["step"] = torch.tensor(float(step), dtype=torch.float32)
+            param_state["step"] = torch.tensor(float(step), dtype=torch.float32, device="cpu")
         self.optimizer.load_state_dict(state)
 
 
-def build_optimizer(
-    cfg: OptimizerConfig, model: torch.nn.Module, trainable: Sequence[torch.nn.Parameter],
-    *, peak_lr: float, min_lr: float,
-) -> Any:
-    """Megatron's optimizer on CUDA; :class:`TorchAdamW` on CPU (module docstring).
+def uses_megatron_optimizer(grad_sync: GradSync) -> bool:
+    """Megatron's optimizer needs CUDA and the grad buffers of Megatron DDP."""
+    return backends.cuda_available() and grad_sync is not GradSync.ALLREDUCE
 
-    ``model`` is the DDP-wrapped model (Megatron's optimizer reads its grad buffers).
+
+class MegatronConfigs(NamedTuple):
+    ddp: Any  # megatron.core.distributed.DistributedDataParallelConfig
+    optimizer: Any  # megatron.core.optimizer.OptimizerConfig
+
+
+def megatron_configs(
+    cfg: OptimizerConfig, *, megatron_optimizer: bool, peak_lr: float = 0.0, min_lr: float = 0.0
+) -> MegatronConfigs:
+    """The DDP config and Megatron's optimizer config, both from ``cfg``.
+
+    ``use_distributed_optimizer`` and ``overlap_param_gather`` take effect only where Megatron's
+    optimizer runs (``megatron_optimizer``): DDP then reduce-scatters gradients into the
+    optimizer's shards; for :class:`TorchAdamW` it must all-reduce them.
     """
-    if not backends.cuda_available():
-        return TorchAdamW(trainable, cfg)
+    from megatron.core.distributed import DistributedDataParallelConfig
     from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
-    from megatron.core.optimizer import get_megatron_optimizer
 
     bf16 = cfg.precision is Precision.BF16
-    megatron_cfg = MegatronOptimizerConfig(
+    sharded = cfg.use_distributed_optimizer and megatron_optimizer
+    overlap_gather = cfg.overlap_param_gather and sharded
+    ddp = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=bf16,
+        overlap_grad_reduce=cfg.overlap_grad_reduce,
+        overlap_param_gather=overlap_gather,
+        use_distributed_optimizer=sharded,
+    )
+    optimizer = MegatronOptimizerConfig(
         optimizer="adam",
         lr=peak_lr,
         min_lr=min_lr,
@@ -153,6 +183,21 @@ def build_optimizer(
         clip_grad=cfg.clip_grad,
         bf16=bf16,
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
-        use_distributed_optimizer=cfg.use_distributed_optimizer,
+        use_distributed_optimizer=sharded,
+        overlap_param_gather=overlap_gather,
     )
-    return get_megatron_optimizer(megatron_cfg, [model])
+    return MegatronConfigs(ddp=ddp, optimizer=optimizer)
+
+
+def build_optimizer(
+    cfg: OptimizerConfig, model: torch.nn.Module, trainable: Sequence[torch.nn.Parameter],
+    *, grad_sync: GradSync, peak_lr: float, min_lr: float,
+) -> Any:
+    """:class:`MegatronAdamW` where :func:`uses_megatron_optimizer`, else :class:`TorchAdamW`.
+
+    ``model`` is the DDP-wrapped model (Megatron's optimizer reads its grad buffers).
+    """
+    if not uses_megatron_optimizer(grad_sync):
+        return TorchAdamW(trainable, cfg)
+    configs = megatron_configs(cfg, megatron_optimizer=True, peak_lr=peak_lr, min_lr=min_lr)
+    return MegatronAdamW(configs.optimizer, model)

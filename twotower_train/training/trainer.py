@@ -8,14 +8,15 @@ Per global step ``k`` (0-based)::
         loss_sums = objective.loss(model, micro_batch, phase, generator)
         loss_sums.numerator.backward()
     reducer.finish(num_tokens)                     # DDP + finalize_model_grads, ÷ global tokens
-    optimizer.step()                               # clip + AdamW
+    optimizer.step()                               # clip + AdamW (Megatron's on CUDA)
     scheduler.step(1)                              # WSD lr of step k+1
     log, evaluate every N, checkpoint every N, stop cleanly on SIGTERM / SIGUSR1
 
 Everything stage-specific is the :class:`~twotower_train.training.objectives.Objective` (STYLE
 item 1); everything about *when* (block size, blend, lr) is the curriculum (STYLE item 9). The
 trainer trains exactly the parameters the objective names and freezes the rest, so a model with
-a frozen tower needs nothing special here.
+a frozen tower needs nothing special here. The model, batches, the generator and every tensor
+entering a collective live on :func:`twotower_train.distributed.device` (the device rule).
 
 CPU example (seconds; needs the demo data, see docs/training.md)::
 
@@ -24,6 +25,7 @@ CPU example (seconds; needs the demo data, see docs/training.md)::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import signal
 import time
@@ -41,15 +43,25 @@ from twotower_train.training.checkpoint import (
     TrainState,
     find_latest,
     load_checkpoint,
+    read_train_state,
     save_checkpoint,
 )
 from twotower_train.training.config import Precision, TrainConfig
-from twotower_train.training.curriculum import ActivePhase, Curriculum, build_phase_scheduler
+from twotower_train.training.curriculum import (
+    ActivePhase,
+    Curriculum,
+    build_phase_scheduler,
+    prepare_param_groups,
+)
 from twotower_train.training.data import PhaseData, build_phase_data, eval_batches, micro_batches
 from twotower_train.training.logging import MetricLogger, default_peak_tflops, mfu
 from twotower_train.training.objectives import Objective, build_objective
 from twotower_train.training.grad_reduce import GradReducer, build_grad_reducer
-from twotower_train.training.optimizer import build_optimizer
+from twotower_train.training.optimizer import (
+    build_optimizer,
+    megatron_configs,
+    uses_megatron_optimizer,
+)
 
 __all__ = ["PreemptionSignal", "Trainer", "micro_batch_seed"]
 
@@ -82,8 +94,10 @@ class PreemptionSignal:
         self.received = signum
 
     def requested(self) -> bool:
-        flag = torch.tensor([1.0 if self.received is not None else 0.0])
-        if dist.is_initialized() and dist.get_world_size() > 1:
+        flag = torch.tensor(
+            [1.0 if self.received is not None else 0.0], device=distributed.device()
+        )
+        if dist.is_initialized():
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
@@ -101,7 +115,7 @@ class Trainer:
     model: torch.nn.Module  # what the forward runs on (the Megatron DDP wrapper, CPU and CUDA)
     trainable: list[torch.nn.Parameter]
     reducer: GradReducer
-    optimizer: Any  # TorchAdamW on CPU, Megatron's optimizer on CUDA
+    optimizer: Any  # TorchAdamW on CPU, MegatronAdamW on CUDA
     curriculum: Curriculum
     phase: ActivePhase | None  # the phase of the data and scheduler below
     data: PhaseData | None
@@ -117,6 +131,7 @@ class Trainer:
         distributed.initialize(
             tensor_parallel=par.tensor_parallel,
             expert_parallel=par.expert_parallel,
+            expert_tensor_parallel=par.expert_tensor_parallel,
             pipeline_parallel=par.pipeline_parallel,
             seed=training.seed,
         )
@@ -125,18 +140,26 @@ class Trainer:
         self.curriculum = cfg.curriculum
         self.objective = build_objective(cfg.objective_name, cfg.objective_options)
         bf16 = cfg.optimizer.precision is Precision.BF16
-        self.module = self.objective.build_model(
-            cfg.model, par, torch.bfloat16 if bf16 else torch.float32,
-            recompute=training.recompute,
+        self.module = distributed.to_device(
+            self.objective.build_model(
+                cfg.model, par, torch.bfloat16 if bf16 else torch.float32,
+                recompute=training.recompute,
+            )
         )
         self.trainable = self._freeze_all_but_trainable()
-        self.reducer = build_grad_reducer(training.grad_sync, self.module, self.trainable, bf16=bf16)
+        megatron = uses_megatron_optimizer(training.grad_sync)
+        self.reducer = build_grad_reducer(
+            training.grad_sync, self.module, self.trainable,
+            ddp_config=megatron_configs(cfg.optimizer, megatron_optimizer=megatron).ddp,
+            megatron_optimizer=megatron,
+        )
         self.model = self.reducer.model
         first_lr = self.curriculum.phases[0].lr
         self.optimizer = build_optimizer(
-            cfg.optimizer, self.model, self.trainable, peak_lr=first_lr.peak, min_lr=first_lr.min
+            cfg.optimizer, self.model, self.trainable, grad_sync=training.grad_sync,
+            peak_lr=first_lr.peak, min_lr=first_lr.min,
         )
-        self.generator = torch.Generator()
+        self.generator = torch.Generator(device=distributed.device())
         self.state = TrainState()
         self.phase = self.data = self.scheduler = None
         self._saved_scheduler: dict | None = None
@@ -172,6 +195,10 @@ class Trainer:
             path = find_latest(ckpt.dir)
         if path is None:
             return
+        saved_phase = read_train_state(path).scheduler_phase
+        if saved_phase is not None:
+            # Megatron's optimizer pairs saved and current param groups by their lr settings.
+            prepare_param_groups(self.optimizer, self.curriculum.phases[saved_phase].lr)
         loaded = load_checkpoint(
             path, objective=self.objective, model=self.module, optimizer=self.optimizer,
             generator=self.generator,
@@ -245,19 +272,22 @@ class Trainer:
         step, name = state.step, active.phase.name
         self.reducer.zero()
         self.optimizer.zero_grad()
-        numerator = torch.zeros((), dtype=torch.float64)
-        denominator = torch.zeros((), dtype=torch.float64)
+        numerator = torch.zeros((), dtype=torch.float64, device=distributed.device())
+        denominator = torch.zeros((), dtype=torch.float64, device=distributed.device())
         sums: MetricSums | None = None
         consumed = state.consumed_samples.get(name, 0)
-        for offset, batch in micro_batches(
+        last = training.global_batch_size // (training.micro_batch_size * self.dp_size) - 1
+        for m, (offset, batch) in enumerate(micro_batches(
             self.data.train, consumed,
             global_batch_size=training.global_batch_size,
             micro_batch_size=training.micro_batch_size,
             dp_rank=self.dp_rank, dp_size=self.dp_size,
-        ):
+        )):
             self.generator.manual_seed(micro_batch_seed(training.seed, step, offset))
             out, metrics = self.objective.loss(self.model, batch, active, self.generator)
-            out.numerator.backward()
+            # Gradient reduction starts only in the last micro-batch's backward.
+            with self.reducer.no_sync() if m < last else contextlib.nullcontext():
+                out.numerator.backward()
             numerator += out.numerator.detach().double()
             denominator += out.denominator.detach().double()
             sums = metrics if sums is None else sums + metrics
@@ -290,9 +320,10 @@ class Trainer:
         self, numerator: torch.Tensor, denominator: torch.Tensor, sums: MetricSums | None
     ) -> tuple[float, dict[str, float]]:
         """Exact step loss and objective metrics over micro-batches and data-parallel ranks."""
-        vector = torch.cat([numerator.reshape(1), denominator.reshape(1), sums.to_tensor()])
-        if self.dp_size > 1:
-            dist.all_reduce(vector, group=parallel_state.get_data_parallel_group())
+        vector = torch.cat([
+            numerator.reshape(1), denominator.reshape(1), sums.to_tensor(numerator.device)
+        ])
+        dist.all_reduce(vector, group=parallel_state.get_data_parallel_group())
         loss = float(vector[0] / vector[1].clamp(min=1.0))
         return loss, self.objective.summarize(sums.from_tensor(vector[2:]))
 
@@ -303,7 +334,7 @@ class Trainer:
             return float("nan")
         training = self.cfg.training
         self.model.eval()
-        totals = torch.zeros(2, dtype=torch.float64)
+        totals = torch.zeros(2, dtype=torch.float64, device=distributed.device())
         for offset, batch in eval_batches(
             self.data.valid, iters=training.eval_iters,
             micro_batch_size=training.micro_batch_size, dp_rank=self.dp_rank, dp_size=self.dp_size,
@@ -313,8 +344,7 @@ class Trainer:
             self.generator.manual_seed(seed)
             out, _ = self.objective.loss(self.model, batch, active, self.generator)
             totals += torch.stack([out.numerator.double(), out.denominator.double()])
-        if self.dp_size > 1:
-            dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+        dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
         self.model.train()
         return float(totals[0] / totals[1].clamp(min=1.0))
 
@@ -326,6 +356,7 @@ class Trainer:
             return None
         if self._last_saved_step == self.state.step:
             return None
+        self.reducer.sync_params()
         path = save_checkpoint(
             self.cfg.checkpoint.dir,
             objective=self.objective, model=self.module, optimizer=self.optimizer,

@@ -20,6 +20,14 @@ LAYOUTS = {
     "tp2": ParallelConfig(tensor_parallel=2),
     "tp2-sp": ParallelConfig(tensor_parallel=2, sequence_parallel=True),
     "ep2": ParallelConfig(expert_parallel=2),
+    # The nano_ep8 shape in small: dense layers TP=2 + SP, whole experts EP=2 on the same ranks.
+    "tp2-sp-ep2-etp1": ParallelConfig(
+        tensor_parallel=2, sequence_parallel=True, expert_parallel=2, expert_tensor_parallel=1
+    ),
+    # Experts split like the dense layers (Megatron's default expert_tensor_parallel = TP).
+    "tp2-sp-etp2": ParallelConfig(
+        tensor_parallel=2, sequence_parallel=True, expert_tensor_parallel=2
+    ),
 }
 
 
@@ -36,7 +44,7 @@ def main(ckpt_dir: str) -> None:
     for name, layout in LAYOUTS.items():
         distributed.initialize(
             tensor_parallel=layout.tensor_parallel, expert_parallel=layout.expert_parallel,
-            seed=99,
+            expert_tensor_parallel=layout.expert_tensor_parallel, seed=99,
         )
         model = build_backbone(cfg, transformer_config(cfg, layout)).eval()
         model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), ckpt_dir))

@@ -1,4 +1,5 @@
-"""2-rank worker (I4): TwoTowerModel under TP=2 (± SP) and EP=2 reproduces TP=1.
+"""2-rank worker (I4): TwoTowerModel under TP=2 (± SP), EP=2 and TP=2 + SP x EP=2 with whole
+experts reproduces TP=1.
 
 One TP=1 model (with non-zero adaLN) is saved with dist_checkpointing and loaded, resharded,
 into each layout. Checked per layout: denoiser logits equal TP=1's; after backward the context
@@ -27,6 +28,10 @@ LAYOUTS = {
     "tp2": ParallelConfig(tensor_parallel=2),
     "tp2-sp": ParallelConfig(tensor_parallel=2, sequence_parallel=True),
     "ep2": ParallelConfig(expert_parallel=2),
+    # The nano_ep8 shape in small: dense layers TP=2 + SP, whole experts EP=2 on the same ranks.
+    "tp2-sp-ep2-etp1": ParallelConfig(
+        tensor_parallel=2, sequence_parallel=True, expert_parallel=2, expert_tensor_parallel=1
+    ),
 }
 BLOCK = 8
 
@@ -101,7 +106,7 @@ def main(ckpt_dir: str) -> None:
     for name, layout in LAYOUTS.items():
         distributed.initialize(
             tensor_parallel=layout.tensor_parallel, expert_parallel=layout.expert_parallel,
-            seed=99,
+            expert_tensor_parallel=layout.expert_tensor_parallel, seed=99,
         )
         model = TwoTowerModel.build(cfg, layout)
         model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), ckpt_dir))
