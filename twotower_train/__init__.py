@@ -1,11 +1,12 @@
 """twotower-train: a Megatron-Core extension for two-tower block-diffusion language models.
 
-Importing the package applies :mod:`twotower_train.cpu_compat` (a no-op when CUDA is present),
-so Megatron-Core runs on CPU-only machines for development, tests and CI.
+Importing the package installs :mod:`twotower_train.cpu_compat` (applied when Megatron-Core is
+imported; a no-op when CUDA is present), so Megatron-Core runs on CPU-only machines for
+development, tests and CI. The import itself loads neither torch nor Megatron.
 """
 
 from twotower_train import cpu_compat
 
-cpu_compat.apply()
+cpu_compat.install()
 
 __version__ = "0.1.0"

@@ -1,8 +1,8 @@
 """Megatron-Core on a machine without CUDA — every CPU adaptation lives in this one module.
 
 Megatron-Core 0.19 assumes CUDA at a handful of call sites even when the model itself runs
-fine on the CPU (measured list: shared/notes/megatron-on-cpu.md). On import this module
-installs CPU stand-ins for exactly those sites, and **does nothing when CUDA is available**:
+fine on the CPU. :func:`apply` installs CPU stand-ins for exactly those sites, and **does
+nothing when CUDA is available**:
 GPU hosts run Megatron unmodified with the real kernels (Transformer Engine, mamba_ssm,
 causal_conv1d).
 
@@ -24,14 +24,18 @@ What is adapted, and why:
 5. ``MambaMixer`` refuses to build without mamba_ssm and calls its Triton kernels: the mixer
    gets the pure-PyTorch SSD path (:mod:`twotower_train.ops`) and gated RMSNorm instead.
 
-Importing :mod:`twotower_train` applies it; :func:`applied` reports whether it did.
+Importing :mod:`twotower_train` calls :func:`install`: it applies the stand-ins the moment
+Megatron-Core is imported (at once if it already is), so ``import twotower_train`` alone stays
+free of torch and Megatron — command-line help and recipe errors print in about a second.
+:func:`applied` reports whether they are in place.
 """
 
 from __future__ import annotations
 
 import contextlib
-
-import torch
+import importlib.abc
+import importlib.machinery
+import sys
 
 _APPLIED = False
 
@@ -63,6 +67,7 @@ def _current_stream(*_args, **_kwargs) -> _CpuStream:
 
 
 def _patch_rng_tracker() -> None:
+    import torch
     from megatron.core.tensor_parallel import random as mrandom
 
     class CpuRNGStatesTracker(mrandom.CudaRNGStatesTracker):
@@ -105,6 +110,7 @@ def _patch_rng_tracker() -> None:
 
 
 def _patch_causal_mask() -> None:
+    import torch
     from megatron.core.fusions import fused_softmax
     from megatron.core.transformer import utils as tutils
 
@@ -140,6 +146,8 @@ def _patch_mamba_mixer() -> None:
 def apply() -> None:
     """Install the CPU stand-ins once; a no-op when CUDA is available."""
     global _APPLIED
+    import torch
+
     if _APPLIED or torch.cuda.is_available():
         return
     torch.cuda.current_device = _cpu_device
@@ -150,3 +158,33 @@ def apply() -> None:
     _patch_moe_dispatcher()
     _patch_mamba_mixer()
     _APPLIED = True
+
+
+class _ApplyAfterMegatronImport(importlib.abc.MetaPathFinder):
+    """Finds ``megatron.core`` like the normal path finder does, and calls :func:`apply` right
+    after the module has executed (a standard import hook: the patches need Megatron's modules,
+    and importing Megatron eagerly would cost every command several seconds)."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "megatron.core":
+            return None
+        sys.meta_path.remove(self)  # once; also keeps the lookup below from recursing
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        execute = spec.loader.exec_module
+
+        def exec_module(module):
+            execute(module)
+            apply()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def install() -> None:
+    """Apply the CPU stand-ins now if Megatron-Core is imported, else when it gets imported."""
+    if "megatron.core" in sys.modules:
+        apply()
+    elif not any(isinstance(f, _ApplyAfterMegatronImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _ApplyAfterMegatronImport())

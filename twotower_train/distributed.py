@@ -20,6 +20,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
 from twotower_train import backends
+from twotower_train.model.config import ConfigError
 
 
 def free_port() -> int:
@@ -61,7 +62,7 @@ def initialize(
     world = dist.get_world_size()
     model_parallel = tensor_parallel * pipeline_parallel
     if world % model_parallel or (world // pipeline_parallel) % expert_parallel:
-        raise ValueError(
+        raise ConfigError(
             f"world size {world} does not fit parallelism.tensor_parallel={tensor_parallel} x "
             f"parallelism.pipeline_parallel={pipeline_parallel} with "
             f"parallelism.expert_parallel={expert_parallel}; change the parallel sizes or the "

@@ -67,6 +67,6 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if "recipe error" in line]
+    errors = [line for line in proc.stderr.splitlines() if "twotower-train: error:" in line]
     assert len(errors) == 1 and "data.tokenizer=" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
