@@ -17,7 +17,7 @@ from twotower_train.training.trainer import Trainer
 def _train(cfg) -> tuple[Trainer, str]:
     trainer = Trainer(cfg)
     try:
-        outcome = trainer.train()
+        outcome = trainer.train().outcome
     finally:
         trainer.close()
     return trainer, outcome
