@@ -95,7 +95,7 @@ def test_report_reads_each_step_once_and_plots(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     read = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in read] == [0, 1, 2] and read[-1]["loss"] == 3.5
-    summary = summarize(read, outcome="finished", stop_step=3, steps_this_start=1,
+    summary = summarize(read, outcome="finished", steps_done=3, stop_step=3, steps_this_start=1,
                         wall_seconds=2.0, train_seconds=1.0, tokens=256)
     assert summary["final_loss"] == 3.5 and summary["final_eval_loss"] == 3.7
     assert summary["final_eval_step"] == 3 and summary["final_metrics"] == {"accuracy": 0.25}

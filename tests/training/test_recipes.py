@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
     "overrides, expected",
     [
         (["+training.bogus=1"], "training: unknown key(s) ['bogus']"),
+        (["+training.max_step=5"], "unknown key(s) ['max_step']; did you mean 'max_steps'?"),
         (["+curriculum.phases.0.bogus=1"], "curriculum.phases[0]: unknown key(s) ['bogus']"),
         (["curriculum.phases.0.block_size=48"], "block_size=48 must divide seq_length=64"),
         (["+model.mask_token_id=600"], "model.mask_token_id=600 is outside the vocabulary"),

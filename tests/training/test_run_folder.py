@@ -123,3 +123,16 @@ def test_a_broken_latest_pointer_names_the_newest_complete_checkpoint(trained, d
         _plan(data_root, run)
     assert "names iter_0000009, which is not a complete checkpoint" in str(error.value)
     assert "iter_0000002, the newest complete one" in str(error.value)
+
+
+def test_a_run_that_is_already_done_says_so_and_trains_nothing(trained, data_root, capsys):
+    from twotower_train.training.trainer import ALREADY_DONE, Trainer
+
+    cfg = load_config("demo", _overrides(data_root, trained, "training.max_steps=2"))
+    trainer = Trainer(cfg)
+    result = trainer.train()
+    trainer.close()
+    assert result.outcome == ALREADY_DONE and result.run_dir == trained
+    assert trainer.logger.history == []
+    out = capsys.readouterr().out
+    assert "nothing to train: " in out and "is at step 2, training.max_steps=2" in out

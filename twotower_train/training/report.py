@@ -44,18 +44,19 @@ def _finite(value: Any) -> bool:
 
 
 def summarize(
-    records: list[dict[str, Any]], *, outcome: str, stop_step: int, steps_this_start: int,
-    wall_seconds: float, train_seconds: float, tokens: int,
+    records: list[dict[str, Any]], *, outcome: str, steps_done: int, stop_step: int,
+    steps_this_start: int, wall_seconds: float, train_seconds: float, tokens: int,
 ) -> dict[str, Any]:
     """The numbers of ``summary.json`` (``final_*`` from the last logged step)."""
     last = records[-1] if records else {}
     evals = [r for r in records if _finite(r.get("eval/loss"))]
     return {
         "outcome": outcome,
-        "steps_done": last["step"] + 1 if last else 0,
+        "steps_done": steps_done,
+        "final_step": last["step"] + 1 if last else None,
         "stop_step": stop_step,
         "steps_this_start": steps_this_start,
-        "final_loss": last.get("loss"),
+        "final_loss": last.get("loss"),  # of the last logged step (final_step)
         "final_eval_loss": evals[-1]["eval/loss"] if evals else None,
         "final_eval_step": evals[-1]["step"] + 1 if evals else None,
         "final_metrics": {
@@ -116,7 +117,10 @@ def write_report(run_dir: str | Path, summary: dict[str, Any], title: str = "") 
                  if summary["final_eval_loss"] is not None else "no eval")
     return [
         f"summary: {summary['outcome']} at step {summary['steps_done']}/{summary['stop_step']} | "
-        f"loss {_fmt(summary['final_loss'])} | {eval_part}"
+        f"loss {_fmt(summary['final_loss'])}"
+        + (f" (step {summary['final_step']})" if summary["final_step"] != summary["steps_done"]
+           else "")
+        + f" | {eval_part}"
         + (f" | {metrics}" if metrics else ""),
         f"summary: {_fmt(summary['tokens_per_s'], ',.0f')} tok/s over "
         f"{summary['steps_this_start']} steps | train {summary['train_time_s']:.0f} s | wall "

@@ -278,7 +278,8 @@ class Trainer:
         """Write the run report (rank 0) and return the result."""
         if self.logger.enabled:
             summary = summarize(
-                read_metrics(self.run_dir / "metrics.jsonl"), outcome=outcome, stop_step=self.stop_step,
+                read_metrics(self.run_dir / "metrics.jsonl"), outcome=outcome,
+                steps_done=self.state.step, stop_step=self.stop_step,
                 steps_this_start=self._steps_run, wall_seconds=time.perf_counter() - self._started,
                 train_seconds=self._train_seconds, tokens=self._tokens,
             )
