@@ -106,3 +106,14 @@ def test_report_reads_each_step_once_and_plots(tmp_path):
     png = plot_losses(read, tmp_path / "again.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "loss_curve.png").stat().st_size > 1000
+
+
+def test_missing_gpu_extras_is_one_list_on_a_gpu_host_and_empty_on_a_cpu(monkeypatch):
+    from twotower_train import backends
+
+    assert backends.cuda_available() or backends.missing_gpu_extras() == []
+    monkeypatch.setattr(backends, "cuda_available", lambda: True)
+    monkeypatch.setattr(backends, "have_transformer_engine", lambda: False)
+    monkeypatch.setattr(backends, "have_mamba_kernels", lambda: True)
+    monkeypatch.setattr(backends, "_importable", lambda module: False)
+    assert backends.missing_gpu_extras() == ["transformer-engine", "apex (built from source)"]

@@ -142,6 +142,10 @@ def _check_recipe(path: Path, new: dict[str, Any], *, what: str, fix: str) -> li
     differ = _differences(identity(old, phases), identity(new, phases))
     if differ:
         more = f" (+{len(differ) - _SHOWN} more)" if len(differ) > _SHOWN else ""
+        if (old.get("objective") or {}).get("name") == "ar" != (new.get("objective") or {}).get(
+            "name"
+        ):
+            fix += f" (A stage-1 checkpoint starts stage 2 as objective.backbone_checkpoint={path}.)"
         raise CheckpointError(
             f"{what} {path} was trained with a different recipe: "
             f"{'; '.join(differ[:_SHOWN])}{more}. {fix}"
