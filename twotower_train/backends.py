@@ -181,3 +181,16 @@ def install_mamba_fallback() -> bool:
         mamba_ssm_compat.mamba_split_conv1d_scan_combined
     )
     return True
+
+
+def missing_gpu_extras() -> list[str]:
+    """On a CUDA host, the GPU extras this process runs without (Megatron falls back to slower
+    local kernels); empty on a CPU machine, where none of them can be used anyway."""
+    if not cuda_available():
+        return []
+    extras = {
+        "transformer-engine": have_transformer_engine(),
+        "mamba-ssm + causal-conv1d": have_mamba_kernels(),
+        "apex (built from source)": _importable("apex.optimizers"),
+    }
+    return [name for name, present in extras.items() if not present]

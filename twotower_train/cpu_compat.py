@@ -1,8 +1,8 @@
 """Megatron-Core on a machine without CUDA — every CPU adaptation lives in this one module.
 
 Megatron-Core 0.19 assumes CUDA at a handful of call sites even when the model itself runs
-fine on the CPU (measured list: shared/notes/megatron-on-cpu.md). On import this module
-installs CPU stand-ins for exactly those sites, and **does nothing when CUDA is available**:
+fine on the CPU. :func:`apply` installs CPU stand-ins for exactly those sites, and **does
+nothing when CUDA is available**:
 GPU hosts run Megatron unmodified with the real kernels (Transformer Engine, mamba_ssm,
 causal_conv1d).
 
@@ -25,23 +25,25 @@ What is adapted, and why:
 (``MambaMixer`` without mamba_ssm is a kernel choice, not a CPU matter — GPU hosts without the
 ``[gpu]`` extra need it too — so it lives in :func:`twotower_train.backends.install_mamba_fallback`.)
 
-Importing :mod:`twotower_train` applies it; :func:`applied` reports whether it did.
+Importing :mod:`twotower_train` calls :func:`install`: it applies the stand-ins the moment
+Megatron-Core is imported (at once if it already is), so ``import twotower_train`` alone stays
+free of torch and Megatron — command-line help and recipe errors print in about a second.
+:func:`applied` reports whether they are in place.
 
 Separately, and only when called, :func:`enable_triton_interpreter` lets the GPU Triton kernels
 (megatron-core's and mamba_ssm's Mamba-2 scans) run on CPU tensors under ``TRITON_INTERPRET=1``,
-so their parity with the pure-torch ops is checked in CPU CI (measured facts:
-shared/notes/gpu-kernels-on-cpu.md). Nothing else calls it: training and sampling on a CPU keep
+so their parity with the pure-torch ops is checked in CPU CI. Nothing else calls it: training and sampling on a CPU keep
 the pure-torch ops.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.machinery
 import os
 import sys
 import types
-
-import torch
 
 _APPLIED = False
 _TRITON_INTERPRETER = False
@@ -74,6 +76,7 @@ def _current_stream(*_args, **_kwargs) -> _CpuStream:
 
 
 def _patch_rng_tracker() -> None:
+    import torch
     from megatron.core.tensor_parallel import random as mrandom
 
     class CpuRNGStatesTracker(mrandom.CudaRNGStatesTracker):
@@ -116,6 +119,7 @@ def _patch_rng_tracker() -> None:
 
 
 def _patch_causal_mask() -> None:
+    import torch
     from megatron.core.fusions import fused_softmax
     from megatron.core.transformer import utils as tutils
 
@@ -136,6 +140,8 @@ def _patch_moe_dispatcher() -> None:
 def apply() -> None:
     """Install the CPU stand-ins once; a no-op when CUDA is available."""
     global _APPLIED
+    import torch
+
     if _APPLIED or torch.cuda.is_available():
         return
     torch.cuda.current_device = _cpu_device
@@ -172,7 +178,7 @@ def enable_triton_interpreter() -> None:
     """Run the Mamba Triton kernels on the CPU under the Triton interpreter (tests only).
 
     ``TRITON_INTERPRET=1`` must be in the environment before the process imports triton (it is
-    read when kernels are decorated, and ``import twotower_train`` already imports them). Then
+    read when kernels are decorated). Then
     the CPU stand-ins the kernels need are installed, and :mod:`twotower_train.backends` picks
     the kernels for CPU tensors:
 
@@ -188,6 +194,8 @@ def enable_triton_interpreter() -> None:
     A no-op with CUDA, where the kernels run natively.
     """
     global _TRITON_INTERPRETER
+    import torch
+
     if _TRITON_INTERPRETER or torch.cuda.is_available():
         return
     from megatron.core.ssm.ops import ssd_bmm
@@ -206,3 +214,43 @@ def enable_triton_interpreter() -> None:
     autotuner.Autotuner._bench = lambda self, *_a, config, **_k: [_tile_size(config)] * 3
     sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
     _TRITON_INTERPRETER = True
+
+
+class _ApplyAfterMegatronImport(importlib.abc.MetaPathFinder):
+    """Finds ``megatron.core`` like the normal path finder does, and calls :func:`apply` right
+    after the module has executed (a standard import hook: the patches need Megatron's modules,
+    and importing Megatron eagerly would cost every command several seconds)."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "megatron.core":
+            return None
+        sys.meta_path.remove(self)  # once; also keeps the lookup below from recursing
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        execute = spec.loader.exec_module
+
+        def exec_module(module):
+            execute(module)
+            _after_megatron_import()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def _after_megatron_import() -> None:
+    apply()
+    # Not a CPU matter but due at the same moment: Megatron's MambaMixer without mamba_ssm's
+    # kernels (a kernel choice, so it lives in backends).
+    from twotower_train import backends
+
+    backends.install_mamba_fallback()
+
+
+def install() -> None:
+    """Apply the CPU stand-ins (and the Mamba kernel fallback) now if Megatron-Core is
+    imported, else right after it gets imported."""
+    if "megatron.core" in sys.modules:
+        _after_megatron_import()
+    elif not any(isinstance(f, _ApplyAfterMegatronImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _ApplyAfterMegatronImport())

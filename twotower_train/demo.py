@@ -1,15 +1,18 @@
 """The end-to-end CPU demo: data → stage-1 AR backbone → stage-2 two-tower curriculum → samples.
 
-    .venv/bin/twotower-demo                 # everything under runs/demo/ (~10 min on 2 cores)
-    .venv/bin/twotower-demo --fast          # a 1-2 minute smoke version
+    .venv/bin/twotower-demo                 # runs under runs/demo/, data in runs/demo_data/
+    .venv/bin/twotower-demo --fast          # a short smoke version, under runs/demo_fast/
 
-1. builds the bundled demo corpus and its tokenizer (``data_tools.demo_corpus``);
+1. builds the bundled demo corpus and its tokenizer (``data_tools.demo_corpus``) in
+   ``runs/demo_data`` — the recipes' default ``data.root``, so ``twotower-train`` uses it too;
 2. pretrains the small backbone (preset ``small``: M*EM*E-, hidden 128) with next-token prediction (``recipes/demo.yaml``);
 3. trains the two-tower denoiser from it through the three-phase curriculum S=32 → S=32 → S=16
    (``recipes/demo_twotower.yaml``), checkpointing as it goes;
 4. reloads the final checkpoint and prints continuations of a few prompts with mask diffusion,
-   mock-AR and AR, with the tokens committed per denoiser forward;
-5. prints where everything was written.
+   mock-AR and AR, with the tokens committed per denoiser forward (also saved as
+   ``runs/demo/samples.txt``);
+5. prints where everything was written. Each stage's run folder holds its report (recipe,
+   console log, metrics, wandb offline run, summary, loss curve; docs/training.md).
 
 Re-running resumes: finished stages are detected from their checkpoints and skipped.
 """
@@ -21,8 +24,9 @@ import os
 import time
 from pathlib import Path
 
+from twotower_train.cli import add_debug_flag, run_tool
+
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # megatron's jit_fuser would compile on CPU
-os.environ.setdefault("WANDB_MODE", "offline")
 
 PROMPTS = [
     "The city is located on the",
@@ -37,12 +41,14 @@ def _stage(recipe: str, overrides: list[str]) -> Path:
 
     cfg = load_config(recipe, overrides)
     start = time.perf_counter()
-    outcome = run(cfg)
-    print(f"[demo] {recipe}: {outcome} in {time.perf_counter() - start:.0f}s -> {cfg.output_dir}")
-    return Path(cfg.checkpoint.dir)
+    result = run(cfg)
+    print(f"[demo] {recipe}: {result.outcome.replace('_', ' ')} in "
+          f"{time.perf_counter() - start:.0f}s -> {result.run_dir}")
+    return result.checkpoint_dir
 
 
-def _samples(checkpoint_dir: Path, tokenizer_dir: Path, block_size: int) -> None:
+def _samples(checkpoint_dir: Path, tokenizer_dir: Path, block_size: int) -> list[str]:
+    """Print the continuations of every mode; return the same lines (for samples.txt)."""
     from transformers import AutoTokenizer
 
     from twotower_train.inference.load import load_trained_model
@@ -74,6 +80,7 @@ def _samples(checkpoint_dir: Path, tokenizer_dir: Path, block_size: int) -> None
         "AR (context tower)": lambda: generate_ar(
             model, prompts, ARConfig(max_new_tokens=32, eos_token_id=eos)),
     }
+    lines = []
     for name, generate in modes.items():
         start = time.perf_counter()
         out = generate()
@@ -82,26 +89,37 @@ def _samples(checkpoint_dir: Path, tokenizer_dir: Path, block_size: int) -> None
             f", {out.tokens_per_forward:.2f} tokens / denoiser forward"
             if out.denoiser_forwards else ""
         )
-        print(f"\n=== {name} (greedy{per_forward}, {seconds:.1f}s) ===")
+        lines += ["", f"=== {name} (greedy{per_forward}, {seconds:.1f}s) ==="]
         for prompt, new in zip(PROMPTS, out.tokens):
-            print(f"  {prompt!r} -> {tokenizer.decode(new, skip_special_tokens=True)!r}")
+            lines.append(f"  {prompt!r} -> {tokenizer.decode(new, skip_special_tokens=True)!r}")
+    print("\n".join(lines))
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
+    run_tool("twotower-demo", _main, argv)
+
+
+def _main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description="twotower-train end-to-end CPU demo")
-    parser.add_argument("--out", default="runs/demo", help="where everything goes")
-    parser.add_argument("--fast", action="store_true", help="a short smoke run (1-2 minutes)")
+    parser.add_argument("--out", help="run folders and samples (default runs/demo, with --fast "
+                        "runs/demo_fast: a run folder never mixes two recipes)")
+    parser.add_argument("--data", default="runs/demo_data",
+                        help="demo corpus + tokenizer (the recipes' default data.root)")
+    parser.add_argument("--fast", action="store_true", help="a short smoke run")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
 
     import twotower_train  # noqa: F401  (CPU compatibility)
     from data_tools.demo_corpus import prepare_demo_data
     from twotower_train import distributed
 
-    out = Path(args.out)
+    out = Path(args.out or ("runs/demo_fast" if args.fast else "runs/demo"))
+    data_dir = Path(args.data)
     start = time.perf_counter()
-    data = prepare_demo_data(out / "data")
-    print(f"[demo] corpus + tokenizer ready in {out / 'data'}")
-    common = [f"data.root={out / 'data'}"]
+    data = prepare_demo_data(data_dir)
+    print(f"[demo] corpus + tokenizer ready in {data_dir}")
+    common = [f"data.root={data_dir}"]
     if args.fast:
         stage1_steps = [
             "curriculum.phases.0.steps=40", "curriculum.phases.0.lr.warmup_steps=5",
@@ -120,13 +138,17 @@ def main(argv: list[str] | None = None) -> None:
         ],
     )
     distributed.initialize(seed=0)
-    _samples(stage2, Path(data.tokenizer_dir), block_size=16)
+    samples = out / "samples.txt"
+    lines = _samples(stage2, Path(data.tokenizer_dir), block_size=16)
+    samples.write_text(f"checkpoint: {stage2}\n" + "\n".join(lines) + "\n")
     print(
         f"\n[demo] done in {time.perf_counter() - start:.0f}s\n"
-        f"  data + tokenizer : {out / 'data'}\n"
+        f"  data + tokenizer : {data_dir}\n"
         f"  stage-1 backbone : {stage1}\n"
         f"  stage-2 two-tower: {stage2}\n"
-        f"  logs             : {out / 'stage1'}, {out / 'stage2'}"
+        f"  reports          : {stage1.parent}, {stage2.parent} (summary.json, loss_curve.png, "
+        "console.log, recipe.yaml, metrics.jsonl, wandb/)\n"
+        f"  samples          : {samples}"
     )
     distributed.shutdown()
 

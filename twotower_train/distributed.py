@@ -31,6 +31,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
 from twotower_train import backends
+from twotower_train.model.config import ConfigError
 
 
 def free_port() -> int:
@@ -109,8 +110,6 @@ def initialize(
         expert_tensor_parallel=expert_tensor_parallel, pipeline_parallel=pipeline_parallel,
     )
     if world % replica:
-        from twotower_train.model.config import ConfigError
-
         raise ConfigError(
             f"world size {world} does not fit parallelism.tensor_parallel={tensor_parallel} x "
             f"pipeline_parallel={pipeline_parallel} and parallelism.expert_tensor_parallel="

@@ -15,7 +15,7 @@ from twotower_train.convert.nemotron_h import (
 from twotower_train.model.config import preset
 
 
-@pytest.mark.parametrize("name", ["tiny", "nano-30b-a3b"])
+@pytest.mark.parametrize("name", ["tiny", "nano_30b_a3b"])
 def test_round_trip(name):
     cfg = preset(name)
     not_in_hf = {"moe_token_dispatcher": cfg.moe_token_dispatcher, "num_layers": cfg.num_layers}
@@ -23,8 +23,8 @@ def test_round_trip(name):
 
 
 def test_hf_fields_for_nano():
-    hf = hf_config_from_backbone(preset("nano-30b-a3b"))
-    assert hf.hybrid_override_pattern == preset("nano-30b-a3b").pattern
+    hf = hf_config_from_backbone(preset("nano_30b_a3b"))
+    assert hf.hybrid_override_pattern == preset("nano_30b_a3b").pattern
     assert (hf.num_key_value_heads, hf.n_groups, hf.n_routed_experts) == (2, 8, 128)
     assert (hf.num_experts_per_tok, hf.routed_scaling_factor, hf.norm_topk_prob) == (6, 2.5, True)
     assert hf.mlp_hidden_act == "relu2" and hf.mask_token_id == 3

@@ -1,4 +1,4 @@
-"""Samplers (DESIGN.md §5) on the tiny two-tower model: caches, determinism, commit rules."""
+"""Samplers (docs/inference.md) on the tiny two-tower model: caches, determinism, commit rules."""
 
 from __future__ import annotations
 

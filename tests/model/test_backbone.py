@@ -50,7 +50,7 @@ def test_parameter_count_matches_build(single_process, tiny_cfg):
 
 
 def test_nano_30b_a3b_parameter_counts_on_meta(single_process):
-    cfg = preset("nano-30b-a3b")
+    cfg = preset("nano_30b_a3b")
     with torch.device("meta"):
         model = build_backbone(cfg, transformer_config(cfg, use_cpu_initialization=True))
     built = sum(p.numel() for p in model.parameters())

@@ -1,4 +1,4 @@
-"""TwoTowerModel invariants (DESIGN.md §2, I1–I3) and freezing, on the tiny fp32 CPU model.
+"""TwoTowerModel invariants (docs/architecture.md, I1–I3) and freezing, on the tiny fp32 CPU model.
 
 Tolerances: fp32 throughout. Paths that compute the same function with sums in a different
 order (chunked vs per-block scans, SDPA with different key sets) agree to ~1e-7 on logits of

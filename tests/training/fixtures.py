@@ -97,7 +97,7 @@ def train(cfg):
 
     trainer = Trainer(cfg)
     try:
-        outcome = trainer.train()
+        outcome = trainer.train().outcome
     finally:
         trainer.close()
     return trainer, outcome

@@ -1,6 +1,9 @@
-"""MFU arithmetic and the console progress line."""
+"""MFU arithmetic, the console progress line and what a run leaves in its folder."""
+
+import json
 
 import pytest
+from omegaconf import OmegaConf
 
 from twotower_train.model.backbone import count_parameters
 from twotower_train.model.config import preset
@@ -39,15 +42,25 @@ def test_mfu_and_progress_line():
     assert "grad-norm 0.750" in line and "12,345 tok/s" in line and "MFU 31.00%" in line
 
 
-def test_wandb_offline_and_tensorboard_files(recipe, tmp_path):
+def test_the_run_folder_holds_the_run_report(recipe, tmp_path):
     from twotower_train.training.trainer import Trainer
 
     cfg = recipe("curriculum.phases.0.steps=3", "curriculum.phases.0.lr.warmup_steps=0",
-                 "checkpoint.dir=null", "logging.wandb_mode=offline", "logging.tensorboard=true")
+                 "checkpoint.dir=null", "logging.wandb_mode=offline", "logging.tensorboard=true",
+                 "training.max_steps=2")
     trainer = Trainer(cfg)
-    trainer.train()
+    result = trainer.train()
     trainer.close()
     run = tmp_path / "run"
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    assert result.outcome == "max_steps" and result.run_dir == run
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     assert list((run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    console = (run / "console.log").read_text()
+    assert "step 2/2 |" in console  # the total is where this run stops, not the curriculum's 3
+    assert "summary: max_steps at step 2/2" in console
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps_this_start"] == 2 and summary["tokens_per_s"] > 0
+    assert (run / "loss_curve.png").is_file()
+    recipe_file = OmegaConf.load(run / "recipe.yaml")
+    assert recipe_file.training.max_steps == 2 and recipe_file.output_dir == str(run)

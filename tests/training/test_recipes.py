@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
     "overrides, expected",
     [
         (["+training.bogus=1"], "training: unknown key(s) ['bogus']"),
+        (["+training.max_step=5"], "unknown key(s) ['max_step']; did you mean 'max_steps'?"),
         (["+curriculum.phases.0.bogus=1"], "curriculum.phases[0]: unknown key(s) ['bogus']"),
         (["curriculum.phases.0.block_size=48"], "block_size=48 must divide seq_length=64"),
         (["+model.mask_token_id=600"], "model.mask_token_id=600 is outside the vocabulary"),
@@ -68,6 +69,6 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if "recipe error" in line]
+    errors = [line for line in proc.stderr.splitlines() if "twotower-train: error:" in line]
     assert len(errors) == 1 and "data.tokenizer=" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr

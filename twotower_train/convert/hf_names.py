@@ -1,7 +1,7 @@
 """Name table between Hugging Face ``nemotron_h`` checkpoints and our Megatron backbone.
 
 The table is data: wildcard rules with ``{i}`` (layer index) and ``{j}`` (routed-expert index),
-grouped by layer type (the pattern character, DESIGN.md §1), plus two *named transforms* for
+grouped by layer type (the pattern character, docs/backbone.md), plus two *named transforms* for
 the tensors that are not 1:1 copies. Everything that converts weights
 (:mod:`twotower_train.convert.nemotron_h`) is driven by it.
 

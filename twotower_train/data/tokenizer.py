@@ -1,6 +1,6 @@
 """Tokenizer loading and the special-token conventions of the released model.
 
-The two-tower model (see ``seeds/model_card.txt`` and DESIGN.md §1) uses the ids
+The two-tower model (the released model's conventions; docs/data.md) uses the ids
 pad=0, bos=1, eos=2, mask=3. :func:`load_tokenizer` loads any local Hugging Face tokenizer folder
 (the demo tokenizer trained by ``data_tools.train_tokenizer`` or a user's Nemotron tokenizer) and
 checks those ids, reporting every role that differs. :func:`check_vocab` refuses a tokenizer whose

@@ -1,6 +1,6 @@
 """Masked block-diffusion math: corruption, attention masks, losses and metrics.
 
-Pure tensor code (STYLE item 4): imports neither the model nor the trainer, so every piece is
+Pure tensor code: imports neither the model nor the trainer, so every piece is
 CPU-testable on its own. See ``docs/diffusion.md`` for the objective and the mask picture.
 """
 

@@ -1,4 +1,4 @@
-"""Block-wise masked-diffusion corruption (DESIGN §3, "Corruption").
+"""Block-wise masked-diffusion corruption (docs/diffusion.md §1).
 
 A clean sequence of ``L`` tokens is cut into ``n_blocks = L // S`` blocks of ``S`` positions.
 Each block ``b`` draws a masking probability ``t_b`` in ``[eps, 1)`` and every position of the
@@ -7,7 +7,7 @@ forward process of masked diffusion LMs, applied per block as in block diffusion
 
 The denoiser is conditioned on the *realised* masked fraction of its block (``t_realised``),
 because that is the only time the sampler knows at inference: it feeds "masked positions / S"
-of the block being decoded (DESIGN §5). ``t_sampled`` is kept for the optional ELBO weighting
+of the block being decoded (docs/inference.md). ``t_sampled`` is kept for the optional ELBO weighting
 and for logging.
 
 Time sampling (``N = batch * n_blocks`` draws, ``u ~ U(0, 1)`` i.i.d., ``a = 1 - eps``):

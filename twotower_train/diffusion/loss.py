@@ -1,4 +1,4 @@
-"""Weighting and reduction of per-token NLL into the training losses (DESIGN §3, "Loss").
+"""Weighting and reduction of per-token NLL into the training losses (docs/diffusion.md §1).
 
 Per-token negative log-likelihoods are computed outside this module (the trainer uses
 Megatron's vocab-parallel cross entropy); here they are only weighted and reduced.

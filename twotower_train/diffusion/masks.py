@@ -1,4 +1,4 @@
-"""Denoiser attention patterns (DESIGN §2, "Attention").
+"""Denoiser attention patterns (docs/diffusion.md §2).
 
 Training (all blocks at once). Queries are the ``L`` noisy positions; keys are the ``L`` clean
 *context* positions (context tower K/V) followed by the ``L`` *noisy* positions (the denoiser's

@@ -1,4 +1,4 @@
-"""The three generation modes of the model card (DESIGN.md §5), on token ids only.
+"""The three generation modes of the model card (docs/inference.md), on token ids only.
 
 * :func:`generate_mask_diffusion` — block-wise confidence unmasking with the denoiser;
 * :func:`generate_mock_ar` — one masked position at a time, predicted by the denoiser;

@@ -1,4 +1,4 @@
-"""adaLN-single time conditioning for the denoiser (PixArt-α style; DESIGN.md §2).
+"""adaLN-single time conditioning for the denoiser (PixArt-α style; docs/architecture.md).
 
 The diffusion time ``t`` (the realised masked fraction of a token's block) goes through
 sinusoidal features and ONE small global MLP to a ``3·D`` vector; layer ``i`` adds its own

@@ -1,6 +1,6 @@
 """Backbone configuration: the Nemotron-H hybrid stack as a typed dataclass, plus presets.
 
-The pattern string is the architecture (one character per layer, DESIGN.md §1):
+The pattern string is the architecture (one character per layer, docs/backbone.md):
 ``M`` Mamba-2, ``*`` self-attention, ``E`` MoE, ``-`` dense MLP. Everything else here sizes
 those layers. :func:`BackboneConfig.validate` checks the config on its own; checks that need
 the parallel layout (heads divisible by TP, experts by EP) live in
@@ -140,9 +140,9 @@ PRESETS: dict[str, BackboneConfig] = {
         moe_shared_expert_ffn_hidden_size=128,
         ffn_hidden_size=256,
     ),
-    # Exact public Nemotron-3-Nano-30B-A3B dimensions (DESIGN.md §1). Build on the meta device only
-    # unless you have the GPUs for it.
-    "nano-30b-a3b": BackboneConfig(
+    # Exact public Nemotron-3-Nano-30B-A3B dimensions (docs/backbone.md). Build on the meta device
+    # only unless you have the GPUs for it.
+    "nano_30b_a3b": BackboneConfig(
         pattern=NANO_30B_A3B_PATTERN,
         num_layers=52,
         hidden_size=2688,
@@ -168,7 +168,7 @@ PRESETS: dict[str, BackboneConfig] = {
     ),
     # Nano widths, few layers and experts: one layer of each mixer twice, fits one 80 GB GPU for
     # kernel/throughput benchmarks in bf16 (two towers + optimizer state).
-    "nano-proxy": BackboneConfig(
+    "nano_proxy": BackboneConfig(
         pattern="MEM*EMEM*E",
         hidden_size=2688,
         vocab_size=131072,
@@ -193,10 +193,14 @@ PRESETS: dict[str, BackboneConfig] = {
 
 
 def preset(name: str, **overrides) -> BackboneConfig:
-    """A named preset, optionally with field overrides."""
-    if name not in PRESETS:
+    """A named preset, optionally with field overrides.
+
+    Presets are named like their recipe files (``recipes/model/nano_30b_a3b.yaml`` holds preset
+    ``nano_30b_a3b``); the dashed spelling (``nano-30b-a3b``) is accepted too."""
+    key = name.replace("-", "_")
+    if key not in PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name].replace(**overrides)
+    return PRESETS[key].replace(**overrides)
 
 
 class Recompute(enum.Enum):

@@ -1,6 +1,6 @@
 """The context tower: the frozen causal backbone that exposes what the denoiser conditions on.
 
-Running over clean tokens it returns, per layer (DESIGN.md §2):
+Running over clean tokens it returns, per layer (docs/architecture.md):
 
 * attention layers — K and V for every position;
 * Mamba layers — the conv and SSM states at every block boundary p = b·S (``state_stride=S``),

@@ -1,6 +1,6 @@
 """The denoiser tower: the backbone's layers, conditioned layer-by-layer on the context tower.
 
-Each denoiser layer i is coupled only to context layer i (DESIGN.md §2):
+Each denoiser layer i is coupled only to context layer i (docs/architecture.md):
 
 * attention — queries from the noisy block; keys/values = context K_i/V_i before the block
   start ⊕ the block's own (bidirectional in the block);

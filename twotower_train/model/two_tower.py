@@ -1,4 +1,4 @@
-"""TwoTowerModel: a frozen causal context tower + a trainable denoiser tower (DESIGN.md §2).
+"""TwoTowerModel: a frozen causal context tower + a trainable denoiser tower (docs/architecture.md).
 
 Both towers are the same Nemotron-H backbone (Megatron-Core ``HybridModel``) and start from the
 same weights. The context tower reads the clean sequence causally and hands each denoiser layer

@@ -1,4 +1,4 @@
-"""Denoiser attention kernels and their backend switch (DESIGN §2/§3; STYLE item 6).
+"""Denoiser attention kernels and their backend switch (docs/diffusion.md §3).
 
 The denoiser's queries (L noisy positions) attend to ``[context K/V (L)] ⊕ [noisy K/V (L)]``
 under the pattern of :mod:`twotower_train.diffusion.masks`. Two implementations:

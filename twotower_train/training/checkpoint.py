@@ -29,6 +29,14 @@ to ``iter_XXXXXXX/`` and only then replaces ``latest`` (write ``latest.tmp`` + `
 Older checkpoints beyond ``keep_last`` are deleted after that. A crash at any point leaves
 ``latest`` naming the previous complete checkpoint; leftover ``*.tmp`` folders are ignored by
 :func:`find_latest` and removed by the next save.
+
+Preemption: dist_checkpointing's writer reports its results through a ``multiprocessing``
+manager process. It is started with SIGTERM / SIGUSR1 blocked (:func:`_start_writer_queue`), so a
+signal sent to the whole process group (``timeout``, ``kill -TERM -PGID``, schedulers) cannot kill
+it in the middle of the checkpoint the trainer writes on that very signal.
+
+Loading problems (a missing or interrupted checkpoint, tensors that do not fit the model) raise
+:class:`CheckpointError` with one line naming the path and the fix.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,10 +65,12 @@ __all__ = [
     "CheckpointError",
     "LoadedCheckpoint",
     "TrainState",
+    "describe_incomplete",
     "find_latest",
     "load_checkpoint",
     "load_model_state",
     "locate_frozen_reference",
+    "read_common_state",
     "read_train_state",
     "resolve_checkpoint_dir",
     "save_checkpoint",
@@ -146,9 +157,54 @@ def _rng_object(data: Any) -> ShardedObject:
     return ShardedObject("rng_state", data, (world,), (_rank(),), replica_id=0)
 
 
+def _start_writer_queue() -> None:
+    """Start dist_checkpointing's result queue (a manager process, spawned once on first use)
+    with the preemption signals blocked: the child inherits the mask, so a SIGTERM to the whole
+    process group leaves it alive to finish the save. The trainer's own handler still gets a
+    signal that arrives meanwhile: it is delivered when the mask is restored."""
+    from multiprocessing import resource_tracker
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    # Spawning the manager starts multiprocessing's resource tracker first, which unblocks
+    # SIGTERM in this thread when it is done; started beforehand, it leaves the mask alone.
+    resource_tracker.ensure_running()
+    blocked = {signal.SIGTERM, signal.SIGUSR1}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        filesystem_async.get_write_results_queue()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _write_shards(state_dict: dict, directory: Path) -> None:
     """The one call that writes tensor data (tests inject crashes here)."""
+    _start_writer_queue()
     dist_checkpointing.save(state_dict, str(directory))
+
+
+_LOAD_DETAIL = re.compile(
+    r"(Global shape mismatch[^\n]*|[^\n]*(?:[Mm]issing|[Uu]nexpected) keys?[^\n]*)"
+)
+
+
+def _load_sharded(request: dict, path: Path) -> dict:
+    """``dist_checkpointing.load`` with its errors as one :class:`CheckpointError` line (they
+    arrive wrapped in torch's per-rank traceback text)."""
+    from megatron.core.dist_checkpointing.core import CheckpointingException
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        return dist_checkpointing.load(request, str(path))
+    except (CheckpointingException, CheckpointException) as error:
+        text = str(error)
+        found = _LOAD_DETAIL.search(text)
+        lines = [line for line in text.splitlines() if line.strip()]
+        detail = (found.group(1) if found else lines[-1] if lines else type(error).__name__)
+        raise CheckpointError(
+            f"cannot load {path} into this model: {detail.strip()}; the checkpoint was saved for "
+            "another model or objective (compare its recipe.yaml with this recipe)"
+        ) from None
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -173,8 +229,28 @@ def find_latest(root: str | Path) -> Path | None:
         return None
     path = root / pointer.read_text().strip()
     if not (path / META).is_file():
-        raise CheckpointError(f"{pointer} names {path.name}, which is not a complete checkpoint")
+        complete = _complete_checkpoints(root)
+        fix = (f"point checkpoint.load_from at {complete[-1]}, the newest complete one"
+               if complete else "move the folder away to start a new run there")
+        raise CheckpointError(
+            f"{pointer} names {path.name}, which is not a complete checkpoint; {fix}"
+        )
     return path
+
+
+def describe_incomplete(path: Path) -> str:
+    """Why ``path`` (which exists) is not a loadable checkpoint, and which one is (one line)."""
+    path = Path(path)
+    if path.name.endswith(".tmp"):
+        what, root = "an interrupted save (a .tmp folder)", path.parent
+    elif _ITER.match(path.name):
+        what, root = f"an incomplete checkpoint (no {META}: its save did not finish)", path.parent
+    else:
+        what, root = f"not a checkpoint (no `{LATEST}` file, no {META})", path
+    complete = _complete_checkpoints(root) if root.is_dir() else []
+    fix = (f"the newest complete checkpoint there is {complete[-1]}" if complete else
+           "point at a checkpoint folder (.../iter_XXXXXXX) or a root with a `latest` file")
+    return f"{path} is {what}; {fix}"
 
 
 def resolve_checkpoint_dir(path: str | Path) -> Path | None:
@@ -243,8 +319,7 @@ def locate_frozen_reference(path: Path, common: dict[str, Any]) -> Path | None:
 def load_model_state(path: str | Path, sharded_state_dict: dict) -> dict:
     """Only the model tensors of checkpoint ``path``, resharded into ``sharded_state_dict``
     (e.g. a stage-1 backbone loaded into a two-tower model at any TP/EP)."""
-    loaded = dist_checkpointing.load({"model": sharded_state_dict}, str(Path(path)))
-    return loaded["model"]
+    return _load_sharded({"model": sharded_state_dict}, Path(path))["model"]
 
 
 def _located(reference: dict[str, Any], checkpoint_dir: Path) -> dict[str, Any]:
@@ -310,10 +385,14 @@ def save_checkpoint(
     return final
 
 
+def read_common_state(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's common values (recipe, train state, layout, ...), without tensors."""
+    return dist_checkpointing.load_common_state_dict(str(path))
+
+
 def read_train_state(path: str | Path) -> TrainState:
     """The train state of a checkpoint, without loading tensors."""
-    common = dist_checkpointing.load_common_state_dict(str(path))
-    return TrainState(**common["train_state"])
+    return TrainState(**read_common_state(path)["train_state"])
 
 
 def load_checkpoint(
@@ -330,8 +409,8 @@ def load_checkpoint(
     """
     path = Path(path)
     if not (path / META).is_file():
-        raise CheckpointError(f"{path} is not a complete checkpoint (no {META})")
-    common = dist_checkpointing.load_common_state_dict(str(path))
+        raise CheckpointError(describe_incomplete(path))
+    common = read_common_state(path)
     verify_frozen_reference(path, common, objective, model)
     same_layout = common["layout"] == _layout()
     model_sd = objective.checkpoint_state(model)
@@ -341,7 +420,7 @@ def load_checkpoint(
     }
     if same_layout:
         request["rng"] = _rng_object(None)
-    loaded = dist_checkpointing.load(request, str(path))
+    loaded = _load_sharded(request, path)
     objective.load_checkpoint_state(model, loaded["model"])
     optimizer.load_state_dict(loaded["optimizer"])
     if same_layout:

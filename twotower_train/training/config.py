@@ -32,11 +32,8 @@ from twotower_train.model.config import (
     preset,
 )
 from twotower_train.training.curriculum import Curriculum
+from twotower_train.training.recipes import RECIPES_DIR
 from twotower_train.training.validation import positive_int, reject_unknown
-
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
-"""The Hydra config folder, ``twotower_train/recipes/`` — package data, so a wheel install has it
-too (the checkout's top-level ``recipes`` is a link to it)."""
 
 
 class Precision(enum.Enum):
@@ -149,11 +146,16 @@ class CheckpointConfig:
 class LoggingConfig:
     """Console, wandb and TensorBoard."""
 
-    wandb_mode: WandbMode = WandbMode.DISABLED
+    wandb_mode: WandbMode = WandbMode.OFFLINE
+    """``offline`` (a local run under ``<run folder>/wandb``), ``online`` or ``disabled``.
+    ``WANDB_MODE`` in the environment, when set, replaces offline / online (wandb's switch for a
+    whole machine); ``disabled`` here always wins."""
     wandb_project: str = "twotower-train"
     tensorboard: bool = False
     peak_tflops: float | None = None
     """Peak dense TFLOP/s of one device for MFU; ``null`` = by device type and precision."""
+    verbose: bool = False
+    """Also print Megatron's INFO lines (per-bucket parameter lists, dataset index builds)."""
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The training curriculum as data, and its per-phase WSD learning-rate schedule (DESIGN §3).
+"""The training curriculum as data, and its per-phase WSD learning-rate schedule (docs/diffusion.md §4).
 
 A recipe lists phases — e.g. the released model's phase-1 S=32 → phase-2 S=32 →
 phase-2 S=16 — each with a block size, a data blend, a length (steps or tokens) and a

@@ -1,10 +1,13 @@
-"""Training metrics out: a console progress line, ``metrics.jsonl``, wandb and TensorBoard.
+"""Training metrics out: a console progress line, ``console.log``, ``metrics.jsonl``, wandb and
+TensorBoard.
 
 Only rank 0 writes. Every logged step is one flat dict (``step``, ``phase``, ``block_size``,
 ``loss``, ``lr``, ``grad_norm``, ``tokens_per_s``, ``mfu``, objective metrics, ``eval/…``),
-appended to ``<run dir>/metrics.jsonl`` (what tests and the demo summary read) and sent to
-wandb (``logging.wandb_mode``: ``offline`` by default in tests, ``online``, ``disabled``) and
-to TensorBoard when ``logging.tensorboard`` is set.
+appended to ``<run dir>/metrics.jsonl`` (what tests and the run report read) and sent to
+wandb (``logging.wandb_mode``: ``offline`` by default, ``online``, ``disabled``; see
+:func:`wandb_mode` for ``WANDB_MODE``) and to TensorBoard when ``logging.tensorboard`` is set.
+Every console line — progress, messages, library warnings — is also appended to
+``<run dir>/console.log``.
 
 MFU = achieved model FLOP/s / peak FLOP/s of all devices; model FLOPs per token come from the
 objective (``6 × active parameters`` + causal attention, per tower pass), the peak from
@@ -13,8 +16,12 @@ objective (``6 × active parameters`` + causal attention, per tower pass), the p
 
 from __future__ import annotations
 
+import datetime
 import json
+import logging
 import math
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +29,10 @@ import torch
 
 from twotower_train.training.config import LoggingConfig, Precision, WandbMode
 
-__all__ = ["MetricLogger", "default_peak_tflops", "format_progress", "mfu", "peak_tflops_by_name"]
+__all__ = [
+    "MetricLogger", "default_peak_tflops", "format_progress", "mfu", "peak_tflops_by_name",
+    "wandb_mode",
+]
 
 # Dense peak TFLOP/s per device (vendor data sheets, without sparsity): (bf16, fp32/tf32).
 # Matched against torch.cuda.get_device_name(); the longest matching key wins (H100 PCIe/NVL
@@ -63,6 +73,16 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak_tflops: float, devices
     return tokens_per_s * flops_per_token / (peak_tflops * 1e12 * devices)
 
 
+def wandb_mode(configured: WandbMode) -> str | None:
+    """The mode wandb runs in, or None for no wandb: ``disabled`` in the recipe always wins;
+    otherwise ``WANDB_MODE`` from the environment, when set, replaces the recipe's offline /
+    online (wandb's own switch for a whole machine or CI)."""
+    if configured is WandbMode.DISABLED:
+        return None
+    mode = os.environ.get("WANDB_MODE", "").strip().lower() or configured.value
+    return None if mode == "disabled" else mode
+
+
 def format_progress(record: dict[str, Any], total_steps: int) -> str:
     """One console line for a logged step."""
     parts = [
@@ -97,20 +117,36 @@ class MetricLogger:
         self.history: list[dict[str, Any]] = []
         self._wandb = None
         self._tensorboard = None
+        self._log_handler: logging.Handler | None = None
         if not self.enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.run_dir / "metrics.jsonl", "a")
-        if cfg.wandb_mode is not WandbMode.DISABLED:
+        self._console = open(self.run_dir / "console.log", "a")
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        self._console.write(f"=== {run_name}: start {started} on {socket.gethostname()} ===\n")
+        # Library warnings (Megatron's logger) land in console.log too.
+        self._log_handler = logging.StreamHandler(self._console)
+        self._log_handler.setLevel(logging.WARNING)
+        self._log_handler.setFormatter(logging.Formatter("[%(name)s] %(levelname)s: %(message)s"))
+        logging.getLogger().addHandler(self._log_handler)
+        mode = wandb_mode(cfg.wandb_mode)
+        if mode is not None:
             import wandb
 
             self._wandb = wandb.init(
                 project=cfg.wandb_project,
                 name=run_name,
                 dir=str(self.run_dir),
-                mode=cfg.wandb_mode.value,
+                mode=mode,
                 config=config,
                 resume="allow",
+                settings=wandb.Settings(silent=True),  # one line of ours instead of wandb's eight
+            )
+            where = Path(self._wandb.dir).parent
+            self.message(
+                f"wandb: {mode} run in {where}" + (f" (upload: wandb sync {where})"
+                                                   if mode == "offline" else "")
             )
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -124,7 +160,7 @@ class MetricLogger:
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
         if console:
-            print(format_progress(record, self.total_steps), flush=True)
+            self.message(format_progress(record, self.total_steps))
         numbers = {
             k: v for k, v in record.items()
             if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
@@ -137,13 +173,18 @@ class MetricLogger:
                     self._tensorboard.add_scalar(key, value, record["step"])
 
     def message(self, text: str) -> None:
+        """Print a line (rank 0) and keep it in ``console.log``."""
         if self.enabled:
             print(text, flush=True)
+            self._console.write(text + "\n")
+            self._console.flush()
 
     def close(self) -> None:
         if not self.enabled:
             return
         self._jsonl.close()
+        logging.getLogger().removeHandler(self._log_handler)
+        self._console.close()
         if self._wandb is not None:
             self._wandb.finish()
         if self._tensorboard is not None:

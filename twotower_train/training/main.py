@@ -2,13 +2,18 @@
 
 Examples (CPU; the demo data comes from ``python -m data_tools.demo_corpus --out runs/demo_data``)::
 
+    .venv/bin/twotower-train --help                            # recipes, groups, common keys
     .venv/bin/twotower-train                                   # recipes/demo.yaml (stage-1 AR)
     .venv/bin/twotower-train training.max_steps=20 optimizer.clip_grad=0.5
     .venv/bin/twotower-train --config-name nano_30b_a3b --cfg job   # print a composed recipe
     .venv/bin/python -m twotower_train.training run_name=try1 checkpoint.save_interval=10
 
-A recipe error prints one line naming the key (exit code 2) before anything is built. SIGTERM /
-SIGUSR1 checkpoint and exit 0 (see docs/launch.md for SLURM requeueing).
+Every user error — a misspelled key, a recipe value, a checkpoint that does not match the
+recipe, a world size that does not fit the parallel sizes — prints one line
+``twotower-train: error: ...`` (rank 0) and exits with code 2; ``--debug`` shows tracebacks.
+SIGTERM / SIGUSR1 checkpoint and exit 0 (see docs/launch.md for SLURM requeueing).
+
+Only the help text and the command-line check run before Hydra; they import no torch.
 """
 
 from __future__ import annotations
@@ -19,12 +24,20 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from twotower_train.model.config import ConfigError
-from twotower_train.training.config import RECIPES_DIR, TrainConfig, from_omegaconf
+from twotower_train import cli
+from twotower_train.training.command_line import (
+    TOOL,
+    check_command_line,
+    help_text,
+    wants_help,
+)
+from twotower_train.training.recipes import DEFAULT_RECIPE, RECIPES_DIR
 
 
-def run(cfg: TrainConfig) -> str:
-    """Train one recipe; returns the trainer's outcome (finished / max_steps / preempted)."""
+def run(cfg):
+    """Train one recipe (a :class:`~twotower_train.training.config.TrainConfig`); returns the
+    trainer's :class:`~twotower_train.training.trainer.RunResult` (outcome, run folder,
+    checkpoint folder)."""
     from twotower_train.training.trainer import Trainer
 
     trainer = Trainer(cfg)
@@ -34,26 +47,36 @@ def run(cfg: TrainConfig) -> str:
         trainer.close()
 
 
-@hydra.main(config_path=str(RECIPES_DIR), config_name="demo", version_base=None)
-def _hydra_entry(recipe: DictConfig) -> None:
+def _train(recipe: DictConfig) -> None:
+    from twotower_train import distributed
+    from twotower_train.training.config import from_omegaconf
+
     try:
-        cfg = from_omegaconf(recipe)
-    except ConfigError as error:
-        print(f"twotower-train: recipe error: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
-    outcome = run(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"twotower-train: {outcome} at {cfg.output_dir}", flush=True)
+        result = run(from_omegaconf(recipe))
+    finally:
+        distributed.shutdown()
+    if cli.is_rank_zero():
+        print(f"{TOOL}: {result.outcome.replace('_', ' ')} at {result.run_dir}", flush=True)
+
+
+@hydra.main(config_path=str(RECIPES_DIR), config_name=DEFAULT_RECIPE, version_base=None)
+def _hydra_entry(recipe: DictConfig) -> None:
+    # Inside the task function: Hydra would turn an exception into its own multi-line report.
+    cli.run_tool(TOOL, _train, recipe)
 
 
 def main() -> None:
     """Console entry point (``twotower-train``, ``python -m twotower_train.training``)."""
-    from twotower_train import distributed
-
-    try:
-        _hydra_entry()
-    finally:
-        distributed.shutdown()
+    argv = cli.pop_debug_flag(sys.argv[1:])
+    cli.quiet_startup()
+    if cli.debug_enabled():
+        os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra's report with the whole traceback
+    if wants_help(argv):
+        print(help_text())
+        return
+    cli.run_tool(TOOL, check_command_line, argv)
+    sys.argv = [sys.argv[0], *argv]
+    _hydra_entry()
 
 
 if __name__ == "__main__":

@@ -12,11 +12,16 @@ Per global step ``k`` (0-based)::
     scheduler.step(1)                              # WSD lr of step k+1
     log, evaluate every N, checkpoint every N, stop cleanly on SIGTERM / SIGUSR1
 
-Everything stage-specific is the :class:`~twotower_train.training.objectives.Objective` (STYLE
-item 1); everything about *when* (block size, blend, lr) is the curriculum (STYLE item 9). The
-trainer trains exactly the parameters the objective names and freezes the rest, so a model with
-a frozen tower needs nothing special here. The model, batches, the generator and every tensor
-entering a collective live on :func:`twotower_train.distributed.device` (the device rule).
+Before building anything the run folder is settled (:mod:`~twotower_train.training.run_folder`:
+resume only with a matching recipe, a fresh run never in a folder that holds one); at the end
+the report goes into it (:mod:`~twotower_train.training.report`).
+
+Everything stage-specific is the :class:`~twotower_train.training.objectives.Objective`;
+everything about *when* (block size, blend, lr) is the curriculum. The trainer trains exactly
+the parameters the objective names and freezes the rest, so a model with a frozen tower needs
+nothing special here. The model, batches,
+the generator and every tensor entering a collective live on
+:func:`twotower_train.distributed.device` (the device rule).
 
 CPU example (seconds; needs the demo data, see docs/training.md)::
 
@@ -29,6 +34,7 @@ import contextlib
 import hashlib
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +43,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from twotower_train import distributed
+from twotower_train import backends, cli, distributed
 from twotower_train.diffusion import MetricSums
 from twotower_train.training.checkpoint import (
     TrainState,
@@ -63,7 +69,22 @@ from twotower_train.training.optimizer import (
     uses_megatron_optimizer,
 )
 
-__all__ = ["PreemptionSignal", "Trainer", "micro_batch_seed"]
+from twotower_train.training.report import read_metrics, summarize, write_report
+from twotower_train.training.run_folder import agreed_plan, write_recipe
+
+__all__ = ["PreemptionSignal", "RunResult", "Trainer", "micro_batch_seed"]
+
+ALREADY_DONE = "already_done"
+"""Outcome of a start whose checkpoint is already at (or past) the step this recipe stops at."""
+
+
+@dataclass
+class RunResult:
+    """What :meth:`Trainer.train` reports: the outcome and where the run is."""
+
+    outcome: str  # finished | max_steps | preempted | already_done
+    run_dir: Path
+    checkpoint_dir: Path | None
 
 
 def micro_batch_seed(seed: int, step: int, offset: int) -> int:
@@ -127,6 +148,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
+        self._started = time.perf_counter()
+        cli.set_library_verbosity(cfg.logging.verbose)
         par, training = cfg.parallelism, cfg.training
         distributed.initialize(
             tensor_parallel=par.tensor_parallel,
@@ -138,6 +161,18 @@ class Trainer:
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_size = parallel_state.get_data_parallel_world_size()
         self.curriculum = cfg.curriculum
+        self.stop_step = self.curriculum.total_steps
+        if training.max_steps is not None:
+            self.stop_step = min(self.stop_step, training.max_steps)
+        # Settled before anything is built or written: a bad checkpoint fails in seconds.
+        self.plan = agreed_plan(cfg.output_dir, cfg.checkpoint, cfg.raw)
+        self.run_dir = Path(self.plan.output_dir)
+        self.checkpoint_dir = self.plan.checkpoint_dir
+        # The resolved recipe as this run uses it (saved in the run folder and in checkpoints).
+        self.recipe = {
+            **cfg.raw, "output_dir": self.plan.output_dir,
+            "checkpoint": {**cfg.raw.get("checkpoint", {}), "dir": self.checkpoint_dir},
+        }
         self.objective = build_objective(cfg.objective_name, cfg.objective_options)
         bf16 = cfg.optimizer.precision is Precision.BF16
         self.module = distributed.to_device(
@@ -164,11 +199,21 @@ class Trainer:
         self.phase = self.data = self.scheduler = None
         self._saved_scheduler: dict | None = None
         self._last_saved_step: int | None = None
-        self.run_dir = Path(cfg.output_dir)
+        self._train_seconds, self._tokens, self._steps_run = 0.0, 0, 0
+        if dist.get_rank() == 0:
+            write_recipe(self.run_dir, self.recipe)
         self.logger = MetricLogger(
-            cfg.logging, self.run_dir, cfg.run_name, cfg.raw,
-            rank=dist.get_rank(), total_steps=self.curriculum.total_steps,
+            cfg.logging, self.run_dir, cfg.run_name, self.recipe,
+            rank=dist.get_rank(), total_steps=self.stop_step,
         )
+        for note in self.plan.notes:
+            self.logger.message(note)
+        missing = backends.missing_gpu_extras()
+        if missing:
+            self.logger.message(
+                f"GPU extras not installed: {', '.join(missing)} (slower fallbacks; "
+                "pip install -e '.[gpu]', see docs/install.md)"
+            )
         self.flops_per_token = self.objective.flops_per_token(cfg.model, cfg.data.seq_length)
         self.peak_tflops = cfg.logging.peak_tflops or default_peak_tflops(cfg.optimizer.precision)
         self._resume()
@@ -187,14 +232,9 @@ class Trainer:
         return trainable
 
     def _resume(self) -> None:
-        ckpt = self.cfg.checkpoint
-        path = None
-        if ckpt.load_from:
-            path = Path(ckpt.load_from)
-        elif ckpt.dir and ckpt.resume:
-            path = find_latest(ckpt.dir)
-        if path is None:
+        if self.plan.resume_from is None:
             return
+        path = Path(self.plan.resume_from)
         saved_phase = read_train_state(path).scheduler_phase
         if saved_phase is not None:
             # Megatron's optimizer pairs saved and current param groups by their lr settings.
@@ -234,13 +274,18 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- training
 
-    def train(self) -> str:
-        """Run to the end of the curriculum (or ``training.max_steps``).
-
-        Returns ``"finished"``, ``"max_steps"`` or ``"preempted"``."""
-        stop = self.curriculum.total_steps
-        if self.cfg.training.max_steps is not None:
-            stop = min(stop, self.cfg.training.max_steps)
+    def train(self) -> RunResult:
+        """Run to the end of the curriculum (or ``training.max_steps``), then write the report."""
+        stop = self.stop_step
+        if self.state.step >= stop:
+            limit = ("the end of the curriculum" if stop == self.curriculum.total_steps
+                     else f"training.max_steps={stop}")
+            self.logger.message(
+                f"nothing to train: {self.plan.resume_from} is at step {self.state.step}, "
+                f"{limit}. For another run pass run_name=NAME or output_dir=DIR; to train on, "
+                "raise training.max_steps or add a curriculum phase"
+            )
+            return self._result(ALREADY_DONE)
         self.model.train()
         outcome = "finished" if stop == self.curriculum.total_steps else "max_steps"
         while self.state.step < stop:
@@ -257,13 +302,30 @@ class Trainer:
             if self.preemption.requested():
                 self.logger.message(f"preemption signal: checkpoint at step {self.state.step}")
                 self.save()
-                return "preempted"
+                return self._finish("preempted")
             every = self.cfg.checkpoint.save_interval
             if every and self.state.step % every == 0:
                 self.save()
         if self.cfg.checkpoint.save_at_end:
             self.save()
-        return outcome
+        return self._finish(outcome)
+
+    def _result(self, outcome: str) -> RunResult:
+        ckpt = Path(self.checkpoint_dir) if self.checkpoint_dir else None
+        return RunResult(outcome, self.run_dir, ckpt)
+
+    def _finish(self, outcome: str) -> RunResult:
+        """Write the run report (rank 0) and return the result."""
+        if self.logger.enabled:
+            summary = summarize(
+                read_metrics(self.run_dir / "metrics.jsonl"), outcome=outcome,
+                steps_done=self.state.step, stop_step=self.stop_step,
+                steps_this_start=self._steps_run, wall_seconds=time.perf_counter() - self._started,
+                train_seconds=self._train_seconds, tokens=self._tokens,
+            )
+            for line in write_report(self.run_dir, summary, title=str(self.run_dir)):
+                self.logger.message(line)
+        return self._result(outcome)
 
     def train_step(self, active: ActivePhase) -> dict[str, Any]:
         """One optimizer step on the global batch; returns its metrics record."""
@@ -300,7 +362,11 @@ class Trainer:
         state.scheduler_phase = active.index
         loss, summary = self._reduce_stats(numerator, denominator, sums)
         seconds = time.perf_counter() - start
-        tokens_per_s = training.global_batch_size * self.cfg.data.seq_length / seconds
+        tokens = training.global_batch_size * self.cfg.data.seq_length
+        self._train_seconds += seconds
+        self._tokens += tokens
+        self._steps_run += 1
+        tokens_per_s = tokens / seconds
         return {
             "step": step,
             "phase": name,
@@ -352,16 +418,16 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Checkpoint the current state (no-op without ``checkpoint.dir``)."""
-        if not self.cfg.checkpoint.dir:
+        if not self.checkpoint_dir:
             return None
         if self._last_saved_step == self.state.step:
             return None
         self.reducer.sync_params()
         path = save_checkpoint(
-            self.cfg.checkpoint.dir,
+            self.checkpoint_dir,
             objective=self.objective, model=self.module, optimizer=self.optimizer,
             scheduler=self.scheduler, state=self.state, generator=self.generator,
-            config=self.cfg.raw, keep_last=self.cfg.checkpoint.keep_last,
+            config=self.recipe, keep_last=self.cfg.checkpoint.keep_last,
         )
         self._last_saved_step = self.state.step
         self.logger.message(f"saved checkpoint {path}")

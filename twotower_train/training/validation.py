@@ -6,6 +6,7 @@ reports every problem as one :class:`~twotower_train.model.config.ConfigError` t
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,11 +14,14 @@ from twotower_train.model.config import ConfigError
 
 
 def reject_unknown(values: Mapping[str, Any], allowed: set[str], key: str) -> None:
-    """Raise naming ``key`` and the unknown names if ``values`` has keys outside ``allowed``."""
+    """Raise naming ``key`` and the unknown names (with the nearest valid one) if ``values``
+    has keys outside ``allowed``."""
     unknown = sorted(str(k) for k in values if k not in allowed)
     if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(allowed), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise ConfigError(
-            f"{key or 'recipe'}: unknown key(s) {unknown}; valid keys: {sorted(allowed)}"
+            f"{key or 'recipe'}: unknown key(s) {unknown}; {hint}valid keys: {sorted(allowed)}"
         )
 
 

@@ -1,4 +1,4 @@
-"""Stage 1: next-token prediction with the single-tower backbone (DESIGN §3)."""
+"""Stage 1: next-token prediction with the single-tower backbone (docs/training.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from twotower_train.training.objectives.base import ObjectiveBase, vocab_paralle
 
 
 class ARObjective(ObjectiveBase):
-    """Stage 1: next-token prediction with the single-tower backbone (DESIGN §3).
+    """Stage 1: next-token prediction with the single-tower backbone (docs/training.md).
 
     Per-token NLL from Megatron's ``vocab_parallel_cross_entropy`` on the vocab-parallel logits,
     reduced by :func:`twotower_train.diffusion.ar_loss` over ``loss_mask``. Metrics: token

@@ -4,7 +4,7 @@ The concrete objectives live next to this file (``ar.py`` stage 1, ``diffusion.p
 the package ``__init__`` holds the registry that picks one by recipe name
 (``objective.name: ar | diffusion``).
 
-The trainer is one loop for both stages (STYLE item 1): it asks the objective to build the model,
+The trainer is one loop for both stages: it asks the objective to build the model,
 to name the parameters it trains, and to compute a micro-batch loss; it never branches on the
 stage. An objective owns everything stage-specific:
 

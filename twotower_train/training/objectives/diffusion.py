@@ -1,4 +1,4 @@
-"""Stage 2: the masked block-diffusion objective for the two-tower model (DESIGN.md §3).
+"""Stage 2: the masked block-diffusion objective for the two-tower model (docs/diffusion.md).
 
 Per micro-batch: the clean sequence is split into blocks of the active phase's size S; each
 block draws t ~ U(ε, 1) (or stratified / antithetic draws) and masks each of its positions with
