@@ -78,6 +78,12 @@ def have_causal_conv1d() -> bool:
     return _importable("causal_conv1d")
 
 
+def have_mamba_kernels() -> bool:
+    """What Megatron's ``MambaMixer`` runs natively: mamba_ssm's SSD kernels and causal_conv1d
+    (so CUDA only)."""
+    return have_causal_conv1d() and have_mamba_ssm()
+
+
 def have_megatron_mamba_kernels() -> bool:
     """megatron-core's forward-only Triton varlen SSD scan and conv are usable."""
     return _triton_kernel_loads("megatron.core.ssm.ops.ssd_combined") and _triton_kernel_loads(
