@@ -56,7 +56,7 @@ def import_hf(
     out = Path(out)
     check_output(out, overwrite)
     cfg, state = load_hf_folder(hf_dir)
-    return _save_imported(out, cfg, state, {"name": "ar"}, tp=tp, ep=ep, recipe=recipe)
+    return write_trainer_checkpoint(out, cfg, state, {"name": "ar"}, tp=tp, ep=ep, recipe=recipe)
 
 
 def import_twotower(
@@ -69,7 +69,7 @@ def import_twotower(
     cfg, state, config = load_twotower_folder(hf_dir)
     objective = {"name": "diffusion", "backbone_checkpoint": None,
                  "mask_token_id": config.mask_token_id}
-    return _save_imported(out, cfg, state, objective, tp=tp, ep=ep, recipe=recipe)
+    return write_trainer_checkpoint(out, cfg, state, objective, tp=tp, ep=ep, recipe=recipe)
 
 
 def imported_recipe(
@@ -110,11 +110,13 @@ def _parallel(cfg: BackboneConfig, tp: int, ep: int) -> ParallelConfig:
     return parallel
 
 
-def _save_imported(
+def write_trainer_checkpoint(
     out: Path, cfg: BackboneConfig, state: dict[str, torch.Tensor], objective_values: dict,
     *, tp: int, ep: int, recipe: str,
 ) -> Path:
-    """Write ``state`` (TP=1 Megatron names) as a step-0 trainer checkpoint in run folder ``out``."""
+    """Write ``state`` (whole tensors, Megatron names of the objective's model) as a step-0
+    trainer checkpoint of run folder ``out`` (``out/checkpoints``) at layout ``tp``/``ep``;
+    ``objective_values`` is the recipe's ``objective`` section."""
     from twotower_train.training import checkpoint
     from twotower_train.training.config import Precision, from_container
     from twotower_train.training.grad_reduce import build_grad_reducer

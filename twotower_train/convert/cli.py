@@ -19,8 +19,11 @@ from __future__ import annotations
 import argparse
 import os
 import time
+import warnings
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # megatron's jit_fuser would compile on CPU
+# megatron-core's import-time notices about optional GPU packages (as in the test settings).
+warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
 
 TOOL = "twotower-convert"
 
