@@ -43,6 +43,8 @@ from twotower_train.convert.two_tower import load_twotower_folder, save_twotower
 from twotower_train.model.config import BackboneConfig, ConfigError, ParallelConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+CHECKPOINTS = "checkpoints"
+"""The checkpoint root inside an imported run folder."""
 
 
 # ---- import -----------------------------------------------------------------------------------
@@ -86,6 +88,7 @@ def imported_recipe(
     values = OmegaConf.to_container(composed, resolve=True)
     values.pop("hydra", None)
     values["model"] = {"preset": values["model"]["preset"], **cfg.to_dict()}
+    values["checkpoint"] = {**values.get("checkpoint", {}), "dir": str(out / CHECKPOINTS)}
     values["parallelism"] = {**values.get("parallelism", {}), **vars(parallel)}
     values["objective"] = objective
     return from_container(values, check_data=False).raw
@@ -157,7 +160,7 @@ def write_trainer_checkpoint(
             min_lr=first_lr.min,
         )
         checkpoint.save_checkpoint(
-            tmp / Path(train_cfg.checkpoint.dir).relative_to(out), objective=objective,
+            tmp / CHECKPOINTS, objective=objective,
             model=model, optimizer=optimizer, scheduler=None, state=checkpoint.TrainState(),
             generator=torch.Generator(), config=raw,
         )
@@ -212,7 +215,8 @@ def export_checkpoint(
         dtype = "bfloat16" if train_cfg.optimizer.precision is Precision.BF16 else "float32"
     if dtype not in DTYPES:
         raise ConversionError(f"--dtype {dtype}; choose one of {sorted(DTYPES)}")
-    state = {k: v.to(DTYPES[dtype]) for k, v in model.state_dict().items()
+    # Whole tensors on the CPU, where the safetensors writer reads them.
+    state = {k: v.detach().to("cpu", DTYPES[dtype]) for k, v in model.state_dict().items()
              if not k.endswith("_extra_state")}
     if isinstance(model, TwoTowerModel):
         if block_size is None:

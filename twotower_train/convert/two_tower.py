@@ -7,8 +7,7 @@ The folder loads offline with ``AutoModelForCausalLM.from_pretrained(dir, trust_
 * ``generation_config.json``, the tokenizer files;
 * safetensors shards + ``model.safetensors.index.json`` with both towers and the adaLN, named as
   the export's modules hold them (no transformers name conversion applies to remote code);
-* ``configuration_nemotron_twotower.py`` / ``modeling_nemotron_twotower.py`` (the template in
-  ``hf_export/``) and verbatim copies of the torch-only decoding modules
+* the modeling code (the template files in ``hf_export/``) and verbatim copies of the torch-only decoding modules
   :data:`twotower_train.inference.PORTABLE_MODULES` — the samplers the modeling code calls, so the
   export decodes exactly like Megatron.
 
