@@ -15,7 +15,8 @@ Everything here is a pure function of its inputs, driven by the name table in
 
 Semantics that a config cannot carry are checked here and fail with the HF key to change:
 Megatron normalises the top-k sigmoid scores exactly when top-k > 1 (HF: ``norm_topk_prob``),
-has no expert-group routing (``n_group``), no latent MoE projection, untied biasless linears, and a gated Mamba norm whose eps is fixed at 1e-5; a multi-token-prediction
+has no expert-group routing (``n_group``), no latent MoE projection, untied embeddings,
+biasless linears, and a gated Mamba norm whose eps is fixed at 1e-5; a multi-token-prediction
 head (``mtp.*``) is dropped with a warning. HF clamps
 ``dt ≥ time_step_min`` in its Mamba mixer; Megatron's training forward does not clamp, so
 :func:`hf_config_from_backbone` writes ``time_step_min=0`` (docs/hf_interop.md).
