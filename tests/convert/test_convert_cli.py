@@ -1,6 +1,8 @@
 """``twotower-convert`` as users run it (``python -m twotower_train.convert.cli`` subprocesses):
 each bad input gives one ``twotower-convert: error: …`` line and exit code 2, and an existing
 output folder (passed with ``--overwrite`` where the defect is elsewhere) stays byte-identical.
+Every case costs a process start (~8 s CPU), so the default suite runs a few and ``-m slow`` the
+rest.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def test_existing_output_needs_overwrite(hub, existing):
     assert snapshot(existing) == before
 
 
+@pytest.mark.slow
 def test_wrong_model_type(hub, tmp_path, existing):
     folder = _copy(hub, tmp_path)
     config = json.loads((folder / "config.json").read_text()) | {"model_type": "llama"}
@@ -103,6 +106,7 @@ def test_missing_tensor_is_named(hub, tmp_path, existing):
     assert snapshot(existing) == before
 
 
+@pytest.mark.slow
 def test_shape_mismatch_names_both_shapes(hub, tmp_path, existing):
     folder = _copy(hub, tmp_path)
     _edit_tensors(folder, lambda t: t.update({"backbone.norm_f.weight": torch.ones(65)}))
