@@ -11,7 +11,9 @@
 4. reloads the final checkpoint and prints continuations of a few prompts with mask diffusion,
    mock-AR and AR, with the tokens committed per denoiser forward (also saved as
    ``runs/demo/samples.txt``);
-5. prints where everything was written. Each stage's run folder holds its report (recipe,
+5. exports the final checkpoint to a Hugging Face folder (``runs/demo/hf/``, tokenizer included)
+   and runs the model card's snippet against it (mask diffusion, mock-AR, AR);
+6. prints where everything was written. Each stage's run folder holds its report (recipe,
    console log, metrics, wandb offline run, summary, loss curve; docs/training.md).
 
 Re-running resumes: finished stages are detected from their checkpoints and skipped.
@@ -96,6 +98,61 @@ def _samples(checkpoint_dir: Path, tokenizer_dir: Path, block_size: int) -> list
     return lines
 
 
+def _export_and_run_card(checkpoint_dir: Path, tokenizer_dir: Path, out: Path) -> None:
+    """Export the final checkpoint (``twotower-convert export-hf``) and run the model card's
+    "Use it with Transformers" code against the folder — as the card writes it, except for the
+    devices: both towers on the CPU when there are no two GPUs."""
+    from twotower_train.convert.checkpoints import export_checkpoint
+
+    start = time.perf_counter()
+    export_checkpoint(checkpoint_dir, out, tokenizer=tokenizer_dir, overwrite=True)
+    print(f"\n[demo] exported {checkpoint_dir} -> {out} in {time.perf_counter() - start:.1f}s")
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)  # the card samples mask diffusion at temperature 0.1
+    two_gpus = torch.cuda.device_count() >= 2
+    context_device, denoiser_device = ("cuda:0", "cuda:1") if two_gpus else ("cpu", "cpu")
+    model_name = str(out)
+    # ---- the card's code ----
+    tokenizer = AutoTokenizer.from_pretrained(model_name)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_name,
+        torch_dtype=torch.bfloat16,
+        trust_remote_code=True,
+    )
+    # AR/context tower -> GPU 0, diffusion/denoiser tower -> GPU 1
+    model.place_towers_on_devices(context_device, denoiser_device)
+    model.eval()
+    prompt = "France is a country "
+    inputs = tokenizer(prompt, return_tensors="pt").to(context_device)
+    outputs = model.generate_mask_diffusion(
+        inputs["input_ids"],
+        max_new_tokens=128,
+        block_size=16,  # tokens generated per block
+        steps_per_block=16,  # denoising iterations per block
+        mask_token_id=3,  # [MASK]
+        temperature=0.1,
+        confidence_threshold=0.8,  # commit positions above this confidence each step
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    print("\n=== card: mask diffusion ===")
+    print(tokenizer.decode(outputs[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+    outputs = model.generate_mock_ar(
+        inputs["input_ids"], max_new_tokens=128, temperature=0.0,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    print("=== card: mock-AR ===")
+    print(tokenizer.decode(outputs[0], skip_special_tokens=True))
+    outputs = model.generate_ar(
+        inputs["input_ids"], max_new_tokens=128, temperature=0.0,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    print("=== card: AR ===")
+    print(tokenizer.decode(outputs[0], skip_special_tokens=True))
+
+
 def main(argv: list[str] | None = None) -> None:
     run_tool("twotower-demo", _main, argv)
 
@@ -141,6 +198,7 @@ def _main(argv: list[str] | None) -> None:
     samples = out / "samples.txt"
     lines = _samples(stage2, Path(data.tokenizer_dir), block_size=16)
     samples.write_text(f"checkpoint: {stage2}\n" + "\n".join(lines) + "\n")
+    _export_and_run_card(stage2, Path(data.tokenizer_dir), out / "hf")
     print(
         f"\n[demo] done in {time.perf_counter() - start:.0f}s\n"
         f"  data + tokenizer : {data_dir}\n"
@@ -148,7 +206,8 @@ def _main(argv: list[str] | None) -> None:
         f"  stage-2 two-tower: {stage2}\n"
         f"  reports          : {stage1.parent}, {stage2.parent} (summary.json, loss_curve.png, "
         "console.log, recipe.yaml, metrics.jsonl, wandb/)\n"
-        f"  samples          : {samples}"
+        f"  samples          : {samples}\n"
+        f"  Hugging Face     : {out / 'hf'}"
     )
     distributed.shutdown()
 

@@ -38,7 +38,7 @@ def test_save_load_round_trip(single_process, tmp_path, max_shard_bytes):
     shards = sorted(set(index["weight_map"].values()))
     assert (len(shards) > 1) == (max_shard_bytes < 5 * 2**30)
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["config.json", "model.safetensors.index.json", *shards]
+        ["config.json", "generation_config.json", "model.safetensors.index.json", *shards]
     )
     loaded_cfg, loaded = load_hf_folder(folder, naming="local")
     assert loaded_cfg == cfg
@@ -73,7 +73,7 @@ def test_overwrite_is_explicit(single_process, tmp_path):
     cfg = parity_config()
     state = _state(random_megatron_model(cfg))
     save_hf_folder(cfg, state, tmp_path / "hf")
-    with pytest.raises(FileExistsError, match="overwrite=True"):
+    with pytest.raises(ConversionError, match="already exists.*overwrite=True"):
         save_hf_folder(cfg, state, tmp_path / "hf")
     save_hf_folder(cfg, state, tmp_path / "hf", overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]
@@ -123,12 +123,21 @@ def test_missing_shard_file(saved):
         load_hf_folder(saved)
 
 
+def _add_tensor(folder, name):
+    shard = folder / "model-00001-of-00001.safetensors"
+    save_file(load_file(shard) | {name: torch.ones(4)}, shard)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    index["weight_map"][name] = shard.name
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
 def test_unexpected_tensor_is_named(saved):
-    shard = saved / "model-00001-of-00001.safetensors"
-    tensors = load_file(shard) | {"mtp.layers.0.norm.weight": torch.ones(4)}
-    save_file(tensors, shard)
-    index = json.loads((saved / "model.safetensors.index.json").read_text())
-    index["weight_map"]["mtp.layers.0.norm.weight"] = shard.name
-    (saved / "model.safetensors.index.json").write_text(json.dumps(index))
-    with pytest.raises(ConversionError, match=r"1 HF tensor\(s\) have no counterpart.*mtp.layers"):
+    _add_tensor(saved, "backbone.layers.0.mixer.extra.weight")
+    with pytest.raises(ConversionError, match=r"1 HF tensor\(s\) have no counterpart.*mixer.extra"):
+        load_hf_folder(saved)
+
+
+def test_mtp_tensors_are_skipped_with_a_warning(saved):
+    _add_tensor(saved, "mtp.layers.0.norm.weight")
+    with pytest.warns(UserWarning, match=r"skipping 1 multi-token-prediction .*mtp.layers.0.norm"):
         load_hf_folder(saved)

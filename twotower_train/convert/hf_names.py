@@ -213,6 +213,20 @@ def checkpoint_layout(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
+def checkpoint_names(names, cfg: BackboneConfig) -> set[str]:
+    """The checkpoint names that tensors called ``names`` (either layout) provide."""
+    out = set()
+    for name in names:
+        if name.startswith("model."):
+            name = "backbone." + name[len("model."):]
+        if name.endswith(_STACKED_EXPERTS):
+            stem, proj = name.rsplit(".", 1)
+            out.update(f"{stem}.{j}.{proj}.weight" for j in range(cfg.num_experts))
+        else:
+            out.add(name)
+    return out
+
+
 def module_layout(
     hf_state: dict[str, torch.Tensor], cfg: BackboneConfig
 ) -> dict[str, torch.Tensor]:
@@ -231,3 +245,17 @@ def module_layout(
             per_expert = [out.pop(f"{stem}.{j}.{proj}.weight") for j in range(cfg.num_experts)]
             out[f"{stem}.{proj}"] = torch.stack(per_expert)
     return out
+
+
+# ---- two-tower prefix rules ---------------------------------------------------------------------
+# Megatron ``TwoTowerModel`` state-dict prefix → {transformers module-name prefix of the backbone
+# (``model.…``, ``lm_head.…``, stacked experts; :func:`module_layout`) → export prefix}. The
+# context tower is the export's own causal LM (``model.``, ``lm_head.``); the denoiser is the
+# plain module ``denoiser`` (its blocks directly under it). adaLN-single copies under its new
+# prefix.
+
+TOWER_PREFIXES: tuple[tuple[str, dict[str, str]], ...] = (
+    ("context_tower.backbone.", {"model.": "model.", "lm_head.": "lm_head."}),
+    ("denoiser.backbone.", {"model.": "denoiser.", "lm_head.": "denoiser.lm_head."}),
+)
+ADALN_PREFIXES: tuple[str, str] = ("denoiser.adaln.", "adaln.")

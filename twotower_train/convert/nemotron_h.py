@@ -15,8 +15,9 @@ Everything here is a pure function of its inputs, driven by the name table in
 
 Semantics that a config cannot carry are checked here and fail with the HF key to change:
 Megatron normalises the top-k sigmoid scores exactly when top-k > 1 (HF: ``norm_topk_prob``),
-has no expert-group routing (``n_group``), no latent MoE projection, no MTP head, untied
-embeddings, biasless linears, and a gated Mamba norm whose eps is fixed at 1e-5. HF clamps
+has no expert-group routing (``n_group``), no latent MoE projection, untied embeddings,
+biasless linears, and a gated Mamba norm whose eps is fixed at 1e-5; a multi-token-prediction
+head (``mtp.*``) is dropped with a warning. HF clamps
 ``dt ≥ time_step_min`` in its Mamba mixer; Megatron's training forward does not clamp, so
 :func:`hf_config_from_backbone` writes ``time_step_min=0`` (docs/hf_interop.md).
 """
@@ -26,25 +27,43 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
-from transformers import NemotronHConfig
+from transformers import GenerationConfig, NemotronHConfig
 
 from twotower_train import backends
-from twotower_train.errors import UserError
+from twotower_train.convert.hf_files import (
+    DEFAULT_SHARD_BYTES,
+    ConversionError,
+    atomic_folder,
+    listing,
+    read_tensors,
+    tensor_files,
+    write_shards,
+)
 from twotower_train.convert.hf_names import (
     HF_LAYER_TYPES,
     TRANSFORMS,
     checkpoint_layout,
+    checkpoint_names,
     resolve,
 )
 from twotower_train.model.config import BackboneConfig
+
+__all__ = [
+    "ConversionError",
+    "backbone_config_from_hf",
+    "hf_config_from_backbone",
+    "hf_config_values",
+    "hf_to_megatron_state",
+    "load_hf_folder",
+    "load_megatron_state",
+    "megatron_to_hf_state",
+    "read_hf_config",
+    "save_hf_folder",
+]
 
 # (BackboneConfig field, NemotronHConfig field): copied as they are in both directions.
 CONFIG_FIELDS: tuple[tuple[str, str], ...] = (
@@ -86,28 +105,28 @@ REQUIRED_HF_VALUES: dict[str, object] = {
     "n_group": 1,
     "topk_group": 1,
     "moe_latent_size": None,
-    "num_nextn_predict_layers": 0,
     "sliding_window": None,
 }
 MEGATRON_GATED_NORM_EPS = 1e-5  # MambaMixer builds its gated RMSNorm with eps=1e-5, always.
-
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-SAFETENSORS_SINGLE = "model.safetensors"
-
-
-class ConversionError(UserError, ValueError):
-    """A checkpoint or config cannot be converted; the message names the file, tensor or key."""
+MTP_PREFIX = "mtp."
+"""Multi-token-prediction head tensors of released checkpoints; the backbone has no MTP head, so
+import skips them (with a warning naming them)."""
 
 
 # ---- configs ------------------------------------------------------------------------------------
 
 
 def backbone_config_from_hf(hf_config: NemotronHConfig | dict, **overrides) -> BackboneConfig:
-    """The backbone config of an HF ``nemotron_h`` config. ``overrides`` set fields HF does not
-    carry (``moe_router_bias_update_rate``, ``moe_token_dispatcher``) or replace any other."""
+    """The backbone config of an HF ``nemotron_h`` config (or of a config class derived from it,
+    such as the two-tower export's). ``overrides`` set fields HF does not carry
+    (``moe_router_bias_update_rate``, ``moe_token_dispatcher``) or replace any other."""
     if isinstance(hf_config, dict):
+        if hf_config.get("model_type", "nemotron_h") != "nemotron_h":
+            raise ConversionError(
+                f"config model_type={hf_config['model_type']!r}; expected 'nemotron_h'"
+            )
         hf_config = NemotronHConfig.from_dict(hf_config)
-    if getattr(hf_config, "model_type", None) != "nemotron_h":
+    if not isinstance(hf_config, NemotronHConfig):
         raise ConversionError(f"config model_type={hf_config.model_type!r}; expected 'nemotron_h'")
     for key, value in REQUIRED_HF_VALUES.items():
         if getattr(hf_config, key, value) != value:
@@ -119,6 +138,12 @@ def backbone_config_from_hf(hf_config: NemotronHConfig | dict, **overrides) -> B
     pattern = "".join(reverse[t] for t in hf_config.layers_block_type)
     _check_routing(pattern, hf_config.num_experts_per_tok, hf_config.norm_topk_prob)
     _check_gated_norm_eps(pattern, hf_config.layer_norm_epsilon, "layer_norm_epsilon")
+    if hf_config.num_nextn_predict_layers:
+        warnings.warn(
+            f"HF config num_nextn_predict_layers={hf_config.num_nextn_predict_layers}: the "
+            "multi-token-prediction head is not part of the Megatron backbone and is dropped",
+            stacklevel=2,
+        )
     if "M" in pattern and hf_config.time_step_min > 0:
         warnings.warn(
             f"HF config time_step_min={hf_config.time_step_min}: transformers clamps the Mamba "
@@ -141,6 +166,12 @@ def hf_config_from_backbone(cfg: BackboneConfig, **overrides) -> NemotronHConfig
     5.x uses ``time_step_min`` also to draw a random ``dt_bias``, so build a random HF model from
     this config only with weight init disabled; ``from_pretrained`` is unaffected.
     """
+    return NemotronHConfig(**hf_config_values(cfg, **overrides))
+
+
+def hf_config_values(cfg: BackboneConfig, **overrides) -> dict:
+    """The keyword arguments of :func:`hf_config_from_backbone`'s config (for config classes
+    derived from ``NemotronHConfig``)."""
     _check_gated_norm_eps(cfg.pattern, cfg.norm_eps, "model.norm_eps")
     values = {theirs: getattr(cfg, ours) for ours, theirs in CONFIG_FIELDS}
     values.update(REQUIRED_HF_VALUES)
@@ -151,10 +182,11 @@ def hf_config_from_backbone(cfg: BackboneConfig, **overrides) -> NemotronHConfig
         n_shared_experts=1,
         time_step_min=0.0,
         time_step_limit=(0.0, math.inf),
+        num_nextn_predict_layers=0,
         architectures=["NemotronHForCausalLM"],
     )
     values.update(overrides)
-    return NemotronHConfig(**values)
+    return values
 
 
 def _check_routing(pattern: str, top_k: int, norm_topk_prob: bool) -> None:
@@ -233,7 +265,15 @@ def _no_leftovers(names: set[str], side: str, cfg: BackboneConfig) -> None:
 
 
 def load_megatron_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """``model.load_state_dict(state)``, strict except for Megatron's ``_extra_state`` entries."""
+    """``model.load_state_dict(state)``, strict except for Megatron's ``_extra_state`` entries;
+    a tensor whose shape differs from the model's (built from the same config) is named."""
+    expected = model.state_dict()
+    for name, tensor in state.items():
+        if name in expected and tuple(expected[name].shape) != tuple(tensor.shape):
+            raise ConversionError(
+                f"tensor {name!r} has shape {tuple(tensor.shape)} but the model built from the "
+                f"config expects {tuple(expected[name].shape)}"
+            )
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
     if missing or result.unexpected_keys:
@@ -246,6 +286,47 @@ def load_megatron_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) 
 # ---- HF folders ---------------------------------------------------------------------------------
 
 
+def read_hf_config(
+    path: Path, config_class: type = NemotronHConfig, architecture: str = "NemotronHForCausalLM",
+    hint: str = "a two-tower export is read by `twotower-convert import-twotower`",
+):
+    """``config.json`` of folder ``path`` as ``config_class``, checking its ``model_type`` and
+    (when it lists any) its ``architectures``; ``hint`` says what to do with another one."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ConversionError(f"{config_file} not found: not a Hugging Face model folder")
+    values = json.loads(config_file.read_text())
+    if values.get("model_type") != config_class.model_type:
+        raise ConversionError(
+            f"{config_file} has model_type={values.get('model_type')!r}; expected "
+            f"{config_class.model_type!r}"
+        )
+    architectures = values.get("architectures") or [architecture]
+    if architecture not in architectures:
+        raise ConversionError(
+            f"{config_file} describes architectures={architectures}; expected {architecture!r} "
+            f"({hint})"
+        )
+    return config_class.from_json_file(config_file)
+
+
+def read_hf_state(path: Path, files: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of folder ``path`` except ``mtp.*`` (skipped with a warning naming them), in
+    either on-disk layout: the Hub's / ``save_pretrained``'s (``backbone.…``, one tensor per
+    expert) or transformers' module layout (``model.…``, stacked experts;
+    ``save_pretrained(save_original_format=False)``)."""
+    files = tensor_files(path) if files is None else files
+    mtp = sorted(name for name in files if name.startswith(MTP_PREFIX))
+    if mtp:
+        shown = ", ".join(mtp[:3]) + (" …" if len(mtp) > 3 else "")
+        warnings.warn(
+            f"{path}: skipping {len(mtp)} multi-token-prediction tensor(s) the backbone has no "
+            f"counterpart for: {shown}",
+            stacklevel=2,
+        )
+    return read_tensors(path, (n for n in files if not n.startswith(MTP_PREFIX)), files)
+
+
 def load_hf_folder(
     path: str | os.PathLike, *, naming: str | None = None, **overrides
 ) -> tuple[BackboneConfig, dict[str, torch.Tensor]]:
@@ -253,45 +334,13 @@ def load_hf_folder(
     ``model.safetensors.index.json``) of an HF ``nemotron_h`` folder → (config, Megatron state).
     ``overrides`` go to :func:`backbone_config_from_hf`."""
     path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ConversionError(f"{config_file} not found: not a Hugging Face model folder")
-    model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type != "nemotron_h":
-        raise ConversionError(f"{config_file} has model_type={model_type!r}; expected 'nemotron_h'")
-    cfg = backbone_config_from_hf(NemotronHConfig.from_json_file(config_file), **overrides)
-    files = _tensor_files(path)
-    listing = SAFETENSORS_INDEX if (path / SAFETENSORS_INDEX).is_file() else SAFETENSORS_SINGLE
+    cfg = backbone_config_from_hf(read_hf_config(path), **overrides)
+    files = tensor_files(path)
+    present = checkpoint_names(files, cfg)
     for name in (name for m in resolve(cfg) for name in m.hf):
-        if name not in files:
-            raise ConversionError(f"tensor {name!r} is missing from {path / listing}")
-    hf_state = {}
-    for file in sorted(set(files.values())):
-        with safe_open(path / file, framework="pt") as f:
-            present = set(f.keys())
-            for name in (n for n, fl in files.items() if fl == file):
-                if name not in present:
-                    raise ConversionError(f"tensor {name!r} is missing from {path / file}")
-                hf_state[name] = f.get_tensor(name)
-    return cfg, hf_to_megatron_state(hf_state, cfg, naming=naming)
-
-
-def _tensor_files(path: Path) -> dict[str, str]:
-    """HF tensor name → the safetensors file (relative to ``path``) that holds it."""
-    index = path / SAFETENSORS_INDEX
-    if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise ConversionError(f"{index} has no 'weight_map'")
-        for file in sorted(set(weight_map.values())):
-            if not (path / file).is_file():
-                raise ConversionError(f"shard {path / file} listed in {index} not found")
-        return weight_map
-    single = path / SAFETENSORS_SINGLE
-    if not single.is_file():
-        raise ConversionError(f"neither {single} nor {index} found")
-    with safe_open(single, framework="pt") as f:
-        return {name: SAFETENSORS_SINGLE for name in f.keys()}
+        if name not in present:
+            raise ConversionError(f"tensor {name!r} is missing from {listing(path)}")
+    return cfg, hf_to_megatron_state(read_hf_state(path, files), cfg, naming=naming)
 
 
 def save_hf_folder(
@@ -299,51 +348,30 @@ def save_hf_folder(
     state: dict[str, torch.Tensor],
     path: str | os.PathLike,
     *,
-    max_shard_bytes: int = 5 * 2**30,
+    tokenizer=None,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     overwrite: bool = False,
 ) -> Path:
-    """Write a Megatron state as an HF ``nemotron_h`` folder: ``config.json``, safetensors shards
-    ``model-0000k-of-0000n.safetensors`` and ``model.safetensors.index.json``. The folder is
-    built in a temporary sibling and renamed into place: a crash never leaves a partial folder
-    at ``path`` (with ``overwrite``, the previous one is moved aside to ``.<name>.old`` first)."""
+    """Write a Megatron state as an HF ``nemotron_h`` folder (the Hub layout, which stock
+    transformers loads): ``config.json``, ``generation_config.json``, safetensors shards
+    ``model-0000k-of-0000n.safetensors``, ``model.safetensors.index.json`` and, if given,
+    ``tokenizer``'s files. The folder appears atomically
+    (:func:`~twotower_train.convert.hf_files.atomic_folder`)."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     hf_state = megatron_to_hf_state(state, cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_folder(path, overwrite=overwrite) as tmp:
         dtype = next(iter(hf_state.values())).dtype
         hf_config_from_backbone(cfg, dtype=str(dtype).removeprefix("torch.")).save_pretrained(tmp)
-        _write_shards(hf_state, tmp, max_shard_bytes)
-        old = path.with_name(f".{path.name}.old") if path.exists() else None
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-        tmp.rename(path)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        generation_config(cfg).save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_shards(hf_state, tmp, max_shard_bytes)
     return path
 
 
-def _write_shards(hf_state: dict[str, torch.Tensor], folder: Path, max_shard_bytes: int) -> None:
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for name, tensor in hf_state.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = tensor.detach().to("cpu").contiguous()  # e.g. from a GPU model
-        size += nbytes
-    weight_map = {}
-    for k, shard in enumerate(shards, start=1):
-        file = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, folder / file, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, file))
-    total = sum(t.numel() * t.element_size() for t in hf_state.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+def generation_config(cfg: BackboneConfig):
+    """``generation_config.json``: the special ids ``generate()`` uses."""
+    return GenerationConfig(
+        bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id
+    )
+

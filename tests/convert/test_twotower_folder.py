@@ -1,0 +1,154 @@
+"""The two-tower export folder: its files, bit-exact round trips, what transformers does with it
+(remote code, stock classes, save_pretrained, pipelines, tokenizer), and its read errors."""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, NemotronHForCausalLM, pipeline
+
+from tests.convert.models import LOGIT_ATOL
+from tests.convert.two_tower_models import export, load_export, random_two_tower
+from twotower_train import distributed, inference
+from twotower_train.convert.hf_export import MODELING_FILES, TEMPLATE_DIR
+from twotower_train.convert.hf_files import ConversionError
+from twotower_train.convert.nemotron_h import save_hf_folder
+from twotower_train.convert.two_tower import code_files, load_twotower_folder, save_twotower_folder
+from twotower_train.model.backbone import forward_logits
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_dir):
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tokenizer):
+    distributed.initialize(seed=0)
+    model = random_two_tower(seed=2)
+    return model, export(model, tmp_path_factory.mktemp("export") / "hf", tokenizer=tokenizer)
+
+
+def _state(model):
+    return {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+
+
+def test_folder_contents(exported):
+    model, folder = exported
+    names = {p.name for p in folder.iterdir()}
+    shipped = [*MODELING_FILES, *(f"{m}.py" for m in inference.PORTABLE_MODULES)]
+    assert names == {
+        "config.json", "generation_config.json", "model-00001-of-00001.safetensors",
+        "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", *shipped,
+    }
+    for file in code_files():  # verbatim copies: one sampler algorithm
+        assert (folder / file.name).read_bytes() == file.read_bytes()
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "nemotron_h"
+    assert config["architectures"] == ["NemotronTwoTowerForCausalLM"]
+    assert config["auto_map"]["AutoModelForCausalLM"].startswith("modeling_nemotron_twotower.")
+    assert (config["block_size"], config["mask_token_id"]) == (8, 3)
+    assert (config["adaln_feature_dim"], config["adaln_hidden_size"]) == (128, 128)
+    assert config["time_step_min"] == 0.0  # no dt clamp: Megatron trains without one
+
+
+def test_shipped_modules_import_only_torch():
+    """The portable modules and the modeling code import torch / transformers / the standard
+    library and each other (relative), nothing of this package: the export is self-contained."""
+    allowed = {"torch", "transformers", *sys.stdlib_module_names}
+    for file in code_files():
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                roots = {node.module.split(".")[0]}
+            else:
+                continue
+            assert roots <= allowed, f"{file.name} imports {roots - allowed}"
+    assert {f.name for f in code_files()} >= {f.name for f in TEMPLATE_DIR.glob("*_nemotron_twotower.py")}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_round_trip_is_bit_exact(exported, tmp_path, dtype):
+    model, _ = exported
+    state = {k: v.to(dtype) for k, v in _state(model).items()}
+    folder = save_twotower_folder(
+        model.cfg, state, tmp_path / "hf", block_size=8, max_shard_bytes=300_000
+    )
+    assert len(list(folder.glob("model-*.safetensors"))) > 1
+    cfg, back, config = load_twotower_folder(folder, naming="local")
+    assert cfg == model.cfg and config.block_size == 8
+    assert back.keys() == state.keys()
+    for name, tensor in state.items():
+        assert back[name].dtype == dtype and torch.equal(back[name], tensor), name
+
+
+def test_save_pretrained_keeps_the_layout(exported, tmp_path):
+    """No transformers name conversion applies: a re-save has our names and values."""
+    _, folder = exported
+    hf = load_export(folder)
+    hf.save_pretrained(tmp_path / "again")
+    ours = load_file(folder / "model-00001-of-00001.safetensors")
+    again = {}
+    for shard in (tmp_path / "again").glob("*.safetensors"):
+        again.update(load_file(shard))
+    assert again.keys() == ours.keys()
+    assert all(torch.equal(again[k], ours[k]) for k in ours)
+
+
+def test_stock_transformers_loads_the_context_tower(exported):
+    """Without trust_remote_code, transformers' own NemotronH loads the context tower (the AR
+    model) from the same folder."""
+    model, folder = exported
+    stock = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert type(stock) is NemotronHForCausalLM
+    tokens = torch.randint(4, 4096, (2, 19), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            stock(input_ids=tokens).logits, forward_logits(model.backbone, tokens),
+            rtol=0, atol=LOGIT_ATOL,
+        )
+
+
+def test_tokenizer_and_pipeline(exported):
+    _, folder = exported
+    tokenizer = AutoTokenizer.from_pretrained(folder)  # the card's call: no remote code needed
+    assert (tokenizer.mask_token_id, tokenizer.eos_token_id) == (3, 2)
+    pipe = pipeline("text-generation", model=str(folder), trust_remote_code=True)
+    out = pipe("the river", max_new_tokens=4, do_sample=False)
+    assert out[0]["generated_text"].startswith("the river")
+
+
+def test_single_tower_folder_is_refused(exported, tmp_path):
+    model, _ = exported
+    folder = save_hf_folder(model.cfg, _state(model.context_tower.backbone), tmp_path / "plain")
+    with pytest.raises(ConversionError, match=r"architectures=\['NemotronHForCausalLM'\].*import-hf"):
+        load_twotower_folder(folder)
+
+
+def _edit_shard(folder: Path, edit) -> None:
+    shard = folder / "model-00001-of-00001.safetensors"
+    tensors = load_file(shard)
+    edit(tensors)
+    save_file(tensors, shard)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    index["weight_map"] = dict.fromkeys(tensors, shard.name)
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def test_missing_and_unexpected_tensors_are_named(exported, tmp_path):
+    model, _ = exported
+    folder = export(model, tmp_path / "hf")
+    _edit_shard(folder, lambda t: t.pop("denoiser.layers.1.mixer.k_proj.weight"))
+    with pytest.raises(ConversionError, match=r"'denoiser.layers.1.mixer.k_proj.weight' is missing"):
+        load_twotower_folder(folder)
+    folder = export(model, tmp_path / "hf", overwrite=True)
+    _edit_shard(folder, lambda t: t.update({"adaln.extra": torch.ones(2)}))
+    with pytest.raises(ConversionError, match=r"1 tensor\(s\) .* no counterpart.*adaln.extra"):
+        load_twotower_folder(folder)
+

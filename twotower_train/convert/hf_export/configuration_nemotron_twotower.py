@@ -1,0 +1,24 @@
+"""Configuration of a Nemotron-TwoTower export.
+
+Written into every export folder by ``twotower-convert export-hf``; imports only transformers.
+The backbone fields are ``NemotronHConfig``'s (both towers are the same Nemotron-H stack), and so
+is ``model_type``: ``nemotron_h``, as NVIDIA's remote-code Nemotron-H folders do. Tokenizers and
+configs then load without remote code, and stock transformers without ``trust_remote_code``
+loads the folder's context tower as a plain ``NemotronHForCausalLM`` (the AR model);
+``architectures`` and ``auto_map`` name the two-tower classes. The fields below are the
+two-tower additions; transformers ≥ 5 turns annotated class attributes into config fields
+(``PreTrainedConfig.__init_subclass__``).
+"""
+
+from transformers.models.nemotron_h.configuration_nemotron_h import NemotronHConfig
+
+
+class NemotronTwoTowerConfig(NemotronHConfig):
+    block_size: int = 16
+    """Default sampling block size S of ``generate_mask_diffusion`` (the released model: 16)."""
+    mask_token_id: int = 3
+    """The diffusion [MASK] id the denoiser was trained with."""
+    adaln_feature_dim: int = 128
+    """Sinusoidal time features fed to the adaLN-single MLP."""
+    adaln_hidden_size: int = 128
+    """Hidden width of the adaLN-single MLP (its output is 3 × hidden_size)."""

@@ -1,0 +1,309 @@
+"""Nemotron-TwoTower for transformers (``trust_remote_code``): a frozen causal context tower and
+a denoiser tower over the Nemotron-H hybrid Mamba-2 / attention / MoE backbone.
+
+Written into the export folder by ``twotower-convert export-hf``, next to verbatim copies of the
+training repository's samplers (``cache.py``, ``sampling.py``, ``samplers.py``, … — they import
+only torch). This file implements the small interface those samplers drive (``prefill``,
+``advance``, ``denoise_block``; full-vocabulary logits) on transformers' own ``nemotron_h``
+modules (the stateful mixer forwards are in ``mixers_nemotron_twotower.py``), so the export and
+Megatron decode with one algorithm.
+
+What each tower computes (the model card; DESIGN.md §2 of the training repository):
+
+* context tower (``self.model`` + ``self.lm_head``, a stock ``NemotronHForCausalLM``): causal
+  over the clean tokens; exposes per attention layer K/V of every position and per Mamba layer
+  the conv / SSM states after the last position. ``forward()`` is its causal-LM forward, so
+  ``generate()``, ``pipeline("text-generation")`` and log-likelihood scoring use it unchanged.
+* denoiser tower (``self.denoiser``: the same blocks, norm and head; its own weights; a plain
+  module, so no transformers checkpoint renaming ever applies to it): one block of S noisy
+  tokens right after the context; attention layer i attends to context layer i's K/V (positions
+  before the block) and bidirectionally inside the block; Mamba layer i starts from context
+  layer i's states; every layer is modulated by adaLN-single (``self.adaln``) with the
+  diffusion time t:  ``x = x + (1 + gate) · mixer(norm(x) · (1 + scale) + shift)``.
+
+Layouts: hidden states (b, s, d); the caches as ``cache.py`` describes them.
+"""
+
+import math
+
+import torch
+from torch import nn
+from transformers.models.nemotron_h.modeling_nemotron_h import (
+    NemotronHBlock,
+    NemotronHForCausalLM,
+    NemotronHRMSNorm,
+)
+
+from .cache import ContextCache, ContextOutput
+from .configuration_nemotron_twotower import NemotronTwoTowerConfig
+from .mixers_nemotron_twotower import (
+    attention_out,
+    attention_qkv,
+    block_attention,
+    causal_attention,
+    mamba_mixer,
+)
+from .samplers import (
+    ARConfig,
+    MaskDiffusionConfig,
+    MockARConfig,
+    generate_ar,
+    generate_mask_diffusion,
+    generate_mock_ar,
+)
+from .sampling import TokenChoice
+
+MAMBA, ATTENTION = "linear_attention", "full_attention"
+
+
+# ---- adaLN-single time conditioning ------------------------------------------------------------
+
+
+def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal features of t ∈ [0, 1] (scaled by 1000 like DDPM steps) → (..., dim)."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    )  # (half,)
+    angles = (t.float() * 1000.0).unsqueeze(-1) * freqs  # (..., half)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+class AdaLNSingle(nn.Module):
+    """t → features → one global MLP → 3·d; layer i adds its own table → (shift, scale, gate)."""
+
+    def __init__(self, config: NemotronTwoTowerConfig):
+        super().__init__()
+        self.feature_dim = config.adaln_feature_dim
+        d = config.hidden_size
+        self.mlp = nn.Sequential(
+            nn.Linear(config.adaln_feature_dim, config.adaln_hidden_size),
+            nn.SiLU(),
+            nn.Linear(config.adaln_hidden_size, 3 * d),
+        )
+        self.tables = nn.Parameter(torch.zeros(config.num_hidden_layers, 3 * d))
+
+    def forward(self, t_tokens: torch.Tensor) -> torch.Tensor:
+        """t per token (b, s) → the shared base modulation (b, s, 3d)."""
+        return self.mlp(timestep_features(t_tokens, self.feature_dim).to(self.tables.dtype))
+
+    def modulation(self, base: torch.Tensor, layer: int) -> tuple[torch.Tensor, ...]:
+        """(shift, scale, gate) of one layer, each (b, s, d)."""
+        return (base + self.tables[layer]).chunk(3, dim=-1)
+
+
+# ---- the model ---------------------------------------------------------------------------------
+
+
+class NemotronTwoTowerDenoiser(nn.Module):
+    """The denoiser tower's weights: a Nemotron-H stack of transformers' ``NemotronHBlock`` s with
+    its final norm and LM head (run by :meth:`NemotronTwoTowerForCausalLM.denoise_block`)."""
+
+    def __init__(self, config: NemotronTwoTowerConfig):
+        super().__init__()
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(
+            [NemotronHBlock(config, layer_idx=i) for i in range(config.num_hidden_layers)]
+        )
+        self.norm_f = NemotronHRMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+
+
+class NemotronTwoTowerForCausalLM(NemotronHForCausalLM):
+    """Both towers and adaLN-single; the card's ``place_towers_on_devices`` and
+    ``generate_mask_diffusion`` / ``generate_mock_ar`` / ``generate_ar``.
+
+    ``self.model`` / ``self.lm_head`` are the context tower (what ``forward()`` runs),
+    ``self.denoiser`` is the denoiser tower, ``self.adaln`` its time conditioning. ``.to()`` / ``.cuda()`` move both towers (AR-only use on one device).
+    """
+
+    config_class = NemotronTwoTowerConfig
+
+    def __init__(self, config: NemotronTwoTowerConfig):
+        super().__init__(config)
+        self.denoiser = NemotronTwoTowerDenoiser(config)
+        self.adaln = AdaLNSingle(config)
+        self.post_init()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, AdaLNSingle):  # zero-initialised: the denoiser starts as the backbone
+            nn.init.zeros_(module.tables)
+            nn.init.zeros_(module.mlp[2].weight)
+            nn.init.zeros_(module.mlp[2].bias)
+
+    # --- devices --------------------------------------------------------------------------------
+
+    def place_towers_on_devices(self, context_device, denoiser_device):
+        """Context tower on ``context_device``, denoiser + adaLN on ``denoiser_device``; the
+        samplers move the caches and tokens between them."""
+        self.model.to(context_device)
+        self.lm_head.to(context_device)
+        self.denoiser.to(denoiser_device)
+        self.adaln.to(denoiser_device)
+        return self
+
+    @property
+    def context_device(self) -> torch.device:
+        return self.model.embeddings.weight.device
+
+    @property
+    def denoiser_device(self) -> torch.device:
+        return self.denoiser.embeddings.weight.device
+
+    # --- the samplers' interface (cache.DecodingModel) ------------------------------------------
+
+    @torch.no_grad()
+    def prefill(self, tokens, valid=None, logits="last") -> ContextOutput:
+        """Context caches for left-padded prompts (b, P); ``valid`` (b, P) marks real tokens."""
+        return self._context(tokens, ContextCache(), valid, logits, position_states=False)
+
+    @torch.no_grad()
+    def advance(self, cache, tokens, logits="last", position_states=False) -> ContextOutput:
+        """Extend the context caches over committed tokens (b, s); with ``position_states`` also
+        the Mamba states after each of the s positions ((b, s, …) per layer)."""
+        return self._context(tokens, cache, None, logits, position_states)
+
+    def _context(self, tokens, cache, valid, logits, position_states) -> ContextOutput:
+        if valid is None:
+            valid = torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device)
+        past = cache.valid if cache.valid is not None else valid[:, :0]
+        new = ContextCache(valid=torch.cat([past, valid], dim=1))  # (b, P + s)
+        padded = not bool(new.valid.all())  # unmasked fast paths unless some position is padding
+        key_valid, valid = (new.valid, valid) if padded else (None, None)
+        out = ContextOutput(cache=new, logits=None)
+        hidden = self.model.embeddings(tokens)  # (b, s, d)
+        for i, block in enumerate(self.model.layers):
+            normed = block.norm(hidden)
+            if block.block_type == MAMBA:
+                mixed, new.mamba[i], per_position = mamba_mixer(
+                    block.mixer, normed, cache.mamba.get(i), valid, position_states
+                )
+                if per_position is not None:
+                    out.position_states[i] = per_position
+            elif block.block_type == ATTENTION:
+                q, k, v = attention_qkv(block.mixer, normed)
+                if i in cache.keys:  # (b, kv, P + s, hd): cached keys, then the new ones
+                    k = torch.cat([cache.keys[i], k], dim=2)
+                    v = torch.cat([cache.values[i], v], dim=2)
+                new.keys[i], new.values[i] = k, v
+                mixed = attention_out(block.mixer, causal_attention(q, k, v, key_valid))
+            else:
+                mixed = block.mixer(normed)
+            hidden = hidden + mixed
+        if logits == "all":
+            out.logits = self.lm_head(self.model.norm_f(hidden)).float()  # (b, s, V)
+        elif logits == "last":
+            out.logits = self.lm_head(self.model.norm_f(hidden[:, -1:])).float()  # (b, 1, V)
+        elif logits != "none":
+            raise ValueError(f"logits={logits!r}; use 'all', 'last' or 'none'")
+        return out
+
+    @torch.no_grad()
+    def denoise_block(self, cache, block_tokens, t, *, causal_in_block=False) -> torch.Tensor:
+        """Denoiser logits (b, S, V) for the block of S tokens right after ``cache`` (an empty
+        cache: the first block of a sequence) at diffusion time ``t`` (b,)."""
+        tower = self.denoiser
+        t_tokens = t.reshape(-1, 1).expand_as(block_tokens).float()  # (b, S)
+        base = self.adaln(t_tokens)  # (b, S, 3d)
+        hidden = tower.embeddings(block_tokens)  # (b, S, d)
+        for i, block in enumerate(tower.layers):
+            shift, scale, gate = self.adaln.modulation(base, i)
+            normed = block.norm(hidden) * (1 + scale) + shift
+            if block.block_type == MAMBA:
+                mixed, _, _ = mamba_mixer(block.mixer, normed, cache.mamba.get(i))
+            elif block.block_type == ATTENTION:
+                q, k, v = attention_qkv(block.mixer, normed)
+                attended = block_attention(q, k, v, cache, i, causal_in_block)
+                mixed = attention_out(block.mixer, attended)
+            else:
+                mixed = block.mixer(normed)
+            hidden = hidden + (1 + gate) * mixed
+        return tower.lm_head(tower.norm_f(hidden)).float()
+
+    # --- the model card's generation API ----------------------------------------------------------
+    # Thin wrappers: (b, P) ids + left-padding attention_mask → one of the shared samplers →
+    # (b, P + new) ids like generate(), rows that stopped early padded with pad_token_id.
+
+    def generate_mask_diffusion(
+        self, input_ids, max_new_tokens=128, block_size=None, steps_per_block=None,
+        mask_token_id=None, temperature=0.0, confidence_threshold=0.8, eos_token_id=None,
+        attention_mask=None, top_k=None, top_p=None, pad_token_id=None, generator=None,
+    ) -> torch.LongTensor:
+        """Block-wise mask diffusion with confidence unmasking (the card's default mode)."""
+        block_size = block_size or self.config.block_size
+        return self._run_sampler(
+            generate_mask_diffusion, MaskDiffusionConfig, input_ids, attention_mask,
+            temperature, top_k, top_p, eos_token_id, pad_token_id, generator,
+            max_new_tokens=max_new_tokens, block_size=block_size,
+            steps_per_block=steps_per_block or block_size,
+            mask_token_id=self._mask_id(mask_token_id),
+            confidence_threshold=confidence_threshold,
+        )
+
+    def generate_mock_ar(
+        self, input_ids, max_new_tokens=128, temperature=0.0, eos_token_id=None,
+        attention_mask=None, mask_token_id=None, top_k=None, top_p=None, pad_token_id=None,
+        generator=None,
+    ) -> torch.LongTensor:
+        """Two-tower AR: the denoiser predicts one [MASK] after the context, token by token."""
+        return self._run_sampler(
+            generate_mock_ar, MockARConfig, input_ids, attention_mask,
+            temperature, top_k, top_p, eos_token_id, pad_token_id, generator,
+            max_new_tokens=max_new_tokens, mask_token_id=self._mask_id(mask_token_id),
+        )
+
+    def generate_ar(
+        self, input_ids, max_new_tokens=128, temperature=0.0, eos_token_id=None,
+        attention_mask=None, top_k=None, top_p=None, pad_token_id=None, generator=None,
+    ) -> torch.LongTensor:
+        """Standard cached AR decoding with the context tower alone."""
+        return self._run_sampler(
+            generate_ar, ARConfig, input_ids, attention_mask,
+            temperature, top_k, top_p, eos_token_id, pad_token_id, generator,
+            max_new_tokens=max_new_tokens,
+        )
+
+    def _mask_id(self, mask_token_id):
+        return self.config.mask_token_id if mask_token_id is None else mask_token_id
+
+    def _run_sampler(
+        self, sampler, config_class, input_ids, attention_mask, temperature, top_k, top_p,
+        eos_token_id, pad_token_id, generator, **options,
+    ) -> torch.LongTensor:
+        """``eos_token_id`` / ``pad_token_id`` default to the config's; ``temperature`` 0 is
+        greedy; ``generator`` seeds sampling."""
+        if eos_token_id is None:
+            eos_token_id = self.config.eos_token_id
+        if isinstance(eos_token_id, (list, tuple)):
+            eos_token_id = eos_token_id[0]
+        if pad_token_id is None:
+            pad_token_id = self.config.pad_token_id
+        config = config_class(
+            choice=TokenChoice(temperature=temperature, top_k=top_k, top_p=top_p),
+            eos_token_id=eos_token_id, pad_token_id=pad_token_id, **options,
+        )
+        out = sampler(self, prompts_of(input_ids, attention_mask), config, generator=generator)
+        width = max(len(row) for row in out.tokens)
+        new = torch.full(
+            (len(out.tokens), width), pad_token_id, dtype=torch.long, device=input_ids.device
+        )  # (b, longest continuation)
+        for row, tokens in enumerate(out.tokens):
+            new[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        return torch.cat([input_ids, new], dim=1)  # (b, P + new)
+
+
+def prompts_of(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[list[int]]:
+    """Left-padded ids (b, P) and their attention mask → the token list of each prompt."""
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+    if attention_mask is None:
+        return input_ids.tolist()
+    mask = attention_mask.to(torch.bool)
+    if bool((mask[:, :-1] & ~mask[:, 1:]).any()):
+        raise ValueError(
+            "attention_mask has padding after a real token; pad prompts on the left "
+            "(tokenizer.padding_side = 'left')"
+        )
+    return [row[keep].tolist() for row, keep in zip(input_ids, mask)]

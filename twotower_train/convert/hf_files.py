@@ -1,0 +1,137 @@
+"""Files of a Hugging Face model folder: safetensors shards + index, read and written with tqdm
+progress, and output folders that appear atomically.
+
+Progress bars go to stderr on a terminal only (``tqdm(disable=None)``), so a command whose
+stderr is captured prints nothing but its one error line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from twotower_train.errors import UserError
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SAFETENSORS_SINGLE = "model.safetensors"
+DEFAULT_SHARD_BYTES = 5 * 2**30
+
+
+class ConversionError(UserError, ValueError):
+    """A checkpoint or config cannot be converted; the message names the file, tensor or key."""
+
+
+def tensor_files(path: Path) -> dict[str, str]:
+    """Tensor name → the safetensors file (relative to ``path``) that holds it."""
+    index = path / SAFETENSORS_INDEX
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ConversionError(f"{index} has no 'weight_map'")
+        for file in sorted(set(weight_map.values())):
+            if not (path / file).is_file():
+                raise ConversionError(f"shard {path / file} listed in {index} not found")
+        return weight_map
+    single = path / SAFETENSORS_SINGLE
+    if not single.is_file():
+        raise ConversionError(f"neither {single} nor {index} found")
+    with safe_open(single, framework="pt") as f:
+        return {name: SAFETENSORS_SINGLE for name in f.keys()}
+
+
+def listing(path: Path) -> Path:
+    """The file that lists the folder's tensors (for error messages)."""
+    index = path / SAFETENSORS_INDEX
+    return index if index.is_file() else path / SAFETENSORS_SINGLE
+
+
+def read_tensors(path: Path, names: Iterable[str], files: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Read ``names`` (each listed in ``files``) from the shards of ``path``."""
+    wanted = sorted(names, key=lambda n: (files[n], n))
+    out = {}
+    with tqdm(total=len(wanted), desc=f"reading {path.name}", unit="tensor", disable=None) as bar:
+        for file in sorted({files[n] for n in wanted}):
+            with safe_open(path / file, framework="pt") as f:
+                present = set(f.keys())
+                for name in (n for n in wanted if files[n] == file):
+                    if name not in present:
+                        raise ConversionError(f"tensor {name!r} is missing from {path / file}")
+                    out[name] = f.get_tensor(name)
+                    bar.update()
+    return out
+
+
+def write_shards(
+    tensors: dict[str, torch.Tensor], folder: Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES
+) -> None:
+    """``model-0000k-of-0000n.safetensors`` shards of at most ``max_shard_bytes`` (a larger
+    tensor gets a shard of its own) and ``model.safetensors.index.json``, always."""
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor.detach().to("cpu").contiguous()  # e.g. from a GPU model
+        size += nbytes
+    weight_map = {}
+    for k, shard in enumerate(tqdm(shards, desc="writing shards", unit="shard", disable=None), 1):
+        file = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, folder / file, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, file))
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def check_output(path: Path, overwrite: bool) -> None:
+    """An existing output is only ever replaced on request."""
+    if path.exists() and not overwrite:
+        raise ConversionError(
+            f"output folder {path} already exists; choose another one or pass --overwrite "
+            "(overwrite=True) to replace it"
+        )
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty sibling folder ``.<name>.partial`` to fill; on success it becomes ``path``.
+
+    A crash or error never leaves a partial folder at ``path`` (and removes the sibling). With
+    ``overwrite`` an existing ``path`` is first moved aside to ``.<name>.old``, then removed; a
+    crash in between leaves it there to recover. The sibling's name is fixed, so every rank of a
+    distributed job can write into it.
+    """
+    path = Path(path)
+    check_output(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)  # leftover of a crashed run
+    tmp.mkdir()
+    try:
+        yield tmp
+        publish(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def publish(tmp: Path, path: Path) -> None:
+    """Rename the finished ``tmp`` to ``path``, replacing what is there."""
+    old = path.with_name(f".{path.name}.old") if path.exists() else None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+    tmp.rename(path)
+    if old is not None:
+        shutil.rmtree(old)
