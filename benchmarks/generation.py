@@ -220,7 +220,10 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         loaded = load_for_decoding(args.model)
         lines = Path(args.prompts).read_text(encoding="utf-8").splitlines()
-        prompts = [loaded.tokenizer(l, add_special_tokens=False)["input_ids"] for l in lines if l.strip()]
+        prompts = [
+            loaded.tokenizer(line, add_special_tokens=False)["input_ids"]
+            for line in lines if line.strip()
+        ]
     report = measure(args, loaded, prompts)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -91,7 +91,8 @@ def test_local_tasks_through_simple_evaluate(lm, tasks, two_tower_checkpoint):
         scores = []
         for choice in doc["choices"]:
             ctx, cont = lm._encode_pair(doc["question"], choice)
-            logits = forward_logits(lm.model.backbone, torch.tensor([ctx + cont]))[0].log_softmax(-1)
+            seq = torch.tensor([ctx + cont])
+            logits = forward_logits(lm.model.backbone, seq)[0].log_softmax(-1)
             rows = logits[len(ctx) - 1 : -1]
             scores.append(float(rows.gather(-1, torch.tensor(cont).unsqueeze(-1)).sum()))
         correct += int(max(range(len(scores)), key=scores.__getitem__) == doc["answer"])

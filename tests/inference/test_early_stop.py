@@ -59,7 +59,8 @@ def test_block_stops_once_every_row_is_settled(model):
     tokens = [[20, 21, EOS, 23, 24, 25, 26, 27], list(range(30, 38))]
     rank = [[6, 5, 7, 4, 3, 2, 1, 0], [7, 6, 5, 4, 3, 2, 1, 0]]
     scripted = ScriptedDenoiser(model, tokens, rank)
-    out = generate_mask_diffusion(scripted, PROMPTS, _floor_only(max_new_tokens=16, eos_token_id=EOS))
+    config = _floor_only(max_new_tokens=16, eos_token_id=EOS)
+    out = generate_mask_diffusion(scripted, PROMPTS, config)
     assert out.tokens == [[20, 21, EOS], list(range(30, 38)) * 2]
     assert scripted.calls == out.denoiser_forwards == 16  # row 1: two blocks of 8 steps
     assert out.row_denoiser_forwards == 3 + 16  # row 0 is charged its 3 forwards only

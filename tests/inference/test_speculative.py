@@ -40,7 +40,8 @@ class OracleDrafter:
     """``model`` with a denoiser that drafts the known AR continuation, wrong at random."""
 
     def __init__(self, model, prompts, continuation, wrong: float, seed: int):
-        self.model, self.prompt_lengths, self.continuation = model, [len(p) for p in prompts], continuation
+        self.model, self.continuation = model, continuation
+        self.prompt_lengths = [len(p) for p in prompts]
         self.wrong, self.gen = wrong, torch.Generator().manual_seed(seed)
         self.context_device = self.denoiser_device = model.context_device
         self.prefill, self.advance = model.prefill, model.advance
@@ -56,7 +57,8 @@ class OracleDrafter:
                 truth = self.continuation[r]
                 token = truth[index] if index < len(truth) else 5
                 if torch.rand((), generator=self.gen) < self.wrong:
-                    token = (token + 1 + int(torch.randint(vocab - 5, (), generator=self.gen))) % vocab
+                    shift = 1 + int(torch.randint(vocab - 5, (), generator=self.gen))
+                    token = (token + shift) % vocab
                     token = token if token != MASK else MASK + 1
                 logits[r, j, token] = 10.0
         return logits

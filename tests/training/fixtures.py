@@ -86,7 +86,8 @@ def two_tower_checkpoint(data_root, tmp_path_factory) -> Path:
     ])
     assert run(stage1) == "finished"
     stage2 = load_config("demo_twotower", [
-        *base, f"output_dir={root / 'stage2'}", f"objective.backbone_checkpoint={stage1.checkpoint.dir}",
+        *base, f"output_dir={root / 'stage2'}",
+        f"objective.backbone_checkpoint={stage1.checkpoint.dir}",
         *[f"curriculum.phases.{i}.steps=2" for i in range(3)],
         *[f"curriculum.phases.{i}.lr.warmup_steps=0" for i in range(3)],
     ])

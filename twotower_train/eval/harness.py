@@ -95,7 +95,9 @@ class TwoTowerLM(TemplateLM):
     def max_length(self) -> int:
         return self._max_length
 
-    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+    def tok_encode(
+        self, string: str, add_special_tokens: bool | None = None, **kwargs
+    ) -> list[int]:
         return self.tokenizer(string, add_special_tokens=bool(add_special_tokens))["input_ids"]
 
     def tok_decode(self, tokens: list[int]) -> str:

@@ -64,6 +64,8 @@ class LoadedModel:
     pad_token_id: int
     max_length: int
     """Longest sequence (prompt + generation) the model was built for."""
+    train_config: TrainConfig | None = None
+    """The recipe a trainer checkpoint was trained with (None for an export)."""
 
     def sampler_ids(self) -> dict[str, int]:
         """The id knobs every generation mode takes (``mask_token_id`` where it applies)."""
@@ -94,13 +96,14 @@ def load_for_decoding(path: str | Path, tokenizer: str | Path | None = None) -> 
             raise UserError(f"{path} names no tokenizer (data.tokenizer); pass one explicitly")
         ids, max_length = cfg.model, cfg.model.max_sequence_length
         tokenizer = load_tokenizer(tokenizer or cfg.data.tokenizer, expected=None)
+        train_config = cfg
     elif (path / "config.json").is_file():
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(
             str(path), trust_remote_code=True, local_files_only=True
         ).eval()
-        ids = model.config
+        ids, train_config = model.config, None
         max_length = ids.max_position_embeddings
         tokenizer = load_tokenizer(tokenizer or path, expected=None)
     else:
@@ -112,4 +115,5 @@ def load_for_decoding(path: str | Path, tokenizer: str | Path | None = None) -> 
     return LoadedModel(
         model=model, tokenizer=tokenizer, eos_token_id=ids.eos_token_id,
         mask_token_id=ids.mask_token_id, pad_token_id=ids.pad_token_id, max_length=max_length,
+        train_config=train_config,
     )

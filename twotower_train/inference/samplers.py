@@ -1,17 +1,18 @@
 """The three generation modes of the model card (DESIGN.md §5), on token ids only.
 
 * :func:`generate_mask_diffusion` — block-wise confidence unmasking with the denoiser;
-* :func:`generate_mock_ar` — one masked position at a time, predicted by the denoiser;
+* :func:`generate_mock_ar` — one next token at a time, predicted by the denoiser from an
+  all-[MASK] query block;
 * :func:`generate_ar` — the context tower alone, standard cached decoding.
 
-They drive any model with the incremental interface of :mod:`.cache` (``prefill``,
-``denoise_block``, ``advance``; full-vocabulary logits): the Megatron
-:class:`~twotower_train.model.two_tower.TwoTowerModel` and the Hugging Face export, which ships
-a verbatim copy of this module (it imports only ``torch`` and its siblings). Prompts of different lengths
-are left-padded into one batch. Each returns a :class:`Generation` with the new tokens and the
-statistic the card reports: tokens committed per denoiser forward. An ``on_commit`` callback
-sees every committed block as it lands (streaming; it can also end a row, e.g. at a stop
-sequence).
+(:mod:`.speculative` adds self-speculative decoding on the same pieces.) They drive any model
+with the incremental interface of :mod:`.cache` (``prefill``, ``denoise_block``, ``advance``;
+full-vocabulary logits): the Megatron :class:`~twotower_train.model.two_tower.TwoTowerModel` and
+the Hugging Face export, which ships a verbatim copy of this module (it imports only ``torch``
+and its siblings). Prompts of different lengths are left-padded into one batch. Each returns a
+:class:`Generation` with the new tokens and what they cost (tokens per denoiser forward is the
+card's figure). An ``on_commit`` callback sees every committed block as it lands (streaming; it
+can also end a row, e.g. at a stop sequence).
 
 Example (CPU, untrained tiny model — the tokens are noise, the mechanics are real)::
 
@@ -22,7 +23,8 @@ Example (CPU, untrained tiny model — the tokens are noise, the mechanics are r
     from twotower_train.inference.samplers import MaskDiffusionConfig, generate_mask_diffusion
     distributed.initialize(seed=0)
     model = TwoTowerModel.build(preset("tiny")).eval()
-    out = generate_mask_diffusion(model, [[5, 6, 7], [8, 9]], MaskDiffusionConfig(max_new_tokens=16))
+    config = MaskDiffusionConfig(max_new_tokens=16)
+    out = generate_mask_diffusion(model, [[5, 6, 7], [8, 9]], config)
     print(out.tokens, out.tokens_per_forward)
 """
 
@@ -128,7 +130,8 @@ class Generation:
     def tokens_per_forward(self) -> float:
         """Generated tokens per denoiser forward of a row: 1.0 for mock-AR, up to S for mask
         diffusion (the card's "tokens / step")."""
-        return self.generated / self.row_denoiser_forwards if self.row_denoiser_forwards else math.nan
+        forwards = self.row_denoiser_forwards
+        return self.generated / forwards if forwards else math.nan
 
     @property
     def tokens_per_context_forward(self) -> float:
@@ -298,7 +301,9 @@ def generate_mock_ar(
         logits = model.denoise_block(cache.to(device), masked, t)[:, :1]  # (b, 1, V)
         stats.denoiser_forwards += 1
         stats.row_denoiser_forwards += out.active
-        new, _ = choose_tokens(logits, config.choice, forbid=config.mask_token_id, generator=generator)
+        new, _ = choose_tokens(
+            logits, config.choice, forbid=config.mask_token_id, generator=generator
+        )
         out.extend(new.tolist())
         if out.finished:
             break
