@@ -4,8 +4,9 @@ For AR, mock-AR, mask diffusion at γ ∈ {0.5, 0.7, 0.8, 0.9, 0.95} (S = 16, 16
 and speculative decoding, one run measures (DESIGN.md §8):
 
 * tokens/s (wall) at batch 1 and batch 8 — modes interleaved per repeat, median over repeats;
-* forwards per generated token (context + denoiser forwards of a row; docs/inference.md) and
-  tokens per denoiser forward;
+* forwards per generated token (context + denoiser forwards of a row; docs/inference.md),
+  tokens per context forward and per denoiser forward, and for speculative decoding the
+  accepted draft tokens per verification forward;
 * agreement with AR greedy: prompts whose whole continuation equals AR's, and the fraction of
   AR's tokens matched position by position;
 * the AR (context) tower's mean NLL per token of each mode's continuation — a quality proxy.
@@ -99,7 +100,7 @@ def _modes(args, loaded: LoadedModel) -> dict[str, tuple[str, dict]]:
 
 def _run(loaded, prompts, mode, config, batch):
     """(generations per prompt, combined statistics, seconds) for prompts in batches."""
-    tokens, stats = [], {"context": 0, "denoiser": 0, "generated": 0}
+    tokens, stats = [], {"context": 0, "denoiser": 0, "generated": 0, "accepted": 0, "verify": 0}
     start = time.perf_counter()
     for first in range(0, len(prompts), batch):
         out = modes.generate(loaded.model, prompts[first : first + batch], mode, config)
@@ -107,6 +108,8 @@ def _run(loaded, prompts, mode, config, batch):
         stats["context"] += out.row_context_forwards
         stats["denoiser"] += out.row_denoiser_forwards
         stats["generated"] += out.generated
+        stats["accepted"] += getattr(out, "accepted", 0)  # speculative only
+        stats["verify"] += getattr(out, "verify_forwards", 0)
     return tokens, stats, time.perf_counter() - start
 
 
@@ -151,6 +154,10 @@ def measure(args, loaded, prompts) -> dict:
                / statistics.median(seconds[name, b]) for b in batches},
             "forwards_per_token": forwards / stats["generated"],
             "tokens_per_forward": stats["generated"] / forwards,
+            "tokens_per_context_forward": stats["generated"] / stats["context"],
+            "accepted_per_verify": (
+                stats["accepted"] / stats["verify"] if stats["verify"] else None
+            ),
             "tokens_per_denoiser_forward": (
                 stats["generated"] / stats["denoiser"] if stats["denoiser"] else None
             ),
@@ -171,14 +178,18 @@ def measure(args, loaded, prompts) -> dict:
 def table(report: dict) -> str:
     batches = report["batch_sizes"]
     head = (f"{'mode':<20}" + "".join(f"{f'tok/s b{b}':>10}" for b in batches)
-            + f"{'fwd/tok':>9}{'tok/den':>9}{'exact':>7}{'agree':>7}{'AR NLL':>8}")
+            + f"{'fwd/tok':>9}{'tok/ctx':>9}{'tok/den':>9}{'exact':>7}{'agree':>7}{'AR NLL':>8}"
+            f"{'acc/ver':>9}")
     lines = [head, "-" * len(head)]
     for r in report["results"]:
         per_den = r["tokens_per_denoiser_forward"]
         lines.append(
             f"{r['name']:<20}" + "".join(f"{r[f'tokens_per_s_batch{b}']:>10.1f}" for b in batches)
-            + f"{r['forwards_per_token']:>9.2f}" + (f"{per_den:>9.2f}" if per_den else f"{'-':>9}")
+            + f"{r['forwards_per_token']:>9.2f}{r['tokens_per_context_forward']:>9.2f}"
+            + (f"{per_den:>9.2f}" if per_den else f"{'-':>9}")
             + f"{r['exact_match_ar']:>7.2f}{r['token_agreement_ar']:>7.2f}{r['ar_nll']:>8.3f}"
+            + (f"{r['accepted_per_verify']:>9.2f}" if r["accepted_per_verify"] is not None
+               else f"{'-':>9}")
         )
     return "\n".join(lines)
 

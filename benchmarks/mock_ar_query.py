@@ -58,18 +58,28 @@ def main(argv: list[str] | None = None) -> dict:
         )
     report = {"model": args.model, "sequences": len(sequences), "positions": positions,
               "results": {}}
+    logprobs = {}
     for name, score in scorers.items():
         scores = []
         for pos in positions:  # every sequence at one position: equal lengths, one batch
             scores += score([(seq[:pos], [seq[pos]]) for seq in sequences])
+        logprobs[name] = torch.tensor([logprob for logprob, _ in scores], dtype=torch.float64)
         report["results"][name] = {
             "accuracy": sum(greedy for _, greedy in scores) / len(scores),
-            "nll": -sum(logprob for logprob, _ in scores) / len(scores),
+            "nll": float(-logprobs[name].mean()),
             "tokens": len(scores),
         }
-        r = report["results"][name]
+    # Paired on the same tokens: NLL difference to the lone [MASK] and its standard error.
+    baseline = logprobs.get("denoiser, query block 1")
+    for name, r in report["results"].items():
+        if baseline is not None and name.startswith("denoiser"):
+            diff = logprobs[name] - baseline  # > 0: lower NLL than the 1-token query
+            r["nll_gain_vs_block_1"] = float(diff.mean())
+            r["nll_gain_stderr"] = float(diff.std() / len(diff) ** 0.5)
+        gain = (f"  NLL gain vs block 1 {r['nll_gain_vs_block_1']:+.4f} "
+                f"± {r['nll_gain_stderr']:.4f}" if "nll_gain_vs_block_1" in r else "")
         print(f"{name:<28} accuracy {r['accuracy']:.4f}  NLL {r['nll']:.4f}"
-              f"  ({r['tokens']} tokens)")
+              f"  ({r['tokens']} tokens){gain}")
     print(json.dumps(report))
     return report
 

@@ -120,3 +120,15 @@ def test_mock_ar_scorer_and_diffusion_sampler_run_the_tasks(lm, tasks):
         task_manager=tasks, bootstrap_iters=0, limit=8,
     )
     assert set(results["results"]) == {"twotower_tiny_mc", "twotower_tiny_gen"}
+
+
+def test_long_requests_keep_their_end(lm):
+    """The model reads at most max_length tokens (context + continuation minus its last):
+    the start of the context is dropped."""
+    from twotower_train.eval.scoring import score_ar
+
+    short = TwoTowerLM(loaded=lm.loaded, max_length=6)
+    ctx, cont = list(range(10, 20)), [30, 31, 32]
+    [(logprob, _)] = short._loglikelihood_tokens([(None, ctx, cont)], disable_tqdm=True)
+    [(expected, _)] = score_ar(lm.model, [(ctx[-4:], cont)])
+    assert logprob == pytest.approx(expected, abs=1e-5)

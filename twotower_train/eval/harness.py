@@ -107,8 +107,10 @@ class TwoTowerLM(TemplateLM):
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
         def truncate(ctx: list[int], cont: list[int]):
-            cont = cont[-self.max_length:]  # lm-eval's convention: keep the end
-            return ctx[-(self.max_length - len(cont)):] or ctx[-1:], cont
+            # The model reads context + continuation minus its last token: at most max_length
+            # tokens, keeping the end (lm-eval's convention) and at least one context token.
+            cont = cont[-self.max_length:]
+            return ctx[-(self.max_length + 1 - len(cont)):], cont
 
         order = Collator(requests, sort_fn=lambda r: (-len(r[1]) - len(r[2]), tuple(r[1] + r[2])))
         results = []

@@ -39,7 +39,9 @@ import torch
 from .sampling import TokenChoice, choose_tokens
 
 QUERY_BLOCK_SIZE = 1
-"""Mock-AR's default query block (:attr:`MockARConfig.query_block_size`)."""
+"""Mock-AR's default query block (:attr:`MockARConfig.query_block_size`): a lone [MASK] — on the
+demo model it predicts the next token as well as the first position of a 16- or 32-wide
+all-[MASK] block, at 1/S of the denoiser work (docs/inference.md)."""
 
 OnCommit = Callable[[int, list[int], list[int]], bool]
 """``on_commit(row, new_tokens, row_tokens) -> bool``: called after each committed block for

@@ -50,9 +50,12 @@ class SpeculativeConfig(MaskDiffusionConfig):
     after the accepted prefix + S − 1 drafted positions)."""
 
     block_size: int = 8
-    steps_per_block: int = 2
-    """Draft denoising steps per block at most (the floor drafts every position in them)."""
+    steps_per_block: int = 1
+    """Draft denoising steps per block at most (the floor drafts every position in them). One
+    step — all S − 1 drafts from one denoiser forward — gave the most tokens per (context +
+    denoiser) forward on the demo model (docs/evaluation.md)."""
     confidence_threshold: float = 0.5
+    """γ of the draft steps after the first (with one step the floor commits everything)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
