@@ -35,3 +35,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def tool_env():
+    """Environment for a CLI subprocess: without this process's single-rank rendezvous (the
+    child would try to bind the same port) and with one intra-op thread."""
+    rendezvous = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
+    env = {k: v for k, v in os.environ.items() if k not in rendezvous}
+    return {**env, "OMP_NUM_THREADS": "1"}

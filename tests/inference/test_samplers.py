@@ -52,16 +52,16 @@ def test_mask_diffusion_with_unit_blocks_is_mock_ar(model):
     diffusion = generate_mask_diffusion(
         model, PROMPTS, MaskDiffusionConfig(max_new_tokens=5, block_size=1, steps_per_block=1)
     )
-    mock = generate_mock_ar(model, PROMPTS, MockARConfig(max_new_tokens=5))
+    mock = generate_mock_ar(model, PROMPTS, MockARConfig(max_new_tokens=5, query_block_size=1))
     assert diffusion.tokens == mock.tokens
-    assert mock.tokens_per_forward == 1.0
+    assert mock.tokens_per_forward == 1.0 and diffusion.tokens_per_forward == 1.0
 
 
 @pytest.mark.parametrize(
-    "threshold, expected_per_forward", [(0.0, 8.0), (1.01, 2.0)]
+    "threshold, expected_per_forward", [(1e-9, 8.0), (1.0, 2.0)]
 )
 def test_confidence_threshold_and_floor(model, threshold, expected_per_forward):
-    """γ=0 commits a whole block in one forward; γ>1 leaves only the floor: S/steps per step."""
+    """γ→0 commits a whole block in one forward; γ=1 leaves only the floor: S/steps per step."""
     cfg = MaskDiffusionConfig(
         max_new_tokens=16, block_size=8, steps_per_block=4, confidence_threshold=threshold
     )

@@ -121,3 +121,29 @@ def train_backbone(data_root: Path, run_dir: Path, *overrides: str) -> Path:
 def backbone_checkpoint(data_root, tmp_path_factory) -> Path:
     """Stage-1 checkpoint root of the tiny model (built once per session)."""
     return train_backbone(data_root, tmp_path_factory.mktemp("stage1"))
+
+
+@pytest.fixture(scope="session")
+def two_tower_checkpoint(data_root, tmp_path_factory) -> Path:
+    """A stage-2 (two-tower) checkpoint of the tiny model on the test data: 2 AR steps, then two
+    steps per curriculum phase (built once per session; for loading, decoding and eval tests)."""
+    from twotower_train import distributed
+    from twotower_train.training.config import load_config
+    from twotower_train.training.main import run
+
+    distributed.initialize(seed=0)
+    root = tmp_path_factory.mktemp("two_tower_run")
+    base = [f"data.root={data_root}", *TINY_OVERRIDES]
+    stage1 = load_config("demo", [
+        *base, f"output_dir={root / 'stage1'}", "curriculum.phases.0.steps=2",
+        "curriculum.phases.0.lr.warmup_steps=0",
+    ])
+    assert run(stage1).outcome == "finished"
+    stage2 = load_config("demo_twotower", [
+        *base, f"output_dir={root / 'stage2'}",
+        f"objective.backbone_checkpoint={stage1.checkpoint.dir}",
+        *[f"curriculum.phases.{i}.steps=2" for i in range(3)],
+        *[f"curriculum.phases.{i}.lr.warmup_steps=0" for i in range(3)],
+    ])
+    assert run(stage2).outcome == "finished"
+    return Path(stage2.checkpoint.dir)

@@ -1,0 +1,10 @@
+"""Evaluation of a two-tower model: quality through lm-evaluation-harness and the scorers behind
+it (docs/evaluation.md).
+
+* :mod:`.scoring` — continuation log-likelihoods through the context tower (``ar``, exact) or the
+  denoiser (``mock_ar``), on any DecodingModel (torch only);
+* :mod:`.harness` — the lm-eval model ``twotower`` (needs the ``eval`` extra: ``lm_eval``);
+* ``python -m twotower_train.eval`` — lm-eval's command line with that model registered.
+
+Throughput and agreement with AR are measured by ``benchmarks/generation.py``.
+"""

@@ -4,4 +4,4 @@
 Face export ships verbatim copies of them, so Megatron and the export decode with one algorithm.
 """
 
-PORTABLE_MODULES: tuple[str, ...] = ("cache", "sampling", "samplers")
+PORTABLE_MODULES: tuple[str, ...] = ("cache", "sampling", "samplers", "speculative")

@@ -14,7 +14,7 @@ them itself):
   ``tokens`` (b, s) appended to ``cache`` → :class:`ContextOutput` whose cache covers P + s
   positions. With ``position_states`` it also returns, per Mamba layer, the states after every
   one of the s positions (:attr:`ContextOutput.position_states`), so a caller can roll the cache
-  back to any accepted length exactly (speculative decoding);
+  back to any accepted length exactly (:meth:`ContextOutput.rollback`; speculative decoding);
 * ``denoise_block(cache, block, t)`` — denoiser logits (b, S, V) for the block of S tokens right
   after the cache, at diffusion time ``t`` (b,).
 
@@ -83,6 +83,59 @@ class ContextOutput:
     """Training: states at every block boundary, (b, s/S + 1, …) per Mamba layer."""
     position_states: dict[int, MambaStates] = field(default_factory=dict)
     """``advance(..., position_states=True)``: states after each new position, (b, s, …)."""
+
+    def rollback(self, previous: ContextCache, keep: torch.Tensor) -> ContextCache:
+        """This advance's cache with row r keeping only the first ``keep[r]`` (b,) of its s new
+        positions — what it would be had ``advance`` seen just those (needs ``position_states``).
+
+        Rows are re-left-padded to the common length P + max(keep): a row that keeps fewer
+        positions gets its K/V shifted right, behind more padding. That is exact because the
+        model has no positional embeddings, and padding never reaches attention. Each Mamba
+        layer takes its states after the row's last kept position (the pre-advance state when
+        it keeps none).
+        """
+        cache = self.cache
+        batch, total = cache.valid.shape
+        new = total - previous.length
+        keep = keep.to(device=cache.valid.device, dtype=torch.long)
+        if keep.shape != (batch,) or bool((keep < 0).any()) or bool((keep > new).any()):
+            raise ValueError(f"keep must be (b,) = ({batch},) values in [0, {new}]")
+        length = previous.length + int(keep.max())
+        # Position j of row r comes from position j − shift[r] of the advanced cache.
+        shift = length - previous.length - keep  # (b,) extra left padding per row
+        source = torch.arange(length, device=keep.device) - shift[:, None]
+        inside = source >= 0  # (b, length); False at the extra left padding
+        source = source.clamp(min=0)
+
+        def take(kv: torch.Tensor) -> torch.Tensor:  # (b, h, total, d) → (b, h, length, d)
+            index = source[:, None, :, None].expand(kv.shape[0], kv.shape[1], length, kv.shape[3])
+            return kv.gather(2, index)
+
+        rows = torch.arange(batch, device=keep.device)
+        last = (keep - 1).clamp(min=0)  # (b,) index of each row's last kept position
+
+        def state(before: torch.Tensor | None, after: torch.Tensor) -> torch.Tensor:
+            chosen = after[rows, last]  # (b, …) the state after that position
+            if before is None:  # advanced from an empty cache: zeros came before
+                before = torch.zeros_like(chosen)
+            none_kept = (keep == 0).view(-1, *([1] * (chosen.dim() - 1)))
+            return torch.where(none_kept, before.to(chosen.dtype), chosen)
+
+        mamba = {}
+        for i, after in self.position_states.items():
+            before = previous.mamba.get(i)
+            mamba[i] = MambaStates(
+                conv=state(None if before is None else before.conv, after.conv),
+                ssm=state(None if before is None else before.ssm, after.ssm),
+            )
+        if set(mamba) != set(cache.mamba):
+            raise ValueError("rollback needs advance(..., position_states=True)")
+        return ContextCache(
+            keys={i: take(k) for i, k in cache.keys.items()},
+            values={i: take(v) for i, v in cache.values.items()},
+            mamba=mamba,
+            valid=cache.valid.gather(1, source) & inside,
+        )
 
 
 class DecodingModel(Protocol):

@@ -1,4 +1,5 @@
-"""Load a trained model from a trainer checkpoint, for sampling and evaluation.
+"""Load a trained model from a trainer checkpoint or a Hugging Face export, for sampling and
+evaluation.
 
 The checkpoint carries the resolved recipe it was trained with; the model is rebuilt from it
 (through the same objective that trained it, so a stage-2 checkpoint that stores only the
@@ -12,16 +13,24 @@ precision it was trained in, ``optimizer.precision``).
     distributed.initialize(seed=0)
     model, cfg = load_trained_model("runs/demo/stage2/checkpoints")
     # on a GPU host: load_trained_model(path, device="cuda", dtype=torch.bfloat16)
+
+:func:`load_for_decoding` is what the front ends (``twotower-generate``, the lm-eval adapter,
+``benchmarks/generation.py``) call: a trainer checkpoint of a two-tower run or an exported
+folder (``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``), each with its
+tokenizer; both offer the :class:`~twotower_train.inference.cache.DecodingModel` interface.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from megatron.core import dist_checkpointing, parallel_state
 
 from twotower_train import distributed
+from twotower_train.errors import UserError
 from twotower_train.model.config import ConfigError, ParallelConfig
 from twotower_train.training import checkpoint
 from twotower_train.training.config import Precision, TrainConfig, from_container
@@ -72,3 +81,68 @@ def load_trained_model(
     state = checkpoint.load_model_state(resolved, objective.checkpoint_state(model))
     objective.load_checkpoint_state(model, state)
     return distributed.to_device(model, device).eval(), cfg
+
+
+@dataclass
+class LoadedModel:
+    """A model the samplers can drive, its tokenizer and the ids the samplers need."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    eos_token_id: int
+    mask_token_id: int
+    pad_token_id: int
+    max_length: int
+    """Longest sequence (prompt + generation) the model was built for."""
+    train_config: TrainConfig | None = None
+    """The recipe a trainer checkpoint was trained with (None for an export)."""
+
+    def sampler_ids(self) -> dict[str, int]:
+        """The id knobs every generation mode takes (``mask_token_id`` where it applies)."""
+        return {"eos_token_id": self.eos_token_id, "pad_token_id": self.pad_token_id}
+
+
+def load_for_decoding(path: str | Path, tokenizer: str | Path | None = None) -> LoadedModel:
+    """A two-tower trainer checkpoint or a Hugging Face export folder, with its tokenizer.
+
+    The tokenizer defaults to the one the run trained with (``data.tokenizer`` of the
+    checkpoint's recipe) or the export's own files. Initialises the model-parallel state for
+    one process when nothing has yet.
+    """
+    from twotower_train.data.tokenizer import load_tokenizer
+
+    path = Path(path)
+    if checkpoint.resolve_checkpoint_dir(path) is not None:
+        if not parallel_state.model_parallel_is_initialized():
+            distributed.initialize(seed=0)
+        model, cfg = load_trained_model(path)
+        if not hasattr(model, "denoise_block"):
+            raise UserError(
+                f"{path} is a {cfg.objective_name!r} (single-tower) checkpoint; decoding needs a "
+                "two-tower checkpoint (a stage-2 run, objective=diffusion)"
+            )
+        if tokenizer is None and not cfg.data.tokenizer:
+            raise UserError(f"{path} names no tokenizer (data.tokenizer); pass one explicitly")
+        ids, max_length = cfg.model, cfg.model.max_sequence_length
+        tokenizer = load_tokenizer(tokenizer or cfg.data.tokenizer, expected=None)
+        train_config = cfg
+    elif (path / "config.json").is_file():
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), trust_remote_code=True, local_files_only=True
+        ).eval()
+        ids, train_config = model.config, None
+        max_length = ids.max_position_embeddings
+        tokenizer = load_tokenizer(tokenizer or path, expected=None)
+    else:
+        raise UserError(
+            f"{path} is neither a trainer checkpoint (meta.json or latest) nor a Hugging Face "
+            "export (config.json); point to a stage-2 checkpoint folder or an exported model "
+            "folder"
+        )
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, eos_token_id=ids.eos_token_id,
+        mask_token_id=ids.mask_token_id, pad_token_id=ids.pad_token_id, max_length=max_length,
+        train_config=train_config,
+    )

@@ -1,15 +1,18 @@
 """The three generation modes of the model card (docs/inference.md), on token ids only.
 
 * :func:`generate_mask_diffusion` — block-wise confidence unmasking with the denoiser;
-* :func:`generate_mock_ar` — one masked position at a time, predicted by the denoiser;
+* :func:`generate_mock_ar` — one next token at a time, predicted by the denoiser from an
+  all-[MASK] query block;
 * :func:`generate_ar` — the context tower alone, standard cached decoding.
 
-They drive any model with the incremental interface of :mod:`.cache` (``prefill``,
-``denoise_block``, ``advance``; full-vocabulary logits): the Megatron
-:class:`~twotower_train.model.two_tower.TwoTowerModel` and the Hugging Face export, which ships
-a verbatim copy of this module (it imports only ``torch`` and its siblings). Prompts of different lengths
-are left-padded into one batch. Each returns a :class:`Generation` with the new tokens and the
-statistic the card reports: tokens committed per denoiser forward.
+(:mod:`.speculative` adds self-speculative decoding on the same pieces.) They drive any model
+with the incremental interface of :mod:`.cache` (``prefill``, ``denoise_block``, ``advance``;
+full-vocabulary logits): the Megatron :class:`~twotower_train.model.two_tower.TwoTowerModel` and
+the Hugging Face export, which ships a verbatim copy of this module (it imports only ``torch``
+and its siblings). Prompts of different lengths are left-padded into one batch. Each returns a
+:class:`Generation` with the new tokens and what they cost (tokens per denoiser forward is the
+card's figure). An ``on_commit`` callback sees every committed block as it lands (streaming; it
+can also end a row, e.g. at a stop sequence).
 
 Example (CPU, untrained tiny model — the tokens are noise, the mechanics are real)::
 
@@ -20,7 +23,8 @@ Example (CPU, untrained tiny model — the tokens are noise, the mechanics are r
     from twotower_train.inference.samplers import MaskDiffusionConfig, generate_mask_diffusion
     distributed.initialize(seed=0)
     model = TwoTowerModel.build(preset("tiny")).eval()
-    out = generate_mask_diffusion(model, [[5, 6, 7], [8, 9]], MaskDiffusionConfig(max_new_tokens=16))
+    config = MaskDiffusionConfig(max_new_tokens=16)
+    out = generate_mask_diffusion(model, [[5, 6, 7], [8, 9]], config)
     print(out.tokens, out.tokens_per_forward)
 """
 
@@ -28,10 +32,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from .sampling import TokenChoice, choose_tokens
+
+QUERY_BLOCK_SIZE = 1
+"""Mock-AR's default query block (:attr:`MockARConfig.query_block_size`): a lone [MASK] — on the
+demo model it predicts the next token as well as the first position of a 16- or 32-wide
+all-[MASK] block, at 1/S of the denoiser work (docs/inference.md)."""
+
+OnCommit = Callable[[int, list[int], list[int]], bool]
+"""``on_commit(row, new_tokens, row_tokens) -> bool``: called after each committed block for
+every row that gained tokens (``row_tokens`` is everything the row generated so far); returning
+True ends that row (stop sequences)."""
 
 
 @dataclass
@@ -45,6 +60,10 @@ class DecodeConfig:
     pad_token_id: int = 0
     """Left padding of prompts of different lengths."""
 
+    def __post_init__(self) -> None:
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be positive")
+
 
 @dataclass
 class ARConfig(DecodeConfig):
@@ -54,10 +73,20 @@ class ARConfig(DecodeConfig):
 @dataclass
 class MockARConfig(DecodeConfig):
     mask_token_id: int = 3
+    query_block_size: int = QUERY_BLOCK_SIZE
+    """Width of the all-[MASK] block whose first position predicts the next token: 1 is a lone
+    [MASK]; S is the block shape training shows (docs/inference.md has the measurement that
+    chose the default)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.query_block_size <= 0:
+            raise ValueError(f"query_block_size={self.query_block_size} must be positive")
 
 
 @dataclass
-class MaskDiffusionConfig(MockARConfig):
+class MaskDiffusionConfig(DecodeConfig):
+    mask_token_id: int = 3
     block_size: int = 16
     """Tokens generated per block (S; the released model samples at 16)."""
     steps_per_block: int = 16
@@ -65,24 +94,58 @@ class MaskDiffusionConfig(MockARConfig):
     confidence_threshold: float = 0.8
     """γ: every masked position whose chosen token has at least this probability is committed."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.block_size <= 0:
+            raise ValueError(f"block_size={self.block_size} must be positive")
+        if self.steps_per_block <= 0:
+            raise ValueError(f"steps_per_block={self.steps_per_block} must be positive")
+        if not 0 < self.confidence_threshold <= 1:
+            raise ValueError(
+                f"confidence_threshold={self.confidence_threshold} must be in (0, 1]"
+            )
+
 
 @dataclass
 class Generation:
+    """New tokens per prompt and what they cost.
+
+    Forwards are counted twice: batched calls (``*_forwards``, each runs every row) and row
+    forwards (``row_*_forwards``: per forward, the rows still generating — a row stops counting
+    once its output is complete, even though the batch keeps computing it). The per-token rates
+    use row forwards, so a row that stops early is charged only for the forwards it needed.
+    """
+
     tokens: list[list[int]]
     """New tokens per prompt (up to and including EOS)."""
     denoiser_forwards: int = 0
-    """Batched denoiser forwards (each one runs every row)."""
     context_forwards: int = 0
-    committed: int = 0
-    """Tokens committed while generating (all rows, including those past a row's EOS)."""
+    """Batched context-tower forwards, the prefill included."""
+    row_denoiser_forwards: int = 0
+    row_context_forwards: int = 0
+
+    @property
+    def generated(self) -> int:
+        return sum(len(row) for row in self.tokens)
 
     @property
     def tokens_per_forward(self) -> float:
-        """Committed tokens per row per denoiser forward: 1.0 for mock-AR, up to S for mask
+        """Generated tokens per denoiser forward of a row: 1.0 for mock-AR, up to S for mask
         diffusion (the card's "tokens / step")."""
-        if not self.denoiser_forwards:
-            return float("nan")
-        return self.committed / (self.denoiser_forwards * len(self.tokens))
+        forwards = self.row_denoiser_forwards
+        return self.generated / forwards if forwards else math.nan
+
+    @property
+    def tokens_per_context_forward(self) -> float:
+        """Generated tokens per context-tower forward of a row, the prefill included (AR: 1.0)."""
+        forwards = self.row_context_forwards
+        return self.generated / forwards if forwards else math.nan
+
+    @property
+    def tokens_per_model_forward(self) -> float:
+        """Generated tokens per (context + denoiser) forward of a row, the prefill included."""
+        forwards = self.row_context_forwards + self.row_denoiser_forwards
+        return self.generated / forwards if forwards else math.nan
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,78 +161,127 @@ def left_pad(prompts: list[list[int]], pad_id: int, device=None) -> tuple[torch.
     return tokens, valid
 
 
-class _Output:
-    """Collects new tokens per row and stops a row at its first EOS."""
+class Collector:
+    """Collects new tokens per row; a row ends at its first EOS, at ``max_new`` tokens, or when
+    ``on_commit`` says so."""
 
-    def __init__(self, batch: int, max_new: int, eos: int | None):
+    def __init__(self, batch: int, max_new: int, eos: int | None, on_commit: OnCommit | None):
         self.rows: list[list[int]] = [[] for _ in range(batch)]
         self.done = [False] * batch
-        self.max_new, self.eos = max_new, eos
+        self.max_new, self.eos, self.on_commit = max_new, eos, on_commit
 
-    def extend(self, new: torch.Tensor) -> None:
-        for row, ids in enumerate(new.tolist()):
+    def extend(self, new: list[list[int]]) -> None:
+        for row, ids in enumerate(new):
+            if self.done[row]:
+                continue
+            start = len(self.rows[row])
             for token in ids:
-                if self.done[row]:
-                    break
                 self.rows[row].append(token)
                 if token == self.eos or len(self.rows[row]) >= self.max_new:
                     self.done[row] = True
+                    break
+            added = self.rows[row][start:]
+            if added and self.on_commit is not None and self.on_commit(row, added, self.rows[row]):
+                self.done[row] = True
+
+    def remaining(self, device) -> torch.Tensor:
+        """(b,) tokens each row may still add (0 once it is done)."""
+        return torch.tensor(
+            [0 if done else self.max_new - len(row) for row, done in zip(self.rows, self.done)],
+            dtype=torch.long, device=device,
+        )
+
+    @property
+    def active(self) -> int:
+        return self.done.count(False)
 
     @property
     def finished(self) -> bool:
         return all(self.done)
 
 
-def _start(model, prompts: list[list[int]], config: DecodeConfig, logits: str):
+def prefill_prompts(
+    model, prompts: list[list[int]], config: DecodeConfig, logits: str,
+    on_commit: OnCommit | None, stats_type: type[Generation] = Generation,
+):
     """Left-pad the prompts and prefill the context tower → (collector, stats, prefill)."""
     tokens, valid = left_pad(prompts, config.pad_token_id, model.context_device)
-    out = _Output(tokens.shape[0], config.max_new_tokens, config.eos_token_id)
-    stats = Generation(tokens=out.rows, context_forwards=1)
+    out = Collector(tokens.shape[0], config.max_new_tokens, config.eos_token_id, on_commit)
+    stats = stats_type(tokens=out.rows, context_forwards=1, row_context_forwards=len(prompts))
     return out, stats, model.prefill(tokens, valid=valid, logits=logits)
+
+
+def _settled(block: torch.Tensor, decoded: torch.Tensor, needed: torch.Tensor, eos: int | None):
+    """(b,) rows whose output from this block is fixed: their first ``needed`` positions are
+    decoded, or a decoded EOS ends an unbroken run of decoded positions (what follows it is
+    discarded)."""
+    lead = decoded.long().cumprod(-1).bool()  # (b, S): every position up to here is decoded
+    settled = lead.sum(-1) >= needed
+    if eos is not None:
+        settled |= (lead & (block == eos)).any(-1)
+    return settled
+
+
+def unmask_block(
+    model, cache, block: torch.Tensor, decoded: torch.Tensor, needed: torch.Tensor,
+    config: MaskDiffusionConfig, stats: Generation, generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Confidence unmasking of ``block`` (b, S) after ``cache`` (both on the denoiser's device);
+    ``decoded`` (b, S) marks the positions already fixed. Steps until every row is settled
+    (:func:`_settled`; ``needed`` (b,) = positions of this block the row's output can still
+    use) or the steps run out; the floor guarantees that every position is decoded by then.
+    Stopping once every row is settled skips only forwards whose commits would be discarded,
+    so the tokens are those of running all the steps."""
+    S = block.shape[1]
+    decoded = decoded.clone()
+    for step in range(config.steps_per_block):
+        settled = _settled(block, decoded, needed, config.eos_token_id)
+        if settled.all():
+            break
+        masked = ~decoded
+        t = masked.float().mean(-1)  # (b,) the block's masked fraction
+        logits = model.denoise_block(cache, block, t)  # (b, S, V)
+        stats.denoiser_forwards += 1
+        stats.row_denoiser_forwards += int((~settled).sum())
+        proposal, confidence = choose_tokens(
+            logits, config.choice, forbid=config.mask_token_id, generator=generator
+        )
+        confidence = confidence.masked_fill(~masked, -1.0)  # decoded positions stay fixed
+        commit = masked & (confidence >= config.confidence_threshold)
+        # Floor: enough of the most confident positions to finish within the steps left.
+        floor = torch.ceil(masked.sum(-1) / (config.steps_per_block - step)).long()  # (b,)
+        order = confidence.argsort(dim=-1, descending=True)
+        rank = torch.empty_like(order).scatter_(
+            -1, order, torch.arange(S, device=order.device).expand_as(order)
+        )
+        commit |= masked & (rank < floor.unsqueeze(-1))
+        block = torch.where(commit, proposal, block)
+        decoded |= commit
+    return block
 
 
 @torch.no_grad()
 def generate_mask_diffusion(
     model, prompts: list[list[int]], config: MaskDiffusionConfig,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, on_commit: OnCommit | None = None,
 ) -> Generation:
     """Block-wise mask diffusion with confidence unmasking (module docstring; card §"How mask
     diffusion works")."""
-    if config.steps_per_block <= 0 or config.block_size <= 0:
-        raise ValueError("block_size and steps_per_block must be positive")
-    out, stats, prefill = _start(model, prompts, config, logits="none")
+    out, stats, prefill = prefill_prompts(model, prompts, config, "none", on_commit)
     cache, batch, S = prefill.cache, len(prompts), config.block_size
     device = model.denoiser_device
-    for _ in range(math.ceil(config.max_new_tokens / S)):
+    while not out.finished:
         block = torch.full((batch, S), config.mask_token_id, dtype=torch.long, device=device)
         decoded = torch.zeros(batch, S, dtype=torch.bool, device=device)
         # Towers on two devices: the denoiser reads a copy of the cache on its own device.
-        denoiser_cache = cache.to(device)
-        for step in range(config.steps_per_block):
-            masked = ~decoded
-            if not masked.any():
-                break
-            t = masked.float().mean(-1)  # (b,) the block's masked fraction
-            logits = model.denoise_block(denoiser_cache, block, t)  # (b, S, V)
-            stats.denoiser_forwards += 1
-            proposal, confidence = choose_tokens(
-                logits, config.choice, forbid=config.mask_token_id, generator=generator
-            )
-            confidence = confidence.masked_fill(~masked, -1.0)  # decoded positions stay fixed
-            commit = masked & (confidence >= config.confidence_threshold)
-            # Floor: enough of the most confident positions to finish within the steps left.
-            floor = torch.ceil(masked.sum(-1) / (config.steps_per_block - step)).long()  # (b,)
-            order = confidence.argsort(dim=-1, descending=True)
-            rank = torch.empty_like(order).scatter_(
-                -1, order, torch.arange(S, device=order.device).expand_as(order)
-            )
-            commit |= masked & (rank < floor.unsqueeze(-1))
-            block = torch.where(commit, proposal, block)
-            decoded |= commit
-            stats.committed += int(commit.sum())
-        out.extend(block)
+        block = unmask_block(
+            model, cache.to(device), block, decoded, out.remaining(device).clamp(max=S),
+            config, stats, generator,
+        )
+        out.extend(block.tolist())
         if out.finished:
             break
+        stats.row_context_forwards += out.active
         cache = model.advance(cache, block.to(model.context_device), logits="none").cache
         stats.context_forwards += 1
     return stats
@@ -178,22 +290,26 @@ def generate_mask_diffusion(
 @torch.no_grad()
 def generate_mock_ar(
     model, prompts: list[list[int]], config: MockARConfig,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, on_commit: OnCommit | None = None,
 ) -> Generation:
-    """Two-tower AR: the context tower builds the cache, the denoiser predicts one masked
-    position at a time (t = 1)."""
-    out, stats, prefill = _start(model, prompts, config, logits="none")
+    """Two-tower AR: the context tower builds the cache, the denoiser predicts the next token as
+    the first position of an all-[MASK] block of ``query_block_size`` positions (t = 1)."""
+    out, stats, prefill = prefill_prompts(model, prompts, config, "none", on_commit)
     cache, batch, device = prefill.cache, len(prompts), model.denoiser_device
-    masked = torch.full((batch, 1), config.mask_token_id, dtype=torch.long, device=device)
+    shape = (batch, config.query_block_size)
+    masked = torch.full(shape, config.mask_token_id, dtype=torch.long, device=device)
     t = torch.ones(batch, device=device)
-    for _ in range(config.max_new_tokens):
-        logits = model.denoise_block(cache.to(device), masked, t)  # (b, 1, V)
+    while not out.finished:
+        logits = model.denoise_block(cache.to(device), masked, t)[:, :1]  # (b, 1, V)
         stats.denoiser_forwards += 1
-        new, _ = choose_tokens(logits, config.choice, forbid=config.mask_token_id, generator=generator)
-        stats.committed += batch
-        out.extend(new)
+        stats.row_denoiser_forwards += out.active
+        new, _ = choose_tokens(
+            logits, config.choice, forbid=config.mask_token_id, generator=generator
+        )
+        out.extend(new.tolist())
         if out.finished:
             break
+        stats.row_context_forwards += out.active
         cache = model.advance(cache, new.to(model.context_device), logits="none").cache
         stats.context_forwards += 1
     return stats
@@ -201,15 +317,17 @@ def generate_mock_ar(
 
 @torch.no_grad()
 def generate_ar(
-    model, prompts: list[list[int]], config: ARConfig, generator: torch.Generator | None = None
+    model, prompts: list[list[int]], config: ARConfig,
+    generator: torch.Generator | None = None, on_commit: OnCommit | None = None,
 ) -> Generation:
     """Standard cached AR decoding with the context tower only."""
-    out, stats, step = _start(model, prompts, config, logits="last")
-    for _ in range(config.max_new_tokens):
+    out, stats, step = prefill_prompts(model, prompts, config, "last", on_commit)
+    while True:
         new, _ = choose_tokens(step.logits, config.choice, generator=generator)
-        out.extend(new)
+        out.extend(new.tolist())
         if out.finished:
             break
+        stats.row_context_forwards += out.active
         step = model.advance(step.cache, new, logits="last")
         stats.context_forwards += 1
     return stats

@@ -4,7 +4,9 @@ Running over clean tokens it returns, per layer (docs/architecture.md):
 
 * attention layers — K and V for every position;
 * Mamba layers — the conv and SSM states at every block boundary p = b·S (``state_stride=S``),
-  exact for any S dividing the length and independent of the Mamba chunk size.
+  exact for any S dividing the length and independent of the Mamba chunk size; or, continuing a
+  cache (``position_states=True``), the states after every new position, so a speculative
+  verifier can roll the cache back to any accepted length.
 
 The same forward extends a :class:`ContextCache` (prefill, then ``advance`` over committed
 blocks), which is what the samplers use. Its logits equal the backbone's causal LM logits.
@@ -41,6 +43,7 @@ class ContextTower(MegatronModule):
         valid: torch.Tensor | None = None,
         state_stride: int | None = None,
         boundary_dtype: torch.dtype | None = None,
+        position_states: bool = False,
         logits: str = "all",
     ) -> ContextOutput:
         """Run over ``tokens`` (b, s), continuing from ``cache`` if given.
@@ -51,11 +54,17 @@ class ContextTower(MegatronModule):
                 (block boundaries); only from an empty cache.
             boundary_dtype: keep those states in this dtype (the training forward passes the
                 parameter dtype: bf16 seeds on a GPU, half the fp32 size; docs/memory.md).
+            position_states: also return, per Mamba layer, the states after each of the s
+                new positions (:attr:`ContextOutput.position_states`, (b, s, …)).
             logits: "all", "last" or "none".
         """
         cache = cache or ContextCache()
         if state_stride is not None and cache.length:
             raise ValueError("state_stride needs a forward from position 0 (no cache)")
+        if state_stride is not None and position_states:
+            raise ValueError("state_stride and position_states are exclusive")
+        # States after every new position = boundaries at stride 1 from this call's start.
+        stride = 1 if position_states else state_stride
         if valid is None:
             valid = torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device)
         past = cache.valid if cache.valid is not None else valid[:, :0]
@@ -73,11 +82,15 @@ class ContextTower(MegatronModule):
                     layer.mixer,
                     normed,
                     initial=cache.mamba.get(i),
-                    state_stride=state_stride,
+                    state_stride=stride,
                     valid=valid,
                 )
                 new.mamba[i] = result.final
-                if result.boundaries is not None:
+                if position_states:  # boundary k is the state before new position k: drop k=0
+                    out.position_states[i] = MambaStates(
+                        conv=result.boundaries.conv[:, 1:], ssm=result.boundaries.ssm[:, 1:]
+                    )
+                elif result.boundaries is not None:
                     bounds = result.boundaries
                     if boundary_dtype is not None:  # compact as produced, layer by layer
                         bounds = MambaStates(conv=bounds.conv.to(boundary_dtype),

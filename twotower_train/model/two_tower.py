@@ -201,12 +201,20 @@ class TwoTowerModel(MegatronModule):
 
     @torch.no_grad()
     def advance(
-        self, cache: ContextCache, tokens: torch.Tensor, logits: str = "last"
+        self,
+        cache: ContextCache,
+        tokens: torch.Tensor,
+        logits: str = "last",
+        position_states: bool = False,
     ) -> ContextOutput:
-        """Extend the context caches over committed tokens (b, s)."""
+        """Extend the context caches over tokens (b, s); with ``position_states`` also the
+        Mamba states after each of them (speculative verification rolls back to one)."""
         self._check_inference()
         with distributed.on_device(self.context_device):
-            return self._full_vocab(self.context_tower(tokens, cache=cache, logits=logits))
+            out = self.context_tower(
+                tokens, cache=cache, logits=logits, position_states=position_states
+            )
+            return self._full_vocab(out)
 
     @torch.no_grad()
     def denoise_block(

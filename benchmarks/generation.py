@@ -1,0 +1,253 @@
+"""Generation modes side by side on the same weights and prompts: speed, cost and quality.
+
+For AR, mock-AR, mask diffusion at γ ∈ {0.5, 0.7, 0.8, 0.9, 0.95} (S = 16, 16 steps per block)
+and speculative decoding, one run measures (DESIGN.md §8):
+
+* tokens/s (wall) at batch 1 and batch 8 — modes interleaved per repeat, median over repeats;
+* forwards per generated token (context + denoiser forwards of a row; docs/inference.md),
+  tokens per context forward and per denoiser forward, and for speculative decoding the
+  accepted draft tokens per verification forward;
+* agreement with AR greedy: prompts whose whole continuation equals AR's, and the fraction of
+  AR's tokens matched position by position;
+* the AR (context) tower's mean NLL per token of each mode's continuation — a quality proxy.
+
+It prints a console table and ONE JSON line (machine, threads, load average included) and
+writes a PNG of the γ trade-off (quality proxy vs tokens per forward, speculative, AR and
+mock-AR as points)::
+
+    .venv/bin/python benchmarks/generation.py --model runs/demo/stage2/checkpoints \\
+        --out runs/demo/generation_benchmark
+    .venv/bin/python benchmarks/generation.py --smoke --out /tmp/gen_bench   # tiny, seconds
+
+``--smoke`` uses a random tiny model and random prompt ids: it checks the mechanics only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+
+import torch  # noqa: E402
+
+from twotower_train import distributed  # noqa: E402
+from twotower_train.eval.scoring import score_ar  # noqa: E402
+from twotower_train.inference import modes  # noqa: E402
+from twotower_train.inference.load import LoadedModel, load_for_decoding  # noqa: E402
+
+PROMPTS = Path(__file__).with_name("prompts.txt")
+
+
+def _arguments(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="two-tower checkpoint or HF export folder")
+    p.add_argument("--prompts", default=str(PROMPTS), help="one prompt per line")
+    p.add_argument("--smoke", action="store_true", help="random tiny model, few tokens")
+    p.add_argument("--out", required=True, help="folder for generation.png and result.json")
+    p.add_argument("--max-new-tokens", type=int, help="default 64 (--smoke: 8)")
+    p.add_argument("--gammas", default="0.5,0.7,0.8,0.9,0.95")
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--steps-per-block", type=int, default=16)
+    p.add_argument("--speculative-block-size", type=int)
+    p.add_argument("--speculative-steps", type=int)
+    p.add_argument("--speculative-threshold", type=float)
+    p.add_argument("--batch-sizes", default="1,8")
+    p.add_argument("--repeats", type=int, default=1)
+    args = p.parse_args(argv)
+    if args.smoke == bool(args.model):
+        p.error("give exactly one of --model PATH and --smoke")
+    args.max_new_tokens = args.max_new_tokens or (8 if args.smoke else 64)
+    return args
+
+
+def _smoke_model() -> tuple[LoadedModel, list[list[int]]]:
+    from twotower_train.model.config import preset
+    from twotower_train.model.two_tower import TwoTowerModel
+
+    distributed.initialize(seed=0)
+    cfg = preset("tiny", pattern="M*E")
+    model = TwoTowerModel.build(cfg).eval()
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(4, cfg.vocab_size, (n,), generator=gen).tolist() for n in (5, 9, 7, 3)]
+    loaded = LoadedModel(model, None, cfg.eos_token_id, cfg.mask_token_id, cfg.pad_token_id,
+                         cfg.max_sequence_length)
+    return loaded, prompts
+
+
+def _modes(args, loaded: LoadedModel) -> dict[str, tuple[str, dict]]:
+    """Row name → (mode, knobs)."""
+    ids = {**loaded.sampler_ids(), "max_new_tokens": args.max_new_tokens}
+    masked = {**ids, "mask_token_id": loaded.mask_token_id}
+    rows = {"AR": ("ar", ids), "mock-AR": ("mock_ar", masked)}
+    for gamma in (float(g) for g in args.gammas.split(",")):
+        rows[f"diffusion γ={gamma:g}"] = ("mask_diffusion", {
+            **masked, "block_size": args.block_size, "steps_per_block": args.steps_per_block,
+            "confidence_threshold": gamma,
+        })
+    rows["speculative"] = ("speculative", {
+        **masked, "block_size": args.speculative_block_size,
+        "steps_per_block": args.speculative_steps,
+        "confidence_threshold": args.speculative_threshold,
+    })
+    return rows
+
+
+def _run(loaded, prompts, mode, config, batch):
+    """(generations per prompt, combined statistics, seconds) for prompts in batches."""
+    tokens, stats = [], {"context": 0, "denoiser": 0, "generated": 0, "accepted": 0, "verify": 0}
+    start = time.perf_counter()
+    for first in range(0, len(prompts), batch):
+        out = modes.generate(loaded.model, prompts[first : first + batch], mode, config)
+        tokens += out.tokens
+        stats["context"] += out.row_context_forwards
+        stats["denoiser"] += out.row_denoiser_forwards
+        stats["generated"] += out.generated
+        stats["accepted"] += getattr(out, "accepted", 0)  # speculative only
+        stats["verify"] += getattr(out, "verify_forwards", 0)
+    return tokens, stats, time.perf_counter() - start
+
+
+def _agreement(tokens, reference):
+    exact = sum(a == b for a, b in zip(tokens, reference)) / len(reference)
+    matched = sum(sum(x == y for x, y in zip(a, b)) for a, b in zip(tokens, reference))
+    return exact, matched / sum(len(b) for b in reference)
+
+
+def _ar_nll(loaded, prompts, tokens) -> float:
+    pairs = [(p, t) for p, t in zip(prompts, tokens) if t]
+    scores = score_ar(loaded.model, pairs, loaded.pad_token_id)
+    return -sum(s for s, _ in scores) / sum(len(t) for _, t in pairs)
+
+
+def measure(args, loaded, prompts) -> dict:
+    rows = _modes(args, loaded)
+    configs = {name: modes.build_config(mode, **knobs) for name, (mode, knobs) in rows.items()}
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    for name, (mode, _) in rows.items():  # warm-up: one short generation per mode
+        warm = modes.build_config(mode, **{**rows[name][1], "max_new_tokens": 4})
+        modes.generate(loaded.model, prompts[:1], mode, warm)
+    seconds = {(name, b): [] for name in rows for b in batches}
+    first = {}
+    # Modes interleaved within each repeat, so a shared machine's load drift hits all alike.
+    for _ in range(args.repeats):
+        for batch in batches:
+            for name, (mode, _) in rows.items():
+                tokens, stats, took = _run(loaded, prompts, mode, configs[name], batch)
+                seconds[name, batch].append(took)
+                first.setdefault((name, batch), (tokens, stats))
+    reference = first["AR", batches[0]][0]
+    results = []
+    for name, (mode, _) in rows.items():
+        tokens, stats = first[name, batches[0]]
+        exact, per_token = _agreement(tokens, reference)
+        forwards = stats["context"] + stats["denoiser"]
+        results.append({
+            "name": name, "mode": mode,
+            "config": {k: v for k, v in vars(configs[name]).items() if k != "choice"},
+            **{f"tokens_per_s_batch{b}": first[name, b][1]["generated"]
+               / statistics.median(seconds[name, b]) for b in batches},
+            "forwards_per_token": forwards / stats["generated"],
+            "tokens_per_forward": stats["generated"] / forwards,
+            "tokens_per_context_forward": stats["generated"] / stats["context"],
+            "accepted_per_verify": (
+                stats["accepted"] / stats["verify"] if stats["verify"] else None
+            ),
+            "tokens_per_denoiser_forward": (
+                stats["generated"] / stats["denoiser"] if stats["denoiser"] else None
+            ),
+            "exact_match_ar": exact, "token_agreement_ar": per_token,
+            "ar_nll": _ar_nll(loaded, prompts, tokens), "generated": stats["generated"],
+        })
+    return {
+        "benchmark": "generation", "model": args.model or "smoke:tiny",
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs"
+        + (f" {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
+        "device": str(loaded.model.context_device), "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg()[0], "prompts": len(prompts),
+        "max_new_tokens": args.max_new_tokens, "batch_sizes": batches, "repeats": args.repeats,
+        "results": results,
+    }
+
+
+def table(report: dict) -> str:
+    batches = report["batch_sizes"]
+    head = (f"{'mode':<20}" + "".join(f"{f'tok/s b{b}':>10}" for b in batches)
+            + f"{'fwd/tok':>9}{'tok/ctx':>9}{'tok/den':>9}{'exact':>7}{'agree':>7}{'AR NLL':>8}"
+            f"{'acc/ver':>9}")
+    lines = [head, "-" * len(head)]
+    for r in report["results"]:
+        per_den = r["tokens_per_denoiser_forward"]
+        lines.append(
+            f"{r['name']:<20}" + "".join(f"{r[f'tokens_per_s_batch{b}']:>10.1f}" for b in batches)
+            + f"{r['forwards_per_token']:>9.2f}{r['tokens_per_context_forward']:>9.2f}"
+            + (f"{per_den:>9.2f}" if per_den else f"{'-':>9}")
+            + f"{r['exact_match_ar']:>7.2f}{r['token_agreement_ar']:>7.2f}{r['ar_nll']:>8.3f}"
+            + (f"{r['accepted_per_verify']:>9.2f}" if r["accepted_per_verify"] is not None
+               else f"{'-':>9}")
+        )
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, label in ((axes[0], "ar_nll", "AR-tower NLL / token (lower is better)"),
+                           (axes[1], "token_agreement_ar", "token agreement with AR greedy")):
+        diffusion = [r for r in report["results"] if r["mode"] == "mask_diffusion"]
+        ax.plot([r["tokens_per_forward"] for r in diffusion], [r[key] for r in diffusion],
+                "o-", label="mask diffusion (γ)")
+        for r in diffusion:
+            ax.annotate(f"{r['config']['confidence_threshold']:g}",
+                        (r["tokens_per_forward"], r[key]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)
+        for r, marker in zip([r for r in report["results"] if r["mode"] != "mask_diffusion"],
+                             ("s", "^", "*")):
+            ax.plot(r["tokens_per_forward"], r[key], marker, markersize=10, label=r["name"])
+        ax.set_xlabel("generated tokens per (context + denoiser) forward")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{report['model']} — {report['prompts']} prompts × "
+                 f"{report['max_new_tokens']} tokens ({report['machine']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _arguments(argv)
+    if args.smoke:
+        loaded, prompts = _smoke_model()
+    else:
+        loaded = load_for_decoding(args.model)
+        lines = Path(args.prompts).read_text(encoding="utf-8").splitlines()
+        prompts = [
+            loaded.tokenizer(line, add_special_tokens=False)["input_ids"]
+            for line in lines if line.strip()
+        ]
+    report = measure(args, loaded, prompts)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(report)
+    # Written next to each other and renamed into place: a crash never leaves half a file.
+    plot(report, out / "generation.png.tmp")
+    (out / "result.json.tmp").write_text(line + "\n")
+    os.replace(out / "generation.png.tmp", out / "generation.png")
+    os.replace(out / "result.json.tmp", out / "result.json")
+    print(table(report))
+    print(line)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""``twotower-generate``: continue prompts with any generation mode, streaming each committed
+block (docs/inference.md).
+
+    echo "The city is located on the" | .venv/bin/twotower-generate \\
+        --model runs/demo/stage2/checkpoints --mode mask_diffusion --max-new-tokens 32
+
+Prompts come from ``--prompt`` (repeatable) or a file with one prompt per line (``--prompts``;
+``-`` = stdin, the default). ``--model`` is a two-tower trainer checkpoint or a Hugging Face
+export folder. With ``--batch-size 1`` (the default) each continuation is printed as its blocks
+are committed; larger batches print one ``[i] text`` line per row and committed block. The last
+line reports tokens, wall time, tokens/s and tokens per forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # megatron's jit_fuser would compile on CPU
+
+from twotower_train.cli import run_tool  # noqa: E402
+from twotower_train.errors import UserError  # noqa: E402
+
+TOOL = "twotower-generate"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line through run_tool, not usage + message
+        raise UserError(f"{message} (see {TOOL} --help)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from twotower_train.inference.modes import MODES
+
+    p = _Parser(prog=TOOL, description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="two-tower checkpoint or HF export folder")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the model's)")
+    p.add_argument("--mode", default="mask_diffusion", choices=list(MODES))
+    p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    p.add_argument("--prompts", default="-", help="file with one prompt per line; - = stdin")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="for temperature > 0")
+    knobs = p.add_argument_group("mode knobs (defaults: the mode's config)")
+    for name, kind in (
+        ("max_new_tokens", int), ("block_size", int), ("steps_per_block", int),
+        ("confidence_threshold", float), ("query_block_size", int),
+        ("temperature", float), ("top_k", int), ("top_p", float),
+    ):
+        knobs.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind)
+    return p
+
+
+def _read_prompts(args) -> list[str]:
+    if args.prompt:
+        return args.prompt
+    if args.prompts == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        try:
+            with open(args.prompts, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError as error:
+            raise UserError(f"cannot read --prompts {args.prompts}: {error.strerror}") from None
+    prompts = [line for line in lines if line.strip()]
+    if not prompts:
+        raise UserError("no prompts: give --prompt TEXT or a non-empty --prompts file / stdin")
+    return prompts
+
+
+class _Stream:
+    """Prints each row's newly committed text (decoding the whole row, so multi-token
+    characters come out whole)."""
+
+    def __init__(self, tokenizer, first: int, inline: bool):
+        self.tokenizer, self.first, self.inline = tokenizer, first, inline
+        self.printed: dict[int, str] = {}
+
+    def __call__(self, row: int, new: list[int], tokens: list[int]) -> bool:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        delta = text[len(self.printed.get(row, "")):]
+        self.printed[row] = text
+        if self.inline:
+            print(delta, end="", flush=True)
+        else:
+            print(f"[{self.first + row}] {delta!r}", flush=True)
+        return False
+
+
+def _main(argv: list[str] | None) -> None:
+    args = _parser().parse_args(argv)
+    if args.batch_size <= 0:
+        raise UserError(f"--batch-size={args.batch_size} must be positive")
+
+    import torch
+
+    import twotower_train  # noqa: F401  (CPU compatibility)
+    from twotower_train.inference import modes
+    from twotower_train.inference.load import load_for_decoding
+
+    names = ("max_new_tokens", "block_size", "steps_per_block", "confidence_threshold",
+             "query_block_size", "temperature", "top_k", "top_p")
+    knobs = {name: getattr(args, name) for name in names}
+    modes.build_config(args.mode, **knobs)  # bad knobs fail before the model loads
+    prompts = _read_prompts(args)
+    loaded = load_for_decoding(args.model, args.tokenizer)
+    knobs = {**loaded.sampler_ids(), **knobs}
+    if "mask_token_id" in modes.knobs(args.mode):
+        knobs["mask_token_id"] = loaded.mask_token_id
+    config = modes.build_config(args.mode, **knobs)
+    generator = torch.Generator(loaded.model.context_device).manual_seed(args.seed)
+    ids = [loaded.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    if any(not i for i in ids):
+        raise UserError("a prompt encodes to no tokens; give non-empty prompts")
+
+    totals = {"tokens": 0, "context": 0, "denoiser": 0, "accepted": 0, "verify": 0}
+    start = time.perf_counter()
+    for first in range(0, len(ids), args.batch_size):
+        batch = ids[first : first + args.batch_size]
+        inline = len(batch) == 1
+        if inline:
+            print(prompts[first], end="", flush=True)
+        stream = _Stream(loaded.tokenizer, first, inline)
+        out = modes.generate(loaded.model, batch, args.mode, config, generator, on_commit=stream)
+        if inline:
+            print(flush=True)
+        totals["tokens"] += out.generated
+        totals["context"] += out.row_context_forwards
+        totals["denoiser"] += out.row_denoiser_forwards
+        totals["accepted"] += getattr(out, "accepted", 0)
+        totals["verify"] += getattr(out, "verify_forwards", 0)
+    seconds = time.perf_counter() - start
+    print(_summary(args.mode, len(prompts), seconds, totals), flush=True)
+
+
+def _summary(mode: str, prompts: int, seconds: float, t: dict[str, int]) -> str:
+    parts = [
+        f"mode={mode}", f"prompts={prompts}", f"tokens={t['tokens']}", f"time={seconds:.2f}s",
+        f"tokens/s={t['tokens'] / seconds:.1f}",
+        f"tokens/(context+denoiser) forward={t['tokens'] / (t['context'] + t['denoiser']):.2f}",
+    ]
+    if t["denoiser"]:
+        parts.append(f"tokens/denoiser forward={t['tokens'] / t['denoiser']:.2f}")
+    if t["verify"]:
+        parts.append(f"accepted/verify forward={t['accepted'] / t['verify']:.2f}")
+    return "# " + " ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_tool(TOOL, _main, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The generation modes by name, with their knobs checked — one table for every front end
+(``twotower-generate``, the lm-eval adapter, ``benchmarks/generation.py``).
+
+    from twotower_train.inference.modes import build_config, generate
+    config = build_config("mask_diffusion", max_new_tokens=32, confidence_threshold=0.9)
+    out = generate(model, prompts, "mask_diffusion", config)
+
+A knob is a field of the mode's config dataclass (``block_size``, ``steps_per_block``,
+``confidence_threshold``, ``query_block_size``, ``mask_token_id``, ``eos_token_id``, …) or one of
+the token-choice knobs ``temperature``, ``top_k``, ``top_p``. An unknown mode, a knob the mode does
+not take, or a value out of range is a :class:`~twotower_train.errors.UserError` naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from twotower_train.errors import UserError
+from twotower_train.inference.samplers import (
+    ARConfig,
+    DecodeConfig,
+    Generation,
+    MaskDiffusionConfig,
+    MockARConfig,
+    OnCommit,
+    generate_ar,
+    generate_mask_diffusion,
+    generate_mock_ar,
+)
+from twotower_train.inference.sampling import TokenChoice
+from twotower_train.inference.speculative import SpeculativeConfig, generate_speculative
+
+MODES: dict[str, tuple[Callable[..., Generation], type[DecodeConfig]]] = {
+    "mask_diffusion": (generate_mask_diffusion, MaskDiffusionConfig),
+    "mock_ar": (generate_mock_ar, MockARConfig),
+    "ar": (generate_ar, ARConfig),
+    "speculative": (generate_speculative, SpeculativeConfig),
+}
+CHOICE_KNOBS = ("temperature", "top_k", "top_p")
+
+
+class SamplerError(UserError, ValueError):
+    """A bad generation mode or knob."""
+
+
+def knobs(mode: str) -> list[str]:
+    """The knobs ``mode`` takes."""
+    _, config_type = _mode(mode)
+    fields = [f.name for f in dataclasses.fields(config_type) if f.name != "choice"]
+    return fields + list(CHOICE_KNOBS)
+
+
+def _mode(mode: str):
+    if mode not in MODES:
+        raise SamplerError(f"unknown generation mode {mode!r}; choose one of {', '.join(MODES)}")
+    return MODES[mode]
+
+
+def build_config(mode: str, **values: Any) -> DecodeConfig:
+    """``mode``'s config from knob values (``None`` values are left at their defaults)."""
+    _, config_type = _mode(mode)
+    values = {k: v for k, v in values.items() if v is not None}
+    unknown = sorted(set(values) - set(knobs(mode)))
+    if unknown:
+        raise SamplerError(
+            f"{', '.join(unknown)} not a knob of mode {mode!r}; it takes {', '.join(knobs(mode))}"
+        )
+    choice = {k: values.pop(k) for k in CHOICE_KNOBS if k in values}
+    try:
+        return config_type(choice=TokenChoice(**choice), **values)
+    except (TypeError, ValueError) as error:  # the dataclasses' own range checks
+        raise SamplerError(f"mode {mode!r}: {error}") from None
+
+
+def generate(
+    model, prompts: list[list[int]], mode: str, config: DecodeConfig,
+    generator: torch.Generator | None = None, on_commit: OnCommit | None = None,
+) -> Generation:
+    """Run ``mode`` with ``config`` (from :func:`build_config`)."""
+    function, _ = _mode(mode)
+    return function(model, prompts, config, generator=generator, on_commit=on_commit)
