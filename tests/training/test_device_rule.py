@@ -16,7 +16,7 @@ import importlib
 import pytest
 import torch
 
-from tests.training.test_trainer import _train
+from tests.training.fixtures import train
 from twotower_train import distributed
 
 TRAINING_MODULES = [
@@ -122,7 +122,7 @@ def test_training_follows_the_device_rule(recipe, tmp_path, monkeypatch, objecti
         "curriculum.phases.0.lr.warmup_steps=0", "training.eval_interval=1",
         f"checkpoint.dir={tmp_path / 'ck'}", "checkpoint.save_interval=1",
     )
-    trainer, outcome = _train(cfg)
+    trainer, outcome = train(cfg)
     assert outcome == "finished" and len(trainer.logger.history) == 2
     # Per step: DDP's bucket all-reduce, finalize_model_grads' num_tokens, the step stats, the
     # eval sums, the preemption flag, the grad norm's two sums.

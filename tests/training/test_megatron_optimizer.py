@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.training.cuda_on_cpu import megatron_optimizer_on_cpu
-from tests.training.test_trainer import _phases, _train
+from tests.training.fixtures import three_phases, train
 from twotower_train.training import checkpoint as ckpt
 from twotower_train.training.megatron_optimizer import MegatronAdamW
 
@@ -32,20 +32,20 @@ def _records(trainer):
 def test_megatron_optimizer_resume_is_bit_identical(
     recipe, tmp_path, monkeypatch, precision, sharded, kill_at
 ):
-    args = (*_phases(4), f"optimizer.precision={precision}",
+    args = (*three_phases(4), f"optimizer.precision={precision}",
             f"optimizer.use_distributed_optimizer={str(sharded).lower()}")
     ckdir = tmp_path / "ck"
     with megatron_optimizer_on_cpu(monkeypatch):
-        full, _ = _train(recipe(*args, "checkpoint.dir=null"))
+        full, _ = train(recipe(*args, "checkpoint.dir=null"))
         assert isinstance(full.optimizer, MegatronAdamW)
         assert full.optimizer.distributed is sharded
         if precision == "bf16":
             dtypes = {n.rsplit(".", 1)[-1]: p.dtype for n, p in full.module.named_parameters()}
             # Megatron keeps Mamba's A_log and D in fp32; the optimizer holds fp32 main weights.
             assert {n for n, d in dtypes.items() if d != torch.bfloat16} == {"A_log", "D"}
-        _train(recipe(*args, f"checkpoint.dir={ckdir}", f"training.max_steps={kill_at}"))
+        train(recipe(*args, f"checkpoint.dir={ckdir}", f"training.max_steps={kill_at}"))
         assert ckpt.find_latest(ckdir).name == f"iter_{kill_at:07d}"
-        resumed, outcome = _train(recipe(*args, f"checkpoint.dir={ckdir}"))
+        resumed, outcome = train(recipe(*args, f"checkpoint.dir={ckdir}"))
     assert outcome == "finished"
     # Exact: restored bf16 weights, fp32 main weights, moments, step and lr schedule.
     assert _records(resumed) == _records(full)[kill_at:]
@@ -54,12 +54,12 @@ def test_megatron_optimizer_resume_is_bit_identical(
 
 
 def test_distributed_optimizer_two_tower_resume_is_bit_identical(recipe, tmp_path, monkeypatch):
-    args = (*_phases(2), *BF16, "objective=diffusion", "optimizer.use_distributed_optimizer=true")
+    args = (*three_phases(2), *BF16, "objective=diffusion", "optimizer.use_distributed_optimizer=true")
     ckdir = tmp_path / "ck"
     with megatron_optimizer_on_cpu(monkeypatch):
-        full, _ = _train(recipe(*args, "checkpoint.dir=null"))
-        _train(recipe(*args, f"checkpoint.dir={ckdir}", "training.max_steps=3"))
-        resumed, _ = _train(recipe(*args, f"checkpoint.dir={ckdir}"))
+        full, _ = train(recipe(*args, "checkpoint.dir=null"))
+        train(recipe(*args, f"checkpoint.dir={ckdir}", "training.max_steps=3"))
+        resumed, _ = train(recipe(*args, f"checkpoint.dir={ckdir}"))
     assert _records(resumed) == _records(full)[3:]
     # The optimizer's fp32 main weights cover the denoiser exactly (the frozen tower has none).
     numel = sum(
@@ -95,7 +95,7 @@ def test_overlapped_communication_gives_the_same_steps(recipe, monkeypatch, shar
         overlap.append("optimizer.overlap_param_gather=true")
     context = megatron_optimizer_on_cpu(monkeypatch) if sharded else contextlib.nullcontext()
     with context:
-        plain, _ = _train(recipe(*base))
-        overlapped, _ = _train(recipe(*base, *overlap))
+        plain, _ = train(recipe(*base))
+        overlapped, _ = train(recipe(*base, *overlap))
     assert overlapped.reducer.model.ddp_config.overlap_grad_reduce
     assert _records(overlapped) == _records(plain)
