@@ -26,9 +26,10 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from data_tools.corpus_sources import SOURCES, CorpusSource, package_file
+from data_tools.manifest import content_digest
 from data_tools.prepare import PrepareStats, prepare_dataset
 from data_tools.train_tokenizer import train_tokenizer
 from twotower_train.data.errors import DataError
@@ -85,11 +86,16 @@ def _tokenizer_sample(raw: dict[str, Path], max_docs: int, seed: int) -> list[st
 
 
 def _ensure_tokenizer(
-    out: Path, raw: dict[str, Path], vocab_size: int, seed: int, max_docs: int
+    out: Path, raw: dict[str, Path], vocab_size: int, seed: int, max_docs: int,
+    extra: dict[str, Path],
 ) -> Path:
     tok_dir = out / "tokenizer"
     meta = out / "tokenizer.demo.json"
-    want = {"vocab_size": vocab_size, "seed": seed, "tokenizer_sample_docs": max_docs}
+    want: dict = {"vocab_size": vocab_size, "seed": seed, "tokenizer_sample_docs": max_docs}
+    if extra:  # extra sources change the tokenizer when their contents change
+        want["extra_sources"] = {
+            name: content_digest([path]) for name, path in sorted(extra.items())
+        }
     if tok_dir.is_dir() and meta.exists() and json.loads(meta.read_text()) == want:
         return tok_dir
     texts = _tokenizer_sample(raw, max_docs, seed)
@@ -106,15 +112,35 @@ def prepare_demo_data(
     workers: int = 2,
     tokenizer_sample_docs: int = 4000,
     progress: bool = False,
+    extra_sources: Mapping[str, str | Path] | None = None,
+    phase1_weights: Mapping[str, float] = PHASE1_WEIGHTS,
+    phase2_weights: Mapping[str, float] = PHASE2_WEIGHTS,
 ) -> DemoData:
     """Build (or reuse) the demo corpus under ``out_dir``; see the module docstring.
 
+    ``extra_sources`` (name -> jsonl file with a ``text`` column, e.g. the reasoning task's
+    training problems) join the packaged sources: the tokenizer is trained on them too and each
+    becomes ``indexed/<name>``; the blend weights may then name them.
+
     Raises:
-        DataError: a corpus package is not installed (the message gives the pip command).
+        DataError: a corpus package is not installed (the message gives the pip command), an
+            extra source is missing or reuses a packaged name, or a weight names no dataset.
     """
     out = Path(out_dir)
+    extra = {name: Path(path) for name, path in (extra_sources or {}).items()}
+    clash = sorted(set(extra) & {s.name for s in SOURCES})
+    if clash:
+        raise DataError(f"extra source name(s) {clash} clash with the packaged sources; rename")
+    missing = [str(path) for path in extra.values() if not path.is_file()]
+    if missing:
+        raise DataError(f"extra source file(s) not found: {', '.join(missing)}")
+    names = {s.name for s in SOURCES} | set(extra)
+    unknown = sorted((set(phase1_weights) | set(phase2_weights)) - names)
+    if unknown:
+        raise DataError(f"blend weights name {unknown}, which are not among {sorted(names)}")
     raw = {s.name: _write_jsonl(s, out / "raw" / f"{s.name}.jsonl") for s in SOURCES}
-    tok_dir = _ensure_tokenizer(out, raw, vocab_size, seed, tokenizer_sample_docs)
+    raw.update(extra)
+    tok_dir = _ensure_tokenizer(out, raw, vocab_size, seed, tokenizer_sample_docs, extra)
     stats = {
         name: prepare_dataset(
             [path], out / "indexed" / name, tok_dir, workers=workers, progress=progress
@@ -125,8 +151,8 @@ def prepare_demo_data(
     return DemoData(
         tokenizer_dir=tok_dir,
         datasets=prefixes,
-        phase1_blend=[(prefixes[n], w) for n, w in PHASE1_WEIGHTS.items()],
-        phase2_blend=[(prefixes[n], w) for n, w in PHASE2_WEIGHTS.items()],
+        phase1_blend=[(prefixes[n], w) for n, w in phase1_weights.items()],
+        phase2_blend=[(prefixes[n], w) for n, w in phase2_weights.items()],
         stats=stats,
         vocab_size=len(load_tokenizer(tok_dir)),
     )

@@ -60,6 +60,16 @@ def fingerprint(inputs: Iterable[Path], tokenizer_dir: Path, settings: dict[str,
     return digest.hexdigest()
 
 
+def content_digest(paths: Iterable[Path]) -> str:
+    """SHA-256 over the names and contents of files (and of the files under folders)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        for file in _files_under(Path(path)):
+            digest.update(file.name.encode())
+            _hash_file(digest, file)
+    return digest.hexdigest()
+
+
 def read_manifest(output_prefix: str | Path) -> dict[str, Any] | None:
     """The stored manifest, or None if absent or unreadable."""
     path = manifest_path(output_prefix)
