@@ -117,7 +117,7 @@ def initialize(
             f"{replica} processes, or change the parallel sizes"
         )
     if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
+        _destroy_model_parallel_groups()
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=tensor_parallel,
         pipeline_model_parallel_size=pipeline_parallel,
@@ -137,8 +137,20 @@ def set_seed(seed: int) -> None:
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
 
 
+def _destroy_model_parallel_groups() -> None:
+    """Megatron's ``destroy_model_parallel`` forgets its groups but destroys only the extra gloo
+    ones; the rest stay alive (on the CPU each gloo group keeps two polling threads), so a
+    process that re-initialises many layouts (the test suite) piles up thousands of threads.
+    Destroy every group but the default one."""
+    parallel_state.destroy_model_parallel()
+    world = dist.group.WORLD
+    for group in list(dist.distributed_c10d._world.pg_map):  # torch keeps no public list
+        if group is not world:
+            dist.destroy_process_group(group)
+
+
 def shutdown() -> None:
     if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
+        _destroy_model_parallel_groups()
     if dist.is_initialized():
         dist.destroy_process_group()

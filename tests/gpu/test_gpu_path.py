@@ -8,7 +8,7 @@ import pytest
 import torch
 from megatron.core import parallel_state
 
-from tests.training.test_trainer import _phases, _train
+from tests.training.fixtures import three_phases, train
 from twotower_train import distributed
 from twotower_train.inference.load import load_trained_model
 from twotower_train.inference.samplers import (
@@ -53,8 +53,8 @@ def test_bf16_distributed_optimizer_trains_on_the_gpu_and_resumes_exactly(
             yield batch
 
     monkeypatch.setattr(trainer_module, "micro_batches", spy)
-    args = (*_phases(3), *BF16_DISTRIBUTED, f"objective={objective}")
-    full, _ = _train(recipe(*args, "checkpoint.dir=null"))
+    args = (*three_phases(3), *BF16_DISTRIBUTED, f"objective={objective}")
+    full, _ = train(recipe(*args, "checkpoint.dir=null"))
     here = distributed.device()
     assert here.type == "cuda"
     assert isinstance(full.optimizer, MegatronAdamW) and full.optimizer.distributed
@@ -68,9 +68,9 @@ def test_bf16_distributed_optimizer_trains_on_the_gpu_and_resumes_exactly(
     assert main and all(p.dtype == torch.float32 and p.device == here for p in main)
 
     ckdir = tmp_path / "ck"
-    _train(recipe(*args, f"checkpoint.dir={ckdir}", "training.max_steps=4"))
+    train(recipe(*args, f"checkpoint.dir={ckdir}", "training.max_steps=4"))
     assert ckpt.find_latest(ckdir).name == "iter_0000004"
-    resumed, _ = _train(recipe(*args, f"checkpoint.dir={ckdir}"))
+    resumed, _ = train(recipe(*args, f"checkpoint.dir={ckdir}"))
     expected, got = _records(full)[4:], _records(resumed)
     # The first resumed step sees restored bf16 weights: its loss is exact. Later steps match to
     # the run-to-run reproducibility of GPU kernels (atomics in some backward kernels).
@@ -86,7 +86,7 @@ def trained(recipe, tmp_path):
         "objective=diffusion", *BF16_DISTRIBUTED, "curriculum.phases.0.steps=2",
         "curriculum.phases.0.lr.warmup_steps=0", f"checkpoint.dir={tmp_path / 'ck'}",
     )
-    _train(cfg)
+    train(cfg)
     return tmp_path / "ck"
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.training.fixtures import TINY_OVERRIDES, data_root  # noqa: F401  (fixture)
-from tests.training.test_trainer import _train
+from tests.training.fixtures import train
 from twotower_train.inference.load import load_trained_model
 from twotower_train.inference.samplers import (
     ARConfig,
@@ -32,7 +32,7 @@ def stage2_checkpoint(data_root, tmp_path_factory):
         "curriculum.phases.0.steps=2", "curriculum.phases.0.lr.warmup_steps=0",
         f"checkpoint.dir={run / 'ck'}",
     ])
-    _train(cfg)
+    train(cfg)
     return run / "ck"
 
 
