@@ -122,9 +122,8 @@ def write_trainer_checkpoint(
     ``objective_values`` is the recipe's ``objective`` section."""
     from twotower_train.training import checkpoint
     from twotower_train.training.config import Precision, from_container
-    from twotower_train.training.grad_reduce import build_grad_reducer
     from twotower_train.training.objectives import build_objective
-    from twotower_train.training.optimizer import build_optimizer
+    from twotower_train.training.optimizer import build_reducer_and_optimizer
 
     parallel = _parallel(cfg, tp, ep)
     raw = imported_recipe(recipe, cfg, out, parallel, objective_values)
@@ -142,6 +141,8 @@ def write_trainer_checkpoint(
             resharding = tmp / "tp1"
             _on_rank_zero(resharding.mkdir)
             dist_checkpointing.save({"model": objective.checkpoint_state(model)}, str(resharding))
+            # Rank 0 writes the metadata last; no rank reads before it is there.
+            _on_rank_zero(lambda: None)
             distributed.initialize(
                 tensor_parallel=tp, expert_parallel=ep, seed=train_cfg.training.seed
             )
@@ -153,12 +154,7 @@ def write_trainer_checkpoint(
         chosen = {id(p) for p in trainable}
         for p in model.parameters():  # as the trainer freezes: only these get optimizer state
             p.requires_grad_(id(p) in chosen)
-        reducer = build_grad_reducer(train_cfg.training.grad_sync, model, trainable, bf16=bf16)
-        first_lr = train_cfg.curriculum.phases[0].lr
-        optimizer = build_optimizer(
-            train_cfg.optimizer, reducer.model, trainable, peak_lr=first_lr.peak,
-            min_lr=first_lr.min,
-        )
+        _, optimizer = build_reducer_and_optimizer(train_cfg, model, trainable)
         checkpoint.save_checkpoint(
             tmp / CHECKPOINTS, objective=objective,
             model=model, optimizer=optimizer, scheduler=None, state=checkpoint.TrainState(),

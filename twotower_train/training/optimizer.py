@@ -32,7 +32,7 @@ from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 
 from twotower_train import backends, distributed
 from twotower_train.training.config import GradSync, OptimizerConfig, Precision
-from twotower_train.training.grad_reduce import is_expert_param
+from twotower_train.training.grad_reduce import GradReducer, build_grad_reducer, is_expert_param
 from twotower_train.training.megatron_optimizer import MegatronAdamW
 
 __all__ = [
@@ -201,3 +201,25 @@ def build_optimizer(
         return TorchAdamW(trainable, cfg)
     configs = megatron_configs(cfg, megatron_optimizer=True, peak_lr=peak_lr, min_lr=min_lr)
     return MegatronAdamW(configs.optimizer, model)
+
+
+def build_reducer_and_optimizer(
+    cfg: Any, model: torch.nn.Module, trainable: Sequence[torch.nn.Parameter]
+) -> tuple[GradReducer, Any]:
+    """The gradient reducer (wrapping ``model``) and the optimizer a
+    :class:`~twotower_train.training.config.TrainConfig` asks for, at the first phase's lr —
+    what the trainer builds, and what a converter needs to write a checkpoint training resumes.
+    """
+    training = cfg.training
+    megatron = uses_megatron_optimizer(training.grad_sync)
+    reducer = build_grad_reducer(
+        training.grad_sync, model, trainable,
+        ddp_config=megatron_configs(cfg.optimizer, megatron_optimizer=megatron).ddp,
+        megatron_optimizer=megatron,
+    )
+    first_lr = cfg.curriculum.phases[0].lr
+    optimizer = build_optimizer(
+        cfg.optimizer, reducer.model, trainable, grad_sync=training.grad_sync,
+        peak_lr=first_lr.peak, min_lr=first_lr.min,
+    )
+    return reducer, optimizer

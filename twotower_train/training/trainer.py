@@ -62,12 +62,8 @@ from twotower_train.training.curriculum import (
 from twotower_train.training.data import PhaseData, build_phase_data, eval_batches, micro_batches
 from twotower_train.training.logging import MetricLogger, default_peak_tflops, mfu
 from twotower_train.training.objectives import Objective, build_objective
-from twotower_train.training.grad_reduce import GradReducer, build_grad_reducer
-from twotower_train.training.optimizer import (
-    build_optimizer,
-    megatron_configs,
-    uses_megatron_optimizer,
-)
+from twotower_train.training.grad_reduce import GradReducer
+from twotower_train.training.optimizer import build_reducer_and_optimizer
 
 from twotower_train.training.report import read_metrics, summarize, write_report
 from twotower_train.training.run_folder import agreed_plan, write_recipe
@@ -182,18 +178,8 @@ class Trainer:
             )
         )
         self.trainable = self._freeze_all_but_trainable()
-        megatron = uses_megatron_optimizer(training.grad_sync)
-        self.reducer = build_grad_reducer(
-            training.grad_sync, self.module, self.trainable,
-            ddp_config=megatron_configs(cfg.optimizer, megatron_optimizer=megatron).ddp,
-            megatron_optimizer=megatron,
-        )
+        self.reducer, self.optimizer = build_reducer_and_optimizer(cfg, self.module, self.trainable)
         self.model = self.reducer.model
-        first_lr = self.curriculum.phases[0].lr
-        self.optimizer = build_optimizer(
-            cfg.optimizer, self.model, self.trainable, grad_sync=training.grad_sync,
-            peak_lr=first_lr.peak, min_lr=first_lr.min,
-        )
         self.generator = torch.Generator(device=distributed.device())
         self.state = TrainState()
         self.phase = self.data = self.scheduler = None
