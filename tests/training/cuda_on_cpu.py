@@ -40,12 +40,11 @@ class _CudaOnCpu(TorchFunctionMode):
 @contextlib.contextmanager
 def megatron_optimizer_on_cpu(monkeypatch) -> Iterator[None]:
     """The trainer uses Megatron's optimizer (and its DDP config) on this CPU machine."""
-    from twotower_train.training import optimizer, trainer
+    from twotower_train.training import optimizer
 
     if not torch.cuda.is_available():
         monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)
-    for module in (optimizer, trainer):
-        monkeypatch.setattr(module, "uses_megatron_optimizer", lambda grad_sync: True)
+    monkeypatch.setattr(optimizer, "uses_megatron_optimizer", lambda grad_sync: True)
     if torch.cuda.is_available():
         yield
         return
