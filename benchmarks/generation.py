@@ -37,7 +37,7 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 import torch  # noqa: E402
 
 from twotower_train import distributed  # noqa: E402
-from twotower_train.eval.scoring import score_ar  # noqa: E402
+from twotower_train.eval.mode_runs import agreement, ar_nll, mode_rows, run_mode  # noqa: E402
 from twotower_train.inference import modes  # noqa: E402
 from twotower_train.inference.load import LoadedModel, load_for_decoding  # noqa: E402
 
@@ -82,47 +82,14 @@ def _smoke_model() -> tuple[LoadedModel, list[list[int]]]:
 
 def _modes(args, loaded: LoadedModel) -> dict[str, tuple[str, dict]]:
     """Row name → (mode, knobs)."""
-    ids = {**loaded.sampler_ids(), "max_new_tokens": args.max_new_tokens}
-    masked = {**ids, "mask_token_id": loaded.mask_token_id}
-    rows = {"AR": ("ar", ids), "mock-AR": ("mock_ar", masked)}
-    for gamma in (float(g) for g in args.gammas.split(",")):
-        rows[f"diffusion γ={gamma:g}"] = ("mask_diffusion", {
-            **masked, "block_size": args.block_size, "steps_per_block": args.steps_per_block,
-            "confidence_threshold": gamma,
-        })
-    rows["speculative"] = ("speculative", {
-        **masked, "block_size": args.speculative_block_size,
-        "steps_per_block": args.speculative_steps,
-        "confidence_threshold": args.speculative_threshold,
-    })
-    return rows
-
-
-def _run(loaded, prompts, mode, config, batch):
-    """(generations per prompt, combined statistics, seconds) for prompts in batches."""
-    tokens, stats = [], {"context": 0, "denoiser": 0, "generated": 0, "accepted": 0, "verify": 0}
-    start = time.perf_counter()
-    for first in range(0, len(prompts), batch):
-        out = modes.generate(loaded.model, prompts[first : first + batch], mode, config)
-        tokens += out.tokens
-        stats["context"] += out.row_context_forwards
-        stats["denoiser"] += out.row_denoiser_forwards
-        stats["generated"] += out.generated
-        stats["accepted"] += getattr(out, "accepted", 0)  # speculative only
-        stats["verify"] += getattr(out, "verify_forwards", 0)
-    return tokens, stats, time.perf_counter() - start
-
-
-def _agreement(tokens, reference):
-    exact = sum(a == b for a, b in zip(tokens, reference)) / len(reference)
-    matched = sum(sum(x == y for x, y in zip(a, b)) for a, b in zip(tokens, reference))
-    return exact, matched / sum(len(b) for b in reference)
-
-
-def _ar_nll(loaded, prompts, tokens) -> float:
-    pairs = [(p, t) for p, t in zip(prompts, tokens) if t]
-    scores = score_ar(loaded.model, pairs, loaded.pad_token_id)
-    return -sum(s for s, _ in scores) / sum(len(t) for _, t in pairs)
+    return mode_rows(
+        loaded.sampler_ids(), loaded.mask_token_id, args.max_new_tokens,
+        gammas=[float(g) for g in args.gammas.split(",")], block_size=args.block_size,
+        steps_per_block=args.steps_per_block, speculative={
+            "block_size": args.speculative_block_size, "steps_per_block": args.speculative_steps,
+            "confidence_threshold": args.speculative_threshold,
+        },
+    )
 
 
 def measure(args, loaded, prompts) -> dict:
@@ -138,14 +105,14 @@ def measure(args, loaded, prompts) -> dict:
     for _ in range(args.repeats):
         for batch in batches:
             for name, (mode, _) in rows.items():
-                tokens, stats, took = _run(loaded, prompts, mode, configs[name], batch)
+                tokens, stats, took = run_mode(loaded.model, prompts, mode, configs[name], batch)
                 seconds[name, batch].append(took)
                 first.setdefault((name, batch), (tokens, stats))
     reference = first["AR", batches[0]][0]
     results = []
     for name, (mode, _) in rows.items():
         tokens, stats = first[name, batches[0]]
-        exact, per_token = _agreement(tokens, reference)
+        exact, per_token = agreement(tokens, reference)
         forwards = stats["context"] + stats["denoiser"]
         results.append({
             "name": name, "mode": mode,
@@ -162,7 +129,7 @@ def measure(args, loaded, prompts) -> dict:
                 stats["generated"] / stats["denoiser"] if stats["denoiser"] else None
             ),
             "exact_match_ar": exact, "token_agreement_ar": per_token,
-            "ar_nll": _ar_nll(loaded, prompts, tokens), "generated": stats["generated"],
+            "ar_nll": ar_nll(loaded.model, prompts, tokens, loaded.pad_token_id), "generated": stats["generated"],
         })
     return {
         "benchmark": "generation", "model": args.model or "smoke:tiny",
