@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -137,7 +138,9 @@ def _machine() -> dict:
     }
 
 
-def _main(argv) -> dict:
+def pipeline(argv: list[str] | None = None, command: str | None = None) -> dict:
+    """Run (or resume) every stage with the command-line arguments ``argv``; return the report.
+    ``command`` is what the results record as the command (default: this module's)."""
     args = _arguments(argv)
     import torch
 
@@ -145,15 +148,15 @@ def _main(argv) -> dict:
     from data_tools.repro_corpus import prepare_repro_data
     from twotower_train import distributed
 
+    task = _task_config(args.task)  # before anything is written
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stages = _Stages(out)
-    command = "python -m twotower_train.eval.reproduce " + shlex.join(
-        argv if argv is not None else __import__("sys").argv[1:])
+    command = command or "python -m twotower_train.eval.reproduce " + shlex.join(
+        argv if argv is not None else sys.argv[1:])
 
-    task = _task_config(args.task)
     start = time.perf_counter()
     data = prepare_repro_data(out / "data", train_problems=args.train_problems,
                               heldout_problems=args.heldout_problems, task=task)
@@ -236,7 +239,7 @@ def _splice(text: str, generated: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_tool(TOOL, _main, argv)
+    run_tool(TOOL, pipeline, argv)
 
 
 if __name__ == "__main__":
