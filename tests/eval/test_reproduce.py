@@ -14,18 +14,31 @@ import pytest
 from twotower_train.eval.mode_runs import mode_rows
 from twotower_train.inference import modes
 
-# A small problem space and few steps: the whole run takes about a minute on 2 cores.
-SHRUNKEN = [
+TASK = [
     "--set", "model=tiny", "--set", "training.log_interval=1000",
     "--task", "max_steps=2", "--task", "max_start=9", "--task", "max_amount=4",
     "--task", "max_value=12", "--task", "heldout_percent=20",
     "--train-problems", "3000", "--heldout-problems", "40",
+    "--eval-problems", "8", "--max-new-tokens", "16", "--gammas", "0.8", "--threads", "1",
+]
+# A small problem space and enough steps for the denoiser to learn: ~3 minutes on 2 shared cores.
+SHRUNKEN = [
+    *TASK,
     "--stage1-set", "curriculum.phases.0.steps=60",
     "--stage1-set", "curriculum.phases.0.lr.warmup_steps=5",
     "--stage2-set", "curriculum.phases.0.steps=30",
     "--stage2-set", "curriculum.phases.1.steps=20",
     "--stage2-set", "curriculum.phases.2.steps=40",
-    "--eval-problems", "8", "--max-new-tokens", "16", "--gammas", "0.8", "--threads", "1",
+]
+# The same pipeline with a handful of steps (the default suite's variant): it checks that the
+# stages chain and that the export decodes like Megatron, not that the model learns.
+SMOKE = [
+    *TASK,
+    "--stage1-set", "curriculum.phases.0.steps=10",
+    "--stage1-set", "curriculum.phases.0.lr.warmup_steps=2",
+    *[item for phase in range(3) for item in (
+        "--stage2-set", f"curriculum.phases.{phase}.steps=8",
+        "--stage2-set", f"curriculum.phases.{phase}.lr.warmup_steps=2")],
 ]
 
 
@@ -36,9 +49,15 @@ def _reproduce(out, env, *extra):
     )
 
 
-def test_shrunken_pipeline_learns_and_export_decodes_like_megatron(tmp_path, tool_env):
+@pytest.mark.parametrize("settings, learns", [
+    pytest.param(SMOKE, False, id="smoke"),
+    pytest.param(SHRUNKEN, True, id="learns", marks=pytest.mark.slow),
+])
+def test_pipeline_end_to_end_and_export_decodes_like_megatron(
+    tmp_path, tool_env, settings, learns
+):
     out = tmp_path / "repro"
-    proc = _reproduce(out, tool_env, *SHRUNKEN)
+    proc = _reproduce(out, tool_env, *settings)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
     assert report["command"].startswith("python -m twotower_train.eval.reproduce --out")
@@ -49,7 +68,8 @@ def test_shrunken_pipeline_learns_and_export_decodes_like_megatron(tmp_path, too
     # Learning: the denoiser uses its context and the visible tokens, which a unigram cannot.
     acc = report["masked_accuracy"]
     assert acc["masked"] >= 50
-    assert acc["accuracy"] >= acc["unigram"] + 0.15, acc
+    if learns:
+        assert acc["accuracy"] >= acc["unigram"] + 0.15, acc
     # Speculative decoding is lossless: token-identical to AR greedy on every prompt.
     speculative = report["modes"][-1]
     assert speculative["exact_match_ar"] == 1.0
