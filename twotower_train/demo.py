@@ -30,9 +30,18 @@ TASK = ["--task", "min_steps=2", "--task", "max_steps=2", "--task", "max_start=1
         "--train-problems", "20000", "--heldout-problems", "150"]
 """A task small enough for minutes of CPU training: 2 steps, totals ≤ 15 (188 held-out chains)."""
 
+TASK_HEAVY = [
+    f"data.blends.{name}=[{{prefix:'${{data.root}}/indexed/wiki',weight:{wiki}}},"
+    f"{{prefix:'${{data.root}}/indexed/chitchat',weight:{chat}}},"
+    f"{{prefix:'${{data.root}}/indexed/task',weight:{task}}}]"
+    for name, wiki, chat, task in (("broad", 0.15, 0.15, 0.7), ("quality", 0.1, 0.05, 0.85))
+]
+"""Blends with more task than ``recipes/data/mini_repro.yaml``'s, so minutes suffice for it."""
+
 DEMO = [
-    "--set", "model=tiny", "--set", "training.log_interval=50", *TASK,
-    "--stage1-set", "curriculum.phases.0.steps=800",
+    "--set", "model=tiny", "--set", "training.log_interval=100", *TASK,
+    *[item for blend in TASK_HEAVY for item in ("--set", blend)],
+    "--stage1-set", "curriculum.phases.0.steps=1200",
     "--stage1-set", "curriculum.phases.0.lr.peak=3e-3",
     *[item for phase in range(3) for item in
       ("--stage2-set", f"curriculum.phases.{phase}.lr.peak=2e-3")],
