@@ -47,7 +47,6 @@ from twotower_train import backends, cli, distributed
 from twotower_train.diffusion import MetricSums
 from twotower_train.training.checkpoint import (
     TrainState,
-    find_latest,
     load_checkpoint,
     read_train_state,
     save_checkpoint,
