@@ -5,7 +5,12 @@ import math
 import pytest
 import torch
 
-from twotower_train.diffusion.corruption import TimeSampling, corrupt_blocks, sample_block_times
+from twotower_train.diffusion.corruption import (
+    TimeSampling,
+    corrupt_blocks,
+    sample_block_times,
+    shifted_loss_positions,
+)
 
 MASK_ID = 3
 
@@ -120,3 +125,14 @@ def test_validation_errors():
         corrupt_blocks(tokens, 5, MASK_ID, eps=0.0)
     with pytest.raises(ValueError, match="batch, seq_len"):
         corrupt_blocks(tokens[0], 5, MASK_ID)
+
+
+def test_shifted_loss_positions():
+    masked = torch.tensor([[True, True, False, True, True, False, True, True]])
+    scored, heads = shifted_loss_positions(masked, 4)
+    # Block starts (0 and 4) carry no loss; every other masked position is scored from i − 1.
+    assert scored.tolist() == [[False, True, False, True, False, False, True, True]]
+    assert heads.tolist() == [[True, False, True, False, False, True, True, False]]
+    assert torch.equal(heads.nonzero()[:, 1] + 1, scored.nonzero()[:, 1])
+    with pytest.raises(ValueError, match="at least 2"):
+        shifted_loss_positions(masked, 1)

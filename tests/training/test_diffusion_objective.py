@@ -48,6 +48,36 @@ def test_loss_is_mean_nll_over_masked_positions(objective_and_model, tiny_cfg):
     assert model.denoiser.adaln.tables.grad is not None
 
 
+def test_shifted_loss_scores_each_token_with_the_output_before_it(single_process, tiny_cfg):
+    """model.denoiser_shift: token i is scored by the denoiser's output at i − 1, block starts
+    (the context tower's to predict) carry no loss — checked against the full logits."""
+    cfg = tiny_cfg.replace(denoiser_shift=True)
+    objective = build_objective("diffusion", {})
+    model = objective.build_model(cfg, ParallelConfig(), torch.float32)
+    tokens = torch.randint(4, cfg.vocab_size, (2, 32), generator=torch.Generator().manual_seed(1))
+    out, sums = objective.loss(model, {"tokens": tokens}, phase(8), torch.Generator().manual_seed(7))
+    from twotower_train.diffusion import corrupt_blocks
+
+    c = corrupt_blocks(tokens, 8, cfg.mask_token_id, generator=torch.Generator().manual_seed(7))
+    logits = model(tokens, c.noisy, c.t_realised, 8)  # (b, L, V): output i
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction="none"
+    ).view(2, 31)  # nll[:, i − 1] scores token i
+    scored = c.masked.clone()
+    scored[:, ::8] = False
+    assert bool(scored.any()) and bool((c.masked & ~scored).any())
+    expected = nll[scored[:, 1:]].sum()
+    torch.testing.assert_close(out.numerator, expected, rtol=1e-5, atol=1e-5)
+    assert int(out.denominator) == int(scored.sum()) == int(out.num_masked)
+    assert objective.summarize(sums)["num_masked"] == int(scored.sum())
+
+
+def test_shifted_denoiser_needs_blocks_of_two(recipe):
+    with pytest.raises(ConfigError, match=r"curriculum.phases\[0\].block_size=1 with "
+                                          "model.denoiser_shift=true"):
+        recipe("+model.denoiser_shift=true", "curriculum.phases.0.block_size=1", name="demo_twotower")
+
+
 def test_block_size_follows_the_phase(objective_and_model, tiny_cfg):
     objective, model = objective_and_model
     tokens = torch.randint(4, tiny_cfg.vocab_size, (1, 32))

@@ -83,7 +83,7 @@ def twotower_config(
     feature_dim, hidden = adaln_sizes
     return NemotronTwoTowerConfig(
         **values, block_size=block_size, adaln_feature_dim=feature_dim,
-        adaln_hidden_size=hidden, auto_map=AUTO_MAP,
+        adaln_hidden_size=hidden, denoiser_shift=cfg.denoiser_shift, auto_map=AUTO_MAP,
     )
 
 
@@ -207,7 +207,7 @@ def load_twotower_folder(
         path, NemotronTwoTowerConfig, ARCHITECTURE,
         hint="a single-tower nemotron_h folder is read by `twotower-convert import-hf`",
     )
-    cfg = backbone_config_from_hf(config)
+    cfg = backbone_config_from_hf(config, denoiser_shift=bool(config.denoiser_shift))
     files = tensor_files(path)
     expected = export_names(cfg)
     missing = sorted(expected - set(files))

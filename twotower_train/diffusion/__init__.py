@@ -9,6 +9,7 @@ from twotower_train.diffusion.corruption import (
     TimeSampling,
     corrupt_blocks,
     sample_block_times,
+    shifted_loss_positions,
 )
 from twotower_train.diffusion.loss import LossOutput, LossWeighting, ar_loss, masked_diffusion_loss
 from twotower_train.diffusion.masks import (
@@ -36,4 +37,5 @@ __all__ = [
     "diffusion_step_sums",
     "masked_diffusion_loss",
     "sample_block_times",
+    "shifted_loss_positions",
 ]

@@ -31,7 +31,9 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Corruption", "TimeSampling", "corrupt_blocks", "sample_block_times"]
+__all__ = [
+    "Corruption", "TimeSampling", "corrupt_blocks", "sample_block_times", "shifted_loss_positions",
+]
 
 
 class TimeSampling(enum.Enum):
@@ -151,3 +153,25 @@ def corrupt_blocks(
     noisy = torch.where(masked, torch.full_like(tokens, mask_id), tokens)
     t_realised = masked.view(batch, n_blocks, block_size).float().mean(dim=-1)  # (b, n_blocks)
     return Corruption(noisy=noisy, masked=masked, t_sampled=t_sampled, t_realised=t_realised)
+
+
+def shifted_loss_positions(
+    masked: torch.Tensor, block_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a denoiser whose output at position i scores the token at i + 1
+    (``model.denoiser_shift``): ``(scored, heads)``, both (b, L) bool.
+
+    ``scored`` are the masked positions the denoiser is scored on: every masked position but
+    a block's first, which the frozen context tower predicts (it carries no gradient).
+    ``heads`` are the positions whose outputs score them, one to the left; in row-major order
+    the k-th head scores the k-th scored position.
+    """
+    if block_size < 2:
+        raise ValueError(
+            f"block_size={block_size}: a shifted denoiser needs blocks of at least 2 positions"
+        )
+    scored = masked.clone()
+    scored[:, ::block_size] = False
+    heads = torch.zeros_like(scored)
+    heads[:, :-1] = scored[:, 1:]
+    return scored, heads

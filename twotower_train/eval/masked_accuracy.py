@@ -5,7 +5,9 @@ For each pair the context tower prefills the prompt; the first ``block_size`` to
 answer + EOS form one block in which every position is masked with probability
 ``mask_ratio`` (at least one); the denoiser predicts the block at t = the block's masked
 fraction, as in training, and its argmax (mask token excluded, as the samplers do) is compared
-with the true token at the masked positions. The unigram baseline predicts, at every masked
+with the true token at the masked positions. A shifted denoiser (``denoiser_shift``) is scored
+through ``samplers.block_logits`` on the masked positions after the block's first, which the
+context tower predicts. The unigram baseline predicts, at every masked
 position, the most frequent token of a reference token stream (the training answers): what a
 denoiser that ignored its context and the visible tokens would score at best.
 """
@@ -16,7 +18,7 @@ from collections import Counter
 
 import torch
 
-from twotower_train.inference.samplers import left_pad
+from twotower_train.inference.samplers import block_logits, left_pad, shifted
 
 
 def answer_blocks(prompts, answers, eos_token_id: int, block_size: int):
@@ -38,19 +40,25 @@ def masked_token_accuracy(
     for first in range(0, len(prompts), batch):
         truth = torch.tensor(blocks[first : first + batch])  # (b, S)
         masked = torch.rand(truth.shape, generator=gen) < mask_ratio
-        masked[torch.arange(len(truth)), torch.randint(truth.shape[1], (len(truth),),
+        first_scored = 1 if shifted(model) else 0  # the context tower scores position 0
+        masked[torch.arange(len(truth)), torch.randint(first_scored, truth.shape[1], (len(truth),),
                                                        generator=gen)] = True  # ≥ 1 per row
         tokens, valid = left_pad(prompts[first : first + batch], pad_token_id, model.context_device)
-        cache = model.prefill(tokens, valid=valid, logits="none").cache
+        prefill = model.prefill(tokens, valid=valid, logits="last" if shifted(model) else "none")
         block = torch.where(masked, torch.full_like(truth, mask_token_id), truth)
         t = masked.float().mean(-1)  # (b,)
         device = model.denoiser_device
-        logits = model.denoise_block(cache, block.to(device), t.to(device)).float().cpu()
+        first = None if prefill.logits is None else prefill.logits.to(device)
+        logits = block_logits(
+            model, prefill.cache.to(device), block.to(device), t.to(device), first
+        ).float().cpu()
         logits[..., mask_token_id] = float("-inf")
         predicted = logits.argmax(-1)  # (b, S)
-        correct += int((predicted == truth)[masked].sum())
-        masked_total += int(masked.sum())
-        targets += truth[masked].tolist()
+        scored = masked.clone()
+        scored[:, :first_scored] = False
+        correct += int((predicted == truth)[scored].sum())
+        masked_total += int(scored.sum())
+        targets += truth[scored].tolist()
     return {"accuracy": correct / masked_total, "masked": masked_total, "targets": targets}
 
 

@@ -94,7 +94,8 @@ def plot_tradeoff(report: dict, path: Path) -> None:
         ax.annotate(f"γ={r['config']['confidence_threshold']:g}", (xi, yi),
                     textcoords="offset points", xytext=(4, 4), fontsize=8)
     for r in report["modes"]:
-        if r["mode"] in ("mock_ar", "speculative"):
+        # A mode without denoiser forwards (mock-AR of a shifted denoiser is AR) has no x.
+        if r["mode"] in ("mock_ar", "speculative") and r["tokens_per_denoiser_forward"]:
             ax.plot(r["tokens_per_denoiser_forward"], 100 * (r["retained"] or 0.0),
                     "s" if r["mode"] == "mock_ar" else "^", markersize=9, label=r["name"])
     ax.plot(CARD_TOKENS_PER_FORWARD, 100 * CARD_RETAINED, "*", markersize=14, color="red",

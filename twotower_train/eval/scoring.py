@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from twotower_train.inference.samplers import QUERY_BLOCK_SIZE, left_pad
+from twotower_train.inference.samplers import QUERY_BLOCK_SIZE, left_pad, shifted
 
 Pair = tuple[list[int], list[int]]
 
@@ -65,7 +65,11 @@ def score_mock_ar(
     model, pairs: list[Pair], mask_id: int, pad_id: int = 0,
     query_block_size: int = QUERY_BLOCK_SIZE,
 ) -> list[tuple[float, bool]]:
-    """Denoiser log p(continuation | context) per pair, one [MASK] query per token."""
+    """Denoiser log p(continuation | context) per pair, one [MASK] query per token. A shifted
+    denoiser (``denoiser_shift``) leaves the token after the context to the context tower, so
+    mock-AR scores are the AR scores (as ``generate_mock_ar`` decodes like ``generate_ar``)."""
+    if shifted(model):
+        return score_ar(model, pairs, pad_id)
     tokens, valid, continuation, lengths = _prepare(model, pairs, pad_id)
     context = model.prefill(tokens, valid=valid, logits="none").cache
     batch, width = continuation.shape

@@ -16,7 +16,10 @@ them itself):
   one of the s positions (:attr:`ContextOutput.position_states`), so a caller can roll the cache
   back to any accepted length exactly (:meth:`ContextOutput.rollback`; speculative decoding);
 * ``denoise_block(cache, block, t)`` — denoiser logits (b, S, V) for the block of S tokens right
-  after the cache, at diffusion time ``t`` (b,).
+  after the cache, at diffusion time ``t`` (b,): the raw output at every block position.
+  Which token each output scores is the attribute ``denoiser_shift``: False, the token at that
+  position; True, the token after it (``samplers.block_logits`` turns either into per-position
+  scores).
 
 ``logits`` is ``"all"`` (b, s, V), ``"last"`` (b, 1, V) or ``"none"``. Two attributes say
 where the towers live, ``context_device`` and ``denoiser_device`` (the same device unless the
@@ -143,6 +146,7 @@ class DecodingModel(Protocol):
 
     context_device: torch.device
     denoiser_device: torch.device
+    denoiser_shift: bool
 
     def prefill(
         self, tokens: torch.Tensor, valid: torch.Tensor | None = None, logits: str = "last"

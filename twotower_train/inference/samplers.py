@@ -211,6 +211,28 @@ def prefill_prompts(
     return out, stats, model.prefill(tokens, valid=valid, logits=logits)
 
 
+def shifted(model) -> bool:
+    """Whether ``model``'s denoiser output at block position j scores position j + 1
+    (``denoiser_shift``; the block's first position is then the context tower's prediction)."""
+    return bool(getattr(model, "denoiser_shift", False))
+
+
+def block_logits(model, cache, block: torch.Tensor, t: torch.Tensor, first=None) -> torch.Tensor:
+    """Logits (b, S, V) scoring every position of ``block`` (b, S) right after ``cache``: one
+    denoiser forward.
+
+    Without ``denoiser_shift`` these are the denoiser's outputs. With it, the output at block
+    position j scores position j + 1 and position 0 is scored by ``first`` (b, 1, V), the
+    context tower's logits at the last cached position (its next-token prediction); ``first``
+    None is for callers whose position 0 is already decoded (its score is never read)."""
+    logits = model.denoise_block(cache, block, t)  # (b, S, V)
+    if not shifted(model):
+        return logits
+    if first is None:
+        first = torch.zeros_like(logits[:, :1])
+    return torch.cat([first.to(logits), logits[:, :-1]], dim=1)
+
+
 def _settled(block: torch.Tensor, decoded: torch.Tensor, needed: torch.Tensor, eos: int | None):
     """(b,) rows whose output from this block is fixed: their first ``needed`` positions are
     decoded, or a decoded EOS ends an unbroken run of decoded positions (what follows it is
@@ -225,13 +247,14 @@ def _settled(block: torch.Tensor, decoded: torch.Tensor, needed: torch.Tensor, e
 def unmask_block(
     model, cache, block: torch.Tensor, decoded: torch.Tensor, needed: torch.Tensor,
     config: MaskDiffusionConfig, stats: Generation, generator: torch.Generator | None,
+    first: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Confidence unmasking of ``block`` (b, S) after ``cache`` (both on the denoiser's device);
     ``decoded`` (b, S) marks the positions already fixed. Steps until every row is settled
     (:func:`_settled`; ``needed`` (b,) = positions of this block the row's output can still
     use) or the steps run out; the floor guarantees that every position is decoded by then.
     Stopping once every row is settled skips only forwards whose commits would be discarded,
-    so the tokens are those of running all the steps."""
+    so the tokens are those of running all the steps. ``first``: :func:`block_logits`."""
     S = block.shape[1]
     decoded = decoded.clone()
     for step in range(config.steps_per_block):
@@ -240,7 +263,7 @@ def unmask_block(
             break
         masked = ~decoded
         t = masked.float().mean(-1)  # (b,) the block's masked fraction
-        logits = model.denoise_block(cache, block, t)  # (b, S, V)
+        logits = block_logits(model, cache, block, t, first)  # (b, S, V)
         stats.denoiser_forwards += 1
         stats.row_denoiser_forwards += int((~settled).sum())
         proposal, confidence = choose_tokens(
@@ -267,8 +290,10 @@ def generate_mask_diffusion(
 ) -> Generation:
     """Block-wise mask diffusion with confidence unmasking (module docstring; card §"How mask
     diffusion works")."""
-    out, stats, prefill = prefill_prompts(model, prompts, config, "none", on_commit)
-    cache, batch, S = prefill.cache, len(prompts), config.block_size
+    # A shifted denoiser scores each block's first position with the context tower's last logits.
+    context_logits = "last" if shifted(model) else "none"
+    out, stats, prefill = prefill_prompts(model, prompts, config, context_logits, on_commit)
+    cache, first, batch, S = prefill.cache, prefill.logits, len(prompts), config.block_size
     device = model.denoiser_device
     while not out.finished:
         block = torch.full((batch, S), config.mask_token_id, dtype=torch.long, device=device)
@@ -276,13 +301,14 @@ def generate_mask_diffusion(
         # Towers on two devices: the denoiser reads a copy of the cache on its own device.
         block = unmask_block(
             model, cache.to(device), block, decoded, out.remaining(device).clamp(max=S),
-            config, stats, generator,
+            config, stats, generator, None if first is None else first.to(device),
         )
         out.extend(block.tolist())
         if out.finished:
             break
         stats.row_context_forwards += out.active
-        cache = model.advance(cache, block.to(model.context_device), logits="none").cache
+        step = model.advance(cache, block.to(model.context_device), logits=context_logits)
+        cache, first = step.cache, step.logits
         stats.context_forwards += 1
     return stats
 
@@ -293,7 +319,12 @@ def generate_mock_ar(
     generator: torch.Generator | None = None, on_commit: OnCommit | None = None,
 ) -> Generation:
     """Two-tower AR: the context tower builds the cache, the denoiser predicts the next token as
-    the first position of an all-[MASK] block of ``query_block_size`` positions (t = 1)."""
+    the first position of an all-[MASK] block of ``query_block_size`` positions (t = 1).
+
+    With ``denoiser_shift`` the next token after the cache is scored by the context tower
+    itself (:func:`block_logits`), so this is AR decoding and runs no denoiser forward."""
+    if shifted(model):
+        return generate_ar(model, prompts, config, generator, on_commit)
     out, stats, prefill = prefill_prompts(model, prompts, config, "none", on_commit)
     cache, batch, device = prefill.cache, len(prompts), model.denoiser_device
     shape = (batch, config.query_block_size)

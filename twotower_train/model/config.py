@@ -61,6 +61,13 @@ class BackboneConfig:
     bos_token_id: int = 1
     eos_token_id: int = 2
     mask_token_id: int = 3
+    # Two-tower reading of the denoiser's outputs (ignored by the single-tower AR model).
+    denoiser_shift: bool = False
+    """False (the released model): the denoiser's output at a position scores the token there.
+    True: the output at position i scores the token at i + 1 — the backbone's own next-token
+    reading, so the denoiser starts as a working AR model (docs/diffusion.md §"Shifted
+    prediction") — and a block's first position is scored by the context tower's output at
+    the position before the block."""
 
     def __post_init__(self) -> None:
         self.validate()

@@ -177,6 +177,12 @@ class TwoTowerModel(MegatronModule):
     place_towers_on_devices = place_towers  # the model card's (and the HF export's) name
 
     @property
+    def denoiser_shift(self) -> bool:
+        """Whether the denoiser's output at position i scores the token at i + 1
+        (``model.denoiser_shift``; the samplers read it through ``samplers.block_logits``)."""
+        return self.cfg.denoiser_shift
+
+    @property
     def context_device(self) -> torch.device:
         return self.context_tower.backbone.embedding.word_embeddings.weight.device
 

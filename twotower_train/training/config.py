@@ -358,6 +358,13 @@ def from_container(values: Mapping[str, Any], *, check_data: bool = True) -> Tra
 
     # Validates the options, and the options against the model, before anything is built.
     build_objective(objective_name, objective).check_model(model)
+    if objective_name == "diffusion" and model.denoiser_shift:
+        for index, phase in enumerate(curriculum.phases):
+            if phase.block_size < 2:
+                raise ConfigError(
+                    f"curriculum.phases[{index}].block_size={phase.block_size} with "
+                    "model.denoiser_shift=true: a shifted denoiser needs blocks of at least 2"
+                )
     check_parallel_layout(model, parallel)
     if "E" in model.pattern and parallel.tensor_parallel > 1 and not parallel.sequence_parallel:
         raise ConfigError(

@@ -22,3 +22,6 @@ class NemotronTwoTowerConfig(NemotronHConfig):
     """Sinusoidal time features fed to the adaLN-single MLP."""
     adaln_hidden_size: int = 128
     """Hidden width of the adaLN-single MLP (its output is 3 × hidden_size)."""
+    denoiser_shift: bool = False
+    """True: the denoiser's output at position i scores the token at i + 1 and a block's first
+    position is scored by the context tower (the training repository's ``model.denoiser_shift``)."""

@@ -145,6 +145,12 @@ class NemotronTwoTowerForCausalLM(NemotronHForCausalLM):
         return self
 
     @property
+    def denoiser_shift(self) -> bool:
+        """Whether the denoiser's output at position i scores the token at i + 1 (the samplers
+        then score a block's first position with the context tower's last logits)."""
+        return bool(self.config.denoiser_shift)
+
+    @property
     def context_device(self) -> torch.device:
         return self.model.embeddings.weight.device
 

@@ -7,7 +7,9 @@ blocks with each block's *realised* masked fraction as its time input (what the 
 at inference) and the context tower sees the clean sequence; the loss is the mean NLL over
 masked positions (the released model's choice) or the ELBO 1/t weighting. Only the masked
 positions go through the final norm, the LM head and the cross-entropy (Megatron's fused one for
-bf16 logits): the other positions carry no loss, so their logits are never computed.
+bf16 logits): the other positions carry no loss, so their logits are never computed. With
+``model.denoiser_shift`` the output at position i scores the token at i + 1, and a block's first
+position (the frozen context tower's to predict) carries no loss.
 
 The two-tower model starts from a stage-1 backbone checkpoint (``objective.backbone_checkpoint``)
 loaded into both towers; the frozen context tower then never changes, so checkpoints store the
@@ -36,6 +38,7 @@ from twotower_train.diffusion import (
     corrupt_blocks,
     diffusion_step_sums,
     masked_diffusion_loss,
+    shifted_loss_positions,
 )
 from twotower_train.model.config import BackboneConfig, ConfigError, ParallelConfig, Recompute
 from twotower_train.model.two_tower import TwoTowerModel
@@ -82,11 +85,13 @@ class DiffusionObjective(ObjectiveBase):
         self.time_sampling = TimeSampling(self.config.time_sampling)
         self.loss_weighting = LossWeighting(self.config.loss_weighting)
         self.mask_id: int | None = None
+        self.shift = False  # model.denoiser_shift (the model may be DDP-wrapped in loss())
         self._frozen_reference: dict[str, Any] | None = None  # computed once per run
 
     # --- model ---------------------------------------------------------------------------------
 
     def check_model(self, model_cfg: BackboneConfig) -> None:
+        self.shift = model_cfg.denoiser_shift
         self.mask_id = (
             model_cfg.mask_token_id if self.config.mask_token_id is None
             else self.config.mask_token_id
@@ -129,9 +134,12 @@ class DiffusionObjective(ObjectiveBase):
             sampling=self.time_sampling, generator=generator,
         )
         masked = corruption.masked  # (b, L) bool: the only positions that carry loss
-        # Final norm, LM head and cross-entropy over the masked positions only: (n, V/TP).
+        heads = masked  # where the outputs that score them are
+        if self.shift:  # the output at i scores token i + 1
+            masked, heads = shifted_loss_positions(masked, block_size)
+        # Final norm, LM head and cross-entropy over the loss positions only: (n, V/TP).
         logits = model(
-            tokens, corruption.noisy, corruption.t_realised, block_size, positions=masked
+            tokens, corruption.noisy, corruption.t_realised, block_size, positions=heads
         )
         nll = backends.vocab_parallel_cross_entropy(logits.dtype)(logits, tokens[masked])  # (n,)
         # Back to (b, L) with zeros off the mask, which the reductions below never read.
