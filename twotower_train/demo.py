@@ -41,18 +41,18 @@ TASK_HEAVY = [
 
 DEMO = [
     # Tiny widths; two attention layers (M*E*) copy the operands far better than M*E-.
-    "--set", "model=tiny", "--set", "model.pattern=M*E*", "--set", "training.micro_batch_size=8",
+    "--set", "model=tiny", "--set", "model.pattern=M*E*",
     "--set", "training.log_interval=100", *TASK,
     *[item for blend in TASK_HEAVY for item in ("--set", blend)],
     "--stage1-set", "curriculum.phases.0.steps=1200",
     "--stage1-set", "curriculum.phases.0.lr.peak=3e-3",
     # A low stage-2 lr keeps the AR skill the shifted denoiser starts with (docs/results.md).
     *[item for phase in range(3) for item in
-      ("--stage2-set", f"curriculum.phases.{phase}.lr.peak=2.5e-4")],
+      ("--stage2-set", f"curriculum.phases.{phase}.lr.peak=2e-4")],
     "--stage2-set", "curriculum.phases.0.steps=100",
     "--stage2-set", "curriculum.phases.1.steps=100",
     "--stage2-set", "curriculum.phases.2.steps=1200",
-    "--eval-problems", "100",
+    "--eval-problems", "150",  # every held-out problem
 ]
 FAST = [
     "--set", "model=tiny", "--set", "training.log_interval=10", *TASK,

@@ -2,7 +2,8 @@
 
 * :func:`generate_mask_diffusion` — block-wise confidence unmasking with the denoiser;
 * :func:`generate_mock_ar` — one next token at a time, predicted by the denoiser from an
-  all-[MASK] query block;
+  all-[MASK] query block (a shifted denoiser, ``denoiser_shift``, leaves that token to the
+  context tower: AR decoding);
 * :func:`generate_ar` — the context tower alone, standard cached decoding.
 
 (:mod:`.speculative` adds self-speculative decoding on the same pieces.) They drive any model
