@@ -30,12 +30,13 @@ SHRUNKEN = [
     "--stage2-set", "curriculum.phases.1.steps=20",
     "--stage2-set", "curriculum.phases.2.steps=40",
 ]
-# The same pipeline with a handful of steps (the default suite's variant): it checks that the
-# stages chain and that the export decodes like Megatron, not that the model learns.
+# The default suite's variant (~1 min): enough AR steps that the (shifted) denoiser, which starts
+# from the backbone, already beats the unigram baseline clearly (measured 0.24 vs 0.09 at 80 steps,
+# 0.26 at 120); the stages chain and the export decodes like Megatron.
 SMOKE = [
     *TASK,
-    "--stage1-set", "curriculum.phases.0.steps=10",
-    "--stage1-set", "curriculum.phases.0.lr.warmup_steps=2",
+    "--stage1-set", "curriculum.phases.0.steps=80",
+    "--stage1-set", "curriculum.phases.0.lr.warmup_steps=5",
     *[item for phase in range(3) for item in (
         "--stage2-set", f"curriculum.phases.{phase}.steps=8",
         "--stage2-set", f"curriculum.phases.{phase}.lr.warmup_steps=2")],
@@ -49,12 +50,12 @@ def _reproduce(out, env, *extra):
     )
 
 
-@pytest.mark.parametrize("settings, learns", [
-    pytest.param(SMOKE, False, id="smoke"),
-    pytest.param(SHRUNKEN, True, id="learns", marks=pytest.mark.slow),
+@pytest.mark.parametrize("settings, margin", [
+    pytest.param(SMOKE, 0.1, id="smoke"),
+    pytest.param(SHRUNKEN, 0.15, id="learns", marks=pytest.mark.slow),
 ])
 def test_pipeline_end_to_end_and_export_decodes_like_megatron(
-    tmp_path, tool_env, settings, learns
+    tmp_path, tool_env, settings, margin
 ):
     out = tmp_path / "repro"
     proc = _reproduce(out, tool_env, *settings)
@@ -68,8 +69,7 @@ def test_pipeline_end_to_end_and_export_decodes_like_megatron(
     # Learning: the denoiser uses its context and the visible tokens, which a unigram cannot.
     acc = report["masked_accuracy"]
     assert acc["masked"] >= 50
-    if learns:
-        assert acc["accuracy"] >= acc["unigram"] + 0.15, acc
+    assert acc["accuracy"] >= acc["unigram"] + margin, acc
     # Speculative decoding is lossless: token-identical to AR greedy on every prompt.
     speculative = report["modes"][-1]
     assert speculative["exact_match_ar"] == 1.0
