@@ -18,6 +18,7 @@ from collections import Counter
 
 import torch
 
+from twotower_train.diffusion import shifted_loss_positions
 from twotower_train.inference.samplers import block_logits, left_pad, shifted
 
 
@@ -37,25 +38,25 @@ def masked_token_accuracy(
     count, and the true tokens at those positions (for :func:`unigram_accuracy`)."""
     gen = torch.Generator().manual_seed(seed)
     correct, masked_total, targets = 0, 0, []
+    shift = shifted(model)
+    first_scored = 1 if shift else 0  # a shifted denoiser leaves position 0 to the context tower
     for first in range(0, len(prompts), batch):
         truth = torch.tensor(blocks[first : first + batch])  # (b, S)
         masked = torch.rand(truth.shape, generator=gen) < mask_ratio
-        first_scored = 1 if shifted(model) else 0  # the context tower scores position 0
         masked[torch.arange(len(truth)), torch.randint(first_scored, truth.shape[1], (len(truth),),
                                                        generator=gen)] = True  # ≥ 1 per row
         tokens, valid = left_pad(prompts[first : first + batch], pad_token_id, model.context_device)
-        prefill = model.prefill(tokens, valid=valid, logits="last" if shifted(model) else "none")
+        prefill = model.prefill(tokens, valid=valid, logits="last" if shift else "none")
         block = torch.where(masked, torch.full_like(truth, mask_token_id), truth)
         t = masked.float().mean(-1)  # (b,)
         device = model.denoiser_device
-        first = None if prefill.logits is None else prefill.logits.to(device)
+        context_logits = None if prefill.logits is None else prefill.logits.to(device)
         logits = block_logits(
-            model, prefill.cache.to(device), block.to(device), t.to(device), first
+            model, prefill.cache.to(device), block.to(device), t.to(device), context_logits
         ).float().cpu()
         logits[..., mask_token_id] = float("-inf")
         predicted = logits.argmax(-1)  # (b, S)
-        scored = masked.clone()
-        scored[:, :first_scored] = False
+        scored = shifted_loss_positions(masked, truth.shape[1])[0] if shift else masked
         correct += int((predicted == truth)[scored].sum())
         masked_total += int(scored.sum())
         targets += truth[scored].tolist()
