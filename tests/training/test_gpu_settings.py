@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from twotower_train import distributed
+from twotower_train.errors import ConfigError
 from twotower_train.model.backbone import check_parallel_layout, transformer_config
-from twotower_train.model.config import ConfigError, ParallelConfig
+from twotower_train.model.config import ParallelConfig
 from twotower_train.training.config import OptimizerConfig, Precision, load_config
 from twotower_train.training.optimizer import megatron_configs
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from twotower_train.model.config import ConfigError
+from twotower_train.errors import ConfigError
 from twotower_train.training.config import Precision, load_config
 
 REPO = Path(__file__).resolve().parents[2]

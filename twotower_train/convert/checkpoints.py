@@ -40,7 +40,8 @@ from twotower_train.convert.hf_files import (
 )
 from twotower_train.convert.nemotron_h import load_hf_folder, load_megatron_state, save_hf_folder
 from twotower_train.convert.two_tower import load_twotower_folder, save_twotower_folder
-from twotower_train.model.config import BackboneConfig, ConfigError, ParallelConfig
+from twotower_train.errors import ConfigError
+from twotower_train.model.config import BackboneConfig, ParallelConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 CHECKPOINTS = "checkpoints"

@@ -30,8 +30,8 @@ import torch
 from megatron.core import dist_checkpointing, parallel_state
 
 from twotower_train import distributed
-from twotower_train.errors import UserError
-from twotower_train.model.config import ConfigError, ParallelConfig
+from twotower_train.errors import ConfigError, UserError
+from twotower_train.model.config import ParallelConfig
 from twotower_train.training import checkpoint
 from twotower_train.training.config import Precision, TrainConfig, from_container
 from twotower_train.training.objectives import build_objective

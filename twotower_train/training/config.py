@@ -3,7 +3,7 @@
 Hydra composes YAML groups (``model/ parallelism/ data/ curriculum/ objective/``) and
 command-line overrides into one OmegaConf tree; :func:`from_container` turns it into a
 :class:`TrainConfig`, validating each section. Every problem raises one
-:class:`~twotower_train.model.config.ConfigError` whose message names the key to change, before
+:class:`~twotower_train.errors.ConfigError` whose message names the key to change, before
 anything is built: unknown keys, a block size that does not divide the sequence length, special
 token ids outside the vocabulary, a missing tokenizer or data prefix (with the ``data_tools``
 command that creates it), batch sizes that do not divide, unknown enum values.
@@ -24,13 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twotower_train.model.config import (
-    BackboneConfig,
-    ConfigError,
-    ParallelConfig,
-    Recompute,
-    preset,
-)
+from twotower_train.errors import ConfigError
+from twotower_train.model.config import BackboneConfig, ParallelConfig, Recompute, preset
 from twotower_train.training.curriculum import Curriculum
 from twotower_train.training.recipes import RECIPES_DIR
 from twotower_train.training.validation import positive_int, reject_unknown

@@ -1,7 +1,7 @@
 """The two checks every recipe section repeats, with the project's error wording.
 
 Recipe validation (:mod:`twotower_train.training.config`, :mod:`~twotower_train.training.curriculum`)
-reports every problem as one :class:`~twotower_train.model.config.ConfigError` that names the key.
+reports every problem as one :class:`~twotower_train.errors.ConfigError` that names the key.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from twotower_train.model.config import ConfigError
+from twotower_train.errors import ConfigError
 
 
 def reject_unknown(values: Mapping[str, Any], allowed: set[str], key: str) -> None:

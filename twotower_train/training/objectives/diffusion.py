@@ -40,7 +40,8 @@ from twotower_train.diffusion import (
     masked_diffusion_loss,
     shifted_loss_positions,
 )
-from twotower_train.model.config import BackboneConfig, ConfigError, ParallelConfig, Recompute
+from twotower_train.errors import ConfigError
+from twotower_train.model.config import BackboneConfig, ParallelConfig, Recompute
 from twotower_train.model.two_tower import TwoTowerModel
 from twotower_train.training.curriculum import ActivePhase
 from twotower_train.training.fingerprint import checkpoint_fingerprint
