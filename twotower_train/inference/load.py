@@ -17,7 +17,7 @@ precision it was trained in, ``optimizer.precision``).
 :func:`load_for_decoding` is what the front ends (``twotower-generate``, the lm-eval adapter,
 ``benchmarks/generation.py``) call: a trainer checkpoint of a two-tower run or an exported
 folder (``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``), each with its
-tokenizer; both offer the :class:`~twotower_train.inference.cache.DecodingModel` interface.
+tokenizer; both offer the :class:`~twotower_train.decoding.cache.DecodingModel` interface.
 """
 
 from __future__ import annotations
