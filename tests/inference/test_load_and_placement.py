@@ -23,7 +23,7 @@ PROMPTS = [[5, 17, 99, 240, 31, 7], [12, 40, 9]]
 @pytest.fixture(scope="module")
 def stage2_checkpoint(data_root, tmp_path_factory):
     """A two-tower checkpoint after two training steps (fp32), shared by this module's tests."""
-    from twotower_train.training.config import load_config
+    from twotower_train.training.recipes import load_config
 
     run = tmp_path_factory.mktemp("stage2")
     cfg = load_config("demo", [

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from twotower_train.errors import ConfigError
-from twotower_train.training.config import Precision, load_config
+from twotower_train.training.config import Precision
+from twotower_train.training.recipes import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -82,7 +82,8 @@ def imported_recipe(
     the imported model (every field explicit), parallel layout and objective."""
     from omegaconf import OmegaConf
 
-    from twotower_train.training.config import compose, from_container
+    from twotower_train.training.config import from_container
+    from twotower_train.training.recipes import check_run, compose
 
     composed = compose(recipe)
     composed.output_dir = str(out)  # before resolving: checkpoint.dir interpolates it
@@ -92,7 +93,7 @@ def imported_recipe(
     values["checkpoint"] = {**values.get("checkpoint", {}), "dir": str(out / CHECKPOINTS)}
     values["parallelism"] = {**values.get("parallelism", {}), **vars(parallel)}
     values["objective"] = objective
-    return from_container(values, check_data=False).raw
+    return check_run(from_container(values, check_data=False)).raw
 
 
 def _parallel(cfg: BackboneConfig, tp: int, ep: int) -> ParallelConfig:
