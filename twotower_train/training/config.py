@@ -285,10 +285,7 @@ def from_container(values: Mapping[str, Any], *, check_data: bool = True) -> Tra
             seq_length=data.seq_length,
         )
     except ValueError as error:
-        message = str(error)
-        if "seq_length" in message and "block_size" in message:
-            message += " (data.seq_length)"
-        raise ConfigError(message) from None
+        raise ConfigError(str(error)) from None
     objective = dict(values.get("objective") or {"name": "ar"})
     objective_name = str(objective.pop("name", "ar"))
     from twotower_train.model.backbone import check_parallel_layout
