@@ -8,7 +8,7 @@ import torch
 
 from tests.convert.two_tower_models import export, left_padded, load_export, random_two_tower
 from twotower_train import distributed
-from twotower_train.inference.samplers import (
+from twotower_train.decoding.samplers import (
     ARConfig,
     MaskDiffusionConfig,
     MockARConfig,

@@ -10,8 +10,7 @@ from megatron.core import parallel_state
 
 from tests.training.fixtures import three_phases, train
 from twotower_train import distributed
-from twotower_train.inference.load import load_trained_model
-from twotower_train.inference.samplers import (
+from twotower_train.decoding.samplers import (
     ARConfig,
     MaskDiffusionConfig,
     MockARConfig,
@@ -19,6 +18,7 @@ from twotower_train.inference.samplers import (
     generate_mask_diffusion,
     generate_mock_ar,
 )
+from twotower_train.inference.load import load_trained_model
 from twotower_train.training import checkpoint as ckpt
 from twotower_train.training.megatron_optimizer import MegatronAdamW
 

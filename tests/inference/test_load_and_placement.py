@@ -6,10 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.training.fixtures import TINY_OVERRIDES, data_root  # noqa: F401  (fixture)
-from tests.training.fixtures import train
-from twotower_train.inference.load import load_trained_model
-from twotower_train.inference.samplers import (
+from tests.training.fixtures import TINY_OVERRIDES, data_root, train  # noqa: F401  (fixture)
+from twotower_train.decoding.samplers import (
     ARConfig,
     MaskDiffusionConfig,
     MockARConfig,
@@ -17,6 +15,7 @@ from twotower_train.inference.samplers import (
     generate_mask_diffusion,
     generate_mock_ar,
 )
+from twotower_train.inference.load import load_trained_model
 
 PROMPTS = [[5, 17, 99, 240, 31, 7], [12, 40, 9]]
 
@@ -24,7 +23,7 @@ PROMPTS = [[5, 17, 99, 240, 31, 7], [12, 40, 9]]
 @pytest.fixture(scope="module")
 def stage2_checkpoint(data_root, tmp_path_factory):
     """A two-tower checkpoint after two training steps (fp32), shared by this module's tests."""
-    from twotower_train.training.config import load_config
+    from twotower_train.training.recipes import load_config
 
     run = tmp_path_factory.mktemp("stage2")
     cfg = load_config("demo", [

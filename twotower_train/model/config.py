@@ -13,13 +13,9 @@ import dataclasses
 import enum
 from dataclasses import dataclass
 
-from twotower_train.errors import UserError
+from twotower_train.errors import ConfigError
 
 LAYER_SYMBOLS = {"M": "mamba", "*": "attention", "E": "moe", "-": "mlp"}
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration value is invalid; the message names the key and the fix."""
 
 
 @dataclass

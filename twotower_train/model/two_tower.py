@@ -35,10 +35,11 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import MegatronModule
 
 from twotower_train import distributed
+from twotower_train.decoding.cache import ContextCache, ContextOutput
+from twotower_train.errors import ConfigError
 from twotower_train.model.adaln import AdaLNSingle
 from twotower_train.model.backbone import build_backbone, denoiser_stack_spec, transformer_config
-from twotower_train.model.config import BackboneConfig, ConfigError, Recompute
-from twotower_train.inference.cache import ContextCache, ContextOutput
+from twotower_train.model.config import BackboneConfig, Recompute
 from twotower_train.model.context_tower import ContextTower
 from twotower_train.model.denoiser import BlockwiseConditioning, CacheConditioning, Denoiser
 
@@ -151,7 +152,7 @@ class TwoTowerModel(MegatronModule):
             positions=positions,
         )
 
-    # --- incremental (samplers; the DecodingModel interface of inference/cache.py) ------------
+    # --- incremental (samplers; the DecodingModel interface of decoding/cache.py) ------------
     # Logits come back over the full vocabulary: the samplers are torch-only (the HF export
     # reuses them), so the tensor-parallel gather happens here.
 
