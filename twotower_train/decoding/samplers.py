@@ -32,8 +32,8 @@ Example (CPU, untrained tiny model — the tokens are noise, the mechanics are r
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Callable  # noqa: UP035  (the export's copies import only what tests/inference/test_samplers.py allows)
 
 import torch
 
