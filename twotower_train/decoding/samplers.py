@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable  # noqa: UP035  (the export's copies import only what tests/inference/test_samplers.py allows)
 
 import torch
 

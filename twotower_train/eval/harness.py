@@ -191,7 +191,7 @@ class TwoTowerLM(TemplateLM):
                 )
             prompts = [self.tok_encode(c)[-room:] or [self.loaded.eos_token_id] for c in contexts]
 
-            def stopped(row: int, new: list[int], tokens: list[int]) -> bool:
+            def stopped(row: int, new: list[int], tokens: list[int], stops=stops) -> bool:
                 text = self.tok_decode(tokens)
                 return any(stop in text for stop in stops)
 

@@ -108,14 +108,14 @@ class BackboneConfig:
                     f"[0, model.vocab_size={self.vocab_size})"
                 )
 
-    def replace(self, **changes) -> "BackboneConfig":
+    def replace(self, **changes) -> BackboneConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "BackboneConfig":
+    def from_dict(cls, values: dict) -> BackboneConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

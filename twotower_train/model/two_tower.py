@@ -95,7 +95,7 @@ class TwoTowerModel(MegatronModule):
                 module.frozen_expert_bias = True  # Megatron skips its expert-bias update
         self.context_tower.eval()
 
-    def train(self, mode: bool = True) -> "TwoTowerModel":
+    def train(self, mode: bool = True) -> TwoTowerModel:
         super().train(mode)
         self.context_tower.eval()  # frozen: never in training mode
         return self
@@ -162,7 +162,7 @@ class TwoTowerModel(MegatronModule):
 
     def place_towers(
         self, context_device: torch.device | str, denoiser_device: torch.device | str
-    ) -> "TwoTowerModel":
+    ) -> TwoTowerModel:
         """Put the context tower on ``context_device`` and the denoiser (with adaLN) on
         ``denoiser_device`` for sampling — e.g. ``("cuda:0", "cuda:1")`` for the 30B model, as
         the model card's ``place_towers_on_devices``. Returns the model."""

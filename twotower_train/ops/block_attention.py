@@ -69,7 +69,10 @@ def _flex(q, k, v, block_mask, scale):
         if _compiled_flex is None:
             if os.environ.get("TORCHDYNAMO_DISABLE", "") == "1":
                 # torch.compile would be a no-op: eager flex materialises the O(L^2) scores.
-                warnings.warn("TORCHDYNAMO_DISABLE=1: FlexAttention runs unfused (O(L^2) memory)")
+                warnings.warn(
+                    "TORCHDYNAMO_DISABLE=1: FlexAttention runs unfused (O(L^2) memory)",
+                    stacklevel=2,
+                )
                 return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
             _compiled_flex = torch.compile(flex_attention, dynamic=False)
         return _compiled_flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)

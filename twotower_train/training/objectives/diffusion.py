@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from megatron.core import dist_checkpointing
 from megatron.core.transformer.module import MegatronModule
 
 from twotower_train import backends
