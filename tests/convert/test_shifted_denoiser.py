@@ -12,7 +12,7 @@ from tests.convert.models import parity_config
 from tests.convert.two_tower_models import export, left_padded, load_export, random_two_tower
 from twotower_train import distributed
 from twotower_train.convert.two_tower import load_twotower_folder
-from twotower_train.inference.samplers import (
+from twotower_train.decoding.samplers import (
     ARConfig,
     MaskDiffusionConfig,
     MockARConfig,
@@ -21,7 +21,7 @@ from twotower_train.inference.samplers import (
     generate_mask_diffusion,
     generate_mock_ar,
 )
-from twotower_train.inference.speculative import SpeculativeConfig, generate_speculative
+from twotower_train.decoding.speculative import SpeculativeConfig, generate_speculative
 
 PROMPTS = [[5, 17, 99, 240, 31, 7], [12, 400, 9], [77]]
 NEW = 16

@@ -15,12 +15,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, NemotronHForCausal
 
 from tests.convert.models import LOGIT_ATOL
 from tests.convert.two_tower_models import export, load_export, random_two_tower
-from twotower_train import distributed, inference
+from twotower_train import decoding, distributed
 from twotower_train.convert.hf_export import MODELING_FILES, TEMPLATE_DIR
 from twotower_train.convert.hf_files import ConversionError
 from twotower_train.convert.nemotron_h import save_hf_folder
 from twotower_train.convert.two_tower import code_files, load_twotower_folder, save_twotower_folder
 from twotower_train.model.backbone import forward_logits
+
 
 @pytest.fixture(scope="module")
 def tokenizer(tokenizer_dir):
@@ -41,7 +42,7 @@ def _state(model):
 def test_folder_contents(exported):
     model, folder = exported
     names = {p.name for p in folder.iterdir()}
-    shipped = [*MODELING_FILES, *(f"{m}.py" for m in inference.PORTABLE_MODULES)]
+    shipped = [*MODELING_FILES, *(f"{m}.py" for m in decoding.PORTABLE_MODULES)]
     assert names == {
         "config.json", "generation_config.json", "model-00001-of-00001.safetensors",
         "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", *shipped,

@@ -10,7 +10,7 @@ from tests.convert.models import parity_config
 from tests.convert.two_tower_models import export, left_padded, load_export, random_two_tower
 from tests.inference.placement import cache_devices, tensor_devices
 from twotower_train import distributed
-from twotower_train.inference.samplers import (
+from twotower_train.decoding.samplers import (
     ARConfig,
     MaskDiffusionConfig,
     MockARConfig,

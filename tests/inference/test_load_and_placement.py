@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.training.fixtures import TINY_OVERRIDES, data_root  # noqa: F401  (fixture)
-from tests.training.fixtures import train
 from tests.inference.placement import cache_devices, tensor_devices
+from tests.training.fixtures import TINY_OVERRIDES, data_root, train  # noqa: F401  (fixture)
+from twotower_train.decoding.samplers import left_pad
 from twotower_train.inference.load import load_trained_model
-from twotower_train.inference.samplers import left_pad
 
 PROMPTS = [[5, 17, 99, 240, 31, 7], [12, 40, 9]]
 
@@ -18,7 +17,7 @@ PROMPTS = [[5, 17, 99, 240, 31, 7], [12, 40, 9]]
 @pytest.fixture(scope="module")
 def stage2_checkpoint(data_root, tmp_path_factory):
     """A two-tower checkpoint after two training steps (fp32), shared by this module's tests."""
-    from twotower_train.training.config import load_config
+    from twotower_train.training.recipes import load_config
 
     run = tmp_path_factory.mktemp("stage2")
     cfg = load_config("demo", [
