@@ -23,7 +23,8 @@ TASK = [
     "--train-problems", "3000", "--heldout-problems", "40",
     "--eval-problems", "8", "--max-new-tokens", "16", "--gammas", "0.8", "--threads", "1",
 ]
-# A small problem space and enough steps for the denoiser to learn: ~3 minutes on 2 shared cores.
+# A small problem space and enough steps for the denoiser to learn: ~3 minutes on 2 shared cores
+# (masked accuracy 0.418 vs 0.263 for the untrained denoiser, on 316 held-out positions).
 SHRUNKEN = [
     *TASK,
     "--stage1-set", "curriculum.phases.0.steps=60",
@@ -75,7 +76,7 @@ def _reproduce(out, env, *extra):
 
 @pytest.mark.parametrize("settings, margin, learned", [
     pytest.param(SMOKE, 0.1, 0.1, id="smoke"),
-    pytest.param(SHRUNKEN, 0.15, 0.05, id="learns", marks=pytest.mark.slow),
+    pytest.param(SHRUNKEN, 0.15, 0.1, id="learns", marks=pytest.mark.slow),
 ])
 def test_pipeline_end_to_end_and_export_decodes_like_megatron(
     tmp_path, tool_env, settings, margin, learned
