@@ -65,6 +65,7 @@ def test_mask_diffusion_token_identical(pair, threshold, block_size, steps):
     ids, mask = left_padded(PROMPTS)
     theirs = hf.generate_mask_diffusion(ids, **options, temperature=0.0, attention_mask=mask)
     new = theirs[:, ids.shape[1]:].tolist()
+    assert all(len(t) == NEW for t in ours.tokens)  # no row stopped early: the whole row compared
     assert [row[: len(t)] for row, t in zip(new, ours.tokens)] == ours.tokens
     assert ours.denoiser_forwards > 0
 

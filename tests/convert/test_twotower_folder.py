@@ -89,6 +89,26 @@ def test_round_trip_is_bit_exact(exported, tmp_path, dtype):
         assert back[name].dtype == dtype and torch.equal(back[name], tensor), name
 
 
+def test_round_trip_keeps_each_tensors_own_dtype(exported, tmp_path):
+    """A bf16 model keeps its Mamba A_log, D and dt_bias in fp32: a folder of mixed dtypes
+    reads back with every tensor in the dtype it was saved in, bit-exact."""
+    model, _ = exported
+    fp32 = ("A_log", ".D", "dt_bias")
+    state = {k: v.to(torch.float32 if k.endswith(fp32) else torch.bfloat16)
+             for k, v in _state(model).items()}
+    assert sum(v.dtype == torch.float32 for v in state.values()) >= 3
+    folder = save_twotower_folder(model.cfg, state, tmp_path / "hf", block_size=8)
+    _, back, _ = load_twotower_folder(folder, naming="local")
+    assert back.keys() == state.keys()
+    for name, tensor in state.items():
+        assert back[name].dtype == tensor.dtype and torch.equal(back[name], tensor), name
+    written = {}
+    for shard in folder.glob("model-*.safetensors"):
+        written.update(load_file(shard))
+    assert {k for k, v in written.items() if v.dtype == torch.float32} == {
+        k for k in written if k.endswith(fp32)}
+
+
 def test_save_pretrained_keeps_the_layout(exported, tmp_path):
     """No transformers name conversion applies: a re-save has our names and values."""
     _, folder = exported
