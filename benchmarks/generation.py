@@ -1,7 +1,7 @@
 """Generation modes side by side on the same weights and prompts: speed, cost and quality.
 
 For AR, mock-AR, mask diffusion at γ ∈ {0.5, 0.7, 0.8, 0.9, 0.95} (S = the block size the model trained at, S steps per block)
-and speculative decoding, one run measures (DESIGN.md §8):
+and speculative decoding, one run measures:
 
 * tokens/s (wall) at batch 1 and batch 8 — modes interleaved per repeat, median over repeats;
 * forwards per generated token (context + denoiser forwards of a row; docs/inference.md),
