@@ -218,7 +218,7 @@ def export_checkpoint(
              if not k.endswith("_extra_state")}
     if isinstance(model, TwoTowerModel):
         if block_size is None:
-            block_size = train_cfg.curriculum.phases[-1].block_size
+            block_size = train_cfg.trained_block_size
         save_twotower_folder(
             cfg, state, out, block_size=block_size, tokenizer=tok,
             max_shard_bytes=max_shard_bytes, overwrite=overwrite,

@@ -94,6 +94,9 @@ class LoadedModel:
     pad_token_id: int
     max_length: int
     """Longest sequence (prompt + generation) the model was built for."""
+    block_size: int
+    """The block size S the denoiser was trained at last (a trainer checkpoint's final
+    curriculum phase, an export's ``config.block_size``): mask diffusion's default."""
     train_config: TrainConfig | None = None
     """The recipe a trainer checkpoint was trained with (None for an export)."""
 
@@ -124,6 +127,7 @@ def load_for_decoding(path: str | Path, tokenizer: str | Path | None = None) -> 
         if tokenizer is None and not cfg.data.tokenizer:
             raise UserError(f"{path} names no tokenizer (data.tokenizer); pass one explicitly")
         ids, max_length = cfg.model, cfg.model.max_sequence_length
+        block_size = cfg.trained_block_size
         tokenizer = load_tokenizer(tokenizer or cfg.data.tokenizer, expected=None)
         train_config = cfg
     elif (path / "config.json").is_file():
@@ -134,6 +138,7 @@ def load_for_decoding(path: str | Path, tokenizer: str | Path | None = None) -> 
         ).eval()
         ids, train_config = model.config, None
         max_length = ids.max_position_embeddings
+        block_size = ids.block_size
         tokenizer = load_tokenizer(tokenizer or path, expected=None)
     else:
         raise UserError(
@@ -144,5 +149,5 @@ def load_for_decoding(path: str | Path, tokenizer: str | Path | None = None) -> 
     return LoadedModel(
         model=model, tokenizer=tokenizer, eos_token_id=ids.eos_token_id,
         mask_token_id=ids.mask_token_id, pad_token_id=ids.pad_token_id, max_length=max_length,
-        train_config=train_config,
+        block_size=block_size, train_config=train_config,
     )
