@@ -85,6 +85,9 @@ class Objective(Protocol):
     def check_model(self, model_cfg: BackboneConfig) -> None:
         """Raise :class:`ConfigError` if the options do not fit this model (recipe validation)."""
 
+    def check_start(self, *, resuming: bool) -> None:
+        """Raise :class:`ConfigError` if the options cannot start this run (before any build)."""
+
     def flops_per_token(self, model_cfg: BackboneConfig, seq_length: int) -> float:
         """Model FLOPs (forward + backward) per trained token."""
 
@@ -154,6 +157,9 @@ class ObjectiveBase:
         return [p for p in model.parameters() if p.requires_grad]
 
     def check_model(self, model_cfg: BackboneConfig) -> None:
+        return None
+
+    def check_start(self, *, resuming: bool) -> None:
         return None
 
     def summarize(self, sums: MetricSums) -> dict[str, float]:
