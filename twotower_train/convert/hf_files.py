@@ -20,9 +20,12 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from twotower_train.errors import UserError
+from twotower_train.inference.export_files import (
+    SAFETENSORS_INDEX,
+    SAFETENSORS_SINGLE,
+    check_export_folder,
+)
 
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-SAFETENSORS_SINGLE = "model.safetensors"
 DEFAULT_SHARD_BYTES = 5 * 2**30
 
 
@@ -30,56 +33,16 @@ class ConversionError(UserError, ValueError):
     """A checkpoint or config cannot be converted; the message names the file, tensor or key."""
 
 
-def shard_damage(file: Path) -> str | None:
-    """Why safetensors ``file`` is not whole (missing, truncated, not safetensors), or None.
-
-    Reads only the header: its tensors' byte ranges say how long the file must be."""
-    if not file.is_file():
-        return f"{file} is missing"
-    size = file.stat().st_size
-    try:
-        with open(file, "rb") as stream:
-            length = int.from_bytes(stream.read(8), "little")
-            if size < 8 or length > size - 8:
-                return f"{file} is truncated ({size} bytes, its header alone says more)"
-            header = json.loads(stream.read(length))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return f"{file} has no readable safetensors header"
-    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
-    expected = 8 + length + max(ends, default=0)
-    if size != expected:
-        how = "truncated" if size < expected else "longer than its header says"
-        return f"{file} is {how} ({size} of {expected} bytes)"
-    return None
-
-
 def tensor_files(path: Path) -> dict[str, str]:
     """Tensor name → the safetensors file (relative to ``path``) that holds it; the index and
     every shard it lists are checked whole first (one line naming the file otherwise)."""
-    index = path / SAFETENSORS_INDEX
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            raise ConversionError(
-                f"{index} is not a readable safetensors index (damaged JSON); export the folder "
-                "again or copy it again from its source"
-            ) from None
-        if not isinstance(weight_map, dict):
-            raise ConversionError(f"{index} has no 'weight_map'")
-        for file in sorted(set(weight_map.values())):
-            if (problem := shard_damage(path / file)) is not None:
-                raise ConversionError(
-                    f"shard listed in {index.name}: {problem}; export the folder again or copy "
-                    "it again from its source"
-                )
+    try:
+        weight_map = check_export_folder(path)
+    except UserError as error:
+        raise ConversionError(str(error)) from None
+    if weight_map is not None:
         return weight_map
-    single = path / SAFETENSORS_SINGLE
-    if not single.is_file():
-        raise ConversionError(f"neither {single} nor {index} found")
-    if (problem := shard_damage(single)) is not None:
-        raise ConversionError(f"{problem}; export the folder again or copy it again")
-    with safe_open(single, framework="pt") as f:
+    with safe_open(path / SAFETENSORS_SINGLE, framework="pt") as f:
         return {name: SAFETENSORS_SINGLE for name in f.keys()}
 
 

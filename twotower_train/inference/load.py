@@ -17,7 +17,7 @@ precision it was trained in, ``optimizer.precision``).
 :func:`load_for_decoding` is what the front ends (``twotower-generate``, the lm-eval adapter,
 ``benchmarks/generation.py``) call: a trainer checkpoint of a two-tower run or an exported
 folder (``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``), each with its
-tokenizer; both offer the :class:`~twotower_train.inference.cache.DecodingModel` interface.
+tokenizer; both offer the :class:`~twotower_train.decoding.cache.DecodingModel` interface.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import torch
 from megatron.core import parallel_state
 
 from twotower_train import distributed
-from twotower_train.errors import UserError
-from twotower_train.model.config import ConfigError, ParallelConfig
+from twotower_train.errors import ConfigError, UserError
+from twotower_train.model.config import ParallelConfig
 from twotower_train.training import checkpoint
 from twotower_train.training.config import Precision, TrainConfig, from_container
 from twotower_train.training.objectives import build_objective
@@ -171,9 +171,9 @@ def load_for_decoding(
     elif (path / "config.json").is_file():
         from transformers import AutoModelForCausalLM
 
-        from twotower_train.convert.hf_files import tensor_files
+        from twotower_train.inference.export_files import check_export_folder
 
-        tensor_files(path)  # a missing / truncated shard: one line, not a loader traceback
+        check_export_folder(path)  # a missing / truncated shard: one line, not a traceback
 
         model = AutoModelForCausalLM.from_pretrained(
             str(path), trust_remote_code=True, local_files_only=True
