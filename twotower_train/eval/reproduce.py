@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from twotower_train.cli import add_debug_flag, run_tool
+from twotower_train.cli import INTERRUPTED_EXIT, add_debug_flag, run_tool
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # megatron's jit_fuser would compile on CPU
 
@@ -123,7 +123,9 @@ def _train(recipe: str, overrides: list[str]):
     print(f"[reproduce] {recipe}: {result.outcome.replace('_', ' ')} in {seconds:.0f}s "
           f"-> {result.run_dir}", flush=True)
     if result.outcome not in ("finished", "already_done"):
-        raise SystemExit(f"{TOOL}: {recipe} stopped early ({result.outcome}); re-run to resume")
+        print(f"{TOOL}: {recipe} stopped early ({result.outcome}) with a checkpoint; the same "
+              "command resumes", file=sys.stderr, flush=True)
+        raise SystemExit(INTERRUPTED_EXIT if result.outcome == "interrupted" else 1)
     return result, seconds
 
 

@@ -35,7 +35,8 @@ manager process. It is started with SIGTERM / SIGUSR1 blocked (:func:`_start_wri
 signal sent to the whole process group (``timeout``, ``kill -TERM -PGID``, schedulers) cannot kill
 it in the middle of the checkpoint the trainer writes on that very signal.
 
-Loading problems (a missing or interrupted checkpoint, tensors that do not fit the model) raise
+Loading problems (a missing, interrupted or damaged checkpoint — :mod:`integrity` checks the
+file sizes ``meta.json`` records — or tensors that do not fit the model) raise
 :class:`CheckpointError` with one line naming the path and the fix.
 """
 
@@ -60,10 +61,12 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from twotower_train import backends
 from twotower_train.errors import UserError
+from twotower_train.training import integrity
 
 __all__ = [
     "CheckpointError",
     "LoadedCheckpoint",
+    "check_intact",
     "TrainState",
     "describe_incomplete",
     "find_latest",
@@ -159,9 +162,10 @@ def _rng_object(data: Any) -> ShardedObject:
 
 def _start_writer_queue() -> None:
     """Start dist_checkpointing's result queue (a manager process, spawned once on first use)
-    with the preemption signals blocked: the child inherits the mask, so a SIGTERM to the whole
-    process group leaves it alive to finish the save. The trainer's own handler still gets a
-    signal that arrives meanwhile: it is delivered when the mask is restored."""
+    with the preemption signals and Ctrl-C's SIGINT blocked: the child inherits the mask, so a
+    SIGTERM or Ctrl-C to the whole process group leaves it alive to finish the save. The
+    trainer's own handler still gets a signal that arrives meanwhile: it is delivered when the
+    mask is restored."""
     from multiprocessing import resource_tracker
 
     from megatron.core.dist_checkpointing.strategies import filesystem_async
@@ -169,7 +173,7 @@ def _start_writer_queue() -> None:
     # Spawning the manager starts multiprocessing's resource tracker first, which unblocks
     # SIGTERM in this thread when it is done; started beforehand, it leaves the mask alone.
     resource_tracker.ensure_running()
-    blocked = {signal.SIGTERM, signal.SIGUSR1}
+    blocked = {signal.SIGTERM, signal.SIGUSR1, signal.SIGINT}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     try:
         filesystem_async.get_write_results_queue()
@@ -279,18 +283,21 @@ def _describe(reference: dict[str, Any]) -> str:
 
 
 def verify_frozen_reference(
-    path: Path, common: dict[str, Any], objective: Any, model: torch.nn.Module
+    path: Path, common: dict[str, Any], objective: Any, model: torch.nn.Module,
+    *, option: str | None = None,
 ) -> None:
     """The frozen weights a checkpoint was saved against (its common state) are this model's.
 
     Only the identity (e.g. the backbone checkpoint's fingerprint) is compared, so a moved
-    backbone folder still verifies; a different one fails with one line naming the key to set.
+    backbone folder still verifies; a different one fails with one line naming the key to set
+    (``option``: the command's own option for it, default the recipe key).
     """
     saved = common.get("frozen_reference") or {}
     current = objective.frozen_reference(model)
     if _identity(saved) == _identity(current):
         return
-    option = current.get("option") or saved.get("option") or "the frozen-weights option"
+    # The option of the command at hand (e.g. export-hf's --backbone) or the recipe key.
+    option = option or current.get("option") or saved.get("option") or "the frozen-weights option"
     if not saved:
         raise CheckpointError(
             f"{path} stores the whole model (no frozen reference) but this run loads frozen "
@@ -319,6 +326,7 @@ def locate_frozen_reference(path: Path, common: dict[str, Any]) -> Path | None:
 def load_model_state(path: str | Path, sharded_state_dict: dict) -> dict:
     """Only the model tensors of checkpoint ``path``, resharded into ``sharded_state_dict``
     (e.g. a stage-1 backbone loaded into a two-tower model at any TP/EP)."""
+    check_intact(path)
     return _load_sharded({"model": sharded_state_dict}, Path(path))["model"]
 
 
@@ -347,8 +355,12 @@ def save_checkpoint(
     root = Path(root)
     final = root / f"iter_{state.step:07d}"
     tmp = root / f"{final.name}.tmp"
-    if (final / META).is_file():  # e.g. a preemption save right after an interval save
-        return final
+    if final.exists():
+        if (final / META).is_file() and integrity.damage(final) is None:
+            return final  # e.g. a preemption save right after an interval save
+        _barrier()  # every rank has looked before rank 0 moves the damaged one aside (kept)
+        if _rank() == 0:
+            final.rename(final.with_name(f"{final.name}.damaged-{int(time.time())}"))
     if _rank() == 0:
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob("iter_*.tmp"):
@@ -374,6 +386,7 @@ def save_checkpoint(
             "objective": getattr(objective, "name", None),
             "saved_at": time.time(),
             "layout": _layout(),
+            integrity.MANIFEST_KEY: integrity.file_manifest(tmp),  # all ranks have written
         }
         _write_text_atomic(tmp / META, json.dumps(meta, indent=1))
         os.rename(tmp, final)
@@ -385,8 +398,18 @@ def save_checkpoint(
     return final
 
 
+def check_intact(path: str | Path) -> None:
+    """Raise one :class:`CheckpointError` line if a file of checkpoint ``path`` is missing or
+    truncated (:mod:`~twotower_train.training.integrity`), naming the newest intact one."""
+    report = integrity.damage_report(Path(path))
+    if report is not None:
+        raise CheckpointError(report)
+
+
 def read_common_state(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's common values (recipe, train state, layout, ...), without tensors."""
+    """A checkpoint's common values (recipe, train state, layout, ...), without tensors; the
+    checkpoint is checked whole first (:func:`check_intact`)."""
+    check_intact(path)
     return dist_checkpointing.load_common_state_dict(str(path))
 
 

@@ -10,7 +10,7 @@ Per global step ``k`` (0-based)::
     reducer.finish(num_tokens)                     # DDP + finalize_model_grads, ÷ global tokens
     optimizer.step()                               # clip + AdamW (Megatron's on CUDA)
     scheduler.step(1)                              # WSD lr of step k+1
-    log, evaluate every N, checkpoint every N, stop cleanly on SIGTERM / SIGUSR1
+    log, evaluate every N, checkpoint every N, stop cleanly on SIGTERM / SIGUSR1 / Ctrl-C
 
 Before building anything the run folder is settled (:mod:`~twotower_train.training.run_folder`:
 resume only with a matching recipe, a fresh run never in a folder that holds one); at the end
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ ALREADY_DONE = "already_done"
 class RunResult:
     """What :meth:`Trainer.train` reports: the outcome and where the run is."""
 
-    outcome: str  # finished | max_steps | preempted | already_done
+    outcome: str  # finished | max_steps | preempted | interrupted (Ctrl-C) | already_done
     run_dir: Path
     checkpoint_dir: Path | None
 
@@ -93,20 +94,36 @@ def micro_batch_seed(seed: int, step: int, offset: int) -> int:
 
 
 class PreemptionSignal:
-    """SIGTERM / SIGUSR1 (SLURM ``--signal=B:USR1@120``) ask for a checkpoint and a clean exit.
+    """SIGTERM / SIGUSR1 (SLURM ``--signal=B:USR1@120``) and Ctrl-C (SIGINT) ask for a
+    checkpoint and a clean exit.
 
     The handler only sets a flag; the trainer checks it after each step and all ranks agree
-    (max over the world) so they stop at the same step.
+    (max over the world) so they stop at the same step. A first Ctrl-C prints one line (rank 0)
+    saying so; a second one aborts at once (``KeyboardInterrupt``: one line and exit 130 from
+    :func:`twotower_train.cli.run_tool`; the last complete checkpoint stays).
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
     def __init__(self) -> None:
         self.received: int | None = None
         self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, _frame) -> None:
-        self.received = signum
+        if signum == signal.SIGINT:
+            if self.received == signal.SIGINT:  # unwinds now: cleanup runs, no new save
+                raise KeyboardInterrupt("aborted (second Ctrl-C); the last complete checkpoint "
+                                        "stays")
+            if cli.is_rank_zero():
+                os.write(2, b"twotower-train: Ctrl-C: finishing this step, then a checkpoint and "
+                            b"the report (Ctrl-C again aborts now)\n")
+        if self.received is None or signum == signal.SIGINT:
+            self.received = signum
+
+    @property
+    def interrupted(self) -> bool:
+        """The stop came from Ctrl-C (SIGINT), not from a scheduler's signal."""
+        return self.received == signal.SIGINT
 
     def requested(self) -> bool:
         flag = torch.tensor(
@@ -168,6 +185,7 @@ class Trainer:
             "checkpoint": {**cfg.raw.get("checkpoint", {}), "dir": self.checkpoint_dir},
         }
         self.objective = build_objective(cfg.objective_name, cfg.objective_options)
+        self.objective.check_start(resuming=self.plan.resume_from is not None)
         bf16 = cfg.optimizer.precision is Precision.BF16
         self.module = distributed.to_device(
             self.objective.build_model(
@@ -284,9 +302,10 @@ class Trainer:
             if (step + 1) % self.cfg.training.log_interval == 0 or "eval/loss" in record:
                 self.logger.log(record)
             if self.preemption.requested():
-                self.logger.message(f"preemption signal: checkpoint at step {self.state.step}")
+                how = "Ctrl-C" if self.preemption.interrupted else "preemption signal"
+                self.logger.message(f"{how}: checkpoint at step {self.state.step}")
                 self.save()
-                return self._finish("preempted")
+                return self._finish("interrupted" if self.preemption.interrupted else "preempted")
             every = self.cfg.checkpoint.save_interval
             if every and self.state.step % every == 0:
                 self.save()
@@ -351,6 +370,8 @@ class Trainer:
         self._tokens += tokens
         self._steps_run += 1
         tokens_per_s = tokens / seconds
+        utilisation = mfu(tokens_per_s, self.flops_per_token, self.peak_tflops,
+                          dist.get_world_size())
         return {
             "step": step,
             "phase": name,
@@ -362,7 +383,7 @@ class Trainer:
             "grad_norm": float(grad_norm),
             "step_time": seconds,
             "tokens_per_s": tokens_per_s,
-            "mfu": mfu(tokens_per_s, self.flops_per_token, self.peak_tflops, dist.get_world_size()),
+            **({"mfu": utilisation} if utilisation is not None else {}),  # known peak only
             **summary,
         }
 
