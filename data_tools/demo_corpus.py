@@ -24,9 +24,9 @@ import json
 import os
 import random
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from data_tools.corpus_sources import SOURCES, CorpusSource, package_file
 from data_tools.manifest import content_digest

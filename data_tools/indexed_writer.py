@@ -8,9 +8,9 @@ leaves a half-written ``PREFIX.bin``/``PREFIX.idx`` behind.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy
 from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder

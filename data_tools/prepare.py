@@ -19,9 +19,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from data_tools.indexed_writer import write_indexed_dataset
 from data_tools.manifest import fingerprint, read_manifest, remove_manifest, write_manifest

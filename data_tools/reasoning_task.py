@@ -36,9 +36,9 @@ import os
 import random
 import re
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from twotower_train.data.errors import DataError
 

@@ -27,9 +27,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from data_tools.demo_corpus import DemoData, prepare_demo_data
 from data_tools.reasoning_task import TaskConfig, write_task_files

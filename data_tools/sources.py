@@ -8,9 +8,9 @@ extension or, for a folder, from the files ``save_to_disk`` leaves in it. Nothin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from twotower_train.data.errors import DataError
 

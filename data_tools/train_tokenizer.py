@@ -21,8 +21,8 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 from twotower_train.data.errors import DataError
 

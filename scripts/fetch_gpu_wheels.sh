@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetch, on a machine with PyPI access, the wheels a GPU host without network needs
-# (requirements/gpu-host.txt) plus this project's own wheel, into one folder (default .whl/,
-# git-ignored). scripts/gpu_check.sh installs them offline from there (docs/gpu.md).
+# (requirements/gpu-host.txt, at the versions of requirements/lock.txt) plus this project's own
+# wheel, into one folder (default .whl/, git-ignored). scripts/gpu_check.sh installs them offline from there (docs/gpu.md).
 #
 #   bash scripts/fetch_gpu_wheels.sh [DIR]
 #
@@ -18,9 +18,11 @@ PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
            --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 mkdir -p "$DIR"
 rm -f "$DIR"/*.whl
-while read -r req; do
-  req=${req%%#*}; req=${req// /}
-  [ -z "$req" ] && continue
+while read -r name; do
+  name=${name%%#*}; name=${name// /}
+  [ -z "$name" ] && continue
+  req=$(grep -i "^${name}==" requirements/lock.txt) || {
+    echo "fetch_gpu_wheels: $name is not in requirements/lock.txt (bash scripts/lock.sh)" >&2; exit 1; }
   if ! "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp "${PLATFORMS[@]}" -d "$DIR" "$req" 2>/dev/null; then
     echo "fetch_gpu_wheels: no wheel of $req on PyPI; building it from its sdist" >&2

@@ -250,8 +250,8 @@ def samplers_main(checkpoint: str, new_tokens: int) -> None:
     import torch
 
     from twotower_train import distributed
+    from twotower_train.decoding import samplers as s
     from twotower_train.inference.load import load_trained_model
-    from twotower_train.inference import samplers as s
 
     distributed.initialize(seed=0)
     here = distributed.device()

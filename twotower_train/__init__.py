@@ -1,14 +1,15 @@
 """twotower-train: a Megatron-Core extension for two-tower block-diffusion language models.
 
-Importing the package installs :mod:`twotower_train.cpu_compat` (applied when Megatron-Core is
-imported; a no-op when CUDA is present), so Megatron-Core runs on CPU-only machines for
-development, tests and CI, and Megatron's Mamba mixer gets the pure-PyTorch ops where
-mamba_ssm's kernels are missing (:func:`twotower_train.backends.install_mamba_fallback`). The
-import itself loads neither torch nor Megatron.
+Importing the package installs :mod:`twotower_train.megatron_hook`: when Megatron-Core is
+imported it applies :mod:`twotower_train.cpu_compat` (a no-op when CUDA is present), so
+Megatron-Core runs on CPU-only machines for development, tests and CI, and Megatron's Mamba
+mixer gets the pure-PyTorch ops where mamba_ssm's kernels are missing
+(:func:`twotower_train.backends.install_mamba_fallback`). The import itself loads neither torch
+nor Megatron.
 """
 
-from twotower_train import cpu_compat
+from twotower_train import megatron_hook
 
-cpu_compat.install()
+megatron_hook.install()
 
 __version__ = "0.1.0"

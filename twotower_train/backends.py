@@ -16,22 +16,24 @@ causal_conv1d's conv where one is (the denoiser in training) — and the pure-to
 run only under the Triton interpreter, switched on explicitly by
 :func:`twotower_train.cpu_compat.enable_triton_interpreter` (the kernel parity tests).
 
-The denoiser's training attention (:func:`use_flex_attention`): compiled block-sparse
-FlexAttention on CUDA, the dense-mask SDPA reference elsewhere. The loss's cross-entropy
+The denoiser's training attention (:func:`resolve_backend`): compiled block-sparse
+FlexAttention on CUDA, the dense-mask SDPA reference elsewhere; tests force one for code that
+passes ``AUTO`` with :func:`forced_backend`. The loss's cross-entropy
 (:func:`vocab_parallel_cross_entropy`): Megatron's fused kernel for bf16 logits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
-
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
 from twotower_train import cpu_compat
+from twotower_train.ops.block_attention import AttentionBackend
 
 _BACKEND_ENV = "TWOTOWER_BACKEND"
 _MAMBA_ENV = "TWOTOWER_MAMBA_KERNELS"
@@ -152,6 +154,33 @@ def use_flex_attention(device: torch.device) -> bool:
     backward, O(L·S) memory) on CUDA; the dense-mask SDPA reference elsewhere (torch has no CPU
     FlexAttention backward)."""
     return device.type == "cuda"
+
+
+_forced: AttentionBackend | None = None
+
+
+@contextlib.contextmanager
+def forced_backend(backend: AttentionBackend) -> Iterator[None]:
+    """Within the block, ``AUTO`` resolves to ``backend`` (for tests and debugging)."""
+    global _forced
+    if not isinstance(backend, AttentionBackend):
+        raise TypeError(f"backend must be an AttentionBackend, got {backend!r}")
+    previous, _forced = _forced, backend
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+def resolve_backend(backend: AttentionBackend, device: torch.device) -> AttentionBackend:
+    """Turn ``AUTO`` into a concrete backend for ``device``; explicit choices pass through."""
+    if not isinstance(backend, AttentionBackend):
+        raise TypeError(f"backend must be an AttentionBackend, got {backend!r}")
+    if backend is not AttentionBackend.AUTO:
+        return backend
+    if _forced is not None and _forced is not AttentionBackend.AUTO:
+        return _forced
+    return AttentionBackend.FLEX if use_flex_attention(device) else AttentionBackend.DENSE
 
 
 def use_transformer_engine() -> bool:

@@ -25,10 +25,11 @@ What is adapted, and why:
 (``MambaMixer`` without mamba_ssm is a kernel choice, not a CPU matter — GPU hosts without the
 ``[gpu]`` extra need it too — so it lives in :func:`twotower_train.backends.install_mamba_fallback`.)
 
-Importing :mod:`twotower_train` calls :func:`install`: it applies the stand-ins the moment
-Megatron-Core is imported (at once if it already is), so ``import twotower_train`` alone stays
-free of torch and Megatron — command-line help and recipe errors print in about a second.
-:func:`applied` reports whether they are in place.
+Importing :mod:`twotower_train` installs :mod:`twotower_train.megatron_hook`, which calls
+:func:`apply` the moment Megatron-Core is imported (at once if it already is), so
+``import twotower_train`` alone stays free of torch and Megatron — command-line help and recipe
+errors print in about a second. :func:`applied` reports whether they are in place. This module
+imports nothing of the package (a leaf).
 
 Separately, and only when called, :func:`enable_triton_interpreter` lets the GPU Triton kernels
 (megatron-core's and mamba_ssm's Mamba-2 scans) run on CPU tensors under ``TRITON_INTERPRET=1``,
@@ -39,8 +40,6 @@ the pure-torch ops.
 from __future__ import annotations
 
 import contextlib
-import importlib.abc
-import importlib.machinery
 import os
 import sys
 import types
@@ -214,43 +213,3 @@ def enable_triton_interpreter() -> None:
     autotuner.Autotuner._bench = lambda self, *_a, config, **_k: [_tile_size(config)] * 3
     sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
     _TRITON_INTERPRETER = True
-
-
-class _ApplyAfterMegatronImport(importlib.abc.MetaPathFinder):
-    """Finds ``megatron.core`` like the normal path finder does, and calls :func:`apply` right
-    after the module has executed (a standard import hook: the patches need Megatron's modules,
-    and importing Megatron eagerly would cost every command several seconds)."""
-
-    def find_spec(self, name, path, target=None):
-        if name != "megatron.core":
-            return None
-        sys.meta_path.remove(self)  # once; also keeps the lookup below from recursing
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is None or spec.loader is None:
-            return spec
-        execute = spec.loader.exec_module
-
-        def exec_module(module):
-            execute(module)
-            _after_megatron_import()
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
-def _after_megatron_import() -> None:
-    apply()
-    # Not a CPU matter but due at the same moment: Megatron's MambaMixer without mamba_ssm's
-    # kernels (a kernel choice, so it lives in backends).
-    from twotower_train import backends
-
-    backends.install_mamba_fallback()
-
-
-def install() -> None:
-    """Apply the CPU stand-ins (and the Mamba kernel fallback) now if Megatron-Core is
-    imported, else right after it gets imported."""
-    if "megatron.core" in sys.modules:
-        _after_megatron_import()
-    elif not any(isinstance(f, _ApplyAfterMegatronImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _ApplyAfterMegatronImport())

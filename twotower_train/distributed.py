@@ -31,7 +31,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
 from twotower_train import backends
-from twotower_train.model.config import ConfigError
+from twotower_train.errors import ConfigError
 
 
 def free_port() -> int:

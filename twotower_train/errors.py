@@ -10,3 +10,7 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A bad input; the message names the problem and the fix."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration value is invalid; the message names the key and the fix."""

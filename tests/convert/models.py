@@ -67,7 +67,7 @@ def random_megatron_model(cfg: BackboneConfig, seed: int = 0) -> torch.nn.Module
     model = build_backbone(cfg)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, t in sorted(model.state_dict().items()):
+        for _name, t in sorted(model.state_dict().items()):
             if isinstance(t, torch.Tensor) and t.dim() == 1:
                 t.add_(0.1 * torch.randn(t.shape, generator=g))
     return model.eval()

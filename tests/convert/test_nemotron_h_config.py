@@ -28,7 +28,7 @@ def test_hf_fields_for_nano():
     assert (hf.num_key_value_heads, hf.n_groups, hf.n_routed_experts) == (2, 8, 128)
     assert (hf.num_experts_per_tok, hf.routed_scaling_factor, hf.norm_topk_prob) == (6, 2.5, True)
     assert hf.mlp_hidden_act == "relu2" and hf.mask_token_id == 3
-    assert hf.time_step_min == 0.0 and hf.time_step_limit == (0.0, math.inf)
+    assert hf.time_step_min == 0.0 and list(hf.time_step_limit) == [0.0, math.inf]
 
 
 def test_legacy_pattern_key_and_eos_list():

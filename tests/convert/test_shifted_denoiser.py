@@ -12,7 +12,7 @@ from tests.convert.models import parity_config
 from tests.convert.two_tower_models import export, left_padded, load_export, random_two_tower
 from twotower_train import distributed
 from twotower_train.convert.two_tower import load_twotower_folder
-from twotower_train.inference.samplers import (
+from twotower_train.decoding.samplers import (
     ARConfig,
     MaskDiffusionConfig,
     MockARConfig,
@@ -21,7 +21,7 @@ from twotower_train.inference.samplers import (
     generate_mask_diffusion,
     generate_mock_ar,
 )
-from twotower_train.inference.speculative import SpeculativeConfig, generate_speculative
+from twotower_train.decoding.speculative import SpeculativeConfig, generate_speculative
 
 PROMPTS = [[5, 17, 99, 240, 31, 7], [12, 400, 9], [77]]
 NEW = 16
@@ -65,6 +65,7 @@ def test_mask_diffusion_token_identical(pair, threshold, block_size, steps):
     ids, mask = left_padded(PROMPTS)
     theirs = hf.generate_mask_diffusion(ids, **options, temperature=0.0, attention_mask=mask)
     new = theirs[:, ids.shape[1]:].tolist()
+    assert all(len(t) == NEW for t in ours.tokens)  # no row stopped early: the whole row compared
     assert [row[: len(t)] for row, t in zip(new, ours.tokens)] == ours.tokens
     assert ours.denoiser_forwards > 0
 

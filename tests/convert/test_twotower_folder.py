@@ -15,12 +15,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, NemotronHForCausal
 
 from tests.convert.models import LOGIT_ATOL
 from tests.convert.two_tower_models import export, load_export, random_two_tower
-from twotower_train import distributed, inference
+from twotower_train import decoding, distributed
 from twotower_train.convert.hf_export import MODELING_FILES, TEMPLATE_DIR
 from twotower_train.convert.hf_files import ConversionError
 from twotower_train.convert.nemotron_h import save_hf_folder
 from twotower_train.convert.two_tower import code_files, load_twotower_folder, save_twotower_folder
 from twotower_train.model.backbone import forward_logits
+
 
 @pytest.fixture(scope="module")
 def tokenizer(tokenizer_dir):
@@ -41,7 +42,7 @@ def _state(model):
 def test_folder_contents(exported):
     model, folder = exported
     names = {p.name for p in folder.iterdir()}
-    shipped = [*MODELING_FILES, *(f"{m}.py" for m in inference.PORTABLE_MODULES)]
+    shipped = [*MODELING_FILES, *(f"{m}.py" for m in decoding.PORTABLE_MODULES)]
     assert names == {
         "config.json", "generation_config.json", "model-00001-of-00001.safetensors",
         "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", *shipped,
@@ -86,6 +87,26 @@ def test_round_trip_is_bit_exact(exported, tmp_path, dtype):
     assert back.keys() == state.keys()
     for name, tensor in state.items():
         assert back[name].dtype == dtype and torch.equal(back[name], tensor), name
+
+
+def test_round_trip_keeps_each_tensors_own_dtype(exported, tmp_path):
+    """A bf16 model keeps its Mamba A_log, D and dt_bias in fp32: a folder of mixed dtypes
+    reads back with every tensor in the dtype it was saved in, bit-exact."""
+    model, _ = exported
+    fp32 = ("A_log", ".D", "dt_bias")
+    state = {k: v.to(torch.float32 if k.endswith(fp32) else torch.bfloat16)
+             for k, v in _state(model).items()}
+    assert sum(v.dtype == torch.float32 for v in state.values()) >= 3
+    folder = save_twotower_folder(model.cfg, state, tmp_path / "hf", block_size=8)
+    _, back, _ = load_twotower_folder(folder, naming="local")
+    assert back.keys() == state.keys()
+    for name, tensor in state.items():
+        assert back[name].dtype == tensor.dtype and torch.equal(back[name], tensor), name
+    written = {}
+    for shard in folder.glob("model-*.safetensors"):
+        written.update(load_file(shard))
+    assert {k for k, v in written.items() if v.dtype == torch.float32} == {
+        k for k in written if k.endswith(fp32)}
 
 
 def test_save_pretrained_keeps_the_layout(exported, tmp_path):

@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.convert.models import parity_config
 from tests.convert.two_tower_models import export, left_padded, load_export, random_two_tower
+from tests.inference.placement import cache_devices, tensor_devices
 from twotower_train import distributed
-from twotower_train.inference.samplers import (
+from twotower_train.decoding.samplers import (
     ARConfig,
     MaskDiffusionConfig,
     MockARConfig,
@@ -116,3 +118,34 @@ def test_bf16_load_generates(pair):
         assert out.dtype == torch.long and out.shape[0] == len(PROMPTS)
         assert torch.equal(out[:, : ids.shape[1]], ids)
         assert ((out >= 0) & (out < hf.config.vocab_size)).all()
+
+
+@pytest.mark.parametrize("context, denoiser", [("meta", "cpu"), ("cpu", "meta")])
+def test_place_towers_on_devices_puts_each_tower_on_its_device(pair, context, denoiser):
+    _, _, folder = pair
+    hf = load_export(folder)  # a fresh copy: weights moved to meta are gone
+    assert hf.place_towers_on_devices(context, denoiser) is hf
+    towers = {"model.": "context", "lm_head.": "context", "denoiser.": "denoiser",
+              "adaln.": "denoiser"}
+    assert tensor_devices(hf, towers) == {
+        "context": {torch.device(context)}, "denoiser": {torch.device(denoiser)}}
+    assert (hf.context_device, hf.denoiser_device) == (torch.device(context), torch.device(denoiser))
+
+
+def test_export_caches_live_with_the_tower_that_reads_them(tmp_path):
+    """As tests/inference/test_load_and_placement.py checks for the Megatron model, and as
+    there without MoE layers (transformers' grouped-mm experts need real data on meta)."""
+    distributed.initialize(seed=0)
+    model = random_two_tower(parity_config().replace(pattern="M*-"), seed=5)
+    hf = load_export(export(model, tmp_path / "hf")).place_towers_on_devices("cpu", "meta")
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    ids, mask = left_padded(PROMPTS)
+    out = hf.prefill(ids, valid=mask.bool())
+    assert cache_devices(out.cache) == {cpu} and out.logits.device == cpu
+    moved = out.cache.to(hf.denoiser_device)
+    assert cache_devices(moved) == {meta}
+    block = torch.full((len(PROMPTS), 4), MASK, device=meta)
+    logits = hf.denoise_block(moved, block, torch.ones(len(PROMPTS), device=meta))
+    assert logits.device == meta and logits.shape == (len(PROMPTS), 4, hf.config.vocab_size)
+    step = hf.advance(out.cache, torch.full((len(PROMPTS), 4), 5), logits="all")
+    assert cache_devices(step.cache) == {cpu} and step.logits.device == cpu

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+
 import pytest
 
 from data_tools.reasoning_task import (

@@ -8,12 +8,11 @@ margin while still catching any mask error (a wrong key changes outputs by O(0.1
 import pytest
 import torch
 
+from twotower_train.backends import forced_backend, resolve_backend
 from twotower_train.ops.block_attention import (
     AttentionBackend,
     block_decode_attention,
     denoiser_attention,
-    forced_backend,
-    resolve_backend,
 )
 
 TOL = dict(atol=1e-5, rtol=1e-5)

@@ -30,8 +30,7 @@ import torch
 
 from tests.distributed.full_step import LAYOUTS, MODELS, gatherer, run_step, step_overrides
 from tests.distributed.launch import torchrun
-from tests.training.fixtures import backbone_checkpoint, data_root  # noqa: F401  (fixtures)
-from tests.training.fixtures import train_backbone
+from tests.training.fixtures import backbone_checkpoint, data_root, train_backbone  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.distributed
 
@@ -55,7 +54,7 @@ def runs(data_root, backbone_checkpoint, tmp_path_factory) -> dict:  # noqa: F81
 
 
 def _config(model: str, data_root: Path, backbone: Path, run_dir: Path, layout=()):
-    from twotower_train.training.config import load_config
+    from twotower_train.training.recipes import load_config
 
     return load_config(
         "demo_twotower", step_overrides(model, data_root, backbone, run_dir, list(layout))

@@ -4,8 +4,7 @@ stage 1 (AR) and stage 2 (diffusion, denoiser-only checkpoints, across the S=32 
 import pytest
 
 from tests.distributed.launch import torchrun
-from tests.training.fixtures import backbone_checkpoint, data_root, recipe  # noqa: F401
-from tests.training.fixtures import three_phases, train
+from tests.training.fixtures import backbone_checkpoint, data_root, recipe, three_phases, train  # noqa: F401
 
 pytestmark = pytest.mark.distributed
 

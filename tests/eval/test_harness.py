@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from twotower_train.decoding.samplers import ARConfig, generate_ar
 from twotower_train.errors import UserError
 from twotower_train.eval.harness import TwoTowerLM
 from twotower_train.inference import modes
-from twotower_train.inference.samplers import ARConfig, generate_ar
 from twotower_train.model.backbone import forward_logits
 
 TASKS = Path(__file__).parent / "tasks"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from twotower_train.decoding.samplers import left_pad
 from twotower_train.eval.scoring import score_ar, score_mock_ar
-from twotower_train.inference.samplers import left_pad
 from twotower_train.model.backbone import forward_logits
 from twotower_train.model.two_tower import TwoTowerModel
 

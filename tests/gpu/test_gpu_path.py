@@ -10,8 +10,7 @@ from megatron.core import parallel_state
 
 from tests.training.fixtures import three_phases, train
 from twotower_train import distributed
-from twotower_train.inference.load import load_trained_model
-from twotower_train.inference.samplers import (
+from twotower_train.decoding.samplers import (
     ARConfig,
     MaskDiffusionConfig,
     MockARConfig,
@@ -19,6 +18,7 @@ from twotower_train.inference.samplers import (
     generate_mask_diffusion,
     generate_mock_ar,
 )
+from twotower_train.inference.load import load_trained_model
 from twotower_train.training import checkpoint as ckpt
 from twotower_train.training.megatron_optimizer import MegatronAdamW
 
@@ -75,7 +75,7 @@ def test_bf16_distributed_optimizer_trains_on_the_gpu_and_resumes_exactly(
     # The first resumed step sees restored bf16 weights: its loss is exact. Later steps match to
     # the run-to-run reproducibility of GPU kernels (atomics in some backward kernels).
     assert got[0][:2] == expected[0][:2]
-    for (step, loss, norm, lr), (s2, loss2, norm2, lr2) in zip(got, expected, strict=True):
+    for (step, loss, _norm, lr), (s2, loss2, _norm2, lr2) in zip(got, expected, strict=True):
         assert step == s2 and lr == lr2
         assert loss == pytest.approx(loss2, rel=1e-3), step
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from twotower_train.inference.samplers import (
+from twotower_train.decoding.samplers import (
     ARConfig,
     MaskDiffusionConfig,
     MockARConfig,

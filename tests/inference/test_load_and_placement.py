@@ -1,22 +1,15 @@
-"""``load_trained_model(path, device=, dtype=)`` and ``TwoTowerModel.place_towers`` on the CPU
-(tests/gpu/ repeats them on a GPU)."""
+"""``load_trained_model(path, device=, dtype=)`` and ``TwoTowerModel.place_towers`` on the CPU,
+one tower on the meta device to tell the two apart (tests/gpu/ repeats them on a GPU)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tests.training.fixtures import TINY_OVERRIDES, data_root  # noqa: F401  (fixture)
-from tests.training.fixtures import train
+from tests.inference.placement import cache_devices, tensor_devices
+from tests.training.fixtures import TINY_OVERRIDES, data_root, train  # noqa: F401  (fixture)
+from twotower_train.decoding.samplers import left_pad
 from twotower_train.inference.load import load_trained_model
-from twotower_train.inference.samplers import (
-    ARConfig,
-    MaskDiffusionConfig,
-    MockARConfig,
-    generate_ar,
-    generate_mask_diffusion,
-    generate_mock_ar,
-)
 
 PROMPTS = [[5, 17, 99, 240, 31, 7], [12, 40, 9]]
 
@@ -24,7 +17,7 @@ PROMPTS = [[5, 17, 99, 240, 31, 7], [12, 40, 9]]
 @pytest.fixture(scope="module")
 def stage2_checkpoint(data_root, tmp_path_factory):
     """A two-tower checkpoint after two training steps (fp32), shared by this module's tests."""
-    from twotower_train.training.config import load_config
+    from twotower_train.training.recipes import load_config
 
     run = tmp_path_factory.mktemp("stage2")
     cfg = load_config("demo", [
@@ -65,18 +58,40 @@ def test_load_in_bf16_keeps_the_weights(stage2_checkpoint, single_process):
     assert (low - ref).abs().max() <= 0.05 * ref.abs().max()
 
 
-def test_towers_placed_apart_decode_the_same(stage2_checkpoint, single_process):
-    model, cfg = load_trained_model(stage2_checkpoint)
-    mask = cfg.model.mask_token_id
-    runs = {
-        "diffusion": lambda: generate_mask_diffusion(model, PROMPTS, MaskDiffusionConfig(
-            max_new_tokens=16, block_size=8, steps_per_block=4, mask_token_id=mask)),
-        "mock_ar": lambda: generate_mock_ar(
-            model, PROMPTS, MockARConfig(max_new_tokens=6, mask_token_id=mask)),
-        "ar": lambda: generate_ar(model, PROMPTS, ARConfig(max_new_tokens=6)),
-    }
-    together = {name: run().tokens for name, run in runs.items()}
-    assert model.place_towers("cpu", torch.device("cpu")) is model
-    assert model.context_device == model.denoiser_device == torch.device("cpu")
-    assert {name: run().tokens for name, run in runs.items()} == together
+TOWERS = {"context_tower.": "context", "denoiser.": "denoiser"}
+
+
+@pytest.mark.parametrize("context, denoiser", [("meta", "cpu"), ("cpu", "meta")])
+def test_place_towers_puts_each_tower_on_its_device(
+    stage2_checkpoint, single_process, context, denoiser
+):
+    model, _ = load_trained_model(stage2_checkpoint)
+    assert model.place_towers(context, torch.device(denoiser)) is model
+    assert tensor_devices(model, TOWERS) == {
+        "context": {torch.device(context)}, "denoiser": {torch.device(denoiser)}}
+    assert (model.context_device, model.denoiser_device) == (
+        torch.device(context), torch.device(denoiser))
     assert model.place_towers_on_devices == model.place_towers  # the model card's name
+
+
+def test_caches_live_with_the_tower_that_reads_them(single_process, tiny_cfg):
+    """The context tower's caches are on its device; moved to the denoiser's, the denoiser runs
+    there without touching the other device (meta and CPU tensors cannot mix). Not the other
+    way round: the context tower reads its padding mask on the host. No MoE layer: Megatron's
+    token dispatcher copies expert counts to the host, which meta tensors cannot."""
+    from twotower_train.model.two_tower import TwoTowerModel
+
+    cfg = tiny_cfg.replace(pattern="M*-")
+    model = TwoTowerModel.build(cfg).eval()
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    model.place_towers(cpu, meta)
+    tokens, valid = left_pad(PROMPTS, 0, model.context_device)
+    out = model.prefill(tokens, valid=valid)
+    assert cache_devices(out.cache) == {cpu} and out.logits.device == cpu
+    moved = out.cache.to(model.denoiser_device)
+    assert cache_devices(moved) == {meta}
+    block = torch.full((2, 8), cfg.mask_token_id, device=meta)
+    logits = model.denoise_block(moved, block, torch.ones(2, device=meta))
+    assert logits.device == meta and logits.shape == (2, 8, cfg.vocab_size)
+    step = model.advance(out.cache, torch.tensor([[4] * 8, [5] * 8]), logits="all")
+    assert cache_devices(step.cache) == {cpu} and step.logits.device == cpu

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from twotower_train.inference.sampling import TokenChoice, choose_tokens
-from twotower_train.inference.samplers import (
+from twotower_train.decoding.samplers import (
     ARConfig,
     MaskDiffusionConfig,
     MockARConfig,
@@ -14,6 +13,7 @@ from twotower_train.inference.samplers import (
     generate_mask_diffusion,
     generate_mock_ar,
 )
+from twotower_train.decoding.sampling import TokenChoice, choose_tokens
 from twotower_train.model.backbone import forward_logits
 from twotower_train.model.two_tower import TwoTowerModel
 
@@ -98,7 +98,7 @@ def test_shared_decoding_modules_import_only_torch():
     import ast
     from pathlib import Path
 
-    import twotower_train.inference as package
+    import twotower_train.decoding as package
 
     for name in package.PORTABLE_MODULES:
         tree = ast.parse((Path(package.__file__).parent / f"{name}.py").read_text())

@@ -13,9 +13,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from twotower_train.inference.cache import ContextCache
-from twotower_train.inference.samplers import ARConfig, left_pad, generate_ar
-from twotower_train.inference.speculative import SpeculativeConfig, generate_speculative
+from twotower_train.decoding.cache import ContextCache
+from twotower_train.decoding.samplers import ARConfig, generate_ar, left_pad
+from twotower_train.decoding.speculative import SpeculativeConfig, generate_speculative
 from twotower_train.model.two_tower import TwoTowerModel
 
 MASK = 3
@@ -161,7 +161,7 @@ def test_rollback_rejects_bad_lengths(model):
 
 
 def test_speculative_is_greedy_only():
-    from twotower_train.inference.sampling import TokenChoice
+    from twotower_train.decoding.sampling import TokenChoice
 
     with pytest.raises(ValueError, match="temperature=0"):
         SpeculativeConfig(choice=TokenChoice(temperature=0.7))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from twotower_train.errors import ConfigError
 from twotower_train.model.backbone import (
     build_backbone,
     check_parallel_layout,
@@ -12,7 +13,7 @@ from twotower_train.model.backbone import (
     forward_logits,
     transformer_config,
 )
-from twotower_train.model.config import BackboneConfig, ConfigError, ParallelConfig, preset
+from twotower_train.model.config import BackboneConfig, ParallelConfig, preset
 
 
 def test_forward_backward_every_layer_type(single_process, tiny_cfg):

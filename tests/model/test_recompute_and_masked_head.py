@@ -15,12 +15,12 @@ import pytest
 import torch
 from megatron.core import tensor_parallel
 
+from tests.training.test_diffusion_objective import phase
 from twotower_train.diffusion import corrupt_blocks, masked_diffusion_loss
 from twotower_train.model.backbone import forward_logits, transformer_config
 from twotower_train.model.config import Recompute
 from twotower_train.model.two_tower import TwoTowerModel
 from twotower_train.training.objectives import build_objective
-from tests.training.test_diffusion_objective import phase
 
 LENGTH, BLOCK = 32, 8
 

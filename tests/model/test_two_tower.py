@@ -11,10 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from twotower_train.backends import forced_backend
 from twotower_train.model.adaln import AdaLNSingle
 from twotower_train.model.backbone import forward_logits
 from twotower_train.model.two_tower import TwoTowerModel
-from twotower_train.ops.block_attention import AttentionBackend, forced_backend
+from twotower_train.ops.block_attention import AttentionBackend
 
 ATOL = 1e-5
 LENGTH = 32

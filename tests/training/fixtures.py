@@ -56,7 +56,7 @@ TINY_OVERRIDES = [
 def recipe(data_root, tmp_path):
     """``recipe(*overrides, name="demo", check_data=True)`` -> TrainConfig on the test data,
     tiny shapes, run folder (and checkpoints) under this test's tmp_path."""
-    from twotower_train.training.config import load_config
+    from twotower_train.training.recipes import load_config
 
     def build(*overrides: str, name: str = "demo", check_data: bool = True):
         base = [
@@ -106,7 +106,7 @@ def train(cfg):
 def train_backbone(data_root: Path, run_dir: Path, *overrides: str) -> Path:
     """A stage-1 (AR, TP=1) checkpoint root after one step on the tiny model: the backbone a
     stage-2 test starts from (``objective.backbone_checkpoint``)."""
-    from twotower_train.training.config import load_config
+    from twotower_train.training.recipes import load_config
 
     cfg = load_config("demo", [
         f"data.root={data_root}", f"output_dir={run_dir}", f"checkpoint.dir={run_dir}/ck",
@@ -128,8 +128,8 @@ def two_tower_checkpoint(data_root, tmp_path_factory) -> Path:
     """A stage-2 (two-tower) checkpoint of the tiny model on the test data: 2 AR steps, then two
     steps per curriculum phase (built once per session; for loading, decoding and eval tests)."""
     from twotower_train import distributed
-    from twotower_train.training.config import load_config
     from twotower_train.training.main import run
+    from twotower_train.training.recipes import load_config
 
     distributed.initialize(seed=0)
     root = tmp_path_factory.mktemp("two_tower_run")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.training.fixtures import TINY_OVERRIDES
-from twotower_train.training.config import load_config
+from twotower_train.training.recipes import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = ["curriculum.phases.0.steps=4", "curriculum.phases.0.lr.warmup_steps=0"]

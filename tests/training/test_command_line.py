@@ -14,9 +14,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from twotower_train.training.command_line import COMMON_OVERRIDES, help_text
-from twotower_train.training.config import WandbMode, compose
+from twotower_train.training.config import WandbMode
 from twotower_train.training.logging import wandb_mode
-from twotower_train.training.recipes import RECIPES_DIR, top_level_recipes
+from twotower_train.training.recipes import RECIPES_DIR, compose, top_level_recipes
 from twotower_train.training.report import plot_losses, read_metrics, summarize, write_report
 
 REPO = Path(__file__).resolve().parents[2]

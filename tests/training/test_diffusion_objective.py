@@ -7,7 +7,8 @@ import re
 import pytest
 import torch
 
-from twotower_train.model.config import ConfigError, ParallelConfig
+from twotower_train.errors import ConfigError
+from twotower_train.model.config import ParallelConfig
 from twotower_train.training.curriculum import Curriculum
 from twotower_train.training.objectives import build_objective
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.training.fixtures import TINY_OVERRIDES, three_phases, train, train_backbone
-from twotower_train.model.config import ConfigError
+from twotower_train.errors import ConfigError
 from twotower_train.training.checkpoint import CheckpointError
 from twotower_train.training.fingerprint import (
     WHOLE_CHUNK,
@@ -26,7 +26,7 @@ from twotower_train.training.fingerprint import (
 
 
 def _stage2(data_root: Path, run: Path, backbone, *extra: str):
-    from twotower_train.training.config import load_config
+    from twotower_train.training.recipes import load_config
 
     return load_config("demo", [
         f"data.root={data_root}", f"output_dir={run}", f"checkpoint.dir={run}/ck",

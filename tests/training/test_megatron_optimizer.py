@@ -70,7 +70,7 @@ def test_distributed_optimizer_two_tower_resume_is_bit_identical(recipe, tmp_pat
 
 
 def test_bf16_without_distributed_optimizer_is_refused(recipe, monkeypatch):
-    from twotower_train.model.config import ConfigError
+    from twotower_train.errors import ConfigError
     from twotower_train.training.trainer import Trainer
 
     cfg = recipe(*BF16, "optimizer.use_distributed_optimizer=false", "checkpoint.dir=null")

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from twotower_train.model.config import ConfigError
-from twotower_train.training.config import Precision, load_config
+from twotower_train.errors import ConfigError
+from twotower_train.training.config import Precision
+from twotower_train.training.recipes import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 

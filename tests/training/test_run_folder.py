@@ -11,7 +11,7 @@ import pytest
 
 from tests.training.fixtures import TINY_OVERRIDES
 from twotower_train.training.checkpoint import CheckpointError
-from twotower_train.training.config import load_config
+from twotower_train.training.recipes import load_config
 from twotower_train.training.run_folder import identity, plan_run
 
 STEPS = ["curriculum.phases.0.steps=4", "curriculum.phases.0.lr.warmup_steps=0"]

@@ -40,7 +40,8 @@ from twotower_train.convert.hf_files import (
 )
 from twotower_train.convert.nemotron_h import load_hf_folder, load_megatron_state, save_hf_folder
 from twotower_train.convert.two_tower import load_twotower_folder, save_twotower_folder
-from twotower_train.model.config import BackboneConfig, ConfigError, ParallelConfig
+from twotower_train.errors import ConfigError
+from twotower_train.model.config import BackboneConfig, ParallelConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 CHECKPOINTS = "checkpoints"
@@ -81,7 +82,8 @@ def imported_recipe(
     the imported model (every field explicit), parallel layout and objective."""
     from omegaconf import OmegaConf
 
-    from twotower_train.training.config import compose, from_container
+    from twotower_train.training.config import from_container
+    from twotower_train.training.recipes import check_run, compose
 
     composed = compose(recipe)
     composed.output_dir = str(out)  # before resolving: checkpoint.dir interpolates it
@@ -91,7 +93,7 @@ def imported_recipe(
     values["checkpoint"] = {**values.get("checkpoint", {}), "dir": str(out / CHECKPOINTS)}
     values["parallelism"] = {**values.get("parallelism", {}), **vars(parallel)}
     values["objective"] = objective
-    return from_container(values, check_data=False).raw
+    return check_run(from_container(values, check_data=False)).raw
 
 
 def _parallel(cfg: BackboneConfig, tp: int, ep: int) -> ParallelConfig:

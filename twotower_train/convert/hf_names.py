@@ -31,8 +31,9 @@ Named transforms (TP=1, whole tensors; tensor-parallel resharding is dist-checkp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 

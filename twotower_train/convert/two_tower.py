@@ -8,7 +8,7 @@ The folder loads offline with ``AutoModelForCausalLM.from_pretrained(dir, trust_
 * safetensors shards + ``model.safetensors.index.json`` with both towers and the adaLN, named as
   the export's modules hold them (no transformers name conversion applies to remote code);
 * the modeling code (the template files in ``hf_export/``) and verbatim copies of the torch-only decoding modules
-  :data:`twotower_train.inference.PORTABLE_MODULES` — the samplers the modeling code calls, so the
+  :data:`twotower_train.decoding.PORTABLE_MODULES` — the samplers the modeling code calls, so the
   export decodes exactly like Megatron.
 
 Names: the backbone table of :mod:`~twotower_train.convert.hf_names` per tower plus its prefix
@@ -61,12 +61,12 @@ ADALN_TENSORS = ("mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias", "ta
 
 def code_files() -> list[Path]:
     """The Python files every export folder ships: the modeling template, then the portable
-    decoding modules (whatever :data:`~twotower_train.inference.PORTABLE_MODULES` lists)."""
-    from twotower_train import inference
+    decoding modules (whatever :data:`~twotower_train.decoding.PORTABLE_MODULES` lists)."""
+    from twotower_train import decoding
 
-    portable = Path(inference.__file__).parent
+    portable = Path(decoding.__file__).parent
     files = [TEMPLATE_DIR / name for name in MODELING_FILES]
-    files += [portable / f"{module}.py" for module in inference.PORTABLE_MODULES]
+    files += [portable / f"{module}.py" for module in decoding.PORTABLE_MODULES]
     for file in files:
         if not file.is_file():
             raise FileNotFoundError(f"export code file {file} is missing from the package")

@@ -12,8 +12,8 @@ between; items are dicts with ``tokens`` and next-token ``labels`` (both ``seq_l
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 from twotower_train.data.errors import DataError
 from twotower_train.data.indexed import open_indexed

@@ -9,9 +9,9 @@ ids would not fit the model's embedding table.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping
 
 from twotower_train.data.errors import DataError
 

@@ -35,11 +35,11 @@ from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
+from twotower_train.decoding.samplers import QUERY_BLOCK_SIZE
 from twotower_train.errors import UserError
 from twotower_train.eval.scoring import score_ar, score_mock_ar
 from twotower_train.inference import modes
 from twotower_train.inference.load import LoadedModel, load_for_decoding
-from twotower_train.inference.samplers import QUERY_BLOCK_SIZE
 
 SCORERS = ("ar", "mock_ar")
 REQUEST_KNOBS = ("until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p")
@@ -191,7 +191,7 @@ class TwoTowerLM(TemplateLM):
                 )
             prompts = [self.tok_encode(c)[-room:] or [self.loaded.eos_token_id] for c in contexts]
 
-            def stopped(row: int, new: list[int], tokens: list[int]) -> bool:
+            def stopped(row: int, new: list[int], tokens: list[int], stops=stops) -> bool:
                 text = self.tok_decode(tokens)
                 return any(stop in text for stop in stops)
 

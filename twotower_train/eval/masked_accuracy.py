@@ -18,8 +18,8 @@ from collections import Counter
 
 import torch
 
+from twotower_train.decoding.samplers import block_logits, left_pad, shifted
 from twotower_train.diffusion import shifted_loss_positions
-from twotower_train.inference.samplers import block_logits, left_pad, shifted
 
 
 def answer_blocks(prompts, answers, eos_token_id: int, block_size: int):

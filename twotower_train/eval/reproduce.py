@@ -114,8 +114,8 @@ class _Stages:
 
 
 def _train(recipe: str, overrides: list[str]):
-    from twotower_train.training.config import load_config
     from twotower_train.training.main import run
+    from twotower_train.training.recipes import load_config
 
     start = time.perf_counter()
     result = run(load_config(recipe, overrides))

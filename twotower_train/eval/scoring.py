@@ -11,14 +11,14 @@
 Both take a batch of (context ids, continuation ids) pairs and return (sum of log-probs,
 whether every continuation token is the greedy choice) per pair; the mask token is excluded
 from the denoiser's distribution, as the samplers never emit it. Any
-:class:`~twotower_train.inference.cache.DecodingModel` works.
+:class:`~twotower_train.decoding.cache.DecodingModel` works.
 """
 
 from __future__ import annotations
 
 import torch
 
-from twotower_train.inference.samplers import QUERY_BLOCK_SIZE, left_pad, shifted
+from twotower_train.decoding.samplers import QUERY_BLOCK_SIZE, left_pad, shifted
 
 Pair = tuple[list[int], list[int]]
 

@@ -1,7 +1,4 @@
-"""Generation with a trained two-tower model: samplers, their decoding state, checkpoint loading.
-
-:data:`PORTABLE_MODULES` are the files that import only ``torch`` and each other; the Hugging
-Face export ships verbatim copies of them, so Megatron and the export decode with one algorithm.
+"""Generation front ends for a trained two-tower model: checkpoint loading (``load``), the named
+decoding modes (``modes``) and the ``twotower-generate`` command (``cli``). The samplers
+themselves are the torch-only :mod:`twotower_train.decoding` package.
 """
-
-PORTABLE_MODULES: tuple[str, ...] = ("cache", "sampling", "samplers", "speculative")

@@ -17,7 +17,7 @@ precision it was trained in, ``optimizer.precision``).
 :func:`load_for_decoding` is what the front ends (``twotower-generate``, the lm-eval adapter,
 ``benchmarks/generation.py``) call: a trainer checkpoint of a two-tower run or an exported
 folder (``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``), each with its
-tokenizer; both offer the :class:`~twotower_train.inference.cache.DecodingModel` interface.
+tokenizer; both offer the :class:`~twotower_train.decoding.cache.DecodingModel` interface.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import torch
 from megatron.core import dist_checkpointing, parallel_state
 
 from twotower_train import distributed
-from twotower_train.errors import UserError
-from twotower_train.model.config import ConfigError, ParallelConfig
+from twotower_train.errors import ConfigError, UserError
+from twotower_train.model.config import ParallelConfig
 from twotower_train.training import checkpoint
 from twotower_train.training.config import Precision, TrainConfig, from_container
 from twotower_train.training.objectives import build_objective

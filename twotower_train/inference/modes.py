@@ -19,8 +19,7 @@ from typing import Any
 
 import torch
 
-from twotower_train.errors import UserError
-from twotower_train.inference.samplers import (
+from twotower_train.decoding.samplers import (
     ARConfig,
     DecodeConfig,
     Generation,
@@ -31,8 +30,9 @@ from twotower_train.inference.samplers import (
     generate_mask_diffusion,
     generate_mock_ar,
 )
-from twotower_train.inference.sampling import TokenChoice
-from twotower_train.inference.speculative import SpeculativeConfig, generate_speculative
+from twotower_train.decoding.sampling import TokenChoice
+from twotower_train.decoding.speculative import SpeculativeConfig, generate_speculative
+from twotower_train.errors import UserError
 
 MODES: dict[str, tuple[Callable[..., Generation], type[DecodeConfig]]] = {
     "mask_diffusion": (generate_mask_diffusion, MaskDiffusionConfig),

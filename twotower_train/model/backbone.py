@@ -47,7 +47,8 @@ from megatron.core.transformer.transformer_layer import (
 )
 
 from twotower_train import backends
-from twotower_train.model.config import BackboneConfig, ConfigError, ParallelConfig, Recompute
+from twotower_train.errors import ConfigError
+from twotower_train.model.config import BackboneConfig, ParallelConfig, Recompute
 from twotower_train.model.norm import RMSNorm
 
 

@@ -13,13 +13,9 @@ import dataclasses
 import enum
 from dataclasses import dataclass
 
-from twotower_train.errors import UserError
+from twotower_train.errors import ConfigError
 
 LAYER_SYMBOLS = {"M": "mamba", "*": "attention", "E": "moe", "-": "mlp"}
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration value is invalid; the message names the key and the fix."""
 
 
 @dataclass
@@ -112,14 +108,14 @@ class BackboneConfig:
                     f"[0, model.vocab_size={self.vocab_size})"
                 )
 
-    def replace(self, **changes) -> "BackboneConfig":
+    def replace(self, **changes) -> BackboneConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "BackboneConfig":
+    def from_dict(cls, values: dict) -> BackboneConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

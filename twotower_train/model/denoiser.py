@@ -31,7 +31,8 @@ from megatron.core import tensor_parallel
 from megatron.core.models.hybrid.hybrid_model import HybridModel
 from megatron.core.transformer.module import MegatronModule
 
-from twotower_train.inference.cache import ContextCache, ContextOutput, MambaStates
+from twotower_train import backends
+from twotower_train.decoding.cache import ContextCache, ContextOutput, MambaStates
 from twotower_train.model.adaln import AdaLNSingle
 from twotower_train.model.layers import (
     LayerKind,
@@ -42,7 +43,11 @@ from twotower_train.model.layers import (
     pre_norm,
 )
 from twotower_train.model.mixers import attention_out, attention_qkv, mamba_forward
-from twotower_train.ops.block_attention import block_decode_attention, denoiser_attention
+from twotower_train.ops.block_attention import (
+    AttentionBackend,
+    block_decode_attention,
+    denoiser_attention,
+)
 
 
 @dataclass
@@ -71,6 +76,7 @@ class BlockwiseConditioning:
         return denoiser_attention(
             q, cache.keys[layer], cache.values[layer], k, v, self.block_size,
             causal_in_block=causal_in_block,
+            backend=backends.resolve_backend(AttentionBackend.AUTO, q.device),
         )
 
 

@@ -29,7 +29,7 @@ from megatron.core.ssm.mamba_mixer import MambaMixer
 from megatron.core.transformer.attention import SelfAttention
 
 from twotower_train import backends
-from twotower_train.inference.cache import MambaStates
+from twotower_train.decoding.cache import MambaStates
 
 
 @dataclass

@@ -35,10 +35,11 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import MegatronModule
 
 from twotower_train import distributed
+from twotower_train.decoding.cache import ContextCache, ContextOutput
+from twotower_train.errors import ConfigError
 from twotower_train.model.adaln import AdaLNSingle
 from twotower_train.model.backbone import build_backbone, denoiser_stack_spec, transformer_config
-from twotower_train.model.config import BackboneConfig, ConfigError, Recompute
-from twotower_train.inference.cache import ContextCache, ContextOutput
+from twotower_train.model.config import BackboneConfig, Recompute
 from twotower_train.model.context_tower import ContextTower
 from twotower_train.model.denoiser import BlockwiseConditioning, CacheConditioning, Denoiser
 
@@ -94,7 +95,7 @@ class TwoTowerModel(MegatronModule):
                 module.frozen_expert_bias = True  # Megatron skips its expert-bias update
         self.context_tower.eval()
 
-    def train(self, mode: bool = True) -> "TwoTowerModel":
+    def train(self, mode: bool = True) -> TwoTowerModel:
         super().train(mode)
         self.context_tower.eval()  # frozen: never in training mode
         return self
@@ -151,7 +152,7 @@ class TwoTowerModel(MegatronModule):
             positions=positions,
         )
 
-    # --- incremental (samplers; the DecodingModel interface of inference/cache.py) ------------
+    # --- incremental (samplers; the DecodingModel interface of decoding/cache.py) ------------
     # Logits come back over the full vocabulary: the samplers are torch-only (the HF export
     # reuses them), so the tensor-parallel gather happens here.
 
@@ -161,7 +162,7 @@ class TwoTowerModel(MegatronModule):
 
     def place_towers(
         self, context_device: torch.device | str, denoiser_device: torch.device | str
-    ) -> "TwoTowerModel":
+    ) -> TwoTowerModel:
         """Put the context tower on ``context_device`` and the denoiser (with adaLN) on
         ``denoiser_device`` for sampling — e.g. ``("cuda:0", "cuda:1")`` for the 30B model, as
         the model card's ``place_towers_on_devices``. Returns the model."""

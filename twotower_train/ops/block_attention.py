@@ -12,26 +12,23 @@ under the pattern of :mod:`twotower_train.diffusion.masks`. Two implementations:
   mask itself is O((L/128)^2) tile indices). Eager (CPU) flex is an unfused, forward-only path
   (torch has no CPU FlexAttention backward) used for parity tests only.
 
-``AUTO`` resolves through :func:`twotower_train.backends.use_flex_attention` (FLEX on CUDA,
-DENSE elsewhere); tests force a backend for code that passes ``AUTO`` with
-:func:`forced_backend`.
+Which one runs is the caller's choice: ``AUTO`` (FLEX on CUDA, DENSE elsewhere) is resolved by
+:func:`twotower_train.backends.resolve_backend`, where tests also force a backend with
+:func:`twotower_train.backends.forced_backend`; this module computes the backend it is given.
 
 Shapes: q (b, heads, L, d); k/v (b, kv_heads, L, d) with ``heads % kv_heads == 0`` (GQA).
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import os
 import warnings
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import flex_attention
 
-from twotower_train import backends
 from twotower_train.diffusion.masks import (
     block_decode_mask,
     denoiser_block_mask,
@@ -42,45 +39,19 @@ __all__ = [
     "AttentionBackend",
     "block_decode_attention",
     "denoiser_attention",
-    "forced_backend",
-    "resolve_backend",
 ]
 
 
 class AttentionBackend(enum.Enum):
-    """Which kernel computes the denoiser attention (module docstring)."""
+    """Which kernel computes the denoiser attention (module docstring); ``AUTO`` is for
+    :func:`twotower_train.backends.resolve_backend` to turn into DENSE or FLEX."""
 
     AUTO = "auto"
     DENSE = "dense"
     FLEX = "flex"
 
 
-_forced: AttentionBackend | None = None
 _compiled_flex = None
-
-
-@contextlib.contextmanager
-def forced_backend(backend: AttentionBackend) -> Iterator[None]:
-    """Within the block, ``AUTO`` resolves to ``backend`` (for tests and debugging)."""
-    global _forced
-    if not isinstance(backend, AttentionBackend):
-        raise TypeError(f"backend must be an AttentionBackend, got {backend!r}")
-    previous, _forced = _forced, backend
-    try:
-        yield
-    finally:
-        _forced = previous
-
-
-def resolve_backend(backend: AttentionBackend, device: torch.device) -> AttentionBackend:
-    """Turn ``AUTO`` into a concrete backend for ``device``; explicit choices pass through."""
-    if not isinstance(backend, AttentionBackend):
-        raise TypeError(f"backend must be an AttentionBackend, got {backend!r}")
-    if backend is not AttentionBackend.AUTO:
-        return backend
-    if _forced is not None and _forced is not AttentionBackend.AUTO:
-        return _forced
-    return AttentionBackend.FLEX if backends.use_flex_attention(device) else AttentionBackend.DENSE
 
 
 def _check_shapes(q: torch.Tensor, *kv: torch.Tensor) -> None:
@@ -98,7 +69,10 @@ def _flex(q, k, v, block_mask, scale):
         if _compiled_flex is None:
             if os.environ.get("TORCHDYNAMO_DISABLE", "") == "1":
                 # torch.compile would be a no-op: eager flex materialises the O(L^2) scores.
-                warnings.warn("TORCHDYNAMO_DISABLE=1: FlexAttention runs unfused (O(L^2) memory)")
+                warnings.warn(
+                    "TORCHDYNAMO_DISABLE=1: FlexAttention runs unfused (O(L^2) memory)",
+                    stacklevel=2,
+                )
                 return flex_attention(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
             _compiled_flex = torch.compile(flex_attention, dynamic=False)
         return _compiled_flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
@@ -123,18 +97,20 @@ def denoiser_attention(
     block_size: int,
     *,
     causal_in_block: bool = False,
-    backend: AttentionBackend = AttentionBackend.AUTO,
+    backend: AttentionBackend = AttentionBackend.DENSE,
     softmax_scale: float | None = None,
 ) -> torch.Tensor:
-    """Vectorised training attention over all blocks; returns (b, heads, L, d)."""
+    """Vectorised training attention over all blocks with ``backend`` (DENSE or FLEX; the model
+    passes :func:`twotower_train.backends.resolve_backend`'s choice); returns (b, heads, L, d)."""
     _check_shapes(q, k_ctx, v_ctx, k_noisy, v_noisy)
     seq_len = q.shape[2]
     if any(t.shape[2] != seq_len for t in (k_ctx, v_ctx, k_noisy, v_noisy)):
         raise ValueError("context and noisy keys/values must have the query length L")
     k = torch.cat([k_ctx, k_noisy], dim=2)  # (b, kv_heads, 2L, d)
     v = torch.cat([v_ctx, v_noisy], dim=2)  # (b, kv_heads, 2L, d)
-    chosen = resolve_backend(backend, q.device)
-    if chosen is AttentionBackend.FLEX:
+    if backend not in (AttentionBackend.DENSE, AttentionBackend.FLEX):
+        raise ValueError(f"backend must be DENSE or FLEX (resolve AUTO first), got {backend!r}")
+    if backend is AttentionBackend.FLEX:
         block_mask = denoiser_block_mask(
             seq_len, block_size, causal_in_block=causal_in_block, device=q.device
         )

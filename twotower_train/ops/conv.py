@@ -8,7 +8,6 @@ context tower to the denoiser. Computed in fp32, returned in x's dtype; states k
 (they are raw inputs).
 """
 
-from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +25,7 @@ def _activate(y, activation):
 
 def causal_conv1d(
     x, weight, bias=None, *, initial_state=None, activation="silu", state_stride=None,
-) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Returns (y (b, l, d), final_state (b, w-1, d), boundary_states (b, l//S + 1, w-1, d) or
     None), boundary k being the conv state at position k·S."""
     bsz, l, d = x.shape
@@ -49,7 +48,7 @@ def causal_conv1d(
 
 def conv_states(
     x, initial_state, width, state_stride=None,
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The conv states of a pass over x (b, l, d) that started from ``initial_state``
     (b, w-1, d) or zeros: (final_state (b, w-1, d), boundary_states (b, l//S + 1, w-1, d) or
     None). They are only gathers of pre-conv inputs, so every conv implementation shares them."""
@@ -69,7 +68,7 @@ def conv_states(
     return boundary[:, -1], boundary
 
 
-def conv_step(state, x_t, weight, bias=None, activation="silu") -> Tuple[torch.Tensor, torch.Tensor]:
+def conv_step(state, x_t, weight, bias=None, activation="silu") -> tuple[torch.Tensor, torch.Tensor]:
     """One decoding step. state (b, w-1, d), x_t (b, d) -> (y_t (b, d), new_state (b, w-1, d))."""
     cd = torch.promote_types(x_t.dtype, torch.float32)
     window = torch.cat([state.to(x_t.dtype), x_t[:, None]], dim=1)  # (b, w, d)

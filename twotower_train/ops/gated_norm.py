@@ -6,7 +6,6 @@ backbone must reproduce: normalise in fp32, cast back to the input dtype, then s
 `weight`. (mamba_ssm scales before the cast; in fp32 the two are identical.)
 """
 
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -50,7 +49,7 @@ class GatedRMSNorm(nn.Module):
     def reset_parameters(self):
         nn.init.ones_(self.weight)
 
-    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         return gated_rms_norm(x, self.weight, z=z, eps=self.eps, group_size=self.group_size,
                               norm_before_gate=self.norm_before_gate)
 

@@ -14,7 +14,6 @@ is the naive per-step oracle used by the tests.
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +32,7 @@ class SSDOutput:
 
     y: torch.Tensor
     final_state: torch.Tensor
-    boundary_states: Optional[torch.Tensor] = None
+    boundary_states: torch.Tensor | None = None
 
 
 def _compute_dtype(x):
@@ -201,7 +200,7 @@ def _boundary_states(S, Q, a, xdt, Bc, H_start):
 def ssd_step(
     state, x_t, dt_t, A, B_t, C_t, *, D=None, z_t=None, dt_bias=None, dt_softplus=False,
     dt_limit=NO_DT_LIMIT,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One recurrence step for decoding. state (b, h, p, n); x_t (b, h, p); dt_t (b, h);
     B_t/C_t (b, g, n). Returns (y_t (b, h, p) in x_t's dtype, new_state (b, h, p, n) fp32)."""
     h = x_t.shape[1]

@@ -6,7 +6,7 @@ misspelled key answer in about a second:
 * :func:`help_text` — the recipes, the config groups and the common overrides;
 * :func:`check_command_line` — composes the requested recipe with Hydra's compose API (the
   same composition ``@hydra.main`` does next) and turns Hydra's errors into one
-  :class:`~twotower_train.model.config.ConfigError` line, e.g. ``training.max_step=5`` →
+  :class:`~twotower_train.errors.ConfigError` line, e.g. ``training.max_step=5`` →
   "did you mean training.max_steps=5?" instead of Hydra's "use +training.max_step=5", which
   would add the typo.
 """
@@ -18,7 +18,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from twotower_train.model.config import BackboneConfig, ConfigError
+from twotower_train.errors import ConfigError
+from twotower_train.model.config import BackboneConfig
 from twotower_train.training.recipes import (
     DEFAULT_RECIPE,
     RECIPES_DIR,

@@ -1,39 +1,29 @@
 """The training recipe as typed dataclasses — the schema behind the Hydra files in ``recipes/``.
 
 Hydra composes YAML groups (``model/ parallelism/ data/ curriculum/ objective/``) and
-command-line overrides into one OmegaConf tree; :func:`from_container` turns it into a
-:class:`TrainConfig`, validating each section. Every problem raises one
-:class:`~twotower_train.model.config.ConfigError` whose message names the key to change, before
-anything is built: unknown keys, a block size that does not divide the sequence length, special
-token ids outside the vocabulary, a missing tokenizer or data prefix (with the ``data_tools``
-command that creates it), batch sizes that do not divide, unknown enum values.
-
-:func:`load_config` composes a recipe programmatically (tests, notebooks)::
-
-    cfg = load_config("demo", ["training.micro_batch_size=2", "model.hidden_size=128"])
+command-line overrides into one OmegaConf tree (:mod:`twotower_train.training.recipes`);
+:func:`from_container` turns it into a :class:`TrainConfig`, validating each section. Every
+problem raises one :class:`~twotower_train.errors.ConfigError` whose message names the key to
+change, before anything is built: unknown keys, a block size that does not divide the sequence
+length, special token ids outside the vocabulary, a missing tokenizer or data prefix (with the
+``data_tools`` command that creates it), batch sizes that do not divide, unknown enum values.
+The objective's own checks (:meth:`~twotower_train.training.objectives.Objective.check`) run
+when a run is built from a recipe (:func:`twotower_train.training.recipes.check_run`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-import types
-import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twotower_train.model.config import (
-    BackboneConfig,
-    ConfigError,
-    ParallelConfig,
-    Recompute,
-    preset,
-)
+from twotower_train.errors import ConfigError
+from twotower_train.model.config import BackboneConfig, ParallelConfig, Recompute, preset
 from twotower_train.training.curriculum import Curriculum
-from twotower_train.training.recipes import RECIPES_DIR
-from twotower_train.training.validation import positive_int, reject_unknown
+from twotower_train.training.validation import build_section, positive_int, reject_unknown
 
 
 class Precision(enum.Enum):
@@ -189,58 +179,6 @@ _SECTIONS = {
 }
 
 
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Check/convert one scalar field value against its annotation (enums by value)."""
-    origin = typing.get_origin(annotation)
-    if origin in (types.UnionType, typing.Union):
-        args = typing.get_args(annotation)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key)
-    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
-        if isinstance(value, annotation):
-            return value
-        try:
-            return annotation(value)
-        except ValueError:
-            raise ConfigError(
-                f"{key}={value!r} is not one of {[m.value for m in annotation]}"
-            ) from None
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r} must be true or false")
-        return value
-    if annotation is int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}={value!r} must be an integer")
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}={value!r} must be a number")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}={value!r} must be a string")
-        return value
-    return value
-
-
-def _section(cls: type, values: Any, key: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, naming ``key.<field>`` in every error."""
-    if values is None:
-        values = {}
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{key} must be a mapping, got {type(values).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    reject_unknown(values, fields, key)
-    kwargs = {name: _coerce(v, hints[name], f"{key}.{name}") for name, v in values.items()}
-    return cls(**kwargs)
-
-
 def _model(values: Any) -> BackboneConfig:
     if not isinstance(values, Mapping):
         raise ConfigError("model must be a mapping with a `preset` key")
@@ -324,12 +262,12 @@ def from_container(values: Mapping[str, Any], *, check_data: bool = True) -> Tra
         if required not in values:
             raise ConfigError(f"the recipe has no `{required}` section")
     model = _model(values["model"])
-    parallel = _section(ParallelConfig, values.get("parallelism"), "parallelism")
-    data = _section(DataConfig, values["data"], "data")
-    training = _section(TrainingConfig, values["training"], "training")
-    optimizer = _section(OptimizerConfig, values.get("optimizer"), "optimizer")
-    checkpoint = _section(CheckpointConfig, values.get("checkpoint"), "checkpoint")
-    logging_cfg = _section(LoggingConfig, values.get("logging"), "logging")
+    parallel = build_section(ParallelConfig, values.get("parallelism"), "parallelism")
+    data = build_section(DataConfig, values["data"], "data")
+    training = build_section(TrainingConfig, values["training"], "training")
+    optimizer = build_section(OptimizerConfig, values.get("optimizer"), "optimizer")
+    checkpoint = build_section(CheckpointConfig, values.get("checkpoint"), "checkpoint")
+    logging_cfg = build_section(LoggingConfig, values.get("logging"), "logging")
     positive_int(data.seq_length, "data.seq_length")
     if data.seq_length > model.max_sequence_length:
         raise ConfigError(
@@ -347,24 +285,11 @@ def from_container(values: Mapping[str, Any], *, check_data: bool = True) -> Tra
             seq_length=data.seq_length,
         )
     except ValueError as error:
-        message = str(error)
-        if "seq_length" in message and "block_size" in message:
-            message += " (data.seq_length)"
-        raise ConfigError(message) from None
+        raise ConfigError(str(error)) from None
     objective = dict(values.get("objective") or {"name": "ar"})
     objective_name = str(objective.pop("name", "ar"))
     from twotower_train.model.backbone import check_parallel_layout
-    from twotower_train.training.objectives import build_objective
 
-    # Validates the options, and the options against the model, before anything is built.
-    build_objective(objective_name, objective).check_model(model)
-    if objective_name == "diffusion" and model.denoiser_shift:
-        for index, phase in enumerate(curriculum.phases):
-            if phase.block_size < 2:
-                raise ConfigError(
-                    f"curriculum.phases[{index}].block_size={phase.block_size} with "
-                    "model.denoiser_shift=true: a shifted denoiser needs blocks of at least 2"
-                )
     check_parallel_layout(model, parallel)
     if "E" in model.pattern and parallel.tensor_parallel > 1 and not parallel.sequence_parallel:
         raise ConfigError(
@@ -390,37 +315,3 @@ def from_container(values: Mapping[str, Any], *, check_data: bool = True) -> Tra
         logging=logging_cfg,
         raw=dict(values),
     )
-
-
-def from_omegaconf(cfg: Any, *, check_data: bool = True) -> TrainConfig:
-    """Resolve a composed OmegaConf recipe (interpolations included) and validate it."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        values = OmegaConf.to_container(cfg, resolve=True)
-    except OmegaConfBaseException as error:
-        raise ConfigError(f"cannot resolve the recipe: {error}") from None
-    return from_container(values, check_data=check_data)
-
-
-def compose(recipe: str = "demo", overrides: Sequence[str] = ()) -> Any:
-    """Compose ``recipes/<recipe>.yaml`` with Hydra overrides (no Hydra run directory)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-    from yaml import YAMLError
-
-    try:
-        with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
-            return hydra_compose(config_name=recipe, overrides=list(overrides))
-    except (HydraException, OmegaConfBaseException, YAMLError) as error:
-        raise ConfigError(f"recipe {recipe!r}: {error}") from None
-
-
-def load_config(
-    recipe: str = "demo", overrides: Sequence[str] = (), *, check_data: bool = True
-) -> TrainConfig:
-    """Compose and validate a recipe; see the module docstring."""
-    return from_omegaconf(compose(recipe, overrides), check_data=check_data)

@@ -172,7 +172,8 @@ class Curriculum:
             block = positive_int(phase.block_size, f"{key}.block_size")
             if self.seq_length % block != 0:
                 raise ValueError(
-                    f"{key}.block_size={block} must divide seq_length={self.seq_length}"
+                    f"{key}.block_size={block} must divide seq_length={self.seq_length} "
+                    "(data.seq_length)"
                 )
             self._validate_blend(phase.blend, f"{key}.blend")
             steps.append(self._resolve_steps(phase, key))

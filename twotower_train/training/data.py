@@ -28,8 +28,7 @@ from twotower_train import distributed
 from twotower_train.data import build_blended_datasets
 from twotower_train.training.config import DataConfig
 from twotower_train.training.curriculum import ActivePhase
-
-Batch = dict[str, torch.Tensor]
+from twotower_train.training.objectives.base import Batch
 
 
 @dataclass

@@ -49,7 +49,7 @@ def run(cfg):
 
 def _train(recipe: DictConfig) -> None:
     from twotower_train import distributed
-    from twotower_train.training.config import from_omegaconf
+    from twotower_train.training.recipes import from_omegaconf
 
     try:
         result = run(from_omegaconf(recipe))

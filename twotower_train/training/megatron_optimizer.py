@@ -58,7 +58,7 @@ class MegatronAdamW:
         from megatron.core.optimizer import get_megatron_optimizer
         from megatron.core.optimizer.distrib_optimizer import HAVE_APEX_OR_TE
 
-        from twotower_train.model.config import ConfigError
+        from twotower_train.errors import ConfigError
 
         if config.bf16 and not config.use_distributed_optimizer:
             raise ConfigError(

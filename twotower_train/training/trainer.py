@@ -59,11 +59,10 @@ from twotower_train.training.curriculum import (
     prepare_param_groups,
 )
 from twotower_train.training.data import PhaseData, build_phase_data, eval_batches, micro_batches
+from twotower_train.training.grad_reduce import GradReducer
 from twotower_train.training.logging import MetricLogger, default_peak_tflops, mfu
 from twotower_train.training.objectives import Objective, build_objective
-from twotower_train.training.grad_reduce import GradReducer
 from twotower_train.training.optimizer import build_reducer_and_optimizer
-
 from twotower_train.training.report import read_metrics, summarize, write_report
 from twotower_train.training.run_folder import agreed_plan, write_recipe
 

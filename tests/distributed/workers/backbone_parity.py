@@ -7,11 +7,11 @@ into each parallel layout — so this also exercises checkpoint resharding of ev
 import sys
 
 import torch
+from common import report, save_reference
 from megatron.core import dist_checkpointing
 from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
 import twotower_train  # noqa: F401
-from common import report, save_reference
 from twotower_train import distributed
 from twotower_train.model.backbone import build_backbone, forward_logits, transformer_config
 from twotower_train.model.config import ParallelConfig, preset

@@ -22,7 +22,7 @@ import twotower_train  # noqa: F401
 from twotower_train import distributed
 from twotower_train.convert.checkpoints import import_hf
 from twotower_train.inference.load import load_trained_model
-from twotower_train.training.config import load_config
+from twotower_train.training.recipes import load_config
 from twotower_train.training.trainer import Trainer
 
 OVERRIDES = [

@@ -8,7 +8,7 @@ import torch.distributed as dist
 
 import twotower_train  # noqa: F401
 from twotower_train import distributed
-from twotower_train.training.config import load_config
+from twotower_train.training.recipes import load_config
 from twotower_train.training.trainer import Trainer
 
 OVERRIDES = [

@@ -11,7 +11,7 @@ from pathlib import Path
 import twotower_train  # noqa: F401
 from tests.distributed.full_step import LAYOUTS, run_step, step_overrides
 from twotower_train import distributed
-from twotower_train.training.config import load_config
+from twotower_train.training.recipes import load_config
 
 
 def main(data_root: str, out: str, *args: str) -> None:

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import twotower_train  # noqa: F401
 from tests.training.fixtures import TINY_OVERRIDES
 from twotower_train import distributed
-from twotower_train.training.config import load_config
+from twotower_train.training.recipes import load_config
 from twotower_train.training.trainer import Trainer
 
 OVERRIDES = [*TINY_OVERRIDES, "checkpoint.save_interval=4", "checkpoint.keep_last=3", "parallelism=tp2"]

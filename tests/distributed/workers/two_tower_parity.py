@@ -15,11 +15,11 @@ import sys
 
 import torch
 import torch.distributed as dist
+from common import report, save_reference
 from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
 import twotower_train  # noqa: F401
-from common import report, save_reference
 from twotower_train import distributed
 from twotower_train.model.config import ParallelConfig, preset
 from twotower_train.model.two_tower import TwoTowerModel

@@ -13,7 +13,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from twotower_train.model.config import ConfigError
+from twotower_train.errors import ConfigError
 from twotower_train.training.objectives.base import (
     Objective,
     ObjectiveBase,

@@ -11,8 +11,7 @@ from twotower_train import backends
 from twotower_train.diffusion import LossOutput, MetricSums, ar_loss
 from twotower_train.model.config import BackboneConfig, ParallelConfig, Recompute
 from twotower_train.training.curriculum import ActivePhase
-from twotower_train.training.data import Batch
-from twotower_train.training.objectives.base import ObjectiveBase, vocab_parallel_argmax
+from twotower_train.training.objectives.base import Batch, ObjectiveBase, vocab_parallel_argmax
 
 
 class ARObjective(ObjectiveBase):

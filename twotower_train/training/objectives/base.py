@@ -20,6 +20,8 @@ stage. An objective owns everything stage-specific:
   Randomness (diffusion corruption) must come only from the ``generator`` argument: the trainer
   seeds it per micro-batch from ``(seed, step, offset in the global batch)``, which makes a
   resumed run bit-identical and the draws independent of the data-parallel size.
+* :meth:`Objective.check` — the objective's own checks of a recipe (its options against the
+  model and the curriculum), run once when a run is built from a recipe.
 * :meth:`Objective.summarize` — logged ratios from the step's reduced metric sums.
 * :meth:`Objective.flops_per_token` — model FLOPs per trained token (for the MFU estimate).
 * :meth:`Objective.checkpoint_state` / :meth:`Objective.load_checkpoint_state` /
@@ -43,15 +45,19 @@ from megatron.core.transformer.module import MegatronModule
 
 from twotower_train.diffusion import LossOutput, MetricSums
 from twotower_train.model.config import BackboneConfig, ParallelConfig, Recompute
-from twotower_train.training.curriculum import ActivePhase
-from twotower_train.training.data import Batch
+from twotower_train.training.curriculum import ActivePhase, Curriculum
 
 __all__ = [
+    "Batch",
     "Objective",
     "ObjectiveBase",
     "transformer_flops_per_token",
     "vocab_parallel_argmax",
 ]
+
+Batch = dict[str, torch.Tensor]
+"""One micro-batch as the data loader yields it and :meth:`Objective.loss` reads it: ``tokens``,
+``labels``, ``loss_mask`` (b, s)."""
 
 
 @runtime_checkable
@@ -83,7 +89,11 @@ class Objective(Protocol):
         """Logged metrics from the step's sums (already reduced over micro-batches and ranks)."""
 
     def check_model(self, model_cfg: BackboneConfig) -> None:
-        """Raise :class:`ConfigError` if the options do not fit this model (recipe validation)."""
+        """Raise :class:`ConfigError` if the options do not fit this model."""
+
+    def check(self, model_cfg: BackboneConfig, curriculum: Curriculum) -> None:
+        """Raise :class:`ConfigError` if the options do not fit this model and curriculum (run
+        when a run is built from a recipe: :func:`twotower_train.training.recipes.check_run`)."""
 
     def flops_per_token(self, model_cfg: BackboneConfig, seq_length: int) -> float:
         """Model FLOPs (forward + backward) per trained token."""
@@ -155,6 +165,9 @@ class ObjectiveBase:
 
     def check_model(self, model_cfg: BackboneConfig) -> None:
         return None
+
+    def check(self, model_cfg: BackboneConfig, curriculum: Curriculum) -> None:
+        self.check_model(model_cfg)
 
     def summarize(self, sums: MetricSums) -> dict[str, float]:
         return {}

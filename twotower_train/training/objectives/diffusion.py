@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from megatron.core import dist_checkpointing
 from megatron.core.transformer.module import MegatronModule
 
 from twotower_train import backends
@@ -40,9 +39,10 @@ from twotower_train.diffusion import (
     masked_diffusion_loss,
     shifted_loss_positions,
 )
-from twotower_train.model.config import BackboneConfig, ConfigError, ParallelConfig, Recompute
+from twotower_train.errors import ConfigError
+from twotower_train.model.config import BackboneConfig, ParallelConfig, Recompute
 from twotower_train.model.two_tower import TwoTowerModel
-from twotower_train.training.curriculum import ActivePhase
+from twotower_train.training.curriculum import ActivePhase, Curriculum
 from twotower_train.training.fingerprint import checkpoint_fingerprint
 from twotower_train.training.objectives.base import (
     ObjectiveBase,
@@ -101,6 +101,16 @@ class DiffusionObjective(ObjectiveBase):
                 f"objective.mask_token_id={self.mask_id} is outside the vocabulary "
                 f"[0, model.vocab_size={model_cfg.vocab_size})"
             )
+
+    def check(self, model_cfg: BackboneConfig, curriculum: Curriculum) -> None:
+        self.check_model(model_cfg)
+        if model_cfg.denoiser_shift:
+            for index, phase in enumerate(curriculum.phases):
+                if phase.block_size < 2:
+                    raise ConfigError(
+                        f"curriculum.phases[{index}].block_size={phase.block_size} with "
+                        "model.denoiser_shift=true: a shifted denoiser needs blocks of at least 2"
+                    )
 
     def build_model(
         self,

@@ -21,7 +21,7 @@ Example (CPU, untrained tiny model — the tokens are noise, the mechanics are r
     from twotower_train import distributed
     from twotower_train.model.config import preset
     from twotower_train.model.two_tower import TwoTowerModel
-    from twotower_train.inference.samplers import MaskDiffusionConfig, generate_mask_diffusion
+    from twotower_train.decoding.samplers import MaskDiffusionConfig, generate_mask_diffusion
     distributed.initialize(seed=0)
     model = TwoTowerModel.build(preset("tiny")).eval()
     config = MaskDiffusionConfig(max_new_tokens=16)
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable  # noqa: UP035  (the export's copies import only what tests/inference/test_samplers.py allows)
 
 import torch
 

@@ -26,7 +26,7 @@ Torch-only like :mod:`.samplers` (the Hugging Face export ships this file verbat
     from twotower_train import distributed
     from twotower_train.model.config import preset
     from twotower_train.model.two_tower import TwoTowerModel
-    from twotower_train.inference.speculative import SpeculativeConfig, generate_speculative
+    from twotower_train.decoding.speculative import SpeculativeConfig, generate_speculative
     distributed.initialize(seed=0)
     model = TwoTowerModel.build(preset("tiny")).eval()
     out = generate_speculative(model, [[5, 6, 7], [8, 9]], SpeculativeConfig(max_new_tokens=16))
