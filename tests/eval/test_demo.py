@@ -13,7 +13,7 @@ import pytest
 
 from twotower_train import demo
 from twotower_train.eval import reproduce
-from twotower_train.training.config import load_config
+from twotower_train.training.recipes import load_config
 
 
 def _recipes(settings: demo.Settings, seed: int = 0):

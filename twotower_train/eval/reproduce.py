@@ -129,7 +129,7 @@ def _train(recipe: str, overrides: list[str]):
 
 def _check_recipes(args, common: list[str], out: Path) -> None:
     """Compose and validate both stages' recipes (curricula included) before any work."""
-    from twotower_train.training.config import load_config
+    from twotower_train.training.recipes import load_config
 
     load_config(args.recipe, common + args.stage1_set, check_data=False)
     load_config(f"{args.recipe}_twotower", common + args.stage2_set + [
