@@ -227,17 +227,13 @@ def export_checkpoint(
              if not k.endswith("_extra_state")}
     if isinstance(model, TwoTowerModel):
         if block_size is None:
-<<<<<<< HEAD
             block_size = train_cfg.trained_block_size
-=======
-            block_size = train_cfg.curriculum.phases[-1].block_size
         shortest = 2 if cfg.denoiser_shift else 1
         if not shortest <= block_size <= cfg.max_sequence_length:
             raise ConversionError(
                 f"--block-size {block_size} must be in [{shortest}, {cfg.max_sequence_length}] "
                 "(the model's max_sequence_length; a shifted denoiser needs blocks of two)"
             )
->>>>>>> firstday
         save_twotower_folder(
             cfg, state, out, block_size=block_size, tokenizer=tok,
             max_shard_bytes=max_shard_bytes, overwrite=overwrite,

@@ -120,14 +120,9 @@ def _main(argv: list[str] | None) -> None:
     knobs = {name: value for name, value in knobs.items() if value is not None}
     modes.build_config(args.mode, **knobs)  # bad knobs fail before the model loads
     prompts = _read_prompts(args)
-<<<<<<< HEAD
-    loaded = load_for_decoding(args.model, args.tokenizer)
-    knobs = {**loaded.sampler_ids(), **modes.trained_defaults(args.mode, loaded.block_size), **knobs}
-=======
     loaded = load_for_decoding(args.model, args.tokenizer, backbone=args.backbone,
                                options=("--tokenizer ", "--backbone "))
-    knobs = {**loaded.sampler_ids(), **knobs}
->>>>>>> firstday
+    knobs = {**loaded.sampler_ids(), **modes.trained_defaults(args.mode, loaded.block_size), **knobs}
     if "mask_token_id" in modes.knobs(args.mode):
         knobs["mask_token_id"] = loaded.mask_token_id
     config = modes.build_config(args.mode, **knobs)
