@@ -61,11 +61,11 @@ def step_overrides(model: str, data_root: Path, backbone: Path, run_dir: Path,
 
 
 def set_adaln(module: torch.nn.Module) -> None:
-    """Non-zero adaLN (tables and both MLP layers), identical on every rank and layout."""
+    """adaLN away from its identity init, identical on every rank and layout."""
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for _, p in sorted(module.denoiser.adaln.named_parameters()):
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+            p.add_(torch.randn(p.shape, generator=generator) * 0.1)
 
 
 def run_step(cfg, out: Path) -> dict:

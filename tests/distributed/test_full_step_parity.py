@@ -87,7 +87,7 @@ def _compare(name: str, runs: dict, data_root: Path, out: Path) -> dict[str, flo
     assert ref_weights.keys() == weights.keys() == ref_grads.keys() == grads.keys()
     trained = [k for k in ref_weights if not k.endswith("expert_bias")]
     biases = [k for k in ref_weights if k.endswith("expert_bias")]
-    assert any(k.startswith("adaln.mlp.") for k in trained) and (model != "moe" or biases)
+    assert any(k.startswith("adaln.t_block.") for k in trained) and (model != "moe" or biases)
     diffs["grads"] = diffs["weights/lr"] = diffs["weights/bound"] = 0.0
     for key in trained:
         diffs["grads"] = max(diffs["grads"], _max_rel(grads[key], ref_grads[key]))

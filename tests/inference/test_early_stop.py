@@ -26,7 +26,7 @@ def model(single_process, tiny_cfg):
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for p in model.denoiser.adaln.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
     return model
 
 

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from twotower_train.backends import forced_backend
-from twotower_train.model.adaln import AdaLNSingle
 from twotower_train.model.backbone import forward_logits
 from twotower_train.model.two_tower import TwoTowerModel
 from twotower_train.ops.block_attention import AttentionBackend
@@ -33,10 +32,11 @@ def tokens(tiny_cfg):
 
 
 def randomise_adaln(model: TwoTowerModel, seed: int = 5) -> None:
+    """Move adaLN away from its identity init (gate rows stay near 1)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.denoiser.adaln.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
 
 
 def noisy_version(tokens, mask_id, every=3):
@@ -175,7 +175,3 @@ def test_flex_block_sparse_path_equals_dense(model, tokens, tiny_cfg):
             flex = model(tokens, noisy, t, 8)
     torch.testing.assert_close(flex, dense, rtol=0, atol=ATOL)
 
-
-def test_adaln_size_at_nano_scale():
-    adaln = AdaLNSingle(hidden_size=2688, num_layers=52)
-    assert abs(sum(p.numel() for p in adaln.parameters()) / 1e6 - 1.5) < 0.05

@@ -1,18 +1,29 @@
-"""adaLN-single time conditioning for the denoiser (PixArt-α style; docs/architecture.md).
+"""adaLN-single time conditioning for the denoiser, as the released Nemotron-TwoTower has it
+(DESIGN.md §2; docs/architecture.md).
 
-The diffusion time ``t`` (the realised masked fraction of a token's block) goes through
-sinusoidal features and ONE small global MLP to a ``3·D`` vector; layer ``i`` adds its own
-learned ``3·D`` table and splits the sum into (shift, scale, gate)::
+The diffusion time ``t`` (the realised masked fraction of a token's block) becomes one ``3·D``
+vector per token, shared by every layer::
 
-    x = x + (1 + gate) * mixer(RMSNorm(x) * (1 + scale) + shift)
+    t_emb = t_block(t_embedder(t))
+    t_embedder = 256 sinusoidal features of 1000·t → Linear(256, D) → SiLU → Linear(D, D)
+    t_block    = SiLU → Linear(D, 3·D)
 
-The MLP's output layer and the tables start at zero, so at initialisation every denoiser layer
-computes exactly the backbone layer. At Nano scale (D=2688, 52 layers, 128 features, hidden
-128) this is ≈1.48 M parameters. The parameters are plain (not tensor-parallel): every TP rank
-holds a full copy. Under sequence parallelism the denoiser feeds each rank only its own
-positions' times (the MLP runs after the sequence scatter), so each rank's adaLN gradients are
-partial sums over its positions; the parameters are tagged ``sequence_parallel`` so that
-Megatron sums them over the TP group like the norms'.
+Layer ``i`` adds its own table ``scale_shift_tables[i]`` (3, D) to ``t_emb`` viewed as (3, D) and
+reads (shift, scale, gate) off the three rows. Where the modulation lands depends on the layer:
+
+* Mamba and attention (``pre_norm``): ``x + gate · mixer(RMSNorm(x · (1 + scale) + shift))``;
+* MoE and MLP (``post_norm``): ``x + gate · mixer(RMSNorm(x) · (1 + scale) + shift)``.
+
+At initialisation the gate rows of the tables are 1, their shift and scale rows 0 and the last
+``t_block`` Linear is zero, so every denoiser layer computes exactly the backbone layer. The
+module names (``t_embedder.mlp.{0,2}``, ``t_block.1``, ``scale_shift_tables.{i}``) are the
+released checkpoint's. At Nano scale (D=2688, 52 layers) this is 30.02 M parameters.
+
+The parameters are plain (not tensor-parallel): every TP rank holds a full copy. Under sequence
+parallelism the denoiser feeds each rank only its own positions' times (``t_emb`` is computed
+after the sequence scatter), so each rank's gradients are partial sums over its positions; the
+parameters are tagged ``sequence_parallel`` so that Megatron sums them over the TP group like the
+norms'.
 """
 
 from __future__ import annotations
@@ -23,9 +34,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+FREQUENCY_DIM = 256
+"""Sinusoidal features of the time embedder (the released model's)."""
 
-def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
-    """Sinusoidal features of t ∈ [0, 1] → (..., dim). t is scaled by 1000 like DDPM steps."""
+
+def timestep_features(
+    t: torch.Tensor, dim: int = FREQUENCY_DIM, max_period: float = 10_000.0
+) -> torch.Tensor:
+    """Sinusoidal features [cos, sin] of 1000·t, t ∈ [0, 1] → (..., dim), fp32."""
     half = dim // 2
     freqs = torch.exp(
         -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
@@ -36,52 +52,78 @@ def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -
 
 @dataclass
 class Modulation:
-    """Per-token (shift, scale, gate) for one layer, each (s, b, D)."""
+    """Per-token (shift, scale, gate) of one layer, each (..., D)."""
 
     shift: torch.Tensor
     scale: torch.Tensor
     gate: torch.Tensor
 
-    def pre(self, normed: torch.Tensor) -> torch.Tensor:
-        return normed * (1 + self.scale) + self.shift
+    def modulate(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (1 + self.scale) + self.shift
 
-    def post(self, mixer_out: torch.Tensor) -> torch.Tensor:
-        return (1 + self.gate) * mixer_out
+    def pre_norm(self, norm, x: torch.Tensor) -> torch.Tensor:
+        """Mamba / attention: modulate, then normalise."""
+        return norm(self.modulate(x))
+
+    def post_norm(self, norm, x: torch.Tensor) -> torch.Tensor:
+        """MoE / MLP: normalise, then modulate."""
+        return self.modulate(norm(x))
+
+    def residual(self, x: torch.Tensor, mixer_out: torch.Tensor) -> torch.Tensor:
+        return x + self.gate * mixer_out
+
+
+class TimestepEmbedder(nn.Module):
+    """t → 256 sinusoidal features → Linear(256, D) → SiLU → Linear(D, D)."""
+
+    def __init__(self, hidden_size: int, *, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(FREQUENCY_DIM, hidden_size, dtype=dtype),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size, dtype=dtype),
+        )
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_features(t).to(self.mlp[0].weight.dtype))
 
 
 class AdaLNSingle(nn.Module):
-    """Global time MLP + per-layer tables. ``forward`` gives the shared base; ``layer`` the
-    per-layer modulation."""
+    """``forward`` gives the shared ``t_emb`` (…, 3D); ``layer`` one layer's modulation."""
 
     def __init__(
         self,
         hidden_size: int,
         num_layers: int,
         *,
-        feature_dim: int = 128,
-        mlp_hidden: int = 128,
         sequence_parallel: bool = False,
         dtype: torch.dtype = torch.float32,
     ):
         super().__init__()
         self.hidden_size = hidden_size
-        self.feature_dim = feature_dim
-        self.mlp = nn.Sequential(
-            nn.Linear(feature_dim, mlp_hidden, dtype=dtype),
-            nn.SiLU(),
-            nn.Linear(mlp_hidden, 3 * hidden_size, dtype=dtype),
+        self.t_embedder = TimestepEmbedder(hidden_size, dtype=dtype)
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 3 * hidden_size, dtype=dtype))
+        self.scale_shift_tables = nn.ParameterList(
+            [nn.Parameter(torch.zeros(3, hidden_size, dtype=dtype)) for _ in range(num_layers)]
         )
-        self.tables = nn.Parameter(torch.zeros(num_layers, 3 * hidden_size, dtype=dtype))
-        nn.init.zeros_(self.mlp[2].weight)
-        nn.init.zeros_(self.mlp[2].bias)
+        self.reset_modulation()
         for p in self.parameters():
             p.sequence_parallel = sequence_parallel
 
-    def forward(self, t_tokens: torch.Tensor) -> torch.Tensor:
-        """t per token (s, b) → shared base modulation (s, b, 3D)."""
-        features = timestep_features(t_tokens, self.feature_dim).to(self.tables.dtype)
-        return self.mlp(features)
+    @torch.no_grad()
+    def reset_modulation(self) -> None:
+        """The identity modulation: gate rows 1, shift/scale rows 0, last t_block Linear zero."""
+        nn.init.zeros_(self.t_block[1].weight)
+        nn.init.zeros_(self.t_block[1].bias)
+        for table in self.scale_shift_tables:
+            table.zero_()
+            table[2] = 1.0
 
-    def layer(self, base: torch.Tensor, layer_index: int) -> Modulation:
-        shift, scale, gate = (base + self.tables[layer_index]).chunk(3, dim=-1)
+    def forward(self, t_tokens: torch.Tensor) -> torch.Tensor:
+        """t per token (...) → t_emb (..., 3D)."""
+        return self.t_block(self.t_embedder(t_tokens))
+
+    def layer(self, t_emb: torch.Tensor, layer_index: int) -> Modulation:
+        rows = self.scale_shift_tables[layer_index] + t_emb.unflatten(-1, (3, self.hidden_size))
+        shift, scale, gate = rows.unbind(-2)
         return Modulation(shift=shift, scale=scale, gate=gate)

@@ -8,7 +8,9 @@ Each denoiser layer i is coupled only to context layer i (docs/architecture.md):
   start;
 * MoE / MLP — per token, unchanged;
 
-and every layer is modulated by adaLN-single (:mod:`twotower_train.model.adaln`).
+and every layer is modulated by adaLN-single (:mod:`twotower_train.model.adaln`) — Mamba and
+attention layers before their input norm, MoE and MLP layers after it — unless the forward is
+asked to run unmodulated (``t_tokens=None``: the released mock-AR decoding).
 
 Where the conditioning comes from is a small object with two methods (``mamba_seed``,
 ``attend``): :class:`BlockwiseConditioning` for the vectorised training forward (all blocks
@@ -111,7 +113,7 @@ class Denoiser(MegatronModule):
     def forward(
         self,
         tokens: torch.Tensor,
-        t_tokens: torch.Tensor,
+        t_tokens: torch.Tensor | None,
         conditioning: Conditioning,
         *,
         causal_in_block: bool = False,
@@ -119,37 +121,47 @@ class Denoiser(MegatronModule):
     ) -> torch.Tensor:
         """Noisy tokens (b, n·S) with per-token times (b, n·S) → logits (b, n·S, V/TP).
 
+        ``t_tokens=None`` runs every layer unmodulated: ``x + mixer(norm(x))``, the backbone's
+        own layer on the denoiser's weights (the released mock-AR decoding).
         With ``positions`` (b, n·S) bool, the final norm and LM head run there only and the
         logits come back as (count, V/TP) in (batch, position) order.
         """
         model = self.backbone
         hidden = embed(model, tokens)  # (s, b, d); (s/TP, b, d) under SP
-        t_tokens = t_tokens.transpose(0, 1)  # (s, b)
-        if self.config.sequence_parallel:
-            # Scatter t, then run the adaLN MLP on this rank's positions only: every adaLN
-            # gradient is then a partial sum over the local positions, which is what the
-            # ``sequence_parallel`` tag tells finalize_model_grads to sum over TP (running the
-            # MLP on the full sequence and scattering its output would give each rank the
-            # whole MLP gradient already, and the TP sum would double it).
-            t_tokens = tensor_parallel.scatter_to_sequence_parallel_region(t_tokens)
-        base = self.adaln(t_tokens)  # (s, b, 3d); (s/TP, b, 3d) under SP
+        t_emb = None
+        if t_tokens is not None:
+            t_tokens = t_tokens.transpose(0, 1)  # (s, b)
+            if self.config.sequence_parallel:
+                # Scatter t, then compute t_emb on this rank's positions only: every adaLN
+                # gradient is then a partial sum over the local positions, which is what the
+                # ``sequence_parallel`` tag tells finalize_model_grads to sum over TP (running
+                # the MLPs on the full sequence and scattering their output would give each
+                # rank the whole gradient already, and the TP sum would double it).
+                t_tokens = tensor_parallel.scatter_to_sequence_parallel_region(t_tokens)
+            t_emb = self.adaln(t_tokens)  # (s, b, 3d); (s/TP, b, 3d) under SP
         full_recompute = self.config.recompute_granularity == "full" and torch.is_grad_enabled()
         for i, kind, layer in iter_layers(model):
             run = functools.partial(self._layer, i, kind, layer, conditioning, causal_in_block)
             if full_recompute:
                 # Keep only the layer's input; Megatron's checkpoint reruns the layer in backward
                 # with the same RNG streams.
-                hidden = tensor_parallel.checkpoint(run, False, hidden, base)
+                hidden = tensor_parallel.checkpoint(run, False, hidden, t_emb)
             else:
-                hidden = run(hidden, base)
+                hidden = run(hidden, t_emb)
         if positions is not None:
             return lm_head_at(model, hidden, positions)
         return lm_head(model, hidden)
 
-    def _layer(self, i, kind, layer, conditioning, causal_in_block, hidden, base):
+    def _layer(self, i, kind, layer, conditioning, causal_in_block, hidden, t_emb):
         """One adaLN-modulated denoiser layer: hidden (s, b, d) → hidden (s, b, d)."""
-        mod = self.adaln.layer(base, i)
-        normed = mod.pre(pre_norm(kind, layer)(hidden))
+        norm = pre_norm(kind, layer)
+        mod = None if t_emb is None else self.adaln.layer(t_emb, i)
+        if mod is None:
+            normed = norm(hidden)
+        elif kind in (LayerKind.MAMBA, LayerKind.ATTENTION):
+            normed = mod.pre_norm(norm, hidden)
+        else:
+            normed = mod.post_norm(norm, hidden)
         if kind is LayerKind.MAMBA:
             out = mamba_forward(
                 layer.mixer,
@@ -166,7 +178,7 @@ class Denoiser(MegatronModule):
             out = self._selective("mlp", lambda x: layer.mlp(x)[0], normed)
         else:
             out, _ = layer.mlp(normed)  # MoE: recomputes itself when "moe" is selected
-        return hidden + mod.post(out)
+        return hidden + out if mod is None else mod.residual(hidden, out)
 
     def _selective(self, module: str, function, *args: torch.Tensor) -> torch.Tensor:
         """``function(*args)``, recomputed in backward when ``module`` is one of the selective

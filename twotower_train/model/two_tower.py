@@ -226,13 +226,14 @@ class TwoTowerModel(MegatronModule):
         self,
         cache: ContextCache,
         block_tokens: torch.Tensor,
-        t: torch.Tensor,
+        t: torch.Tensor | None,
         *,
         causal_in_block: bool = False,
     ) -> torch.Tensor:
-        """Denoiser logits (b, S, V) for the block right after the cache, at time t (b,)."""
+        """Denoiser logits (b, S, V) for the block right after the cache, at time t (b,);
+        ``t=None`` runs the denoiser unmodulated (the released mock-AR decoding)."""
         self._check_inference()
-        t_tokens = t.reshape(-1, 1).expand_as(block_tokens).float()
+        t_tokens = None if t is None else t.reshape(-1, 1).expand_as(block_tokens).float()
         with distributed.on_device(self.denoiser_device):
             logits = self.denoiser(
                 block_tokens, t_tokens, CacheConditioning(cache), causal_in_block=causal_in_block

@@ -98,7 +98,7 @@ def main(ckpt_dir: str) -> None:
     reference_model = TwoTowerModel.build(cfg)
     with torch.no_grad():
         for p in reference_model.denoiser.adaln.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
     reference = run(reference_model, tokens, noisy, t)
     reference_adaln_grads = adaln_grads(reference_model)
     save_reference(reference_model.sharded_state_dict(), ckpt_dir)

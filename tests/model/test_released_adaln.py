@@ -1,0 +1,188 @@
+"""The denoiser's time conditioning against the released Nemotron-TwoTower's formulas
+(DESIGN.md §2, issue 22), on the tiny fp32 CPU model (pattern M*E-: every layer type).
+
+The reference below is written from the released formulas alone; it reads the adaLN parameters
+by their released names and does not import :mod:`twotower_train.model.adaln`. It reuses the
+backbone's own mixers and conditioning (what is under test is the modulation, not the mixers).
+
+Tolerances: fp32, the same operations in a possibly different order: ~1e-7 apart on logits of
+magnitude ~1; 1e-5 leaves two orders of margin, while moving a modulation to the other side of
+a norm or gating with 1 + gate instead of gate moves the logits by ≥ 1e-2 (checked below).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from twotower_train.model.adaln import AdaLNSingle
+from twotower_train.model.config import preset
+from twotower_train.model.denoiser import BlockwiseConditioning
+from twotower_train.model.layers import LayerKind, embed, iter_layers, lm_head, pre_norm
+from twotower_train.model.mixers import attention_out, attention_qkv, mamba_forward
+from twotower_train.model.two_tower import TwoTowerModel
+
+ATOL = 1e-5
+LENGTH, S = 32, 8
+
+
+def released_t_emb(params: dict[str, torch.Tensor], t: torch.Tensor) -> torch.Tensor:
+    """t (...) → t_emb (..., 3D): 256 sinusoidal features of 1000·t ([cos, sin], max period
+    10000) → Linear → SiLU → Linear (t_embedder), then SiLU → Linear (t_block)."""
+    half = 128
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half) / half)
+    angles = 1000.0 * t.unsqueeze(-1) * freqs
+    features = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)  # (..., 256)
+    h = F.linear(features, params["t_embedder.mlp.0.weight"], params["t_embedder.mlp.0.bias"])
+    h = F.linear(F.silu(h), params["t_embedder.mlp.2.weight"], params["t_embedder.mlp.2.bias"])
+    return F.linear(F.silu(h), params["t_block.1.weight"], params["t_block.1.bias"])
+
+
+def released_denoiser(model: TwoTowerModel, clean, noisy, t_block, *, modulate=True, variant=None):
+    """The released denoiser forward (training layout) → logits (b, L, V).
+
+    ``variant`` perturbs the formulas ("post_norm_everywhere", "one_plus_gate") to show that the
+    comparison can tell them apart."""
+    denoiser = model.denoiser
+    backbone = denoiser.backbone
+    params = dict(denoiser.adaln.named_parameters())
+    hidden_size = model.cfg.hidden_size
+    blocks = clean.shape[1] // S
+    with torch.no_grad():
+        context = model.context_tower(clean, state_stride=S, logits="none")
+    conditioning = BlockwiseConditioning(context, S, blocks)
+    t_tokens = t_block.repeat_interleave(S, dim=1).transpose(0, 1)  # (s, b)
+    t_emb = released_t_emb(params, t_tokens).unflatten(-1, (3, hidden_size))  # (s, b, 3, D)
+    x = embed(backbone, noisy)  # (s, b, D)
+    for i, kind, layer in iter_layers(backbone):
+        shift, scale, gate = (params[f"scale_shift_tables.{i}"] + t_emb).unbind(-2)
+        norm = pre_norm(kind, layer)
+        before = kind in (LayerKind.MAMBA, LayerKind.ATTENTION)
+        if variant == "post_norm_everywhere":
+            before = False
+        if not modulate:
+            h = norm(x)
+        elif before:
+            h = norm(x * (1 + scale) + shift)
+        else:
+            h = norm(x) * (1 + scale) + shift
+        if kind is LayerKind.MAMBA:
+            out = mamba_forward(layer.mixer, h, initial=conditioning.mamba_seed(i), blocks=blocks).out
+        elif kind is LayerKind.ATTENTION:
+            q, k, v = attention_qkv(layer.self_attention, h)
+            out = attention_out(
+                layer.self_attention, conditioning.attend(i, q, k, v, causal_in_block=False)
+            )
+        else:
+            out, _ = layer.mlp(h)
+        if not modulate:
+            x = x + out
+        else:
+            x = x + (1 + gate if variant == "one_plus_gate" else gate) * out
+    return lm_head(backbone, x)
+
+
+@pytest.fixture
+def model(single_process, tiny_cfg):
+    assert set(tiny_cfg.pattern) == {"M", "*", "E", "-"}
+    model = TwoTowerModel.build(tiny_cfg)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():  # away from the identity init: every released parameter matters
+        for p in model.denoiser.adaln.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.2)
+    return model
+
+
+@pytest.fixture
+def batch(tiny_cfg):
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.randint(4, tiny_cfg.vocab_size, (2, LENGTH), generator=gen)
+    noisy = clean.clone()
+    noisy[:, ::3] = tiny_cfg.mask_token_id
+    return clean, noisy, torch.rand(2, LENGTH // S, generator=gen)
+
+
+def test_released_names_and_shapes(model, tiny_cfg):
+    d, n = tiny_cfg.hidden_size, len(tiny_cfg.pattern)
+    shapes = {k: tuple(p.shape) for k, p in model.denoiser.adaln.named_parameters()}
+    expected = {
+        "t_embedder.mlp.0.weight": (d, 256), "t_embedder.mlp.0.bias": (d,),
+        "t_embedder.mlp.2.weight": (d, d), "t_embedder.mlp.2.bias": (d,),
+        "t_block.1.weight": (3 * d, d), "t_block.1.bias": (3 * d,),
+    } | {f"scale_shift_tables.{i}": (3, d) for i in range(n)}
+    assert shapes == expected
+
+
+def test_released_init_is_the_identity(single_process, tiny_cfg):
+    adaln = TwoTowerModel.build(tiny_cfg).denoiser.adaln
+    for table in adaln.scale_shift_tables:
+        torch.testing.assert_close(table[:2], torch.zeros_like(table[:2]), rtol=0, atol=0)
+        torch.testing.assert_close(table[2], torch.ones_like(table[2]), rtol=0, atol=0)
+    assert not adaln.t_block[1].weight.any() and not adaln.t_block[1].bias.any()
+    assert adaln.t_embedder.mlp[0].weight.any()  # the embedder itself is random
+
+
+def test_forward_equals_released_reference(model, batch):
+    clean, noisy, t = batch
+    with torch.no_grad():
+        ours = model(clean, noisy, t, S)
+        reference = released_denoiser(model, clean, noisy, t)
+        torch.testing.assert_close(ours, reference, rtol=0, atol=ATOL)
+        for variant in ("post_norm_everywhere", "one_plus_gate"):
+            wrong = released_denoiser(model, clean, noisy, t, variant=variant)
+            assert (wrong - reference).abs().max() > 1e-2, variant
+
+
+def test_gradients_equal_released_reference(model, batch):
+    clean, noisy, t = batch
+    weights = torch.randn(2, LENGTH, model.cfg.vocab_size, generator=torch.Generator().manual_seed(3))
+    params = dict(model.denoiser.named_parameters())
+
+    def grads(forward):
+        model.zero_grad(set_to_none=True)
+        (forward() * weights).sum().backward()
+        return {name: p.grad.clone() for name, p in params.items() if p.grad is not None}
+
+    ours = grads(lambda: model(clean, noisy, t, S))
+    reference = grads(lambda: released_denoiser(model, clean, noisy, t))
+    assert set(ours) == set(reference) == {n for n, p in params.items() if p.requires_grad}
+    for name, grad in reference.items():
+        scale = grad.abs().max().clamp_min(1e-6)
+        assert (ours[name] - grad).abs().max() / scale < 1e-4, name
+    assert any(n.startswith("adaln.scale_shift_tables.") and g.abs().max() > 0
+               for n, g in reference.items())
+
+
+def test_unmodulated_forward(model, batch):
+    """t=None runs every layer as the backbone layer (released mock-AR), whatever the adaLN."""
+    clean, noisy, t = batch
+    blocks = LENGTH // S
+    with torch.no_grad():
+        context = model.context_tower(clean, state_stride=S, logits="none")
+        ours = model.denoiser(noisy, None, BlockwiseConditioning(context, S, blocks))
+        reference = released_denoiser(model, clean, noisy, t, modulate=False)
+        torch.testing.assert_close(ours, reference, rtol=0, atol=ATOL)
+        assert (ours - model(clean, noisy, t, S)).abs().max() > 1e-2
+
+
+def test_unmodulated_equals_modulated_at_init(single_process, tiny_cfg, batch):
+    model = TwoTowerModel.build(tiny_cfg)
+    clean, noisy, t = batch
+    with torch.no_grad():
+        cache = model.prefill(clean[:, :S]).cache
+        plain = model.denoise_block(cache, noisy[:, S : 2 * S], None)
+        timed = model.denoise_block(cache, noisy[:, S : 2 * S], t[:, 1])
+    torch.testing.assert_close(plain, timed, rtol=0, atol=ATOL)
+
+
+def test_adaln_size_at_nano_scale():
+    cfg = preset("nano_30b_a3b")
+    d, n = cfg.hidden_size, len(cfg.pattern)
+    assert (d, n) == (2688, 52)
+    expected = (256 * d + d) + (d * d + d) + (3 * d * d + 3 * d) + n * 3 * d
+    with torch.device("meta"):
+        size = sum(p.numel() for p in AdaLNSingle(d, n).parameters())
+    assert size == expected == 30_022_272
