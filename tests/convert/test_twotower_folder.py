@@ -54,7 +54,7 @@ def test_folder_contents(exported):
     assert config["architectures"] == ["NemotronTwoTowerForCausalLM"]
     assert config["auto_map"]["AutoModelForCausalLM"].startswith("modeling_nemotron_twotower.")
     assert (config["block_size"], config["mask_token_id"]) == (8, 3)
-    assert (config["adaln_feature_dim"], config["adaln_hidden_size"]) == (128, 128)
+    assert not [key for key in config if key.startswith("adaln")]  # the released config has none
     assert config["time_step_min"] == 0.0  # no dt clamp: Megatron trains without one
 
 
@@ -173,3 +173,20 @@ def test_missing_and_unexpected_tensors_are_named(exported, tmp_path):
     with pytest.raises(ConversionError, match=r"1 tensor\(s\) .* no counterpart.*adaln.extra"):
         load_twotower_folder(folder)
 
+
+
+def test_released_adaln_names_and_old_formulation_refused(exported, tmp_path):
+    model, folder = exported
+    d, n = model.cfg.hidden_size, len(model.cfg.pattern)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+    shard = load_file(folder / "model-00001-of-00001.safetensors")
+    time_names = {k for k in index if not k.startswith(("model.", "lm_head.", "denoiser."))}
+    assert {k: tuple(shard[k].shape) for k in time_names} == {
+        "t_embedder.mlp.0.weight": (d, 256), "t_embedder.mlp.0.bias": (d,),
+        "t_embedder.mlp.2.weight": (d, d), "t_embedder.mlp.2.bias": (d,),
+        "t_block.1.weight": (3 * d, d), "t_block.1.bias": (3 * d,),
+    } | {f"scale_shift_tables.{i}": (3, d) for i in range(n)}
+    old = export(model, tmp_path / "old")
+    _edit_shard(old, lambda t: t.update({"adaln.mlp.0.weight": torch.ones(128, 128)}))
+    with pytest.raises(ConversionError, match=r"pre-release adaLN-single .* retrain stage 2"):
+        load_twotower_folder(old)

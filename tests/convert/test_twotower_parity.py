@@ -73,6 +73,10 @@ def test_denoiser_block_after_a_prompt(pair):
     ours = model.advance(ours, block, "none").cache
     theirs = hf.advance(theirs, block, "none").cache
     _close(hf.denoise_block(theirs, block, 1 - t), model.denoise_block(ours, block, 1 - t))
+    # Unmodulated (t=None, the released mock-AR's denoiser) agrees too, and differs from timed.
+    plain = model.denoise_block(ours, block, None)
+    _close(hf.denoise_block(theirs, block, None), plain)
+    assert (plain - model.denoise_block(ours, block, t)).abs().max() > 1e-3
 
 
 def test_denoiser_every_block_of_a_sequence(pair):
@@ -103,13 +107,12 @@ def test_mock_ar_logits(pair):
 
 
 def test_denoiser_at_init_with_causal_blocks_is_the_context_tower(tmp_path, single_process):
-    """I1 on the export alone: adaLN at zero + a causal in-block mask ⇒ the denoiser computes
+    """I1 on the export alone: adaLN at its identity init + a causal in-block mask ⇒ the denoiser computes
     the context tower (both towers the same weights), which checks its K/V and Mamba seeding."""
     model = random_two_tower()
     model.denoiser.backbone.load_state_dict(model.context_tower.backbone.state_dict())
     with torch.no_grad():
-        for p in model.denoiser.adaln.parameters():
-            p.zero_()
+        model.denoiser.adaln.reset_modulation()
     hf = load_export(export(model, tmp_path / "hf"))
     prompt, block = _tokens((2, 10), seed=9), _tokens((2, BLOCK_SIZE), seed=10)
     expected = hf.prefill(torch.cat([prompt, block], 1), logits="all").logits[:, 10:]

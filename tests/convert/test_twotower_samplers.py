@@ -126,7 +126,7 @@ def test_place_towers_on_devices_puts_each_tower_on_its_device(pair, context, de
     hf = load_export(folder)  # a fresh copy: weights moved to meta are gone
     assert hf.place_towers_on_devices(context, denoiser) is hf
     towers = {"model.": "context", "lm_head.": "context", "denoiser.": "denoiser",
-              "adaln.": "denoiser"}
+              "t_embedder.": "denoiser", "t_block.": "denoiser", "scale_shift_tables.": "denoiser"}
     assert tensor_devices(hf, towers) == {
         "context": {torch.device(context)}, "denoiser": {torch.device(denoiser)}}
     assert (hf.context_device, hf.denoiser_device) == (torch.device(context), torch.device(denoiser))

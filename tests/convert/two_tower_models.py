@@ -30,7 +30,7 @@ def random_two_tower(cfg=None, seed: int = 0) -> TwoTowerModel:
         for p in model.denoiser.backbone.parameters():
             p.mul_(1 + 0.1 * torch.randn(p.shape, generator=g))
         for p in model.denoiser.adaln.parameters():
-            p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
     return model.eval()
 
 

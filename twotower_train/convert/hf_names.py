@@ -252,11 +252,21 @@ def module_layout(
 # Megatron ``TwoTowerModel`` state-dict prefix → {transformers module-name prefix of the backbone
 # (``model.…``, ``lm_head.…``, stacked experts; :func:`module_layout`) → export prefix}. The
 # context tower is the export's own causal LM (``model.``, ``lm_head.``); the denoiser is the
-# plain module ``denoiser`` (its blocks directly under it). adaLN-single copies under its new
-# prefix.
+# plain module ``denoiser`` (its blocks directly under it). adaLN-single keeps the released
+# names (``t_embedder.*``, ``t_block.*``, ``scale_shift_tables.*``) at the top of the export.
 
 TOWER_PREFIXES: tuple[tuple[str, dict[str, str]], ...] = (
     ("context_tower.backbone.", {"model.": "model.", "lm_head.": "lm_head."}),
     ("denoiser.backbone.", {"model.": "denoiser.", "lm_head.": "denoiser.lm_head."}),
 )
-ADALN_PREFIXES: tuple[str, str] = ("denoiser.adaln.", "adaln.")
+ADALN_PREFIX = "denoiser.adaln."
+"""Where ``TwoTowerModel`` holds adaLN-single; the export drops the prefix."""
+OLD_ADALN_TENSOR = "adaln.mlp.0.weight"
+"""A tensor only exports of the pre-release adaLN formulation hold."""
+
+
+def adaln_names(num_layers: int) -> list[str]:
+    """adaLN-single's tensor names (the released checkpoint's) for a stack of ``num_layers``."""
+    names = [f"t_embedder.mlp.{i}.{kind}" for i in (0, 2) for kind in ("weight", "bias")]
+    names += ["t_block.1.weight", "t_block.1.bias"]
+    return names + [f"scale_shift_tables.{i}" for i in range(num_layers)]

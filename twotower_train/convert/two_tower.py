@@ -3,7 +3,7 @@
 The folder loads offline with ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``:
 
 * ``config.json`` — :class:`NemotronTwoTowerConfig` (the backbone's ``nemotron_h`` fields, the
-  default block size, ``mask_token_id``, the adaLN sizes, ``auto_map``);
+  default block size, ``mask_token_id``, ``auto_map``);
 * ``generation_config.json``, the tokenizer files;
 * safetensors shards + ``model.safetensors.index.json`` with both towers and the adaLN, named as
   the export's modules hold them (no transformers name conversion applies to remote code);
@@ -12,9 +12,10 @@ The folder loads offline with ``AutoModelForCausalLM.from_pretrained(dir, trust_
   export decodes exactly like Megatron.
 
 Names: the backbone table of :mod:`~twotower_train.convert.hf_names` per tower plus its prefix
-rules (``TOWER_PREFIXES``, ``ADALN_PREFIXES``): the context tower as transformers names a
+rules (``TOWER_PREFIXES``, ``ADALN_PREFIX``): the context tower as transformers names a
 ``NemotronHForCausalLM`` (``model.…``, ``lm_head.weight``, stacked experts), the denoiser under
-``denoiser.`` and adaLN-single under ``adaln.``. All functions here take and return whole (TP=1)
+``denoiser.`` and adaLN-single under the released names (``t_embedder.*``, ``t_block.*``,
+``scale_shift_tables.*``). Exports of the pre-release adaLN formulation are refused. All functions here take and return whole (TP=1)
 tensors; loading a checkpoint saved at another TP/EP into TP=1 is dist_checkpointing's job.
 """
 
@@ -39,7 +40,14 @@ from twotower_train.convert.hf_files import (
     tensor_files,
     write_shards,
 )
-from twotower_train.convert.hf_names import ADALN_PREFIXES, TOWER_PREFIXES, module_layout, resolve
+from twotower_train.convert.hf_names import (
+    ADALN_PREFIX,
+    OLD_ADALN_TENSOR,
+    TOWER_PREFIXES,
+    adaln_names,
+    module_layout,
+    resolve,
+)
 from twotower_train.convert.nemotron_h import (
     backbone_config_from_hf,
     generation_config,
@@ -56,7 +64,6 @@ AUTO_MAP = {
     "AutoModel": f"modeling_nemotron_twotower.{ARCHITECTURE}",
     "AutoModelForCausalLM": f"modeling_nemotron_twotower.{ARCHITECTURE}",
 }
-ADALN_TENSORS = ("mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias", "tables")
 
 
 def code_files() -> list[Path]:
@@ -74,16 +81,14 @@ def code_files() -> list[Path]:
 
 
 def twotower_config(
-    cfg: BackboneConfig, *, block_size: int, adaln_sizes: tuple[int, int], dtype: torch.dtype
+    cfg: BackboneConfig, *, block_size: int, dtype: torch.dtype
 ) -> NemotronTwoTowerConfig:
     """The export's ``config.json``: the backbone's ``nemotron_h`` fields + the two-tower ones."""
     values = hf_config_values(
         cfg, dtype=str(dtype).removeprefix("torch."), architectures=[ARCHITECTURE]
     )
-    feature_dim, hidden = adaln_sizes
     return NemotronTwoTowerConfig(
-        **values, block_size=block_size, adaln_feature_dim=feature_dim,
-        adaln_hidden_size=hidden, denoiser_shift=cfg.denoiser_shift, auto_map=AUTO_MAP,
+        **values, block_size=block_size, denoiser_shift=cfg.denoiser_shift, auto_map=AUTO_MAP,
     )
 
 
@@ -117,12 +122,16 @@ def megatron_to_export_state(
         except ConversionError as error:
             raise ConversionError(f"{megatron_prefix}*: {error}") from None
         out.update({_rename(k, renames): v for k, v in modules.items()})
-    megatron_prefix, export_prefix = ADALN_PREFIXES
-    for name in ADALN_TENSORS:
-        if megatron_prefix + name not in state:
-            raise ConversionError(f"Megatron tensor {megatron_prefix + name!r} is missing")
-        out[export_prefix + name] = state[megatron_prefix + name]
-        used.add(megatron_prefix + name)
+    if ADALN_PREFIX + "tables" in state:
+        raise ConversionError(
+            "the checkpoint holds the pre-release adaLN-single (denoiser.adaln.tables); this "
+            "version trains and exports only the released formulation — retrain stage 2"
+        )
+    for name in adaln_names(len(cfg.pattern)):
+        if ADALN_PREFIX + name not in state:
+            raise ConversionError(f"Megatron tensor {ADALN_PREFIX + name!r} is missing")
+        out[name] = state[ADALN_PREFIX + name]
+        used.add(ADALN_PREFIX + name)
     leftovers = sorted(set(state) - used)
     if leftovers:
         raise ConversionError(f"{len(leftovers)} Megatron tensor(s) have no export counterpart: "
@@ -135,7 +144,7 @@ def export_names(cfg: BackboneConfig) -> set[str]:
     backbone = dict.fromkeys((n for m in resolve(cfg) for n in m.hf), torch.empty(0))
     modules = set(module_layout(backbone, cfg))
     out = {_rename(n, renames) for _, renames in TOWER_PREFIXES for n in modules}
-    return out | {ADALN_PREFIXES[1] + n for n in ADALN_TENSORS}
+    return out | set(adaln_names(len(cfg.pattern)))
 
 
 def export_to_megatron_state(
@@ -143,13 +152,13 @@ def export_to_megatron_state(
 ) -> dict[str, torch.Tensor]:
     """Export tensors → ``TwoTowerModel`` state in ``naming`` (default: what this process
     builds). Inverse of :func:`megatron_to_export_state`."""
-    adaln_megatron, adaln_export = ADALN_PREFIXES
+    adaln = set(adaln_names(len(cfg.pattern)))
     rules = _export_prefixes()
     towers: dict[str, dict[str, torch.Tensor]] = {tower: {} for tower, _ in TOWER_PREFIXES}
     out = {}
     for name, tensor in state.items():
-        if name.startswith(adaln_export):
-            out[adaln_megatron + name[len(adaln_export):]] = tensor
+        if name in adaln:
+            out[ADALN_PREFIX + name] = tensor
             continue
         rule = next((r for r in rules if name.startswith(r[0])), None)
         if rule is None:
@@ -182,10 +191,8 @@ def save_twotower_folder(
     atomically; ``tokenizer`` (a loaded HF tokenizer) is saved into it."""
     path = Path(path)
     tensors = megatron_to_export_state(state, cfg)
-    hidden, feature_dim = tensors[ADALN_PREFIXES[1] + "mlp.0.weight"].shape
     config = twotower_config(
-        cfg, block_size=block_size, adaln_sizes=(feature_dim, hidden),
-        dtype=next(iter(tensors.values())).dtype,
+        cfg, block_size=block_size, dtype=next(iter(tensors.values())).dtype
     )
     with atomic_folder(path, overwrite=overwrite) as tmp:
         config.save_pretrained(tmp)
@@ -209,6 +216,12 @@ def load_twotower_folder(
     )
     cfg = backbone_config_from_hf(config, denoiser_shift=bool(config.denoiser_shift))
     files = tensor_files(path)
+    if OLD_ADALN_TENSOR in files:
+        raise ConversionError(
+            f"{path} was exported with the pre-release adaLN-single ({OLD_ADALN_TENSOR}); this "
+            "version reads only the released formulation (t_embedder / t_block / "
+            "scale_shift_tables) — retrain stage 2 from its backbone"
+        )
     expected = export_names(cfg)
     missing = sorted(expected - set(files))
     if missing:

@@ -18,10 +18,6 @@ class NemotronTwoTowerConfig(NemotronHConfig):
     """Default sampling block size S of ``generate_mask_diffusion`` (the released model: 16)."""
     mask_token_id: int = 3
     """The diffusion [MASK] id the denoiser was trained with."""
-    adaln_feature_dim: int = 128
-    """Sinusoidal time features fed to the adaLN-single MLP."""
-    adaln_hidden_size: int = 128
-    """Hidden width of the adaLN-single MLP (its output is 3 × hidden_size)."""
     denoiser_shift: bool = False
     """True: the denoiser's output at position i scores the token at i + 1 and a block's first
     position is scored by the context tower (the training repository's ``model.denoiser_shift``)."""

@@ -18,8 +18,11 @@ What each tower computes (the model card):
   module, so no transformers checkpoint renaming ever applies to it): one block of S noisy
   tokens right after the context; attention layer i attends to context layer i's K/V (positions
   before the block) and bidirectionally inside the block; Mamba layer i starts from context
-  layer i's states; every layer is modulated by adaLN-single (``self.adaln``) with the
-  diffusion time t:  ``x = x + (1 + gate) · mixer(norm(x) · (1 + scale) + shift)``.
+  layer i's states; every layer is modulated by adaLN-single with the diffusion time t:
+  ``t_emb = t_block(t_embedder(t))``, (shift, scale, gate) = ``scale_shift_tables[i]`` +
+  ``t_emb`` viewed as (3, d); Mamba and attention layers ``x + gate · mixer(norm(x · (1 + scale)
+  + shift))``, MoE and MLP layers ``x + gate · mixer(norm(x) · (1 + scale) + shift)``. With
+  ``t=None`` the denoiser runs unmodulated, ``x + mixer(norm(x))``.
 
 Layouts: hidden states (b, s, d); the caches as ``cache.py`` describes them.
 """
@@ -56,11 +59,13 @@ from .sampling import TokenChoice
 MAMBA, ATTENTION = "linear_attention", "full_attention"
 
 
-# ---- adaLN-single time conditioning ------------------------------------------------------------
+# ---- adaLN-single time conditioning (the released formulation) --------------------------------
+
+FREQUENCY_DIM = 256
 
 
-def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
-    """Sinusoidal features of t ∈ [0, 1] (scaled by 1000 like DDPM steps) → (..., dim)."""
+def timestep_features(t: torch.Tensor, dim: int = FREQUENCY_DIM, max_period: float = 10_000.0):
+    """Sinusoidal features [cos, sin] of 1000·t, t ∈ [0, 1] → (..., dim), fp32."""
     half = dim // 2
     freqs = torch.exp(
         -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
@@ -69,27 +74,17 @@ def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
-class AdaLNSingle(nn.Module):
-    """t → features → one global MLP → 3·d; layer i adds its own table → (shift, scale, gate)."""
+class TimestepEmbedder(nn.Module):
+    """t → 256 sinusoidal features → Linear(256, d) → SiLU → Linear(d, d)."""
 
-    def __init__(self, config: NemotronTwoTowerConfig):
+    def __init__(self, hidden_size: int):
         super().__init__()
-        self.feature_dim = config.adaln_feature_dim
-        d = config.hidden_size
         self.mlp = nn.Sequential(
-            nn.Linear(config.adaln_feature_dim, config.adaln_hidden_size),
-            nn.SiLU(),
-            nn.Linear(config.adaln_hidden_size, 3 * d),
+            nn.Linear(FREQUENCY_DIM, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
         )
-        self.tables = nn.Parameter(torch.zeros(config.num_hidden_layers, 3 * d))
 
-    def forward(self, t_tokens: torch.Tensor) -> torch.Tensor:
-        """t per token (b, s) → the shared base modulation (b, s, 3d)."""
-        return self.mlp(timestep_features(t_tokens, self.feature_dim).to(self.tables.dtype))
-
-    def modulation(self, base: torch.Tensor, layer: int) -> tuple[torch.Tensor, ...]:
-        """(shift, scale, gate) of one layer, each (b, s, d)."""
-        return (base + self.tables[layer]).chunk(3, dim=-1)
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_features(t).to(self.mlp[0].weight.dtype))
 
 
 # ---- the model ---------------------------------------------------------------------------------
@@ -115,7 +110,9 @@ class NemotronTwoTowerForCausalLM(NemotronHForCausalLM):
     ``generate_mask_diffusion`` / ``generate_mock_ar`` / ``generate_ar``.
 
     ``self.model`` / ``self.lm_head`` are the context tower (what ``forward()`` runs),
-    ``self.denoiser`` is the denoiser tower, ``self.adaln`` its time conditioning. ``.to()`` / ``.cuda()`` move both towers (AR-only use on one device).
+    ``self.denoiser`` is the denoiser tower, ``self.t_embedder`` / ``self.t_block`` /
+    ``self.scale_shift_tables`` its time conditioning (the released names). ``.to()`` /
+    ``.cuda()`` move both towers (AR-only use on one device).
     """
 
     config_class = NemotronTwoTowerConfig
@@ -123,15 +120,26 @@ class NemotronTwoTowerForCausalLM(NemotronHForCausalLM):
     def __init__(self, config: NemotronTwoTowerConfig):
         super().__init__(config)
         self.denoiser = NemotronTwoTowerDenoiser(config)
-        self.adaln = AdaLNSingle(config)
+        d = config.hidden_size
+        self.t_embedder = TimestepEmbedder(d)
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(d, 3 * d))
+        self.scale_shift_tables = nn.ParameterList(
+            [nn.Parameter(torch.zeros(3, d)) for _ in range(config.num_hidden_layers)]
+        )
         self.post_init()
 
+    @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, AdaLNSingle):  # zero-initialised: the denoiser starts as the backbone
-            nn.init.zeros_(module.tables)
-            nn.init.zeros_(module.mlp[2].weight)
-            nn.init.zeros_(module.mlp[2].bias)
+        # The identity modulation, so the denoiser starts as the backbone: the last t_block
+        # Linear zero, the tables' gate rows 1 and their shift / scale rows 0.
+        if module is self.t_block[1]:
+            nn.init.zeros_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif module is self.scale_shift_tables:
+            for table in module:
+                table.zero_()
+                table[2] = 1.0
 
     # --- devices --------------------------------------------------------------------------------
 
@@ -140,8 +148,8 @@ class NemotronTwoTowerForCausalLM(NemotronHForCausalLM):
         samplers move the caches and tokens between them."""
         self.model.to(context_device)
         self.lm_head.to(context_device)
-        self.denoiser.to(denoiser_device)
-        self.adaln.to(denoiser_device)
+        for module in (self.denoiser, self.t_embedder, self.t_block, self.scale_shift_tables):
+            module.to(denoiser_device)
         return self
 
     @property
@@ -209,14 +217,25 @@ class NemotronTwoTowerForCausalLM(NemotronHForCausalLM):
     @torch.no_grad()
     def denoise_block(self, cache, block_tokens, t, *, causal_in_block=False) -> torch.Tensor:
         """Denoiser logits (b, S, V) for the block of S tokens right after ``cache`` (an empty
-        cache: the first block of a sequence) at diffusion time ``t`` (b,)."""
+        cache: the first block of a sequence) at diffusion time ``t`` (b,); ``t=None`` runs the
+        denoiser unmodulated."""
         tower = self.denoiser
-        t_tokens = t.reshape(-1, 1).expand_as(block_tokens).float()  # (b, S)
-        base = self.adaln(t_tokens)  # (b, S, 3d)
+        d = self.config.hidden_size
+        t_emb = None
+        if t is not None:
+            t_tokens = t.reshape(-1, 1).expand_as(block_tokens).float()  # (b, S)
+            t_emb = self.t_block(self.t_embedder(t_tokens)).unflatten(-1, (3, d))  # (b, S, 3, d)
         hidden = tower.embeddings(block_tokens)  # (b, S, d)
         for i, block in enumerate(tower.layers):
-            shift, scale, gate = self.adaln.modulation(base, i)
-            normed = block.norm(hidden) * (1 + scale) + shift
+            sequence_mixer = block.block_type in (MAMBA, ATTENTION)
+            if t_emb is None:
+                normed = block.norm(hidden)
+            else:
+                shift, scale, gate = (self.scale_shift_tables[i] + t_emb).unbind(-2)
+                if sequence_mixer:  # Mamba / attention: modulate, then normalise
+                    normed = block.norm(hidden * (1 + scale) + shift)
+                else:  # MoE / MLP: normalise, then modulate
+                    normed = block.norm(hidden) * (1 + scale) + shift
             if block.block_type == MAMBA:
                 mixed, _, _ = mamba_mixer(block.mixer, normed, cache.mamba.get(i))
             elif block.block_type == ATTENTION:
@@ -225,7 +244,7 @@ class NemotronTwoTowerForCausalLM(NemotronHForCausalLM):
                 mixed = attention_out(block.mixer, attended)
             else:
                 mixed = block.mixer(normed)
-            hidden = hidden + (1 + gate) * mixed
+            hidden = hidden + (mixed if t_emb is None else gate * mixed)
         return tower.lm_head(tower.norm_f(hidden)).float()
 
     # --- the model card's generation API ----------------------------------------------------------
