@@ -1,7 +1,9 @@
 """2-rank worker (I4): TwoTowerModel under TP=2 (± SP), EP=2 and TP=2 + SP x EP=2 with whole
 experts reproduces TP=1.
 
-One TP=1 model (with non-zero adaLN) is saved with dist_checkpointing and loaded, resharded,
+The reference is the released formulas written independently of the model
+(tests/model/released_reference.py), run at TP=1; the TP=1 model must agree with it. One TP=1 model
+(adaLN away from its identity init) is saved with dist_checkpointing and loaded, resharded,
 into each layout. Checked per layout: denoiser logits equal TP=1's; after backward the context
 tower holds no gradient; the optimizer is built from denoiser (+ adaLN) parameters only; every
 adaLN gradient (tables and MLP) equals TP=1's after the tensor-parallel sum that
@@ -20,6 +22,7 @@ from megatron.core import dist_checkpointing, parallel_state
 from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
 import twotower_train  # noqa: F401
+from tests.model.released_reference import released_denoiser
 from twotower_train import distributed
 from twotower_train.model.config import ParallelConfig, preset
 from twotower_train.model.two_tower import TwoTowerModel
@@ -99,8 +102,22 @@ def main(ckpt_dir: str) -> None:
     with torch.no_grad():
         for p in reference_model.denoiser.adaln.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.1)
-    reference = run(reference_model, tokens, noisy, t)
+    # The reference every layout is compared with: the released formulas written independently
+    # (tests/model/released_reference.py) at TP=1; the model itself at TP=1 must agree with it.
+    ours = run(reference_model, tokens, noisy, t)
+    ours_adaln_grads = adaln_grads(reference_model)
+    reference_model.zero_grad(set_to_none=True)
+    reference = released_denoiser(reference_model, tokens, noisy, t, BLOCK)
+    reference.float().logsumexp(-1).mean().backward()
+    reference = reference.detach()
     reference_adaln_grads = adaln_grads(reference_model)
+    tp1_diff = (ours - reference).abs().max().item()
+    assert tp1_diff < 1e-5, f"tp1: logits differ from the released reference by {tp1_diff}"
+    for param, grad in ours_adaln_grads.items():
+        ref = reference_adaln_grads[param]
+        rel = ((grad - ref).abs().max() / ref.abs().max()).item()
+        assert rel < 1e-5, f"tp1: adaLN {param} grad differs from the released reference by {rel}"
+    report("tp1", tp1_diff)
     save_reference(reference_model.sharded_state_dict(), ckpt_dir)
 
     for name, layout in LAYOUTS.items():
