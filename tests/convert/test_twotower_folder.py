@@ -19,7 +19,12 @@ from twotower_train import decoding, distributed
 from twotower_train.convert.hf_export import MODELING_FILES, TEMPLATE_DIR
 from twotower_train.convert.hf_files import ConversionError
 from twotower_train.convert.nemotron_h import save_hf_folder
-from twotower_train.convert.two_tower import code_files, load_twotower_folder, save_twotower_folder
+from twotower_train.convert.two_tower import (
+    code_files,
+    load_twotower_folder,
+    megatron_to_export_state,
+    save_twotower_folder,
+)
 from twotower_train.model.backbone import forward_logits
 
 
@@ -190,3 +195,6 @@ def test_released_adaln_names_and_old_formulation_refused(exported, tmp_path):
     _edit_shard(old, lambda t: t.update({"adaln.mlp.0.weight": torch.ones(128, 128)}))
     with pytest.raises(ConversionError, match=r"pre-release adaLN-single .* retrain stage 2"):
         load_twotower_folder(old)
+    old_state = {**_state(model), "denoiser.adaln.tables": torch.zeros(n, 3 * d)}
+    with pytest.raises(ConversionError, match=r"pre-release adaLN-single .* retrain stage 2"):
+        megatron_to_export_state(old_state, model.cfg)

@@ -111,6 +111,11 @@ def megatron_to_export_state(
     state: dict[str, torch.Tensor], cfg: BackboneConfig
 ) -> dict[str, torch.Tensor]:
     """``TwoTowerModel`` state (TE or local names; ``_extra_state`` ignored) → export tensors."""
+    if ADALN_PREFIX + "tables" in state:
+        raise ConversionError(
+            "the checkpoint holds the pre-release adaLN-single (denoiser.adaln.tables); this "
+            "version trains and exports only the released formulation — retrain stage 2"
+        )
     state = {k: v for k, v in state.items() if not k.endswith("_extra_state")}
     out, used = {}, set()
     for megatron_prefix, renames in TOWER_PREFIXES:
@@ -122,11 +127,6 @@ def megatron_to_export_state(
         except ConversionError as error:
             raise ConversionError(f"{megatron_prefix}*: {error}") from None
         out.update({_rename(k, renames): v for k, v in modules.items()})
-    if ADALN_PREFIX + "tables" in state:
-        raise ConversionError(
-            "the checkpoint holds the pre-release adaLN-single (denoiser.adaln.tables); this "
-            "version trains and exports only the released formulation — retrain stage 2"
-        )
     for name in adaln_names(len(cfg.pattern)):
         if ADALN_PREFIX + name not in state:
             raise ConversionError(f"Megatron tensor {ADALN_PREFIX + name!r} is missing")
