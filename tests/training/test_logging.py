@@ -5,8 +5,8 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from twotower_train.model.backbone import count_parameters
 from twotower_train.model.config import preset
+from twotower_train.model.sizes import count_parameters
 from twotower_train.training.config import Precision
 from twotower_train.training.logging import format_progress, mfu, peak_tflops_by_name
 from twotower_train.training.objectives import transformer_flops_per_token

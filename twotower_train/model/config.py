@@ -4,7 +4,7 @@ The pattern string is the architecture (one character per layer, docs/backbone.m
 ``M`` Mamba-2, ``*`` self-attention, ``E`` MoE, ``-`` dense MLP. Everything else here sizes
 those layers. :func:`BackboneConfig.validate` checks the config on its own; checks that need
 the parallel layout (heads divisible by TP, experts by EP) live in
-:func:`twotower_train.model.backbone.check_parallel_layout`.
+:func:`twotower_train.model.sizes.check_parallel_layout`.
 """
 
 from __future__ import annotations
