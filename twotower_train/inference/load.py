@@ -32,7 +32,7 @@ from megatron.core import dist_checkpointing, parallel_state
 from twotower_train import distributed
 from twotower_train.errors import ConfigError, UserError
 from twotower_train.model.config import ParallelConfig
-from twotower_train.training import checkpoint
+from twotower_train.training import checkpoint, checkpoint_layout, frozen_reference
 from twotower_train.training.config import Precision, TrainConfig, from_container
 from twotower_train.training.objectives import build_objective
 
@@ -51,17 +51,17 @@ def load_trained_model(
     ``backbone_checkpoint`` if given, else where it recorded them — relative to itself (the run
     tree moved as a whole), then the absolute path — and verifies their fingerprint.
     """
-    resolved = checkpoint.resolve_checkpoint_dir(path)
+    resolved = checkpoint_layout.resolve_checkpoint_dir(path)
     if resolved is None:
         raise ConfigError(f"{path} holds no complete checkpoint (no meta.json / latest)")
     common = dist_checkpointing.load_common_state_dict(str(resolved))
     cfg = from_container(common["config"], check_data=False)
     reference = common.get("frozen_reference") or {}
     if reference:
-        frozen = backbone_checkpoint or checkpoint.locate_frozen_reference(resolved, common)
+        frozen = backbone_checkpoint or frozen_reference.locate_frozen_reference(resolved, common)
         option = reference.get("option", "objective.backbone_checkpoint")
         if frozen is None:
-            raise checkpoint.CheckpointError(
+            raise checkpoint_layout.CheckpointError(
                 f"{resolved} was trained against frozen weights at {reference.get('path')}, "
                 f"which are not there any more; pass backbone_checkpoint=<folder> "
                 f"(the run's {option})"
@@ -77,7 +77,7 @@ def load_trained_model(
     if dtype is None:
         dtype = torch.bfloat16 if cfg.optimizer.precision is Precision.BF16 else torch.float32
     model = distributed.to_device(objective.build_model(cfg.model, parallel, dtype))
-    checkpoint.verify_frozen_reference(resolved, common, objective, model)
+    frozen_reference.verify_frozen_reference(resolved, common, objective, model)
     state = checkpoint.load_model_state(resolved, objective.checkpoint_state(model))
     objective.load_checkpoint_state(model, state)
     return distributed.to_device(model, device).eval(), cfg
@@ -115,7 +115,7 @@ def load_for_decoding(path: str | Path, tokenizer: str | Path | None = None) -> 
     from twotower_train.data.tokenizer import load_tokenizer
 
     path = Path(path)
-    if checkpoint.resolve_checkpoint_dir(path) is not None:
+    if checkpoint_layout.resolve_checkpoint_dir(path) is not None:
         if not parallel_state.model_parallel_is_initialized():
             distributed.initialize(seed=0)
         model, cfg = load_trained_model(path)

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twotower_train.training.checkpoint import (
+from twotower_train.training.checkpoint import read_common_state
+from twotower_train.training.checkpoint_layout import (
     CheckpointError,
     describe_incomplete,
     find_latest,
-    read_common_state,
     resolve_checkpoint_dir,
 )
 
