@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,10 +62,11 @@ from twotower_train.training.grad_reduce import GradReducer
 from twotower_train.training.logging import MetricLogger, default_peak_tflops, mfu
 from twotower_train.training.objectives import Objective, build_objective
 from twotower_train.training.optimizer import build_reducer_and_optimizer
+from twotower_train.training.preemption import PreemptionSignal
 from twotower_train.training.report import read_metrics, summarize, write_report
 from twotower_train.training.run_folder import agreed_plan, write_recipe
 
-__all__ = ["PreemptionSignal", "RunResult", "Trainer", "micro_batch_seed"]
+__all__ = ["RunResult", "Trainer", "micro_batch_seed"]
 
 ALREADY_DONE = "already_done"
 """Outcome of a start whose checkpoint is already at (or past) the step this recipe stops at."""
@@ -90,35 +90,6 @@ def micro_batch_seed(seed: int, step: int, offset: int) -> int:
     micro-batch size, which groups the samples of one draw, changes it."""
     digest = hashlib.sha256(f"{seed}/{step}/{offset}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-class PreemptionSignal:
-    """SIGTERM / SIGUSR1 (SLURM ``--signal=B:USR1@120``) ask for a checkpoint and a clean exit.
-
-    The handler only sets a flag; the trainer checks it after each step and all ranks agree
-    (max over the world) so they stop at the same step.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-
-    def _handle(self, signum, _frame) -> None:
-        self.received = signum
-
-    def requested(self) -> bool:
-        flag = torch.tensor(
-            [1.0 if self.received is not None else 0.0], device=distributed.device()
-        )
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-
-    def restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
 
 
 class Trainer:
