@@ -25,7 +25,7 @@ What one checkpoint holds (one ``dist_checkpointing.save`` of a sharded state di
   the step and the position in the global batch, so data and corruption stay identical anyway).
 
 Atomicity: a save writes ``iter_XXXXXXX.tmp/``, then (rank 0) ``meta.json``, renames the folder
-to ``iter_XXXXXXX/`` and only then replaces ``latest`` (write ``latest.tmp`` + ``os.replace``).
+to ``iter_XXXXXXX/`` and only then replaces ``latest`` (:func:`twotower_train.atomic_write.write_text`).
 Older checkpoints beyond ``keep_last`` are deleted after that. A crash at any point leaves
 ``latest`` naming the previous complete checkpoint; leftover ``*.tmp`` folders are ignored by
 :func:`find_latest` and removed by the next save.
@@ -62,6 +62,7 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from twotower_train import backends
+from twotower_train.atomic_write import write_text
 from twotower_train.training.checkpoint_layout import (
     LATEST,
     META,
@@ -200,15 +201,6 @@ def _load_sharded(request: dict, path: Path) -> dict:
         ) from None
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as stream:
-        stream.write(text)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(tmp, path)
-
-
 def load_model_state(path: str | Path, sharded_state_dict: dict) -> dict:
     """Only the model tensors of checkpoint ``path``, resharded into ``sharded_state_dict``
     (e.g. a stage-1 backbone loaded into a two-tower model at any TP/EP)."""
@@ -259,9 +251,9 @@ def save_checkpoint(
             "saved_at": time.time(),
             "layout": _layout(),
         }
-        _write_text_atomic(tmp / META, json.dumps(meta, indent=1))
+        write_text(tmp / META, json.dumps(meta, indent=1), durable=True)
         os.rename(tmp, final)
-        _write_text_atomic(root / LATEST, final.name + "\n")
+        write_text(root / LATEST, final.name + "\n", durable=True)
         for old in complete_checkpoints(root)[:-keep_last]:
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
