@@ -44,6 +44,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from twotower_train import backends, cli, distributed
 from twotower_train.diffusion import MetricSums
+from twotower_train.training.batches import PhaseData, build_phase_data, eval_batches, micro_batches
 from twotower_train.training.checkpoint import (
     TrainState,
     load_checkpoint,
@@ -57,7 +58,6 @@ from twotower_train.training.curriculum import (
     build_phase_scheduler,
     prepare_param_groups,
 )
-from twotower_train.training.data import PhaseData, build_phase_data, eval_batches, micro_batches
 from twotower_train.training.grad_reduce import GradReducer
 from twotower_train.training.logging import MetricLogger, default_peak_tflops, mfu
 from twotower_train.training.objectives import Objective, build_objective
