@@ -175,7 +175,7 @@ def pipeline(argv: list[str] | None = None, command: str | None = None) -> dict:
     hf = out / "hf"
     export_inputs = {"checkpoint": str(s2.checkpoint_dir), "stage2": stages.record["stage2"]}
     if not (stages.done("export", export_inputs) and (hf / "config.json").is_file()):
-        from twotower_train.convert.checkpoints import export_checkpoint
+        from twotower_train.convert.commands import export_checkpoint
 
         start = time.perf_counter()
         export_checkpoint(s2.checkpoint_dir, hf, tokenizer=data.tokenizer_dir, overwrite=True)
