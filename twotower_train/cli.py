@@ -142,5 +142,5 @@ def run_tool(tool: str, body: Callable[..., Any], *args: Any, **kwargs: Any) -> 
         if debug_enabled():
             raise
         if is_rank_zero():
-            print(f"{tool}: {interrupt or 'interrupted (Ctrl-C)'}", file=sys.stderr, flush=True)
+            print(f"{tool}: {str(interrupt) or 'interrupted (Ctrl-C)'}", file=sys.stderr, flush=True)
         raise SystemExit(INTERRUPTED_EXIT) from None
