@@ -7,8 +7,9 @@
 It is ``twotower-reproduce`` (:mod:`twotower_train.eval.reproduce`) with settings sized for a
 few minutes on a 2-core CPU (:data:`DEMO_SETTINGS`; ``--fast``: :data:`FAST_SETTINGS`): a
 small reasoning task (two-step sums up to 15) mixed with real text, a tiny backbone
-(``model=tiny`` widths, pattern M*E*: Mamba-2, attention, MoE), stage-1 AR pretraining, the three-phase curriculum of a shifted denoiser
-(``model.denoiser_shift``) S=32 → S=32 → S=16, the HF export, and the evaluation on
+(``model=tiny`` widths, pattern M*E*: Mamba-2, attention, MoE), stage-1 AR pretraining, the
+three-phase curriculum of a shifted denoiser (``model.denoiser_shift``) S=32 → S=32 → S=16,
+the HF export, and the evaluation on
 held-out problems — the results table (AR, mock-AR, mask diffusion over γ, speculative) is
 printed and written to ``OUT/results.{json,md}`` with the γ plot ``OUT/tradeoff.png``. Then it
 runs the model card's "Use it with Transformers" code against ``OUT/hf``. ``--check`` then
