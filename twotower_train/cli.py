@@ -123,9 +123,14 @@ def fail(tool: str, message: str) -> None:
     raise SystemExit(2)
 
 
+INTERRUPTED_EXIT = 130
+"""Exit code after Ctrl-C (128 + SIGINT, the shell's convention)."""
+
+
 def run_tool(tool: str, body: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """:func:`quiet_startup`, then ``body(*args, **kwargs)``; a :class:`UserError` becomes
-    :func:`fail` (re-raised with its traceback under ``--debug``)."""
+    :func:`fail` (re-raised with its traceback under ``--debug``), a Ctrl-C that reaches here
+    (``KeyboardInterrupt``) one line ``<tool>: interrupted`` and exit code 130."""
     quiet_startup()
     try:
         return body(*args, **kwargs)
@@ -133,3 +138,9 @@ def run_tool(tool: str, body: Callable[..., Any], *args: Any, **kwargs: Any) -> 
         if debug_enabled():
             raise
         fail(tool, " ".join(str(error).split()))  # one line, whatever the message holds
+    except KeyboardInterrupt as interrupt:
+        if debug_enabled():
+            raise
+        if is_rank_zero():
+            print(f"{tool}: {str(interrupt) or 'interrupted (Ctrl-C)'}", file=sys.stderr, flush=True)
+        raise SystemExit(INTERRUPTED_EXIT) from None

@@ -119,6 +119,7 @@ def test_training_follows_the_device_rule(recipe, tmp_path, monkeypatch, objecti
     default_device_elsewhere(monkeypatch)
     cfg = recipe(
         f"objective={objective}", "curriculum.phases.0.steps=2",
+        *(["objective.backbone_checkpoint=none"] if objective == "diffusion" else []),
         "curriculum.phases.0.lr.warmup_steps=0", "training.eval_interval=1",
         f"checkpoint.dir={tmp_path / 'ck'}", "checkpoint.save_interval=1",
     )

@@ -122,7 +122,8 @@ def test_a_broken_latest_pointer_names_the_newest_complete_checkpoint(trained, d
     with pytest.raises(CheckpointError) as error:
         _plan(data_root, run)
     assert "names iter_0000009, which is not a complete checkpoint" in str(error.value)
-    assert "iter_0000002, the newest complete one" in str(error.value)
+    assert "the newest intact one is iter_0000002" in str(error.value)
+    assert "checkpoint.fallback=true" in str(error.value)
 
 
 def test_a_run_that_is_already_done_says_so_and_trains_nothing(trained, data_root, capsys):

@@ -35,7 +35,8 @@ manager process. It is started with SIGTERM / SIGUSR1 blocked (:func:`_start_wri
 signal sent to the whole process group (``timeout``, ``kill -TERM -PGID``, schedulers) cannot kill
 it in the middle of the checkpoint the trainer writes on that very signal.
 
-Loading problems (a missing or interrupted checkpoint, tensors that do not fit the model) raise
+Loading problems (a missing, interrupted or damaged checkpoint — :mod:`integrity` checks the
+file sizes ``meta.json`` records — or tensors that do not fit the model) raise
 :class:`~twotower_train.training.checkpoint_layout.CheckpointError` with one line naming the path
 and the fix. Finding checkpoints in a folder (``latest``, ``iter_*``) is
 :mod:`~twotower_train.training.checkpoint_layout`; the frozen-weights reference a checkpoint
@@ -63,6 +64,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from twotower_train import backends
 from twotower_train.atomic_write import write_text
+from twotower_train.training import integrity
 from twotower_train.training.checkpoint_layout import (
     LATEST,
     META,
@@ -74,6 +76,7 @@ from twotower_train.training.frozen_reference import located_reference, verify_f
 
 __all__ = [
     "LoadedCheckpoint",
+    "check_intact",
     "TrainState",
     "load_checkpoint",
     "load_model_state",
@@ -153,9 +156,10 @@ def _rng_object(data: Any) -> ShardedObject:
 
 def _start_writer_queue() -> None:
     """Start dist_checkpointing's result queue (a manager process, spawned once on first use)
-    with the preemption signals blocked: the child inherits the mask, so a SIGTERM to the whole
-    process group leaves it alive to finish the save. The trainer's own handler still gets a
-    signal that arrives meanwhile: it is delivered when the mask is restored."""
+    with the preemption signals and Ctrl-C's SIGINT blocked: the child inherits the mask, so a
+    SIGTERM or Ctrl-C to the whole process group leaves it alive to finish the save. The
+    trainer's own handler still gets a signal that arrives meanwhile: it is delivered when the
+    mask is restored."""
     from multiprocessing import resource_tracker
 
     from megatron.core.dist_checkpointing.strategies import filesystem_async
@@ -163,7 +167,7 @@ def _start_writer_queue() -> None:
     # Spawning the manager starts multiprocessing's resource tracker first, which unblocks
     # SIGTERM in this thread when it is done; started beforehand, it leaves the mask alone.
     resource_tracker.ensure_running()
-    blocked = {signal.SIGTERM, signal.SIGUSR1}
+    blocked = {signal.SIGTERM, signal.SIGUSR1, signal.SIGINT}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     try:
         filesystem_async.get_write_results_queue()
@@ -204,6 +208,7 @@ def _load_sharded(request: dict, path: Path) -> dict:
 def load_model_state(path: str | Path, sharded_state_dict: dict) -> dict:
     """Only the model tensors of checkpoint ``path``, resharded into ``sharded_state_dict``
     (e.g. a stage-1 backbone loaded into a two-tower model at any TP/EP)."""
+    check_intact(path)
     return _load_sharded({"model": sharded_state_dict}, Path(path))["model"]
 
 
@@ -223,8 +228,12 @@ def save_checkpoint(
     root = Path(root)
     final = root / f"iter_{state.step:07d}"
     tmp = root / f"{final.name}.tmp"
-    if (final / META).is_file():  # e.g. a preemption save right after an interval save
-        return final
+    if final.exists():
+        if (final / META).is_file() and integrity.damage(final) is None:
+            return final  # e.g. a preemption save right after an interval save
+        _barrier()  # every rank has looked before rank 0 moves the damaged one aside (kept)
+        if _rank() == 0:
+            final.rename(final.with_name(f"{final.name}.damaged-{int(time.time())}"))
     if _rank() == 0:
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob("iter_*.tmp"):
@@ -250,6 +259,7 @@ def save_checkpoint(
             "objective": getattr(objective, "name", None),
             "saved_at": time.time(),
             "layout": _layout(),
+            integrity.MANIFEST_KEY: integrity.file_manifest(tmp),  # all ranks have written
         }
         write_text(tmp / META, json.dumps(meta, indent=1), durable=True)
         os.rename(tmp, final)
@@ -261,8 +271,18 @@ def save_checkpoint(
     return final
 
 
+def check_intact(path: str | Path) -> None:
+    """Raise one :class:`CheckpointError` line if a file of checkpoint ``path`` is missing or
+    truncated (:mod:`~twotower_train.training.integrity`), naming the newest intact one."""
+    report = integrity.damage_report(Path(path))
+    if report is not None:
+        raise CheckpointError(report)
+
+
 def read_common_state(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's common values (recipe, train state, layout, ...), without tensors."""
+    """A checkpoint's common values (recipe, train state, layout, ...), without tensors; the
+    checkpoint is checked whole first (:func:`check_intact`)."""
+    check_intact(path)
     return dist_checkpointing.load_common_state_dict(str(path))
 
 

@@ -129,6 +129,9 @@ class CheckpointConfig:
     """Resume from ``dir/latest`` when it exists."""
     load_from: str | None = None
     """Resume from this checkpoint folder (``.../iter_XXXXXXX``) instead of ``dir/latest``."""
+    fallback: bool = False
+    """When ``dir/latest`` is incomplete or damaged (a file missing or truncated), resume from
+    the newest intact checkpoint instead of stopping (the run says which)."""
     save_at_end: bool = True
 
 

@@ -29,18 +29,21 @@ def _describe(reference: dict[str, Any]) -> str:
 
 
 def verify_frozen_reference(
-    path: Path, common: dict[str, Any], objective: Any, model: torch.nn.Module
+    path: Path, common: dict[str, Any], objective: Any, model: torch.nn.Module,
+    *, option: str | None = None,
 ) -> None:
     """The frozen weights a checkpoint was saved against (its common state) are this model's.
 
     Only the identity (e.g. the backbone checkpoint's fingerprint) is compared, so a moved
-    backbone folder still verifies; a different one fails with one line naming the key to set.
+    backbone folder still verifies; a different one fails with one line naming the key to set
+    (``option``: the command's own option for it, default the recipe key).
     """
     saved = common.get("frozen_reference") or {}
     current = objective.frozen_reference(model)
     if _identity(saved) == _identity(current):
         return
-    option = current.get("option") or saved.get("option") or "the frozen-weights option"
+    # The option of the command at hand (e.g. export-hf's --backbone) or the recipe key.
+    option = option or current.get("option") or saved.get("option") or "the frozen-weights option"
     if not saved:
         raise CheckpointError(
             f"{path} stores the whole model (no frozen reference) but this run loads frozen "

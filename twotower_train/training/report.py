@@ -40,6 +40,15 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [by_step[step] for step in sorted(by_step)]
 
 
+def _loss_part(summary: dict[str, Any]) -> str:
+    if summary["final_step"] is None:  # fewer steps than training.log_interval
+        return "no step logged yet (training.log_interval)"
+    loss = f"loss {_fmt(summary['final_loss'])}"
+    if summary["final_step"] != summary["steps_done"]:
+        loss += f" (step {summary['final_step']})"
+    return loss
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -115,9 +124,7 @@ def write_report(run_dir: str | Path, summary: dict[str, Any], title: str = "") 
                  if summary["final_eval_loss"] is not None else "no eval")
     return [
         f"summary: {summary['outcome']} at step {summary['steps_done']}/{summary['stop_step']} | "
-        f"loss {_fmt(summary['final_loss'])}"
-        + (f" (step {summary['final_step']})" if summary["final_step"] != summary["steps_done"]
-           else "")
+        + _loss_part(summary)
         + f" | {eval_part}"
         + (f" | {metrics}" if metrics else ""),
         f"summary: {_fmt(summary['tokens_per_s'], ',.0f')} tok/s over "

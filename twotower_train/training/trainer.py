@@ -10,7 +10,7 @@ Per global step ``k`` (0-based)::
     reducer.finish(num_tokens)                     # DDP + finalize_model_grads, ÷ global tokens
     optimizer.step()                               # clip + AdamW (Megatron's on CUDA)
     scheduler.step(1)                              # WSD lr of step k+1
-    log, evaluate every N, checkpoint every N, stop cleanly on SIGTERM / SIGUSR1
+    log, evaluate every N, checkpoint every N, stop cleanly on SIGTERM / SIGUSR1 / Ctrl-C
 
 Before building anything the run folder is settled (:mod:`~twotower_train.training.run_folder`:
 resume only with a matching recipe, a fresh run never in a folder that holds one); at the end
@@ -76,7 +76,7 @@ ALREADY_DONE = "already_done"
 class RunResult:
     """What :meth:`Trainer.train` reports: the outcome and where the run is."""
 
-    outcome: str  # finished | max_steps | preempted | already_done
+    outcome: str  # finished | max_steps | preempted | interrupted (Ctrl-C) | already_done
     run_dir: Path
     checkpoint_dir: Path | None
 
@@ -139,6 +139,7 @@ class Trainer:
             "checkpoint": {**cfg.raw.get("checkpoint", {}), "dir": self.checkpoint_dir},
         }
         self.objective = build_objective(cfg.objective_name, cfg.objective_options)
+        self.objective.check_start(resuming=self.plan.resume_from is not None)
         bf16 = cfg.optimizer.precision is Precision.BF16
         self.module = distributed.to_device(
             self.objective.build_model(
@@ -255,9 +256,10 @@ class Trainer:
             if (step + 1) % self.cfg.training.log_interval == 0 or "eval/loss" in record:
                 self.logger.log(record)
             if self.preemption.requested():
-                self.logger.message(f"preemption signal: checkpoint at step {self.state.step}")
+                how = "Ctrl-C" if self.preemption.interrupted else "preemption signal"
+                self.logger.message(f"{how}: checkpoint at step {self.state.step}")
                 self.save()
-                return self._finish("preempted")
+                return self._finish("interrupted" if self.preemption.interrupted else "preempted")
             every = self.cfg.checkpoint.save_interval
             if every and self.state.step % every == 0:
                 self.save()
@@ -322,6 +324,8 @@ class Trainer:
         self._tokens += tokens
         self._steps_run += 1
         tokens_per_s = tokens / seconds
+        utilisation = mfu(tokens_per_s, self.flops_per_token, self.peak_tflops,
+                          dist.get_world_size())
         return {
             "step": step,
             "phase": name,
@@ -333,7 +337,7 @@ class Trainer:
             "grad_norm": float(grad_norm),
             "step_time": seconds,
             "tokens_per_s": tokens_per_s,
-            "mfu": mfu(tokens_per_s, self.flops_per_token, self.peak_tflops, dist.get_world_size()),
+            **({"mfu": utilisation} if utilisation is not None else {}),  # known peak only
             **summary,
         }
 

@@ -95,6 +95,9 @@ class Objective(Protocol):
         """Raise :class:`ConfigError` if the options do not fit this model and curriculum (run
         when a run is built from a recipe: :func:`twotower_train.training.recipes.check_run`)."""
 
+    def check_start(self, *, resuming: bool) -> None:
+        """Raise :class:`ConfigError` if the options cannot start this run (before any build)."""
+
     def flops_per_token(self, model_cfg: BackboneConfig, seq_length: int) -> float:
         """Model FLOPs (forward + backward) per trained token."""
 
@@ -168,6 +171,9 @@ class ObjectiveBase:
 
     def check(self, model_cfg: BackboneConfig, curriculum: Curriculum) -> None:
         self.check_model(model_cfg)
+
+    def check_start(self, *, resuming: bool) -> None:
+        return None
 
     def summarize(self, sums: MetricSums) -> dict[str, float]:
         return {}
