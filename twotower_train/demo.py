@@ -1,16 +1,20 @@
 """The README demo: a short run of the reproduction pipeline, then the model card's snippet.
 
     .venv/bin/twotower-demo                 # runs under runs/demo/
-    .venv/bin/twotower-demo --fast          # a short smoke version, under runs/demo_fast/
+    .venv/bin/twotower-demo --seed 1 --threads 1   # another seed (runs/demo_seed1/), 1 thread
+    .venv/bin/twotower-demo --fast --check  # the short variant CI runs, held to its thresholds
 
 It is ``twotower-reproduce`` (:mod:`twotower_train.eval.reproduce`) with settings sized for a
-few minutes on a 2-core CPU (:data:`DEMO`): a small reasoning task (two-step sums up to 15)
-mixed with real text, a tiny backbone (``model=tiny`` widths, pattern M*E*: Mamba-2, attention,
-MoE), stage-1 AR pretraining, the three-phase curriculum of a shifted denoiser
-(``model.denoiser_shift``) S=32 → S=32 → S=16, the HF export, and the evaluation on
+few minutes on a 2-core CPU (:data:`DEMO_SETTINGS`; ``--fast``: :data:`FAST_SETTINGS`): a
+small reasoning task (two-step sums up to 15) mixed with real text, a tiny backbone
+(``model=tiny`` widths, pattern M*E*: Mamba-2, attention, MoE), stage-1 AR pretraining, the
+three-phase curriculum of a shifted denoiser (``model.denoiser_shift``) S=32 → S=32 → S=16,
+the HF export, and the evaluation on
 held-out problems — the results table (AR, mock-AR, mask diffusion over γ, speculative) is
 printed and written to ``OUT/results.{json,md}`` with the γ plot ``OUT/tradeoff.png``. Then it
-runs the model card's "Use it with Transformers" code against ``OUT/hf``.
+runs the model card's "Use it with Transformers" code against ``OUT/hf``. ``--check`` then
+holds the results to the variant's thresholds (:func:`check`): exit 1 with one line naming the
+first one missed.
 
 Re-running resumes: finished stages are skipped (see the pipeline's docs, docs/results.md).
 """
@@ -19,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from twotower_train.cli import add_debug_flag, run_tool
@@ -35,33 +41,90 @@ TASK_HEAVY = [
     f"data.blends.{name}=[{{prefix:'${{data.root}}/indexed/wiki',weight:{wiki}}},"
     f"{{prefix:'${{data.root}}/indexed/chitchat',weight:{chat}}},"
     f"{{prefix:'${{data.root}}/indexed/task',weight:{task}}}]"
-    for name, wiki, chat, task in (("broad", 0.15, 0.15, 0.7), ("quality", 0.1, 0.05, 0.85))
+    for name, wiki, chat, task in (("broad", 0.05, 0.05, 0.9), ("quality", 0.1, 0.05, 0.85))
 ]
 """Blends with more task than ``recipes/data/mini_repro.yaml``'s, so minutes suffice for it."""
 
-DEMO = [
-    # Tiny widths; two attention layers (M*E*) copy the operands far better than M*E-.
-    "--set", "model=tiny", "--set", "model.pattern=M*E*",
-    "--set", "training.log_interval=100", *TASK,
-    *[item for blend in TASK_HEAVY for item in ("--set", blend)],
-    "--stage1-set", "curriculum.phases.0.steps=1200",
-    "--stage1-set", "curriculum.phases.0.lr.peak=3e-3",
-    # A low stage-2 lr keeps the AR skill the shifted denoiser starts with (docs/results.md).
-    *[item for phase in range(3) for item in
-      ("--stage2-set", f"curriculum.phases.{phase}.lr.peak=2e-4")],
-    "--stage2-set", "curriculum.phases.0.steps=100",
-    "--stage2-set", "curriculum.phases.1.steps=100",
-    "--stage2-set", "curriculum.phases.2.steps=1200",
-    "--eval-problems", "150",  # every held-out problem
-]
-FAST = [
-    "--set", "model=tiny", "--set", "training.log_interval=10", *TASK,
-    "--stage1-set", "curriculum.phases.0.steps=40",
-    "--stage1-set", "curriculum.phases.0.lr.warmup_steps=5",
-    *[item for phase in range(3) for item in
-      ("--stage2-set", f"curriculum.phases.{phase}.steps=10")],
-    "--eval-problems", "8", "--max-new-tokens", "16",
-]
+
+@dataclass(frozen=True)
+class Settings:
+    """One demo variant: phase lengths, peak learning rates, evaluation size and the thresholds
+    ``--check`` holds it to."""
+
+    stage1_steps: int
+    stage1_lr: float
+    stage2_steps: tuple[int, int, int]  # S=32 (broad) → S=32 (quality) → S=16 (quality)
+    stage2_lr: float
+    eval_problems: int
+    gammas: str  # mask diffusion's confidence thresholds (the table's rows)
+    log_interval: int
+    min_ar_exact_match: float
+    """AR (context tower) exact match on the held-out problems."""
+    min_kept: float
+    """Mask diffusion at γ = 0.8: its exact match / AR's."""
+    min_tokens_per_forward: float
+    """Mask diffusion at γ = 0.8: tokens per denoiser forward."""
+
+
+DEMO_SETTINGS = Settings(
+    stage1_steps=1600, stage1_lr=3e-3, stage2_steps=(100, 100, 1200), stage2_lr=2e-4,
+    eval_problems=150, gammas="0.5,0.7,0.8,0.9,0.95", log_interval=100,
+    min_ar_exact_match=0.95, min_kept=0.95, min_tokens_per_forward=2.0,
+)
+FAST_SETTINGS = Settings(
+    stage1_steps=500, stage1_lr=3e-3, stage2_steps=(20, 20, 200), stage2_lr=2e-4,
+    eval_problems=60, gammas="0.8", log_interval=50,
+    min_ar_exact_match=0.6, min_kept=0.7, min_tokens_per_forward=1.3,
+)
+GAMMA = 0.8
+"""The γ of the README's claim (and of the card's headline)."""
+
+
+def _phase(stage: str, index: int, steps: int, peak: float, warmup: int) -> list[str]:
+    """Overrides for one phase: its length, its peak lr, and a warmup (at most a tenth of the
+    phase) and a 20 % anneal that always fit it — a WSD schedule needs warmup + anneal ≤
+    steps − 1, which the recipes' fixed warmups break for short phases."""
+    key = f"curriculum.phases.{index}"
+    return [item for value in (
+        f"{key}.steps={steps}", f"{key}.lr.peak={peak}",
+        f"{key}.lr.warmup_steps={min(warmup, steps // 10)}", f"{key}.lr.decay_fraction=0.2",
+    ) for item in (f"--{stage}-set", value)]
+
+
+def pipeline_arguments(settings: Settings, seed: int) -> list[str]:
+    """``twotower-reproduce`` arguments of a demo variant with ``seed`` (model init, data
+    order, masking)."""
+    return [
+        # Tiny widths; two attention layers (M*E*) copy the operands far better than M*E-.
+        "--set", "model=tiny", "--set", "model.pattern=M*E*",
+        "--set", f"training.seed={seed}", "--set", f"data.seed={seed}",
+        "--set", f"training.log_interval={settings.log_interval}", *TASK,
+        *[item for blend in TASK_HEAVY for item in ("--set", blend)],
+        *_phase("stage1", 0, settings.stage1_steps, settings.stage1_lr, warmup=50),
+        # A low stage-2 lr keeps the AR skill the shifted denoiser starts with (docs/results.md).
+        *[item for index, steps in enumerate(settings.stage2_steps)
+          for item in _phase("stage2", index, steps, settings.stage2_lr, warmup=10)],
+        "--eval-problems", str(settings.eval_problems), "--gammas", settings.gammas,
+    ]
+
+
+def check(report: dict, settings: Settings) -> str | None:
+    """The first threshold of ``settings`` that ``report`` (``results.json``) misses, as one
+    line; None when all hold."""
+    rows = {row["name"]: row for row in report["modes"]}
+    ar = rows["AR"]["exact_match"]
+    diffusion = rows[f"diffusion γ={GAMMA:g}"]
+    kept = diffusion["exact_match"] / ar if ar else 0.0
+    per_forward = diffusion["tokens_per_denoiser_forward"] or 0.0
+    for name, value, threshold in (
+        ("AR exact match", ar, settings.min_ar_exact_match),
+        (f"γ={GAMMA:g} quality kept (exact match / AR's)", kept, settings.min_kept),
+        (f"γ={GAMMA:g} tokens per denoiser forward", per_forward,
+         settings.min_tokens_per_forward),
+    ):
+        if value < threshold:
+            return f"{name} {value:.3f} is below the threshold {threshold:g}"
+    return None
 
 
 def _run_card(out: Path) -> None:
@@ -90,8 +153,8 @@ def _run_card(out: Path) -> None:
     outputs = model.generate_mask_diffusion(
         inputs["input_ids"],
         max_new_tokens=128,
-        block_size=16,  # tokens generated per block
-        steps_per_block=16,  # denoising iterations per block
+        block_size=model.config.block_size,  # tokens generated per block (as trained)
+        steps_per_block=model.config.block_size,  # denoising iterations per block
         mask_token_id=3,  # [MASK]
         temperature=0.1,
         confidence_threshold=0.8,  # commit positions above this confidence each step
@@ -119,23 +182,37 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(description="twotower-train end-to-end CPU demo")
-    parser.add_argument("--out", help="run folders and results (default runs/demo, with --fast "
-                        "runs/demo_fast: a run folder never mixes two settings)")
-    parser.add_argument("--fast", action="store_true", help="a short smoke run")
+    parser.add_argument("--out", help="run folders and results (default runs/demo, runs/demo_fast "
+                        "with --fast, _seedN added for --seed N ≠ 0: a run folder never mixes "
+                        "two settings)")
+    parser.add_argument("--fast", action="store_true", help="a short version (its own, lower "
+                        "thresholds)")
+    parser.add_argument("--seed", type=int, default=0, help="model init, data order and masking "
+                        "(default 0)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--check", action="store_true", help="exit 1 with one line when a "
+                        "threshold of the variant is missed (AR exact match; at γ=0.8 the "
+                        "quality kept and tokens per denoiser forward)")
     parser.add_argument("--results-page", help="also write the results page here "
                         "(twotower-reproduce --results-page)")
     add_debug_flag(parser)
     args = parser.parse_args(argv)
+    if args.seed < 0 or (args.threads is not None and args.threads < 1):
+        parser.error("--seed must be >= 0 and --threads >= 1")
 
     from twotower_train.eval import reproduce
 
-    out = Path(args.out or ("runs/demo_fast" if args.fast else "runs/demo"))
+    settings = FAST_SETTINGS if args.fast else DEMO_SETTINGS
+    default_out = "runs/demo_fast" if args.fast else "runs/demo"
+    out = Path(args.out or default_out + (f"_seed{args.seed}" if args.seed else ""))
     start = time.perf_counter()
-    page = ["--results-page", args.results_page] if args.results_page else []
-    command = "twotower-demo" + (" --fast" if args.fast else "") + (
-        f" --out {args.out}" if args.out else "") + " ".join(["", *page])
-    reproduce.pipeline(["--out", str(out), *(FAST if args.fast else DEMO), *page],
-                       command=command)
+    extra = ["--results-page", args.results_page] if args.results_page else []
+    extra += ["--threads", str(args.threads)] if args.threads else []
+    command = " ".join(["twotower-demo", *(["--fast"] if args.fast else []),
+                        *([f"--seed {args.seed}"] if args.seed else []),
+                        *([f"--out {args.out}"] if args.out else []), *extra])
+    report = reproduce.pipeline(["--out", str(out), *pipeline_arguments(settings, args.seed),
+                                 *extra], command=command)
     _run_card(out / "hf")
     print(
         f"\n[demo] done in {time.perf_counter() - start:.0f}s\n"
@@ -148,6 +225,14 @@ def _main(argv: list[str] | None) -> None:
         f"{out / 'tradeoff.png'}\n"
         f"  Hugging Face     : {out / 'hf'}"
     )
+    if args.check:
+        missed = check(report, settings)
+        if missed:
+            print(f"twotower-demo --check: {missed} ({out / 'results.json'})", file=sys.stderr)
+            raise SystemExit(1)
+        print(f"[demo] --check: every threshold holds (AR exact match ≥ "
+              f"{settings.min_ar_exact_match:g}; γ={GAMMA:g} keeps ≥ {settings.min_kept:.0%} "
+              f"of AR at ≥ {settings.min_tokens_per_forward:g} tokens per denoiser forward)")
 
 
 if __name__ == "__main__":

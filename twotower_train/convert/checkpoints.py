@@ -227,7 +227,7 @@ def export_checkpoint(
              if not k.endswith("_extra_state")}
     if isinstance(model, TwoTowerModel):
         if block_size is None:
-            block_size = train_cfg.curriculum.phases[-1].block_size
+            block_size = train_cfg.trained_block_size
         shortest = 2 if cfg.denoiser_shift else 1
         if not shortest <= block_size <= cfg.max_sequence_length:
             raise ConversionError(

@@ -1,4 +1,4 @@
-"""``twotower-convert``: Hugging Face folders ↔ trainer checkpoints (DESIGN.md §6).
+"""``twotower-convert``: Hugging Face folders ↔ trainer checkpoints.
 
     twotower-convert import-hf HF_DIR OUT_DIR [--tp N] [--ep N]        # nemotron_h -> stage 1
     twotower-convert export-hf CKPT OUT_DIR [--tokenizer TOK_DIR] [--backbone DIR]

@@ -129,6 +129,15 @@ def _train(recipe: str, overrides: list[str]):
     return result, seconds
 
 
+def _check_recipes(args, common: list[str], out: Path) -> None:
+    """Compose and validate both stages' recipes (curricula included) before any work."""
+    from twotower_train.training.recipes import load_config
+
+    load_config(args.recipe, common + args.stage1_set, check_data=False)
+    load_config(f"{args.recipe}_twotower", common + args.stage2_set + [
+        f"objective.backbone_checkpoint={out / 'stage1' / 'checkpoints'}"], check_data=False)
+
+
 def _machine() -> dict:
     import torch
 
@@ -154,6 +163,8 @@ def pipeline(argv: list[str] | None = None, command: str | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
+    common = [f"data.root={out / 'data'}", *args.common]
+    _check_recipes(args, common, out)  # a bad stage-2 setting fails now, not after stage 1
     out.mkdir(parents=True, exist_ok=True)
     stages = _Stages(out)
     command = command or "python -m twotower_train.eval.reproduce " + shlex.join(
@@ -166,8 +177,6 @@ def pipeline(argv: list[str] | None = None, command: str | None = None) -> dict:
                    "task": dataclasses.asdict(task)}
     if not stages.done("data", data_inputs):
         stages.finish("data", data_inputs, time.perf_counter() - start)
-    common = [f"data.root={out / 'data'}", *args.common]
-
     s1_over = common + args.stage1_set + [f"output_dir={out / 'stage1'}"]
     s1, seconds = _train(args.recipe, s1_over)
     if s1.outcome == "finished" or "stage1" not in stages.record:

@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from twotower_train.inference.modes import MODES
+    from twotower_train.inference.modes import MODES, user_knobs
 
     p = _Parser(prog=TOOL, description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="two-tower checkpoint or HF export folder")
@@ -50,12 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="for temperature > 0")
-    knobs = p.add_argument_group("mode knobs (defaults: the mode's config)")
-    for name, kind in (
-        ("max_new_tokens", int), ("block_size", int), ("steps_per_block", int),
-        ("confidence_threshold", float), ("query_block_size", int),
-        ("temperature", float), ("top_k", int), ("top_p", float),
-    ):
+    knobs = p.add_argument_group(
+        "mode knobs (defaults: the mode's config; mask diffusion's block size and steps: the "
+        "block size the model was trained at)"
+    )
+    for name, kind in user_knobs().items():
         knobs.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind)
     return p
 
@@ -117,14 +116,13 @@ def _main(argv: list[str] | None) -> None:
     from twotower_train.inference import modes
     from twotower_train.inference.load import load_for_decoding
 
-    names = ("max_new_tokens", "block_size", "steps_per_block", "confidence_threshold",
-             "query_block_size", "temperature", "top_k", "top_p")
-    knobs = {name: getattr(args, name) for name in names}
+    knobs = {name: getattr(args, name) for name in modes.user_knobs()}
+    knobs = {name: value for name, value in knobs.items() if value is not None}
     modes.build_config(args.mode, **knobs)  # bad knobs fail before the model loads
     prompts = _read_prompts(args)
     loaded = load_for_decoding(args.model, args.tokenizer, backbone=args.backbone,
                                options=("--tokenizer ", "--backbone "))
-    knobs = {**loaded.sampler_ids(), **knobs}
+    knobs = {**loaded.sampler_ids(), **modes.trained_defaults(args.mode, loaded.block_size), **knobs}
     if "mask_token_id" in modes.knobs(args.mode):
         knobs["mask_token_id"] = loaded.mask_token_id
     config = modes.build_config(args.mode, **knobs)

@@ -99,6 +99,9 @@ class LoadedModel:
     pad_token_id: int
     max_length: int
     """Longest sequence (prompt + generation) the model was built for."""
+    block_size: int
+    """The block size S the denoiser was trained at last (a trainer checkpoint's final
+    curriculum phase, an export's ``config.block_size``): mask diffusion's default."""
     train_config: TrainConfig | None = None
     """The recipe a trainer checkpoint was trained with (None for an export)."""
 
@@ -164,6 +167,7 @@ def load_for_decoding(
                 "two-tower checkpoint (a stage-2 run, objective=diffusion)"
             )
         ids, max_length = cfg.model, cfg.model.max_sequence_length
+        block_size = cfg.trained_block_size
         tokenizer = load_tokenizer(
             tokenizer or run_tokenizer(path, cfg, option=options[0]), expected=None
         )
@@ -180,6 +184,7 @@ def load_for_decoding(
         ).eval()
         ids, train_config = model.config, None
         max_length = ids.max_position_embeddings
+        block_size = ids.block_size
         tokenizer = load_tokenizer(tokenizer or path, expected=None)
     else:
         raise UserError(
@@ -190,5 +195,5 @@ def load_for_decoding(
     return LoadedModel(
         model=model, tokenizer=tokenizer, eos_token_id=ids.eos_token_id,
         mask_token_id=ids.mask_token_id, pad_token_id=ids.pad_token_id, max_length=max_length,
-        train_config=train_config,
+        block_size=block_size, train_config=train_config,
     )

@@ -171,6 +171,12 @@ class TrainConfig:
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     """The resolved recipe as plain data (saved in checkpoints and the run folder)."""
 
+    @property
+    def trained_block_size(self) -> int:
+        """The block size S the run trains last (its final curriculum phase): what a checkpoint
+        of the run decodes with by default and what its Hugging Face export records."""
+        return self.curriculum.phases[-1].block_size
+
 
 # --------------------------------------------------------------------------------------------
 # Conversion with validation
