@@ -38,3 +38,26 @@ def test_debug_keeps_the_exception(monkeypatch):
     monkeypatch.setenv(cli.DEBUG_ENV, "1")
     with pytest.raises(KeyboardInterrupt):
         cli.run_tool("twotower-x", _raise(KeyboardInterrupt()))
+
+
+@pytest.mark.parametrize("message", [
+    "`sequence_parallel` is set to `True`, but tensor model parallel size is 1. Disabling it.",
+    "`torch.distributed.reduce_scatter_tensor` is deprecated. Please use ...",
+    "Transformer Engine and Apex are not installed. Falling back to Torch optimizers.",
+])
+def test_known_library_notices_are_hidden_unless_debugging(message, monkeypatch):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        cli.quiet_startup()
+        warnings.warn(message, UserWarning, stacklevel=1)
+        assert not seen
+        warnings.warn("something else", UserWarning, stacklevel=1)
+        assert len(seen) == 1
+    monkeypatch.setenv(cli.DEBUG_ENV, "1")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        cli.quiet_startup()
+        warnings.warn(message, UserWarning, stacklevel=1)
+        assert len(seen) == 1

@@ -115,6 +115,8 @@ class Trainer:
         self.cfg = cfg
         self._started = time.perf_counter()
         cli.set_library_verbosity(cfg.logging.verbose)
+        if not backends.cuda_available():
+            cli.quiet_cpu_notices()
         par, training = cfg.parallelism, cfg.training
         distributed.initialize(
             tensor_parallel=par.tensor_parallel,
