@@ -36,6 +36,7 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 import torch  # noqa: E402
 
 from twotower_train import distributed  # noqa: E402
+from twotower_train.atomic_write import atomic_path, write_text
 from twotower_train.decoding.samplers import MaskDiffusionConfig  # noqa: E402
 from twotower_train.eval.mode_runs import agreement, ar_nll, mode_rows, run_mode  # noqa: E402
 from twotower_train.inference import modes  # noqa: E402
@@ -207,10 +208,9 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     line = json.dumps(report)
     # Written next to each other and renamed into place: a crash never leaves half a file.
-    plot(report, out / "generation.png.tmp")
-    (out / "result.json.tmp").write_text(line + "\n")
-    os.replace(out / "generation.png.tmp", out / "generation.png")
-    os.replace(out / "result.json.tmp", out / "result.json")
+    with atomic_path(out / "generation.png", keep_suffix=True) as tmp:
+        plot(report, tmp)
+    write_text(out / "result.json", line + "\n")
     print(table(report))
     print(line)
     return report

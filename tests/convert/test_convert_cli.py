@@ -173,7 +173,7 @@ def test_backbone_reference_that_does_not_verify(tmp_path, tokenizer_dir, existi
     """A stage-2 checkpoint whose stage-1 backbone was replaced afterwards is refused."""
     from tests.convert.two_tower_models import random_two_tower
     from twotower_train import distributed
-    from twotower_train.convert import checkpoints
+    from twotower_train.convert import commands as checkpoints
 
     cfg = parity_config()
     hub_a = hub_folder(tmp_path / "hub_a", cfg, seed=0)[1]

@@ -13,7 +13,7 @@ import pytest
 
 from twotower_train.eval.masked_accuracy import answer_blocks, masked_token_accuracy
 from twotower_train.eval.mode_runs import mode_rows
-from twotower_train.eval.reproduce_eval import BLOCK_SIZE, MASK_RATIO
+from twotower_train.eval.reproduce_eval import MASK_RATIO
 from twotower_train.inference import modes
 
 TASK = [
@@ -62,7 +62,7 @@ def _masked_accuracy(loaded, model, rows) -> dict:
     encode = lambda text: loaded.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     prompts, blocks = answer_blocks([encode(r["prompt"]) for r in rows],
                                     [encode(r["answer"]) for r in rows],
-                                    loaded.eos_token_id, BLOCK_SIZE)
+                                    loaded.eos_token_id, loaded.block_size)
     return masked_token_accuracy(model, prompts, blocks, mask_token_id=loaded.mask_token_id,
                                  pad_token_id=loaded.pad_token_id, mask_ratio=MASK_RATIO)
 

@@ -11,7 +11,8 @@ import pytest
 
 from tests.training.test_cli_errors import STEPS, _args, _cli, _one_line, _train
 from twotower_train.training import integrity
-from twotower_train.training.checkpoint import find_latest, read_train_state
+from twotower_train.training.checkpoint import read_train_state
+from twotower_train.training.checkpoint_layout import find_latest
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ TRAINING_MODULES = [
     "twotower_train.training.grad_reduce",
     "twotower_train.training.optimizer",
     "twotower_train.training.megatron_optimizer",
-    "twotower_train.training.data",
+    "twotower_train.training.batches",
     "twotower_train.training.objectives.base",
     "twotower_train.training.objectives.ar",
     "twotower_train.training.objectives.diffusion",

@@ -16,7 +16,7 @@ import pytest
 
 from tests.training.fixtures import TINY_OVERRIDES, three_phases, train, train_backbone
 from twotower_train.errors import ConfigError
-from twotower_train.training.checkpoint import CheckpointError
+from twotower_train.training.checkpoint_layout import CheckpointError
 from twotower_train.training.fingerprint import (
     WHOLE_CHUNK,
     WINDOW,

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from tests.training.fixtures import TINY_OVERRIDES
-from twotower_train.training.checkpoint import CheckpointError
+from twotower_train.training.checkpoint_layout import CheckpointError
 from twotower_train.training.recipes import load_config
 from twotower_train.training.run_folder import identity, plan_run
 

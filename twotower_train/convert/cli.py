@@ -93,19 +93,19 @@ def _run(args: argparse.Namespace) -> None:
     import twotower_train  # noqa: F401  (CPU compatibility)
     from twotower_train import distributed
     from twotower_train.cli import is_rank_zero
-    from twotower_train.convert import checkpoints
+    from twotower_train.convert import commands
 
     start = time.perf_counter()
     try:
         if args.command == "export-hf":
-            out = checkpoints.export_checkpoint(
+            out = commands.export_checkpoint(
                 args.checkpoint, args.out_dir, tokenizer=args.tokenizer, dtype=args.dtype,
                 block_size=args.block_size, max_shard_bytes=args.max_shard_size,
                 overwrite=args.overwrite, backbone=args.backbone,
             )
         else:
-            run = checkpoints.import_hf if args.command == "import-hf" else (
-                checkpoints.import_twotower
+            run = commands.import_hf if args.command == "import-hf" else (
+                commands.import_twotower
             )
             out = run(
                 args.hf_dir, args.out_dir, tp=args.tp, ep=args.ep, recipe=args.recipe,

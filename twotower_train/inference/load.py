@@ -32,7 +32,7 @@ from megatron.core import parallel_state
 from twotower_train import distributed
 from twotower_train.errors import ConfigError, UserError
 from twotower_train.model.config import ParallelConfig
-from twotower_train.training import checkpoint
+from twotower_train.training import checkpoint, checkpoint_layout, frozen_reference
 from twotower_train.training.config import Precision, TrainConfig, from_container
 from twotower_train.training.objectives import build_objective
 
@@ -54,17 +54,17 @@ def load_trained_model(
     name ``backbone_option`` as the way to pass them (a command's own option, e.g. ``--backbone
     ``).
     """
-    resolved = checkpoint.resolve_checkpoint_dir(path)
+    resolved = checkpoint_layout.resolve_checkpoint_dir(path)
     if resolved is None:
         raise ConfigError(f"{path} holds no complete checkpoint (no meta.json / latest)")
     common = checkpoint.read_common_state(resolved)
     cfg = from_container(common["config"], check_data=False)
     reference = common.get("frozen_reference") or {}
     if reference:
-        frozen = backbone_checkpoint or checkpoint.locate_frozen_reference(resolved, common)
+        frozen = backbone_checkpoint or frozen_reference.locate_frozen_reference(resolved, common)
         option = reference.get("option", "objective.backbone_checkpoint")
         if frozen is None:
-            raise checkpoint.CheckpointError(
+            raise checkpoint_layout.CheckpointError(
                 f"{resolved} was trained against frozen weights at {reference.get('path')}, "
                 f"which are not there any more; pass {backbone_option}<folder> "
                 f"(the run's {option})"
@@ -80,7 +80,7 @@ def load_trained_model(
     if dtype is None:
         dtype = torch.bfloat16 if cfg.optimizer.precision is Precision.BF16 else torch.float32
     model = distributed.to_device(objective.build_model(cfg.model, parallel, dtype))
-    checkpoint.verify_frozen_reference(
+    frozen_reference.verify_frozen_reference(
         resolved, common, objective, model, option=backbone_option.rstrip("= ")
     )
     state = checkpoint.load_model_state(resolved, objective.checkpoint_state(model))
@@ -122,7 +122,7 @@ def run_tokenizer(path: str | Path, cfg: TrainConfig, *, option: str) -> Path:
     if not recorded:
         raise UserError(f"{path} names no tokenizer (data.tokenizer); pass {option} DIR")
     candidates = [Path(recorded)]
-    root = checkpoint.resolve_checkpoint_dir(path)
+    root = checkpoint_layout.resolve_checkpoint_dir(path)
     saved_root = Path(cfg.checkpoint.dir or "")
     if root is not None and not Path(recorded).is_absolute() and not saved_root.is_absolute():
         root = root.resolve().parent  # the checkpoint root (…/checkpoints)
@@ -155,7 +155,7 @@ def load_for_decoding(
     from twotower_train.data.tokenizer import load_tokenizer
 
     path = Path(path)
-    if checkpoint.resolve_checkpoint_dir(path) is not None:
+    if checkpoint_layout.resolve_checkpoint_dir(path) is not None:
         if not parallel_state.model_parallel_is_initialized():
             distributed.initialize(seed=0)
         model, cfg = load_trained_model(

@@ -297,7 +297,7 @@ def from_container(values: Mapping[str, Any], *, check_data: bool = True) -> Tra
         raise ConfigError(str(error)) from None
     objective = dict(values.get("objective") or {"name": "ar"})
     objective_name = str(objective.pop("name", "ar"))
-    from twotower_train.model.backbone import check_parallel_layout
+    from twotower_train.model.sizes import check_parallel_layout
 
     check_parallel_layout(model, parallel)
     if "E" in model.pattern and parallel.tensor_parallel > 1 and not parallel.sequence_parallel:

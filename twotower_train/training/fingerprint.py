@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from twotower_train.training.checkpoint import CheckpointError
+from twotower_train.training.checkpoint_layout import CheckpointError
 
 __all__ = ["WHOLE_CHUNK", "WINDOW", "WINDOWS", "checkpoint_fingerprint"]
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from twotower_train.atomic_write import atomic_path, write_text
 
 __all__ = ["plot_losses", "read_metrics", "summarize", "write_report"]
 
@@ -100,9 +101,8 @@ def plot_losses(records: list[dict[str, Any]], path: str | Path, title: str = ""
     ax.set_title(title)
     ax.legend()
     path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)  # savefig picks the format by suffix
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    with atomic_path(path, keep_suffix=True) as tmp:  # savefig picks the format by suffix
+        fig.savefig(tmp, dpi=100)
     return path
 
 
@@ -114,9 +114,7 @@ def write_report(run_dir: str | Path, summary: dict[str, Any], title: str = "") 
     """Write ``summary.json`` and ``loss_curve.png`` into ``run_dir``; return the console lines."""
     run_dir = Path(run_dir)
     records = read_metrics(run_dir / "metrics.jsonl")
-    tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1) + "\n")
-    os.replace(tmp, run_dir / "summary.json")
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     outputs = ["summary.json"]
     if records:
         plot_losses(records, run_dir / "loss_curve.png", title=title)

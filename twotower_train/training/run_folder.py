@@ -24,19 +24,19 @@ sibling ``<output_dir>-2``, ``-3``, ... and says so. Nothing is ever deleted or 
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from twotower_train.atomic_write import write_text
 from twotower_train.training import integrity
-from twotower_train.training.checkpoint import (
+from twotower_train.training.checkpoint import read_common_state
+from twotower_train.training.checkpoint_layout import (
     LATEST,
     META,
     CheckpointError,
     describe_incomplete,
     find_latest,
-    read_common_state,
     resolve_checkpoint_dir,
 )
 
@@ -279,10 +279,7 @@ def write_recipe(run_dir: Path, recipe: dict[str, Any]) -> Path:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "recipe.yaml"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(recipe)))
-    os.replace(tmp, path)
-    return path
+    return write_text(path, OmegaConf.to_yaml(OmegaConf.create(recipe)))
 
 
 def agreed_plan(output_dir: str, checkpoint: Any, recipe: dict[str, Any]) -> RunPlan:

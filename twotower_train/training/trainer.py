@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +44,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from twotower_train import backends, cli, distributed
 from twotower_train.diffusion import MetricSums
+from twotower_train.training.batches import PhaseData, build_phase_data, eval_batches, micro_batches
 from twotower_train.training.checkpoint import (
     TrainState,
     load_checkpoint,
@@ -59,15 +58,15 @@ from twotower_train.training.curriculum import (
     build_phase_scheduler,
     prepare_param_groups,
 )
-from twotower_train.training.data import PhaseData, build_phase_data, eval_batches, micro_batches
 from twotower_train.training.grad_reduce import GradReducer
 from twotower_train.training.logging import MetricLogger, default_peak_tflops, mfu
 from twotower_train.training.objectives import Objective, build_objective
 from twotower_train.training.optimizer import build_reducer_and_optimizer
+from twotower_train.training.preemption import PreemptionSignal
 from twotower_train.training.report import read_metrics, summarize, write_report
 from twotower_train.training.run_folder import agreed_plan, write_recipe
 
-__all__ = ["PreemptionSignal", "RunResult", "Trainer", "micro_batch_seed"]
+__all__ = ["RunResult", "Trainer", "micro_batch_seed"]
 
 ALREADY_DONE = "already_done"
 """Outcome of a start whose checkpoint is already at (or past) the step this recipe stops at."""
@@ -93,51 +92,6 @@ def micro_batch_seed(seed: int, step: int, offset: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-class PreemptionSignal:
-    """SIGTERM / SIGUSR1 (SLURM ``--signal=B:USR1@120``) and Ctrl-C (SIGINT) ask for a
-    checkpoint and a clean exit.
-
-    The handler only sets a flag; the trainer checks it after each step and all ranks agree
-    (max over the world) so they stop at the same step. A first Ctrl-C prints one line (rank 0)
-    saying so; a second one aborts at once (``KeyboardInterrupt``: one line and exit 130 from
-    :func:`twotower_train.cli.run_tool`; the last complete checkpoint stays).
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-
-    def _handle(self, signum, _frame) -> None:
-        if signum == signal.SIGINT:
-            if self.received == signal.SIGINT:  # unwinds now: cleanup runs, no new save
-                raise KeyboardInterrupt("aborted (second Ctrl-C); the last complete checkpoint "
-                                        "stays")
-            if cli.is_rank_zero():
-                os.write(2, b"twotower-train: Ctrl-C: finishing this step, then a checkpoint and "
-                            b"the report (Ctrl-C again aborts now)\n")
-        if self.received is None or signum == signal.SIGINT:
-            self.received = signum
-
-    @property
-    def interrupted(self) -> bool:
-        """The stop came from Ctrl-C (SIGINT), not from a scheduler's signal."""
-        return self.received == signal.SIGINT
-
-    def requested(self) -> bool:
-        flag = torch.tensor(
-            [1.0 if self.received is not None else 0.0], device=distributed.device()
-        )
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-
-    def restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-
 class Trainer:
     """Builds the run from a :class:`TrainConfig` and trains it; see the module docstring."""
 
@@ -161,6 +115,8 @@ class Trainer:
         self.cfg = cfg
         self._started = time.perf_counter()
         cli.set_library_verbosity(cfg.logging.verbose)
+        if not backends.cuda_available():
+            cli.quiet_cpu_notices()
         par, training = cfg.parallelism, cfg.training
         distributed.initialize(
             tensor_parallel=par.tensor_parallel,

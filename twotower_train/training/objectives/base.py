@@ -121,7 +121,7 @@ def transformer_flops_per_token(model_cfg: BackboneConfig, seq_length: int) -> f
     seq_length`` (the ``12·L·H·Q·T`` term of the PaLM appendix, halved for the causal mask).
     Mamba's SSD scan is left out (it is small next to the projections at Nano widths).
     """
-    from twotower_train.model.backbone import count_parameters
+    from twotower_train.model.sizes import count_parameters
 
     _, active = count_parameters(model_cfg)
     n_attention = model_cfg.pattern.count("*")

@@ -236,7 +236,7 @@ def _reference(backbone: Path) -> dict[str, Any]:
 
 def resolve_backbone_checkpoint(path: str | Path) -> Path:
     """A trainer checkpoint root (follows its ``latest`` pointer) or an ``iter_*`` folder."""
-    from twotower_train.training import checkpoint
+    from twotower_train.training import checkpoint_layout
 
     path = Path(path)
     if not path.exists():
@@ -245,7 +245,7 @@ def resolve_backbone_checkpoint(path: str | Path) -> Path:
             f"objective.backbone_checkpoint={str(path)!r} does not exist{where}; run stage 1 "
             "first (twotower-train, recipe demo) or point it at a stage-1 checkpoint"
         )
-    resolved = checkpoint.resolve_checkpoint_dir(path)
+    resolved = checkpoint_layout.resolve_checkpoint_dir(path)
     if resolved is None:
         raise ConfigError(
             f"objective.backbone_checkpoint={str(path)!r} holds no complete checkpoint"
@@ -256,10 +256,10 @@ def resolve_backbone_checkpoint(path: str | Path) -> Path:
 def load_backbone_checkpoint(model: TwoTowerModel, path: str | Path) -> Path:
     """Load a stage-1 checkpoint's backbone weights (any TP/EP it was saved at) into both
     towers of ``model``; returns the checkpoint folder it read."""
-    from twotower_train.training import checkpoint
+    from twotower_train.training import checkpoint, checkpoint_layout
 
     resolved = resolve_backbone_checkpoint(path)
-    meta = resolved / checkpoint.TRAINER_STATE_FILE
+    meta = resolved / checkpoint_layout.TRAINER_STATE_FILE
     if meta.exists():
         objective = json.loads(meta.read_text()).get("objective")
         if objective not in (None, "ar"):

@@ -98,7 +98,7 @@ def imported_recipe(
 
 def _parallel(cfg: BackboneConfig, tp: int, ep: int) -> ParallelConfig:
     """The import layout, checked against the model and the number of processes."""
-    from twotower_train.model.backbone import check_parallel_layout
+    from twotower_train.model.sizes import check_parallel_layout
 
     parallel = ParallelConfig(tensor_parallel=tp, sequence_parallel=tp > 1, expert_parallel=ep)
     try:
