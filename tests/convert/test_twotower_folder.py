@@ -198,3 +198,18 @@ def test_released_adaln_names_and_old_formulation_refused(exported, tmp_path):
     old_state = {**_state(model), "denoiser.adaln.tables": torch.zeros(n, 3 * d)}
     with pytest.raises(ConversionError, match=r"pre-release adaLN-single .* retrain stage 2"):
         megatron_to_export_state(old_state, model.cfg)
+
+
+def test_fresh_export_class_starts_at_the_identity_modulation(exported):
+    """The export's class built from its config (no weights) has the released identity init:
+    gate rows 1, shift / scale rows 0, last t_block Linear zero; the embedder is random."""
+    _, folder = exported
+    hf = load_export(folder)
+    config = hf.config.__class__.from_dict(hf.config.to_dict())
+    config.time_step_min = 1e-3  # the export's 0 (no dt clamp) is outside transformers' dt init
+    fresh = type(hf)(config)
+    for table in fresh.scale_shift_tables:
+        assert torch.equal(table[:2], torch.zeros_like(table[:2]))
+        assert torch.equal(table[2], torch.ones_like(table[2]))
+    assert not fresh.t_block[1].weight.any() and not fresh.t_block[1].bias.any()
+    assert fresh.t_embedder.mlp[0].weight.any() and fresh.t_embedder.mlp[2].weight.any()

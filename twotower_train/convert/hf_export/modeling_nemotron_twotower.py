@@ -132,11 +132,13 @@ class NemotronTwoTowerForCausalLM(NemotronHForCausalLM):
     def _init_weights(self, module):
         super()._init_weights(module)
         # The identity modulation, so the denoiser starts as the backbone: the last t_block
-        # Linear zero, the tables' gate rows 1 and their shift / scale rows 0.
-        if module is self.t_block[1]:
+        # Linear zero, the tables' gate rows 1 and their shift / scale rows 0. (The parent's
+        # __init__ already initialises, before these modules exist.)
+        t_block = getattr(self, "t_block", None)
+        if t_block is not None and module is t_block[1]:
             nn.init.zeros_(module.weight)
             nn.init.zeros_(module.bias)
-        elif module is self.scale_shift_tables:
+        elif module is getattr(self, "scale_shift_tables", None):
             for table in module:
                 table.zero_()
                 table[2] = 1.0
