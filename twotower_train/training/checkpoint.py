@@ -196,6 +196,12 @@ def _load_sharded(request: dict, path: Path) -> dict:
         return dist_checkpointing.load(request, str(path))
     except (CheckpointingException, CheckpointException) as error:
         text = str(error)
+        if "'denoiser.adaln.tables'" in text:  # the checkpoint's keys, listed by the error
+            raise CheckpointError(
+                f"cannot load {path}: it holds the pre-release adaLN-single "
+                "(denoiser.adaln.tables); this version trains only the released formulation "
+                "(t_embedder / t_block / scale_shift_tables) — retrain stage 2 from its backbone"
+            ) from None
         found = _LOAD_DETAIL.search(text)
         lines = [line for line in text.splitlines() if line.strip()]
         detail = (found.group(1) if found else lines[-1] if lines else type(error).__name__)
