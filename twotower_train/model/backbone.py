@@ -300,8 +300,9 @@ def stack_spec(cfg: BackboneConfig, *, use_te: bool | None = None) -> ModuleSpec
 
 def denoiser_stack_spec(cfg: BackboneConfig, *, use_te: bool | None = None) -> ModuleSpec:
     """The two-tower spec: every layer's input norm is its own module, because adaLN modulates
-    between the norm and the first projection. Both towers use it so their state dicts share
-    keys; its checkpoint keys equal the backbone spec's, so stage-1 checkpoints load as is."""
+    the norm's input (Mamba, attention) or output (MoE, MLP). Both towers use it so their state
+    dicts share keys; its checkpoint keys equal the backbone spec's, so stage-1 checkpoints load
+    as is."""
     use_te = backends.use_transformer_engine() if use_te is None else use_te
     return te_unfused_stack_spec(cfg) if use_te else local_stack_spec(cfg)
 
