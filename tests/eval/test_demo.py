@@ -1,4 +1,4 @@
-"""The README demo's settings (``twotower_train.demo``): every variant composes into valid
+"""The README demo's settings (``twotower_train.demo.cli``): every variant composes into valid
 recipes for both stages (a short phase included), a bad stage-2 setting stops the pipeline
 before any work, and ``--check`` names the threshold a report misses. The runs themselves are
 measured in docs/results.md; ``.ci/run`` runs ``twotower-demo --fast --check``."""
@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from twotower_train import demo
+from twotower_train.demo import cli as demo
 from twotower_train.reproduce.config import ReproduceConfig
 from twotower_train.training.recipes import load_config
 

@@ -233,7 +233,3 @@ def _main(argv: list[str] | None) -> None:
         print(f"[demo] --check: every threshold holds (AR exact match ≥ "
               f"{settings.min_ar_exact_match:g}; γ={GAMMA:g} keeps ≥ {settings.min_kept:.0%} "
               f"of AR at ≥ {settings.min_tokens_per_forward:g} tokens per denoiser forward)")
-
-
-if __name__ == "__main__":
-    main()

@@ -63,7 +63,7 @@ class _Stages:
 
 
 def _train(recipe: str, overrides: list[str]):
-    from twotower_train.training.main import run
+    from twotower_train.training.cli import run
     from twotower_train.training.recipes import load_config
 
     start = time.perf_counter()
