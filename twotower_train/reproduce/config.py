@@ -6,8 +6,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from twotower_train.cli import add_debug_flag
+
+if TYPE_CHECKING:
+    from data_tools.reasoning_task import TaskConfig
 
 TOOL = "twotower-reproduce"
 MODULE = "twotower_train.reproduce"
@@ -28,8 +32,8 @@ class ReproduceConfig:
     stage2_set: tuple[str, ...]
     train_problems: int
     heldout_problems: int
-    task: object
-    """The reasoning task (:class:`data_tools.reasoning_task.TaskConfig`)."""
+    task: TaskConfig
+    """The reasoning task's settings (``--task FIELD=INT``)."""
     eval_problems: int
     max_new_tokens: int
     batch: int
@@ -82,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _task_config(fields: list[str]):
+def _task_config(fields: list[str]) -> TaskConfig:
     from data_tools.reasoning_task import TaskConfig
     from twotower_train.data.errors import DataError
 
