@@ -1,7 +1,7 @@
 """Generation modes side by side on the same weights and prompts: speed, cost and quality.
 
-For AR, mock-AR, mask diffusion at γ ∈ {0.5, 0.7, 0.8, 0.9, 0.95} (S = 16, 16 steps per block)
-and speculative decoding, one run measures (DESIGN.md §8):
+For AR, mock-AR, mask diffusion at γ ∈ {0.5, 0.7, 0.8, 0.9, 0.95} (S = the block size the model trained at, S steps per block)
+and speculative decoding, one run measures:
 
 * tokens/s (wall) at batch 1 and batch 8 — modes interleaved per repeat, median over repeats;
 * forwards per generated token (context + denoiser forwards of a row; docs/inference.md),
@@ -36,6 +36,8 @@ os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 import torch  # noqa: E402
 
 from twotower_train import distributed  # noqa: E402
+from twotower_train.atomic_write import atomic_path, write_text
+from twotower_train.decoding.samplers import MaskDiffusionConfig  # noqa: E402
 from twotower_train.eval.mode_runs import agreement, ar_nll, mode_rows, run_mode  # noqa: E402
 from twotower_train.inference import modes  # noqa: E402
 from twotower_train.inference.load import LoadedModel, load_for_decoding  # noqa: E402
@@ -51,8 +53,8 @@ def _arguments(argv):
     p.add_argument("--out", required=True, help="folder for generation.png and result.json")
     p.add_argument("--max-new-tokens", type=int, help="default 64 (--smoke: 8)")
     p.add_argument("--gammas", default="0.5,0.7,0.8,0.9,0.95")
-    p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--steps-per-block", type=int, default=16)
+    p.add_argument("--block-size", type=int, help="default: the block size the model trained at")
+    p.add_argument("--steps-per-block", type=int, help="default: the block size")
     p.add_argument("--speculative-block-size", type=int)
     p.add_argument("--speculative-steps", type=int)
     p.add_argument("--speculative-threshold", type=float)
@@ -75,7 +77,7 @@ def _smoke_model() -> tuple[LoadedModel, list[list[int]]]:
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(4, cfg.vocab_size, (n,), generator=gen).tolist() for n in (5, 9, 7, 3)]
     loaded = LoadedModel(model, None, cfg.eos_token_id, cfg.mask_token_id, cfg.pad_token_id,
-                         cfg.max_sequence_length)
+                         cfg.max_sequence_length, block_size=MaskDiffusionConfig.block_size)
     return loaded, prompts
 
 
@@ -83,7 +85,7 @@ def _modes(args, loaded: LoadedModel) -> dict[str, tuple[str, dict]]:
     """Row name → (mode, knobs)."""
     return mode_rows(
         loaded.sampler_ids(), loaded.mask_token_id, args.max_new_tokens,
-        gammas=[float(g) for g in args.gammas.split(",")], block_size=args.block_size,
+        gammas=[float(g) for g in args.gammas.split(",")], block_size=args.block_size or loaded.block_size,
         steps_per_block=args.steps_per_block, speculative={
             "block_size": args.speculative_block_size, "steps_per_block": args.speculative_steps,
             "confidence_threshold": args.speculative_threshold,
@@ -206,10 +208,9 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     line = json.dumps(report)
     # Written next to each other and renamed into place: a crash never leaves half a file.
-    plot(report, out / "generation.png.tmp")
-    (out / "result.json.tmp").write_text(line + "\n")
-    os.replace(out / "generation.png.tmp", out / "generation.png")
-    os.replace(out / "result.json.tmp", out / "result.json")
+    with atomic_path(out / "generation.png", keep_suffix=True) as tmp:
+        plot(report, tmp)
+    write_text(out / "result.json", line + "\n")
     print(table(report))
     print(line)
     return report

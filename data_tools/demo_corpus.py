@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -32,6 +31,7 @@ from data_tools.corpus_sources import SOURCES, CorpusSource, package_file
 from data_tools.manifest import content_digest
 from data_tools.prepare import PrepareStats, prepare_dataset
 from data_tools.train_tokenizer import train_tokenizer
+from twotower_train.atomic_write import atomic_path
 from twotower_train.data.errors import DataError
 from twotower_train.data.tokenizer import load_tokenizer
 
@@ -65,11 +65,9 @@ def _write_jsonl(source: CorpusSource, path: Path) -> Path:
         return path
     data_file = package_file(source.package, source.relative_path, source.distribution)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as stream:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as stream:
         for text in source.read(data_file):
             stream.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
     return path
 
 

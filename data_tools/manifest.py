@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from twotower_train.atomic_write import write_text
 
 MANIFEST_VERSION = 1
 _TOKENIZER_FILES = (
@@ -83,9 +84,7 @@ def read_manifest(output_prefix: str | Path) -> dict[str, Any] | None:
 def write_manifest(output_prefix: str | Path, content: dict[str, Any]) -> None:
     """Write the manifest atomically (temporary name, then rename)."""
     path = manifest_path(output_prefix)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(content, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(content, indent=2, sort_keys=True))
 
 
 def remove_manifest(output_prefix: str | Path) -> None:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
 import re
 import sys
@@ -40,6 +39,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from twotower_train.atomic_write import atomic_path
 from twotower_train.data.errors import DataError
 
 NAMES = (
@@ -201,13 +201,11 @@ def extract_answer(text: str) -> int | None:
 
 def _write_jsonl_atomic(path: Path, rows: Iterator[dict]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     count = 0
-    with open(tmp, "w", encoding="utf-8") as stream:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as stream:
         for row in rows:
             stream.write(json.dumps(row) + "\n")
             count += 1
-    os.replace(tmp, path)
     return count
 
 

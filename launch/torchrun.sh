@@ -5,9 +5,10 @@
 #   launch/torchrun.sh 2 parallelism=tp2 training.max_steps=20           # 2 CPU ranks, TP=2
 #   launch/torchrun.sh 8 --config-name nano_30b_a3b data.root=/data/tt   # one 8-GPU node
 #
-# SIGTERM (e.g. Ctrl-C is SIGINT; `kill -TERM <torchrun pid>`) is forwarded by torchrun to the
-# ranks, which finish the current step, write a checkpoint and exit 0. Re-running the same
-# command resumes from <checkpoint.dir>/latest.
+# `kill -TERM <torchrun pid>` (SIGTERM, forwarded by torchrun) makes the ranks finish the current
+# step, write a checkpoint and the report, and exit 0. Ctrl-C (SIGINT, which the terminal sends to
+# every process of the job) does the same but exits 130; a second Ctrl-C aborts at once. Either
+# way re-running the same command resumes from <checkpoint.dir>/latest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -41,6 +41,17 @@ _KNOWN_WARNINGS = (
     r"torch.distributed is disabled, unavailable or uninitialized",
     r"The argument order of load has been changed",
     r"Please use DTensor instead and we are deprecating ShardedTensor",
+    # Megatron at run time: a layer whose TP group has one rank (experts at
+    # expert_tensor_parallel=1 under sequence parallelism) and its calls of collectives torch
+    # renamed. Neither is ours to change.
+    r"`sequence_parallel` is set to `True`, but tensor model parallel size is 1",
+    r"`torch.distributed.reduce_scatter_tensor` is deprecated",
+    r"`torch.distributed.all_gather_into_tensor` is deprecated",
+)
+_CPU_ONLY_WARNINGS = (
+    # Megatron's CUDA advice under sequence parallelism: meaningless without a GPU.
+    r"When using sequence parallelism it is recommended to set the environment variable "
+    r"CUDA_DEVICE_MAX_CONNECTIONS",
 )
 _KNOWN_LOG_LINES = {
     "torch.utils.cpp_extension": "No CUDA runtime is found",
@@ -105,6 +116,14 @@ def quiet_startup() -> None:
             logger.addFilter(_DropLine(text))
 
 
+def quiet_cpu_notices() -> None:
+    """On a machine without CUDA, also hide Megatron's GPU-only advice (unless debugging)."""
+    if debug_enabled():
+        return
+    for pattern in _CPU_ONLY_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
 def set_library_verbosity(verbose: bool) -> None:
     """Libraries' INFO lines (Megatron's per-bucket parameter lists and dataset index builds,
     matplotlib's font cache, ...) only if verbose; their warnings and errors always. They go to
@@ -123,9 +142,14 @@ def fail(tool: str, message: str) -> None:
     raise SystemExit(2)
 
 
+INTERRUPTED_EXIT = 130
+"""Exit code after Ctrl-C (128 + SIGINT, the shell's convention)."""
+
+
 def run_tool(tool: str, body: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """:func:`quiet_startup`, then ``body(*args, **kwargs)``; a :class:`UserError` becomes
-    :func:`fail` (re-raised with its traceback under ``--debug``)."""
+    :func:`fail` (re-raised with its traceback under ``--debug``), a Ctrl-C that reaches here
+    (``KeyboardInterrupt``) one line ``<tool>: interrupted`` and exit code 130."""
     quiet_startup()
     try:
         return body(*args, **kwargs)
@@ -133,3 +157,9 @@ def run_tool(tool: str, body: Callable[..., Any], *args: Any, **kwargs: Any) -> 
         if debug_enabled():
             raise
         fail(tool, " ".join(str(error).split()))  # one line, whatever the message holds
+    except KeyboardInterrupt as interrupt:
+        if debug_enabled():
+            raise
+        if is_rank_zero():
+            print(f"{tool}: {str(interrupt) or 'interrupted (Ctrl-C)'}", file=sys.stderr, flush=True)
+        raise SystemExit(INTERRUPTED_EXIT) from None

@@ -153,8 +153,8 @@ def _run_card(out: Path) -> None:
     outputs = model.generate_mask_diffusion(
         inputs["input_ids"],
         max_new_tokens=128,
-        block_size=16,  # tokens generated per block
-        steps_per_block=16,  # denoising iterations per block
+        block_size=model.config.block_size,  # tokens generated per block (as trained)
+        steps_per_block=model.config.block_size,  # denoising iterations per block
         mask_token_id=3,  # [MASK]
         temperature=0.1,
         confidence_threshold=0.8,  # commit positions above this confidence each step

@@ -14,7 +14,7 @@ from tests.convert.hub_folders import MTP_TENSORS, hub_folder, module_layout_fol
 from tests.convert.models import LOGIT_ATOL, parity_config
 from tests.convert.two_tower_models import load_export, random_two_tower
 from twotower_train import distributed
-from twotower_train.convert import checkpoints
+from twotower_train.convert import commands as checkpoints
 from twotower_train.convert.nemotron_h import hf_to_megatron_state
 from twotower_train.inference.load import load_trained_model
 from twotower_train.model.backbone import forward_logits

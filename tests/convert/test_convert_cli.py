@@ -173,7 +173,7 @@ def test_backbone_reference_that_does_not_verify(tmp_path, tokenizer_dir, existi
     """A stage-2 checkpoint whose stage-1 backbone was replaced afterwards is refused."""
     from tests.convert.two_tower_models import random_two_tower
     from twotower_train import distributed
-    from twotower_train.convert import checkpoints
+    from twotower_train.convert import commands as checkpoints
 
     cfg = parity_config()
     hub_a = hub_folder(tmp_path / "hub_a", cfg, seed=0)[1]
@@ -188,9 +188,8 @@ def test_backbone_reference_that_does_not_verify(tmp_path, tokenizer_dir, existi
     )
     checkpoints.import_hf(hub_b, tmp_path / "stage1", overwrite=True)  # another backbone there
     before = snapshot(existing)
-    assert_one_error_line(
-        convert("export-hf", tmp_path / "stage2/checkpoints", existing, "--overwrite",
-                "--tokenizer", tokenizer_dir),
-        "was saved against frozen weights",
-    )
+    proc = convert("export-hf", tmp_path / "stage2/checkpoints", existing, "--overwrite",
+                   "--tokenizer", tokenizer_dir)
+    assert_one_error_line(proc, "was trained against frozen weights")
+    assert "set --backbone to the checkpoint that run started from" in proc.stderr  # its option
     assert snapshot(existing) == before

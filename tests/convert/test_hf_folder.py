@@ -67,6 +67,7 @@ def test_we_load_a_folder_written_by_transformers(single_process, tmp_path):
     loaded_cfg, state = load_hf_folder(tmp_path / "hf", naming="local")
     assert loaded_cfg == cfg
     expected = hf_to_megatron_state(hf.state_dict(), cfg, naming="local")
+    assert state.keys() == expected.keys()
     assert all(torch.equal(state[k], expected[k]) for k in expected)
 
 

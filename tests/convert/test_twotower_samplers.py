@@ -1,5 +1,5 @@
 """The export's card API against the Megatron samplers: greedy tokens identical, for a batch of
-left-padded prompts of different lengths (DESIGN.md §5); a bf16 load runs and generates."""
+left-padded prompts of different lengths; a bf16 load runs and generates."""
 
 from __future__ import annotations
 

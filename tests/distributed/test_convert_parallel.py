@@ -18,7 +18,7 @@ from tests.convert.two_tower_models import export_module, load_export
 from tests.distributed.launch import torchrun
 from tests.training.fixtures import data_root  # noqa: F401  (fixture)
 from twotower_train import distributed
-from twotower_train.convert import checkpoints
+from twotower_train.convert import commands as checkpoints
 from twotower_train.convert.two_tower import megatron_to_export_state
 from twotower_train.inference.load import load_trained_model
 from twotower_train.model.backbone import forward_logits

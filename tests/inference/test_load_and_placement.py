@@ -22,6 +22,7 @@ def stage2_checkpoint(data_root, tmp_path_factory):
     run = tmp_path_factory.mktemp("stage2")
     cfg = load_config("demo", [
         f"data.root={data_root}", f"output_dir={run}", *TINY_OVERRIDES, "objective=diffusion",
+        "objective.backbone_checkpoint=none",  # random towers: the test is about placement
         "curriculum.phases.0.steps=2", "curriculum.phases.0.lr.warmup_steps=0",
         f"checkpoint.dir={run / 'ck'}",
     ])

@@ -48,6 +48,25 @@ def test_greedy_is_deterministic(model):
     assert all(3 not in row for row in a.tokens)  # the mask token is never emitted
 
 
+def test_whole_block_commit_is_the_denoisers_argmax(model):
+    """γ → 0 commits every position at the first step: each block is the argmax (mask token
+    excluded) of one denoiser call at t = 1 on an all-[MASK] block after the prompt and the
+    blocks before it — recomputed row by row from fresh prefills, without the sampler."""
+    S = 8
+    config = MaskDiffusionConfig(max_new_tokens=16, block_size=S, steps_per_block=4,
+                                 confidence_threshold=1e-9)
+    out = generate_mask_diffusion(model, PROMPTS, config)
+    mask = config.mask_token_id
+    assert out.denoiser_forwards == 2
+    for prompt, new in zip(PROMPTS, out.tokens):
+        assert len(new) == 16
+        for start in range(0, 16, S):
+            cache = model.prefill(torch.tensor([prompt + new[:start]]), logits="none").cache
+            logits = model.denoise_block(cache, torch.full((1, S), mask), torch.ones(1))
+            logits[..., mask] = float("-inf")
+            assert new[start : start + S] == logits[0].argmax(-1).tolist()
+
+
 def test_mask_diffusion_with_unit_blocks_is_mock_ar(model):
     diffusion = generate_mask_diffusion(
         model, PROMPTS, MaskDiffusionConfig(max_new_tokens=5, block_size=1, steps_per_block=1)

@@ -1,4 +1,4 @@
-"""Self-speculative decoding (DESIGN.md §8): cache rollback and token identity with AR greedy.
+"""Self-speculative decoding: cache rollback and token identity with AR greedy.
 
 An untrained denoiser almost never drafts the AR token, so most tests draft with an oracle:
 a wrapper whose ``denoise_block`` proposes the AR tower's greedy continuation (computed

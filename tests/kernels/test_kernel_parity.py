@@ -1,4 +1,4 @@
-"""The GPU kernels against their reference paths (DESIGN §9), on the CPU and on a GPU.
+"""The GPU kernels against their reference paths, on the CPU and on a GPU.
 
 Mamba: on a CPU the Triton kernels run under the Triton interpreter in a subprocess
 (:mod:`tests.kernels.kernel_parity`, ~25 s of CPU for all cases, ~40 s with imports); on a CUDA host the same worker

@@ -6,14 +6,9 @@ import pytest
 import torch
 
 from twotower_train.errors import ConfigError
-from twotower_train.model.backbone import (
-    build_backbone,
-    check_parallel_layout,
-    count_parameters,
-    forward_logits,
-    transformer_config,
-)
+from twotower_train.model.backbone import build_backbone, forward_logits, transformer_config
 from twotower_train.model.config import BackboneConfig, ParallelConfig, preset
+from twotower_train.model.sizes import check_parallel_layout, count_parameters
 
 
 def test_forward_backward_every_layer_type(single_process, tiny_cfg):

@@ -74,6 +74,19 @@ def test_misspelled_key_suggests_the_valid_one():
     assert "did you mean training.max_steps=5?" in line
 
 
+def test_config_name_after_the_overrides_is_read():
+    line = _one_line(_cli("training.max_step=5", "--config-name", "demo_twotower"))
+    assert "training.max_step is not a key of recipe 'demo_twotower'" in line
+
+
+def test_stage2_without_a_backbone_is_refused(data_root, tmp_path):
+    run = tmp_path / "run"
+    line = _one_line(_cli(*STAGE2, *_args(data_root, run)))
+    assert "objective.backbone_checkpoint is not set" in line
+    assert "objective.backbone_checkpoint=none" in line
+    assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
+
+
 def test_unknown_group_option_lists_the_options():
     line = _one_line(_cli("model=tinyy"))
     assert "model=tinyy: no such option" in line and "small, tiny" in line
@@ -123,7 +136,7 @@ def test_backbone_of_another_shape(stage1, data_root, tmp_path):
 def test_backbone_reference_that_does_not_verify(stage1, stage2, data_root):
     line = _one_line(_cli(*STAGE2, *_args(
         data_root, stage2, f"objective.backbone_checkpoint={stage1}/checkpoints/iter_0000001")))
-    assert "was saved against frozen weights" in line
+    assert "was trained against frozen weights" in line
 
 
 @pytest.mark.slow

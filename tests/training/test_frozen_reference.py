@@ -16,7 +16,7 @@ import pytest
 
 from tests.training.fixtures import TINY_OVERRIDES, three_phases, train, train_backbone
 from twotower_train.errors import ConfigError
-from twotower_train.training.checkpoint import CheckpointError
+from twotower_train.training.checkpoint_layout import CheckpointError
 from twotower_train.training.fingerprint import (
     WHOLE_CHUNK,
     WINDOW,
@@ -141,5 +141,5 @@ def test_load_trained_model_finds_a_moved_tree_and_checks_the_backbone(
     load_trained_model(copy / "stage2" / "ck", backbone_checkpoint=tmp_path / "backbone_elsewhere")
 
     shutil.copytree(other_backbone, copy / "stage1")  # other weights where it looks first
-    with pytest.raises(CheckpointError, match="set objective.backbone_checkpoint to"):
+    with pytest.raises(CheckpointError, match="set backbone_checkpoint to"):  # the API's own
         load_trained_model(copy / "stage2" / "ck")

@@ -8,8 +8,9 @@ import torch
 
 from twotower_train import distributed
 from twotower_train.errors import ConfigError
-from twotower_train.model.backbone import check_parallel_layout, transformer_config
+from twotower_train.model.backbone import transformer_config
 from twotower_train.model.config import ParallelConfig
+from twotower_train.model.sizes import check_parallel_layout
 from twotower_train.training.config import OptimizerConfig, Precision
 from twotower_train.training.optimizer import megatron_configs
 from twotower_train.training.recipes import load_config

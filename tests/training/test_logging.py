@@ -5,8 +5,8 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from twotower_train.model.backbone import count_parameters
 from twotower_train.model.config import preset
+from twotower_train.model.sizes import count_parameters
 from twotower_train.training.config import Precision
 from twotower_train.training.logging import format_progress, mfu, peak_tflops_by_name
 from twotower_train.training.objectives import transformer_flops_per_token
@@ -40,6 +40,24 @@ def test_mfu_and_progress_line():
     )
     assert line.startswith("[phase2_s16 S=16] step 10/100 | loss 2.5000 | lr 1.000e-04")
     assert "grad-norm 0.750" in line and "12,345 tok/s" in line and "MFU 31.00%" in line
+
+
+def test_no_mfu_without_a_known_peak():
+    assert mfu(1000.0, 1e9, peak_tflops=None, devices=1) is None  # a CPU: no made-up peak
+    line = format_progress(
+        {"phase": "p", "block_size": 16, "step": 0, "loss": 2.5, "lr": 1e-4, "grad_norm": 0.75,
+         "tokens_per_s": 100.0}, total_steps=10,
+    )
+    assert line.endswith("100 tok/s") and "MFU" not in line
+
+
+def test_a_run_shorter_than_the_log_interval_reports_no_loss(tmp_path):
+    from twotower_train.training.report import summarize, write_report
+
+    summary = summarize([], outcome="max_steps", steps_done=2, stop_step=2, steps_this_start=2,
+                        wall_seconds=1.0, train_seconds=0.5, tokens=100)
+    first = write_report(tmp_path, summary)[0]
+    assert "no step logged yet (training.log_interval)" in first and "None" not in first
 
 
 def test_the_run_folder_holds_the_run_report(recipe, tmp_path):

@@ -11,7 +11,7 @@ import torch
 
 from tests.training.cuda_on_cpu import megatron_optimizer_on_cpu
 from tests.training.fixtures import three_phases, train
-from twotower_train.training import checkpoint as ckpt
+from twotower_train.training.checkpoint_layout import find_latest
 from twotower_train.training.megatron_optimizer import MegatronAdamW
 
 BF16 = ("optimizer.precision=bf16",)
@@ -44,7 +44,7 @@ def test_megatron_optimizer_resume_is_bit_identical(
             # Megatron keeps Mamba's A_log and D in fp32; the optimizer holds fp32 main weights.
             assert {n for n, d in dtypes.items() if d != torch.bfloat16} == {"A_log", "D"}
         train(recipe(*args, f"checkpoint.dir={ckdir}", f"training.max_steps={kill_at}"))
-        assert ckpt.find_latest(ckdir).name == f"iter_{kill_at:07d}"
+        assert find_latest(ckdir).name == f"iter_{kill_at:07d}"
         resumed, outcome = train(recipe(*args, f"checkpoint.dir={ckdir}"))
     assert outcome == "finished"
     # Exact: restored bf16 weights, fp32 main weights, moments, step and lr schedule.
@@ -54,7 +54,8 @@ def test_megatron_optimizer_resume_is_bit_identical(
 
 
 def test_distributed_optimizer_two_tower_resume_is_bit_identical(recipe, tmp_path, monkeypatch):
-    args = (*three_phases(2), *BF16, "objective=diffusion", "optimizer.use_distributed_optimizer=true")
+    args = (*three_phases(2), *BF16, "objective=diffusion", "objective.backbone_checkpoint=none",
+            "optimizer.use_distributed_optimizer=true")
     ckdir = tmp_path / "ck"
     with megatron_optimizer_on_cpu(monkeypatch):
         full, _ = train(recipe(*args, "checkpoint.dir=null"))

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.training.fixtures import TINY_OVERRIDES
-from twotower_train.training.checkpoint import find_latest, read_train_state
+from twotower_train.training.checkpoint import read_train_state
+from twotower_train.training.checkpoint_layout import find_latest
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from tests.training.fixtures import TINY_OVERRIDES
-from twotower_train.training.checkpoint import CheckpointError
+from twotower_train.training.checkpoint_layout import CheckpointError
 from twotower_train.training.recipes import load_config
 from twotower_train.training.run_folder import identity, plan_run
 
@@ -122,7 +122,8 @@ def test_a_broken_latest_pointer_names_the_newest_complete_checkpoint(trained, d
     with pytest.raises(CheckpointError) as error:
         _plan(data_root, run)
     assert "names iter_0000009, which is not a complete checkpoint" in str(error.value)
-    assert "iter_0000002, the newest complete one" in str(error.value)
+    assert "the newest intact one is iter_0000002" in str(error.value)
+    assert "checkpoint.fallback=true" in str(error.value)
 
 
 def test_a_run_that_is_already_done_says_so_and_trains_nothing(trained, data_root, capsys):

@@ -4,7 +4,7 @@ kill-and-resume is bit-identical across the phase boundary where the block size 
 from __future__ import annotations
 
 from tests.training.fixtures import three_phases, train
-from twotower_train.training import checkpoint as ckpt
+from twotower_train.training.checkpoint_layout import find_latest
 
 TIMING = {"step_time", "tokens_per_s", "mfu"}
 
@@ -23,7 +23,7 @@ def test_stage2_kill_and_resume_is_bit_identical_across_block_size_change(
 
     ckdir = tmp_path / "ck"
     train(recipe(*stage2, f"checkpoint.dir={ckdir}", "training.max_steps=3"))
-    assert ckpt.find_latest(ckdir).name == "iter_0000003"  # mid phase 2 (S=32)
+    assert find_latest(ckdir).name == "iter_0000003"  # mid phase 2 (S=32)
     resumed, outcome = train(recipe(*stage2, f"checkpoint.dir={ckdir}"))
     assert outcome == "finished"
     # Loss, grad norm, lr, masked-token metrics of steps 3-5: exact float equality.

@@ -1,7 +1,8 @@
-"""``twotower-convert``: Hugging Face folders ↔ trainer checkpoints (DESIGN.md §6).
+"""``twotower-convert``: Hugging Face folders ↔ trainer checkpoints.
 
     twotower-convert import-hf HF_DIR OUT_DIR [--tp N] [--ep N]        # nemotron_h -> stage 1
-    twotower-convert export-hf CKPT OUT_DIR [--tokenizer TOK_DIR]      # checkpoint -> HF folder
+    twotower-convert export-hf CKPT OUT_DIR [--tokenizer TOK_DIR] [--backbone DIR]
+                                                                       # checkpoint -> HF folder
     twotower-convert import-twotower HF_DIR OUT_DIR [--tp N] [--ep N]  # export -> stage 2
 
 For example, on a CPU (the demo's final checkpoint; ``python -m twotower_train.convert.cli`` is
@@ -74,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--block-size", type=int, help="default sampling block size (default: last phase's)"
     )
+    export.add_argument(
+        "--backbone", metavar="DIR",
+        help="stage 2: the stage-1 backbone checkpoint the run started from (default: where the "
+        "checkpoint recorded it)",
+    )
     export.add_argument("--max-shard-size", type=_size, default="5GB", help="e.g. 5GB, 200MB")
     export.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
     add_import(
@@ -87,19 +93,19 @@ def _run(args: argparse.Namespace) -> None:
     import twotower_train  # noqa: F401  (CPU compatibility)
     from twotower_train import distributed
     from twotower_train.cli import is_rank_zero
-    from twotower_train.convert import checkpoints
+    from twotower_train.convert import commands
 
     start = time.perf_counter()
     try:
         if args.command == "export-hf":
-            out = checkpoints.export_checkpoint(
+            out = commands.export_checkpoint(
                 args.checkpoint, args.out_dir, tokenizer=args.tokenizer, dtype=args.dtype,
                 block_size=args.block_size, max_shard_bytes=args.max_shard_size,
-                overwrite=args.overwrite,
+                overwrite=args.overwrite, backbone=args.backbone,
             )
         else:
-            run = checkpoints.import_hf if args.command == "import-hf" else (
-                checkpoints.import_twotower
+            run = commands.import_hf if args.command == "import-hf" else (
+                commands.import_twotower
             )
             out = run(
                 args.hf_dir, args.out_dir, tp=args.tp, ep=args.ep, recipe=args.recipe,

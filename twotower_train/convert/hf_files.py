@@ -20,9 +20,12 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from twotower_train.errors import UserError
+from twotower_train.inference.export_files import (
+    SAFETENSORS_INDEX,
+    SAFETENSORS_SINGLE,
+    check_export_folder,
+)
 
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-SAFETENSORS_SINGLE = "model.safetensors"
 DEFAULT_SHARD_BYTES = 5 * 2**30
 
 
@@ -31,20 +34,15 @@ class ConversionError(UserError, ValueError):
 
 
 def tensor_files(path: Path) -> dict[str, str]:
-    """Tensor name → the safetensors file (relative to ``path``) that holds it."""
-    index = path / SAFETENSORS_INDEX
-    if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise ConversionError(f"{index} has no 'weight_map'")
-        for file in sorted(set(weight_map.values())):
-            if not (path / file).is_file():
-                raise ConversionError(f"shard {path / file} listed in {index} not found")
+    """Tensor name → the safetensors file (relative to ``path``) that holds it; the index and
+    every shard it lists are checked whole first (one line naming the file otherwise)."""
+    try:
+        weight_map = check_export_folder(path)
+    except UserError as error:
+        raise ConversionError(str(error)) from None
+    if weight_map is not None:
         return weight_map
-    single = path / SAFETENSORS_SINGLE
-    if not single.is_file():
-        raise ConversionError(f"neither {single} nor {index} found")
-    with safe_open(single, framework="pt") as f:
+    with safe_open(path / SAFETENSORS_SINGLE, framework="pt") as f:
         return {name: SAFETENSORS_SINGLE for name in f.keys()}
 
 
@@ -92,6 +90,7 @@ def write_shards(
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    tensor_files(folder)  # what was written reads back whole (before the folder is published)
 
 
 def check_output(path: Path, overwrite: bool) -> None:

@@ -1,4 +1,4 @@
-"""Megatron ``TwoTowerModel`` ↔ the self-contained Hugging Face two-tower folder (DESIGN.md §6).
+"""Megatron ``TwoTowerModel`` ↔ the self-contained Hugging Face two-tower folder.
 
 The folder loads offline with ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``:
 

@@ -1,5 +1,4 @@
-"""Lossless self-speculative decoding: the denoiser drafts, the context tower verifies
-(DESIGN.md §8).
+"""Lossless self-speculative decoding: the denoiser drafts, the context tower verifies.
 
 Each round works on one block of S positions right after the context cache:
 

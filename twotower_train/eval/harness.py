@@ -1,4 +1,4 @@
-"""The lm-evaluation-harness model ``twotower`` (DESIGN.md §8).
+"""The lm-evaluation-harness model ``twotower``.
 
 Importing this module registers it; ``python -m twotower_train.eval`` is the ``lm-eval`` command
 line with it registered::

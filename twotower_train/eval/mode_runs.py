@@ -14,17 +14,20 @@ GAMMAS = (0.5, 0.7, 0.8, 0.9, 0.95)
 
 
 def mode_rows(
-    ids: dict, mask_token_id: int, max_new_tokens: int, gammas=GAMMAS, block_size: int = 16,
-    steps_per_block: int = 16, speculative: dict | None = None,
+    ids: dict, mask_token_id: int, max_new_tokens: int, gammas=GAMMAS,
+    block_size: int | None = None, steps_per_block: int | None = None,
+    speculative: dict | None = None,
 ) -> dict[str, tuple[str, dict]]:
-    """Row name → (mode, knobs): AR, mock-AR, mask diffusion per γ, speculative."""
+    """Row name → (mode, knobs): AR, mock-AR, mask diffusion per γ, speculative. Mask diffusion
+    decodes blocks of ``block_size`` (callers pass the trained S, ``LoadedModel.block_size``;
+    None: the sampler config's default) with ``steps_per_block`` steps (default: S)."""
     ids = {**ids, "max_new_tokens": max_new_tokens}
     masked = {**ids, "mask_token_id": mask_token_id}
     rows = {"AR": ("ar", ids), "mock-AR": ("mock_ar", masked)}
+    blocks = {"block_size": block_size, "steps_per_block": steps_per_block or block_size}
     for gamma in gammas:
         rows[f"diffusion γ={gamma:g}"] = ("mask_diffusion", {
-            **masked, "block_size": block_size, "steps_per_block": steps_per_block,
-            "confidence_threshold": gamma,
+            **masked, **blocks, "confidence_threshold": gamma,
         })
     rows["speculative"] = ("speculative", {**masked, **(speculative or {})})
     return rows

@@ -37,7 +37,8 @@ import sys
 import time
 from pathlib import Path
 
-from twotower_train.cli import add_debug_flag, run_tool
+from twotower_train.atomic_write import atomic_path, write_text
+from twotower_train.cli import INTERRUPTED_EXIT, add_debug_flag, run_tool
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # megatron's jit_fuser would compile on CPU
 
@@ -88,12 +89,6 @@ def _task_config(fields: list[str]):
     return TaskConfig(**values)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 class _Stages:
     """``OUT/stages.json``: per stage, its wall time and the inputs it ran with, so a re-run
     skips what is done and still reports what the stage cost when it ran."""
@@ -107,7 +102,7 @@ class _Stages:
 
     def finish(self, name: str, inputs: dict, seconds: float) -> None:
         self.record[name] = {"inputs": inputs, "seconds": seconds}
-        _write_atomic(self.path, json.dumps(self.record, indent=1))
+        write_text(self.path, json.dumps(self.record, indent=1))
 
     def seconds(self) -> dict[str, float]:
         return {name: r["seconds"] for name, r in self.record.items()}
@@ -123,7 +118,9 @@ def _train(recipe: str, overrides: list[str]):
     print(f"[reproduce] {recipe}: {result.outcome.replace('_', ' ')} in {seconds:.0f}s "
           f"-> {result.run_dir}", flush=True)
     if result.outcome not in ("finished", "already_done"):
-        raise SystemExit(f"{TOOL}: {recipe} stopped early ({result.outcome}); re-run to resume")
+        print(f"{TOOL}: {recipe} stopped early ({result.outcome}) with a checkpoint; the same "
+              "command resumes", file=sys.stderr, flush=True)
+        raise SystemExit(INTERRUPTED_EXIT if result.outcome == "interrupted" else 1)
     return result, seconds
 
 
@@ -189,7 +186,7 @@ def pipeline(argv: list[str] | None = None, command: str | None = None) -> dict:
     hf = out / "hf"
     export_inputs = {"checkpoint": str(s2.checkpoint_dir), "stage2": stages.record["stage2"]}
     if not (stages.done("export", export_inputs) and (hf / "config.json").is_file()):
-        from twotower_train.convert.checkpoints import export_checkpoint
+        from twotower_train.convert.commands import export_checkpoint
 
         start = time.perf_counter()
         export_checkpoint(s2.checkpoint_dir, hf, tokenizer=data.tokenizer_dir, overwrite=True)
@@ -212,7 +209,7 @@ def pipeline(argv: list[str] | None = None, command: str | None = None) -> dict:
         stages.finish("eval", eval_inputs, time.perf_counter() - start)
         report.update(command=command, machine=_machine(), wall_seconds=stages.seconds(),
                       out=str(out), recipe=args.recipe)
-        _write_atomic(results, json.dumps(report, indent=1))
+        write_text(results, json.dumps(report, indent=1))
     _publish(report, out, args.results_page)
     return report
 
@@ -220,16 +217,16 @@ def pipeline(argv: list[str] | None = None, command: str | None = None) -> dict:
 def _publish(report: dict, out: Path, results_page: str | None) -> None:
     from twotower_train.eval.results import markdown_table, page, plot_tradeoff
 
-    plot_tradeoff(report, out / "tradeoff.png.tmp")
-    os.replace(out / "tradeoff.png.tmp", out / "tradeoff.png")
-    _write_atomic(out / "results.md", page(report, "tradeoff.png"))
+    with atomic_path(out / "tradeoff.png", keep_suffix=True) as tmp:
+        plot_tradeoff(report, tmp)
+    write_text(out / "results.md", page(report, "tradeoff.png"))
     if results_page:
         target = Path(results_page)
         plot = target.with_name(target.stem + "_tradeoff.png")
-        plot_tradeoff(report, plot.with_name(plot.name + ".tmp"))
-        os.replace(plot.with_name(plot.name + ".tmp"), plot)
+        with atomic_path(plot, keep_suffix=True) as tmp:
+            plot_tradeoff(report, tmp)
         text = target.read_text(encoding="utf-8") if target.exists() else ""
-        _write_atomic(target, _splice(text, page(report, plot.name)))
+        write_text(target, _splice(text, page(report, plot.name)))
     print(markdown_table(report))
     print(f"[reproduce] results: {out / 'results.json'}, {out / 'results.md'}, "
           f"{out / 'tradeoff.png'}")

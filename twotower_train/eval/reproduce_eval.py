@@ -16,8 +16,6 @@ from twotower_train.eval.mode_runs import agreement, ar_nll, mode_rows, run_mode
 from twotower_train.inference import modes
 from twotower_train.inference.load import load_for_decoding
 
-BLOCK_SIZE = 16
-"""S of the card's operating point: diffusion rows and the masked-accuracy block."""
 MASK_RATIO = 0.5
 UNIGRAM_REFERENCE_ROWS = 2000
 """Training answers whose tokens give the unigram baseline's most frequent token."""
@@ -61,8 +59,9 @@ def evaluate(model_dir: Path, data, args) -> dict:
             if len(train_rows) == UNIGRAM_REFERENCE_ROWS:
                 break
     prompts = [tok(r["prompt"], add_special_tokens=False)["input_ids"] for r in rows]
+    # S of the diffusion rows and the masked-accuracy block: the block size the model trained at.
     table = mode_rows(loaded.sampler_ids(), loaded.mask_token_id, args.max_new_tokens,
-                      gammas=args.gammas, block_size=BLOCK_SIZE, steps_per_block=BLOCK_SIZE)
+                      gammas=args.gammas, block_size=loaded.block_size)
     results, reference, ar_em = [], None, None
     for name, (mode, knobs) in table.items():
         config = modes.build_config(mode, **knobs)
@@ -95,6 +94,6 @@ def evaluate(model_dir: Path, data, args) -> dict:
         "model": str(model_dir),
         "eval": {"problems": len(rows), "max_new_tokens": args.max_new_tokens,
                  "batch": args.batch, "gammas": args.gammas},
-        "masked_accuracy": _masked_accuracy(loaded, rows, train_rows, BLOCK_SIZE),
+        "masked_accuracy": _masked_accuracy(loaded, rows, train_rows, loaded.block_size),
         "modes": results,
     }

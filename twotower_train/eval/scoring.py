@@ -1,4 +1,4 @@
-"""Log-likelihood of continuations given contexts, through either tower (DESIGN.md §8).
+"""Log-likelihood of continuations given contexts, through either tower.
 
 * :func:`score_ar` — the context tower (exact): the prefill of the context predicts the first
   continuation token, one more forward over the continuation (minus its last token) the rest.

@@ -32,22 +32,29 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from twotower_train.inference.modes import MODES
+    from twotower_train.inference.modes import MODES, user_knobs
 
     p = _Parser(prog=TOOL, description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="two-tower checkpoint or HF export folder")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the model's)")
+    p.add_argument(
+        "--backbone", metavar="DIR",
+        help="stage-2 checkpoint: its stage-1 backbone checkpoint (default: where it recorded it)",
+    )
     p.add_argument("--mode", default="mask_diffusion", choices=list(MODES))
     p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     p.add_argument("--prompts", default="-", help="file with one prompt per line; - = stdin")
+    p.add_argument(
+        "--truncate-prompts", action="store_true",
+        help="keep the last tokens of a prompt too long for the model's context (default: refuse)",
+    )
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="for temperature > 0")
-    knobs = p.add_argument_group("mode knobs (defaults: the mode's config)")
-    for name, kind in (
-        ("max_new_tokens", int), ("block_size", int), ("steps_per_block", int),
-        ("confidence_threshold", float), ("query_block_size", int),
-        ("temperature", float), ("top_k", int), ("top_p", float),
-    ):
+    knobs = p.add_argument_group(
+        "mode knobs (defaults: the mode's config; mask diffusion's block size and steps: the "
+        "block size the model was trained at)"
+    )
+    for name, kind in user_knobs().items():
         knobs.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind)
     return p
 
@@ -56,13 +63,23 @@ def _read_prompts(args) -> list[str]:
     if args.prompt:
         return args.prompt
     if args.prompts == "-":
-        lines = sys.stdin.read().splitlines()
+        if sys.stdin.isatty():
+            print(f"{TOOL}: reading prompts from the terminal, one per line; end with Ctrl-D "
+                  "(or pass --prompt TEXT / --prompts FILE)", file=sys.stderr, flush=True)
+        try:
+            lines = sys.stdin.buffer.read().decode("utf-8").splitlines()
+        except UnicodeDecodeError as error:
+            raise UserError(f"stdin is not UTF-8 text ({error.reason} at byte {error.start}); "
+                            "give the prompts as UTF-8") from None
     else:
         try:
             with open(args.prompts, encoding="utf-8") as f:
                 lines = f.read().splitlines()
         except OSError as error:
             raise UserError(f"cannot read --prompts {args.prompts}: {error.strerror}") from None
+        except UnicodeDecodeError as error:
+            raise UserError(f"--prompts {args.prompts} is not UTF-8 text ({error.reason} at byte "
+                            f"{error.start}); convert it, e.g. iconv -t UTF-8") from None
     prompts = [line for line in lines if line.strip()]
     if not prompts:
         raise UserError("no prompts: give --prompt TEXT or a non-empty --prompts file / stdin")
@@ -99,13 +116,13 @@ def _main(argv: list[str] | None) -> None:
     from twotower_train.inference import modes
     from twotower_train.inference.load import load_for_decoding
 
-    names = ("max_new_tokens", "block_size", "steps_per_block", "confidence_threshold",
-             "query_block_size", "temperature", "top_k", "top_p")
-    knobs = {name: getattr(args, name) for name in names}
+    knobs = {name: getattr(args, name) for name in modes.user_knobs()}
+    knobs = {name: value for name, value in knobs.items() if value is not None}
     modes.build_config(args.mode, **knobs)  # bad knobs fail before the model loads
     prompts = _read_prompts(args)
-    loaded = load_for_decoding(args.model, args.tokenizer)
-    knobs = {**loaded.sampler_ids(), **knobs}
+    loaded = load_for_decoding(args.model, args.tokenizer, backbone=args.backbone,
+                               options=("--tokenizer ", "--backbone "))
+    knobs = {**loaded.sampler_ids(), **modes.trained_defaults(args.mode, loaded.block_size), **knobs}
     if "mask_token_id" in modes.knobs(args.mode):
         knobs["mask_token_id"] = loaded.mask_token_id
     config = modes.build_config(args.mode, **knobs)
@@ -113,6 +130,7 @@ def _main(argv: list[str] | None) -> None:
     ids = [loaded.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     if any(not i for i in ids):
         raise UserError("a prompt encodes to no tokens; give non-empty prompts")
+    ids = _fit_context(ids, loaded.max_length, config.max_new_tokens, args.truncate_prompts)
 
     totals = {"tokens": 0, "context": 0, "denoiser": 0, "accepted": 0, "verify": 0}
     start = time.perf_counter()
@@ -132,6 +150,22 @@ def _main(argv: list[str] | None) -> None:
         totals["verify"] += getattr(out, "verify_forwards", 0)
     seconds = time.perf_counter() - start
     print(_summary(args.mode, len(prompts), seconds, totals), flush=True)
+
+
+def _fit_context(ids: list[list[int]], max_length: int, new: int, truncate: bool):
+    """Prompts that leave room for generation in the model's context (``max_length`` tokens):
+    refused, or with ``--truncate-prompts`` cut to their last ``max_length - new`` tokens."""
+    room = max(1, max_length - new)
+    longest = max(range(len(ids)), key=lambda i: len(ids[i]))
+    if len(ids[longest]) + new <= max_length:
+        return ids
+    if not truncate:
+        raise UserError(
+            f"prompt {longest + 1} has {len(ids[longest])} tokens; with --max-new-tokens {new} it "
+            f"does not fit the model's context of {max_length} tokens; shorten it, lower "
+            "--max-new-tokens, or pass --truncate-prompts to keep its last tokens"
+        )
+    return [row[-room:] for row in ids]
 
 
 def _summary(mode: str, prompts: int, seconds: float, t: dict[str, int]) -> str:

@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from megatron.core import dist_checkpointing, parallel_state
+from megatron.core import parallel_state
 
 from twotower_train import distributed
 from twotower_train.errors import ConfigError, UserError
 from twotower_train.model.config import ParallelConfig
-from twotower_train.training import checkpoint
+from twotower_train.training import checkpoint, checkpoint_layout, frozen_reference
 from twotower_train.training.config import Precision, TrainConfig, from_container
 from twotower_train.training.objectives import build_objective
 
@@ -43,27 +43,30 @@ def load_trained_model(
     backbone_checkpoint: str | Path | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    backbone_option: str = "backbone_checkpoint=",
 ) -> tuple[torch.nn.Module, TrainConfig]:
     """(model in eval mode on ``device`` in ``dtype``, its training config) from a checkpoint
     root or ``iter_*`` folder.
 
     A checkpoint that keeps its frozen weights out (stage 2) finds them at
     ``backbone_checkpoint`` if given, else where it recorded them — relative to itself (the run
-    tree moved as a whole), then the absolute path — and verifies their fingerprint.
+    tree moved as a whole), then the absolute path — and verifies their fingerprint. Messages
+    name ``backbone_option`` as the way to pass them (a command's own option, e.g. ``--backbone
+    ``).
     """
-    resolved = checkpoint.resolve_checkpoint_dir(path)
+    resolved = checkpoint_layout.resolve_checkpoint_dir(path)
     if resolved is None:
         raise ConfigError(f"{path} holds no complete checkpoint (no meta.json / latest)")
-    common = dist_checkpointing.load_common_state_dict(str(resolved))
+    common = checkpoint.read_common_state(resolved)
     cfg = from_container(common["config"], check_data=False)
     reference = common.get("frozen_reference") or {}
     if reference:
-        frozen = backbone_checkpoint or checkpoint.locate_frozen_reference(resolved, common)
+        frozen = backbone_checkpoint or frozen_reference.locate_frozen_reference(resolved, common)
         option = reference.get("option", "objective.backbone_checkpoint")
         if frozen is None:
-            raise checkpoint.CheckpointError(
+            raise checkpoint_layout.CheckpointError(
                 f"{resolved} was trained against frozen weights at {reference.get('path')}, "
-                f"which are not there any more; pass backbone_checkpoint=<folder> "
+                f"which are not there any more; pass {backbone_option}<folder> "
                 f"(the run's {option})"
             )
         cfg.objective_options[option.removeprefix("objective.")] = str(frozen)
@@ -77,7 +80,9 @@ def load_trained_model(
     if dtype is None:
         dtype = torch.bfloat16 if cfg.optimizer.precision is Precision.BF16 else torch.float32
     model = distributed.to_device(objective.build_model(cfg.model, parallel, dtype))
-    checkpoint.verify_frozen_reference(resolved, common, objective, model)
+    frozen_reference.verify_frozen_reference(
+        resolved, common, objective, model, option=backbone_option.rstrip("= ")
+    )
     state = checkpoint.load_model_state(resolved, objective.checkpoint_state(model))
     objective.load_checkpoint_state(model, state)
     return distributed.to_device(model, device).eval(), cfg
@@ -94,6 +99,9 @@ class LoadedModel:
     pad_token_id: int
     max_length: int
     """Longest sequence (prompt + generation) the model was built for."""
+    block_size: int
+    """The block size S the denoiser was trained at last (a trainer checkpoint's final
+    curriculum phase, an export's ``config.block_size``): mask diffusion's default."""
     train_config: TrainConfig | None = None
     """The recipe a trainer checkpoint was trained with (None for an export)."""
 
@@ -102,38 +110,81 @@ class LoadedModel:
         return {"eos_token_id": self.eos_token_id, "pad_token_id": self.pad_token_id}
 
 
-def load_for_decoding(path: str | Path, tokenizer: str | Path | None = None) -> LoadedModel:
+def run_tokenizer(path: str | Path, cfg: TrainConfig, *, option: str) -> Path:
+    """The tokenizer folder checkpoint ``path`` trained with, found again after a move.
+
+    The recipe records ``data.tokenizer`` as it was given (usually relative to the directory the
+    run started in). Tried in order: that path from here; the same path from the run's start
+    directory, worked out from where the checkpoint is now and the ``checkpoint.dir`` the recipe
+    recorded (a run tree that moved or is used from elsewhere). Otherwise one line naming
+    ``option`` (the command's own tokenizer option)."""
+    recorded = cfg.data.tokenizer
+    if not recorded:
+        raise UserError(f"{path} names no tokenizer (data.tokenizer); pass {option} DIR")
+    candidates = [Path(recorded)]
+    root = checkpoint_layout.resolve_checkpoint_dir(path)
+    saved_root = Path(cfg.checkpoint.dir or "")
+    if root is not None and not Path(recorded).is_absolute() and not saved_root.is_absolute():
+        root = root.resolve().parent  # the checkpoint root (…/checkpoints)
+        parts = saved_root.parts
+        if parts and root.parts[-len(parts):] == parts:
+            start = Path(*root.parts[: len(root.parts) - len(parts)])
+            candidates.append(start / recorded)
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise UserError(
+        f"the tokenizer this checkpoint trained with ({recorded}, data.tokenizer) is not there "
+        f"from {Path.cwd()} nor from the run's start folder; pass {option} DIR (the tokenizer "
+        "folder the model was trained with)"
+    )
+
+
+def load_for_decoding(
+    path: str | Path, tokenizer: str | Path | None = None, *, backbone: str | Path | None = None,
+    options: tuple[str, str] = ("tokenizer=", "backbone_checkpoint="),
+) -> LoadedModel:
     """A two-tower trainer checkpoint or a Hugging Face export folder, with its tokenizer.
 
     The tokenizer defaults to the one the run trained with (``data.tokenizer`` of the
     checkpoint's recipe) or the export's own files. Initialises the model-parallel state for
-    one process when nothing has yet.
+    one process when nothing has yet. ``backbone``: where a stage-2 checkpoint's frozen
+    backbone is now (default: where it recorded it). ``options``: how the caller spells the
+    tokenizer and backbone options in its messages.
     """
     from twotower_train.data.tokenizer import load_tokenizer
 
     path = Path(path)
-    if checkpoint.resolve_checkpoint_dir(path) is not None:
+    if checkpoint_layout.resolve_checkpoint_dir(path) is not None:
         if not parallel_state.model_parallel_is_initialized():
             distributed.initialize(seed=0)
-        model, cfg = load_trained_model(path)
+        model, cfg = load_trained_model(
+            path, backbone_checkpoint=backbone, backbone_option=options[1]
+        )
         if not hasattr(model, "denoise_block"):
             raise UserError(
                 f"{path} is a {cfg.objective_name!r} (single-tower) checkpoint; decoding needs a "
                 "two-tower checkpoint (a stage-2 run, objective=diffusion)"
             )
-        if tokenizer is None and not cfg.data.tokenizer:
-            raise UserError(f"{path} names no tokenizer (data.tokenizer); pass one explicitly")
         ids, max_length = cfg.model, cfg.model.max_sequence_length
-        tokenizer = load_tokenizer(tokenizer or cfg.data.tokenizer, expected=None)
+        block_size = cfg.trained_block_size
+        tokenizer = load_tokenizer(
+            tokenizer or run_tokenizer(path, cfg, option=options[0]), expected=None
+        )
         train_config = cfg
     elif (path / "config.json").is_file():
         from transformers import AutoModelForCausalLM
+
+        from twotower_train.inference.export_files import check_export_folder
+
+        check_export_folder(path)  # a missing / truncated shard: one line, not a traceback
 
         model = AutoModelForCausalLM.from_pretrained(
             str(path), trust_remote_code=True, local_files_only=True
         ).eval()
         ids, train_config = model.config, None
         max_length = ids.max_position_embeddings
+        block_size = ids.block_size
         tokenizer = load_tokenizer(tokenizer or path, expected=None)
     else:
         raise UserError(
@@ -144,5 +195,5 @@ def load_for_decoding(path: str | Path, tokenizer: str | Path | None = None) -> 
     return LoadedModel(
         model=model, tokenizer=tokenizer, eos_token_id=ids.eos_token_id,
         mask_token_id=ids.mask_token_id, pad_token_id=ids.pad_token_id, max_length=max_length,
-        train_config=train_config,
+        block_size=block_size, train_config=train_config,
     )

@@ -14,6 +14,7 @@ not take, or a value out of range is a :class:`~twotower_train.errors.UserError`
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,8 @@ MODES: dict[str, tuple[Callable[..., Generation], type[DecodeConfig]]] = {
     "speculative": (generate_speculative, SpeculativeConfig),
 }
 CHOICE_KNOBS = ("temperature", "top_k", "top_p")
+MODEL_KNOBS = ("mask_token_id", "eos_token_id", "pad_token_id")
+"""Knobs the loaded model supplies (:meth:`LoadedModel.sampler_ids`), not the user."""
 
 
 class SamplerError(UserError, ValueError):
@@ -52,6 +55,36 @@ def knobs(mode: str) -> list[str]:
     _, config_type = _mode(mode)
     fields = [f.name for f in dataclasses.fields(config_type) if f.name != "choice"]
     return fields + list(CHOICE_KNOBS)
+
+
+def _scalar_fields(config_type: type) -> dict[str, type]:
+    """A config dataclass's fields → their scalar type (``int | None`` → ``int``)."""
+    hints = typing.get_type_hints(config_type)
+    out = {}
+    for f in dataclasses.fields(config_type):
+        kind = hints[f.name]
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        out[f.name] = args[0] if args else kind
+    return out
+
+
+def user_knobs() -> dict[str, type]:
+    """Every knob a user sets, over all modes, name → type (the model's ids excluded): the
+    command line's option list."""
+    found: dict[str, type] = {}
+    for _, config_type in MODES.values():
+        for name, kind in _scalar_fields(config_type).items():
+            if name not in ("choice", *MODEL_KNOBS):
+                found.setdefault(name, kind)
+    return {**found, **_scalar_fields(TokenChoice)}
+
+
+def trained_defaults(mode: str, block_size: int) -> dict[str, int]:
+    """Knob defaults that follow the model rather than the mode: mask diffusion decodes blocks
+    of the block size S the model was trained at (``LoadedModel.block_size``), S steps each."""
+    if mode == "mask_diffusion":
+        return {"block_size": block_size, "steps_per_block": block_size}
+    return {}
 
 
 def _mode(mode: str):

@@ -12,9 +12,9 @@ LM head, no positional embedding), built from one of two stack specs:
 CPU: import :mod:`twotower_train.cpu_compat` first (the package ``__init__`` does) so Megatron's
 CUDA-only call sites and the Mamba kernels have their CPU stand-ins.
 
-Example (CPU, seconds)::
-
-    python -c "from twotower_train.model.backbone import smoke; smoke()"
+What a config implies without building anything (parameter counts, the parallel layouts it
+fits) is :mod:`twotower_train.model.sizes`; timing a forward + backward on this machine is
+``benchmarks/backbone_smoke.py``.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ from megatron.core.transformer.transformer_layer import (
 )
 
 from twotower_train import backends
-from twotower_train.errors import ConfigError
 from twotower_train.model.config import BackboneConfig, ParallelConfig, Recompute
 from twotower_train.model.norm import RMSNorm
+from twotower_train.model.sizes import check_parallel_layout
 
 
 def transformer_config(
@@ -133,36 +133,6 @@ def _recompute_fields(recompute: Recompute, has_moe: bool) -> dict:
         return dict(recompute_granularity="selective",
                     recompute_modules=["core_attn", "mlp", *(["moe"] if has_moe else [])])
     return {}
-
-
-def check_parallel_layout(cfg: BackboneConfig, parallel: ParallelConfig) -> None:
-    """Shapes that a tensor/expert-parallel split must divide, each with one clear message."""
-    tp = (parallel.tensor_parallel, "parallelism.tensor_parallel")
-    checks = []
-    if "*" in cfg.pattern:
-        checks += [
-            ("model.num_attention_heads", cfg.num_attention_heads, tp),
-            ("model.num_query_groups", cfg.num_query_groups, tp),
-        ]
-    if "M" in cfg.pattern:
-        checks += [
-            ("model.mamba_num_heads", cfg.mamba_num_heads, tp),
-            ("model.mamba_num_groups", cfg.mamba_num_groups, tp),
-        ]
-    if "E" in cfg.pattern:
-        checks += [
-            ("model.num_experts", cfg.num_experts,
-             (parallel.expert_parallel, "parallelism.expert_parallel")),
-            ("model.moe_ffn_hidden_size", cfg.moe_ffn_hidden_size,
-             (parallel.expert_tensor_parallel, "parallelism.expert_tensor_parallel")),
-        ]
-    checks.append(("model.vocab_size", cfg.vocab_size, tp))
-    for key, value, (degree, knob) in checks:
-        if value % degree:
-            raise ConfigError(
-                f"{key}={value} is not divisible by {knob}={degree}; choose a {knob} that "
-                f"divides {value}"
-            )
 
 
 class LocalHybridStack(HybridStack):
@@ -361,64 +331,6 @@ def build_backbone(
         position_embedding_type="none",
         pg_collection=pg_collection,
     )
-
-
-def count_parameters(cfg: BackboneConfig) -> tuple[int, int]:
-    """(total, active-per-token) parameter counts of the backbone, from the config alone.
-
-    Active counts the top-k routed experts plus the shared expert in MoE layers and leaves out
-    the input embedding table (a row lookup, not compute; the usual convention for the "A3B"
-    figure); everything else is used by every token. Computed analytically so it is cheap even
-    for the 30B config; the tests check it against a meta-device build.
-    """
-    h = cfg.hidden_size
-    embed = 2 * cfg.vocab_size * h + h  # embedding + untied head + final norm
-    d_inner = cfg.mamba_num_heads * cfg.mamba_head_dim
-    bc = 2 * cfg.mamba_num_groups * cfg.mamba_state_dim
-    mamba = (
-        h  # pre-norm
-        + h * (2 * d_inner + bc + cfg.mamba_num_heads)  # in_proj: z, x, B, C, dt
-        + (d_inner + bc) * (cfg.mamba_conv_kernel + 1)  # depthwise conv weight + bias
-        + 3 * cfg.mamba_num_heads  # dt_bias, A_log, D
-        + d_inner  # gated norm
-        + d_inner * h  # out_proj
-    )
-    q = cfg.num_attention_heads * cfg.head_dim
-    kv = 2 * cfg.num_query_groups * cfg.head_dim
-    attention = h + h * (q + kv) + q * h
-    mlp = h + 2 * h * cfg.ffn_hidden_size
-    expert = 2 * h * cfg.moe_ffn_hidden_size
-    shared = 2 * h * cfg.moe_shared_expert_ffn_hidden_size
-    router = cfg.num_experts * h
-    moe_total = h + router + cfg.num_experts * expert + shared
-    moe_active = h + router + cfg.moe_top_k * expert + shared
-    per_type_total = {"M": mamba, "*": attention, "-": mlp, "E": moe_total}
-    per_type_active = {**per_type_total, "E": moe_active}
-    total = embed + sum(per_type_total[c] for c in cfg.pattern)
-    active = embed - cfg.vocab_size * h + sum(per_type_active[c] for c in cfg.pattern)
-    return total, active
-
-
-def smoke(preset_name: str = "tiny", seq_len: int = 64, batch: int = 2, repeats: int = 5) -> float:
-    """Forward + backward of a preset on this machine: prints and returns the median seconds
-    over ``repeats`` runs after one warm-up (which pays one-time kernel compilation)."""
-    from twotower_train import distributed
-    from twotower_train.model.config import preset
-    from twotower_train.timing import median_seconds
-
-    distributed.initialize(seed=1234)
-    cfg = preset(preset_name)
-    model = build_backbone(cfg)
-    tokens = torch.randint(0, cfg.vocab_size, (batch, seq_len))
-
-    def step():
-        model.zero_grad(set_to_none=True)
-        forward_logits(model, tokens).float().logsumexp(-1).mean().backward()
-
-    seconds, warmup = median_seconds(step, repeats=repeats)
-    print(f"{preset_name}: forward+backward of {batch}x{seq_len} tokens in {seconds:.3f}s "
-          f"(median of {repeats}; warm-up {warmup:.3f}s)")
-    return seconds
 
 
 def forward_logits(model: HybridModel, tokens: torch.Tensor) -> torch.Tensor:

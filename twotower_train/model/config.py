@@ -4,7 +4,7 @@ The pattern string is the architecture (one character per layer, docs/backbone.m
 ``M`` Mamba-2, ``*`` self-attention, ``E`` MoE, ``-`` dense MLP. Everything else here sizes
 those layers. :func:`BackboneConfig.validate` checks the config on its own; checks that need
 the parallel layout (heads divisible by TP, experts by EP) live in
-:func:`twotower_train.model.backbone.check_parallel_layout`.
+:func:`twotower_train.model.sizes.check_parallel_layout`.
 """
 
 from __future__ import annotations
@@ -127,6 +127,33 @@ class BackboneConfig:
 
 NANO_30B_A3B_PATTERN = "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME"
 
+# Exact public Nemotron-3-Nano-30B-A3B dimensions (docs/backbone.md). Build on the meta device
+# only unless you have the GPUs for it.
+_NANO_30B_A3B = BackboneConfig(
+    pattern=NANO_30B_A3B_PATTERN,
+    num_layers=52,
+    hidden_size=2688,
+    vocab_size=131072,
+    max_sequence_length=262144,
+    num_attention_heads=32,
+    num_query_groups=2,
+    head_dim=128,
+    mamba_num_heads=64,
+    mamba_head_dim=64,
+    mamba_state_dim=128,
+    mamba_num_groups=8,
+    mamba_conv_kernel=4,
+    mamba_chunk_size=128,
+    num_experts=128,
+    moe_top_k=6,
+    moe_ffn_hidden_size=1856,
+    moe_shared_expert_ffn_hidden_size=3712,
+    moe_topk_scaling_factor=2.5,
+    moe_token_dispatcher="alltoall",
+    ffn_hidden_size=1856,
+    init_std=0.02,
+)
+
 PRESETS: dict[str, BackboneConfig] = {
     # Tests and the CPU demo: all four layer types, several experts, GQA; seconds on a CPU.
     "tiny": BackboneConfig(),
@@ -143,54 +170,16 @@ PRESETS: dict[str, BackboneConfig] = {
         moe_shared_expert_ffn_hidden_size=128,
         ffn_hidden_size=256,
     ),
-    # Exact public Nemotron-3-Nano-30B-A3B dimensions (docs/backbone.md). Build on the meta device
-    # only unless you have the GPUs for it.
-    "nano_30b_a3b": BackboneConfig(
-        pattern=NANO_30B_A3B_PATTERN,
-        num_layers=52,
-        hidden_size=2688,
-        vocab_size=131072,
-        max_sequence_length=262144,
-        num_attention_heads=32,
-        num_query_groups=2,
-        head_dim=128,
-        mamba_num_heads=64,
-        mamba_head_dim=64,
-        mamba_state_dim=128,
-        mamba_num_groups=8,
-        mamba_conv_kernel=4,
-        mamba_chunk_size=128,
-        num_experts=128,
-        moe_top_k=6,
-        moe_ffn_hidden_size=1856,
-        moe_shared_expert_ffn_hidden_size=3712,
-        moe_topk_scaling_factor=2.5,
-        moe_token_dispatcher="alltoall",
-        ffn_hidden_size=1856,
-        init_std=0.02,
-    ),
+    "nano_30b_a3b": _NANO_30B_A3B,
     # Nano widths, few layers and experts: one layer of each mixer twice, fits one 80 GB GPU for
     # kernel/throughput benchmarks in bf16 (two towers + optimizer state).
-    "nano_proxy": BackboneConfig(
+    "nano_proxy": dataclasses.replace(
+        _NANO_30B_A3B,
         pattern="MEM*EMEM*E",
-        hidden_size=2688,
-        vocab_size=131072,
+        num_layers=None,
         max_sequence_length=8192,
-        num_attention_heads=32,
-        num_query_groups=2,
-        head_dim=128,
-        mamba_num_heads=64,
-        mamba_head_dim=64,
-        mamba_state_dim=128,
-        mamba_num_groups=8,
-        mamba_conv_kernel=4,
-        mamba_chunk_size=128,
         num_experts=8,
-        moe_top_k=6,
-        moe_ffn_hidden_size=1856,
-        moe_shared_expert_ffn_hidden_size=3712,
-        moe_topk_scaling_factor=2.5,
-        ffn_hidden_size=1856,
+        moe_token_dispatcher=BackboneConfig.moe_token_dispatcher,
     ),
 }
 

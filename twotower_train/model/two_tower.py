@@ -135,10 +135,8 @@ class TwoTowerModel(MegatronModule):
                 the logits are (count, V/TP) in (batch, position) order (the loss positions).
         """
         batch, length = clean_tokens.shape
-        if length % block_size:
-            raise ConfigError(
-                f"block_size={block_size} does not divide the sequence length {length}"
-            )
+        # Checked where the value enters (curriculum, sampler configs); a mismatch here is a bug.
+        assert length % block_size == 0, f"block_size={block_size} does not divide L={length}"
         blocks = length // block_size
         with torch.no_grad():
             context = self.context_tower(

@@ -1,4 +1,4 @@
-"""The GPU Mamba-2 kernels behind the signatures of the pure-torch ops (DESIGN §9).
+"""The GPU Mamba-2 kernels behind the signatures of the pure-torch ops.
 
 Each function here takes exactly the arguments of :func:`twotower_train.ops.ssd.ssd_scan` or
 :func:`twotower_train.ops.conv.causal_conv1d` and returns the same things, so

@@ -25,7 +25,7 @@ What one checkpoint holds (one ``dist_checkpointing.save`` of a sharded state di
   the step and the position in the global batch, so data and corruption stay identical anyway).
 
 Atomicity: a save writes ``iter_XXXXXXX.tmp/``, then (rank 0) ``meta.json``, renames the folder
-to ``iter_XXXXXXX/`` and only then replaces ``latest`` (write ``latest.tmp`` + ``os.replace``).
+to ``iter_XXXXXXX/`` and only then replaces ``latest`` (:func:`twotower_train.atomic_write.write_text`).
 Older checkpoints beyond ``keep_last`` are deleted after that. A crash at any point leaves
 ``latest`` naming the previous complete checkpoint; leftover ``*.tmp`` folders are ignored by
 :func:`find_latest` and removed by the next save.
@@ -35,8 +35,12 @@ manager process. It is started with SIGTERM / SIGUSR1 blocked (:func:`_start_wri
 signal sent to the whole process group (``timeout``, ``kill -TERM -PGID``, schedulers) cannot kill
 it in the middle of the checkpoint the trainer writes on that very signal.
 
-Loading problems (a missing or interrupted checkpoint, tensors that do not fit the model) raise
-:class:`CheckpointError` with one line naming the path and the fix.
+Loading problems (a missing, interrupted or damaged checkpoint — :mod:`integrity` checks the
+file sizes ``meta.json`` records — or tensors that do not fit the model) raise
+:class:`~twotower_train.training.checkpoint_layout.CheckpointError` with one line naming the path
+and the fix. Finding checkpoints in a folder (``latest``, ``iter_*``) is
+:mod:`~twotower_train.training.checkpoint_layout`; the frozen-weights reference a checkpoint
+records, :mod:`~twotower_train.training.frozen_reference`.
 """
 
 from __future__ import annotations
@@ -59,34 +63,27 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from twotower_train import backends
-from twotower_train.errors import UserError
+from twotower_train.atomic_write import write_text
+from twotower_train.training import integrity
+from twotower_train.training.checkpoint_layout import (
+    LATEST,
+    META,
+    CheckpointError,
+    complete_checkpoints,
+    describe_incomplete,
+)
+from twotower_train.training.frozen_reference import located_reference, verify_frozen_reference
 
 __all__ = [
-    "CheckpointError",
     "LoadedCheckpoint",
+    "check_intact",
     "TrainState",
-    "describe_incomplete",
-    "find_latest",
     "load_checkpoint",
     "load_model_state",
-    "locate_frozen_reference",
     "read_common_state",
     "read_train_state",
-    "resolve_checkpoint_dir",
     "save_checkpoint",
-    "verify_frozen_reference",
 ]
-
-_ITER = re.compile(r"^iter_(\d{7})$")
-LATEST = "latest"
-META = "meta.json"
-TRAINER_STATE_FILE = META
-"""Written last into a complete checkpoint: step, objective name, layout, time (JSON)."""
-
-
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint is missing, incomplete or does not match the run."""
-
 
 @dataclass
 class TrainState:
@@ -159,9 +156,10 @@ def _rng_object(data: Any) -> ShardedObject:
 
 def _start_writer_queue() -> None:
     """Start dist_checkpointing's result queue (a manager process, spawned once on first use)
-    with the preemption signals blocked: the child inherits the mask, so a SIGTERM to the whole
-    process group leaves it alive to finish the save. The trainer's own handler still gets a
-    signal that arrives meanwhile: it is delivered when the mask is restored."""
+    with the preemption signals and Ctrl-C's SIGINT blocked: the child inherits the mask, so a
+    SIGTERM or Ctrl-C to the whole process group leaves it alive to finish the save. The
+    trainer's own handler still gets a signal that arrives meanwhile: it is delivered when the
+    mask is restored."""
     from multiprocessing import resource_tracker
 
     from megatron.core.dist_checkpointing.strategies import filesystem_async
@@ -169,7 +167,7 @@ def _start_writer_queue() -> None:
     # Spawning the manager starts multiprocessing's resource tracker first, which unblocks
     # SIGTERM in this thread when it is done; started beforehand, it leaves the mask alone.
     resource_tracker.ensure_running()
-    blocked = {signal.SIGTERM, signal.SIGUSR1}
+    blocked = {signal.SIGTERM, signal.SIGUSR1, signal.SIGINT}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     try:
         filesystem_async.get_write_results_queue()
@@ -207,128 +205,11 @@ def _load_sharded(request: dict, path: Path) -> dict:
         ) from None
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as stream:
-        stream.write(text)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(tmp, path)
-
-
-def _complete_checkpoints(root: Path) -> list[Path]:
-    found = [p for p in root.iterdir() if _ITER.match(p.name) and (p / META).is_file()]
-    return sorted(found, key=lambda p: p.name)
-
-
-def find_latest(root: str | Path) -> Path | None:
-    """The checkpoint ``root/latest`` names, or None when there is none yet."""
-    root = Path(root)
-    pointer = root / LATEST
-    if not pointer.is_file():
-        return None
-    path = root / pointer.read_text().strip()
-    if not (path / META).is_file():
-        complete = _complete_checkpoints(root)
-        fix = (f"point checkpoint.load_from at {complete[-1]}, the newest complete one"
-               if complete else "move the folder away to start a new run there")
-        raise CheckpointError(
-            f"{pointer} names {path.name}, which is not a complete checkpoint; {fix}"
-        )
-    return path
-
-
-def describe_incomplete(path: Path) -> str:
-    """Why ``path`` (which exists) is not a loadable checkpoint, and which one is (one line)."""
-    path = Path(path)
-    if path.name.endswith(".tmp"):
-        what, root = "an interrupted save (a .tmp folder)", path.parent
-    elif _ITER.match(path.name):
-        what, root = f"an incomplete checkpoint (no {META}: its save did not finish)", path.parent
-    else:
-        what, root = f"not a checkpoint (no `{LATEST}` file, no {META})", path
-    complete = _complete_checkpoints(root) if root.is_dir() else []
-    fix = (f"the newest complete checkpoint there is {complete[-1]}" if complete else
-           "point at a checkpoint folder (.../iter_XXXXXXX) or a root with a `latest` file")
-    return f"{path} is {what}; {fix}"
-
-
-def resolve_checkpoint_dir(path: str | Path) -> Path | None:
-    """A complete checkpoint folder from a checkpoint root (via ``latest``) or an ``iter_*``
-    folder; None when there is none."""
-    path = Path(path)
-    if (path / META).is_file():
-        return path
-    if (path / LATEST).is_file():
-        return find_latest(path)
-    return None
-
-
-LOCATION_KEYS = ("path", "relative_path", "option")
-"""Keys of a frozen reference that say where the frozen weights were, not what they are: kept
-for finding them again, never compared."""
-
-
-def _identity(reference: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in reference.items() if k not in LOCATION_KEYS}
-
-
-def _describe(reference: dict[str, Any]) -> str:
-    identity = ", ".join(f"{k} {str(v)[:16]}" for k, v in sorted(_identity(reference).items()))
-    return f"{reference.get('path', '?')} ({identity})"
-
-
-def verify_frozen_reference(
-    path: Path, common: dict[str, Any], objective: Any, model: torch.nn.Module
-) -> None:
-    """The frozen weights a checkpoint was saved against (its common state) are this model's.
-
-    Only the identity (e.g. the backbone checkpoint's fingerprint) is compared, so a moved
-    backbone folder still verifies; a different one fails with one line naming the key to set.
-    """
-    saved = common.get("frozen_reference") or {}
-    current = objective.frozen_reference(model)
-    if _identity(saved) == _identity(current):
-        return
-    option = current.get("option") or saved.get("option") or "the frozen-weights option"
-    if not saved:
-        raise CheckpointError(
-            f"{path} stores the whole model (no frozen reference) but this run loads frozen "
-            f"weights from {_describe(current)}; set {option}=null to resume it"
-        )
-    now = f"this run has {_describe(current)}" if current else "this run has none"
-    raise CheckpointError(
-        f"{path} was trained against frozen weights {_describe(saved)} but {now}; set "
-        f"{option} to the checkpoint that run started from"
-    )
-
-
-def locate_frozen_reference(path: Path, common: dict[str, Any]) -> Path | None:
-    """Where the frozen weights of checkpoint ``path`` are now: at their recorded place relative
-    to the checkpoint (a run tree that moved as a whole), else at their recorded absolute path;
-    None if neither exists (or there is no reference)."""
-    reference = common.get("frozen_reference") or {}
-    candidates = []
-    if "relative_path" in reference:
-        candidates.append(Path(os.path.normpath(Path(path).resolve() / reference["relative_path"])))
-    if "path" in reference:
-        candidates.append(Path(reference["path"]))
-    return next((c for c in candidates if c.exists()), None)
-
-
 def load_model_state(path: str | Path, sharded_state_dict: dict) -> dict:
     """Only the model tensors of checkpoint ``path``, resharded into ``sharded_state_dict``
     (e.g. a stage-1 backbone loaded into a two-tower model at any TP/EP)."""
+    check_intact(path)
     return _load_sharded({"model": sharded_state_dict}, Path(path))["model"]
-
-
-def _located(reference: dict[str, Any], checkpoint_dir: Path) -> dict[str, Any]:
-    """The reference plus its path relative to the checkpoint being written (found again by
-    :func:`locate_frozen_reference` after the run folder moved)."""
-    if "path" not in reference:
-        return reference
-    relative = os.path.relpath(Path(reference["path"]).resolve(), checkpoint_dir.resolve())
-    return {**reference, "relative_path": relative}
 
 
 def save_checkpoint(
@@ -347,8 +228,12 @@ def save_checkpoint(
     root = Path(root)
     final = root / f"iter_{state.step:07d}"
     tmp = root / f"{final.name}.tmp"
-    if (final / META).is_file():  # e.g. a preemption save right after an interval save
-        return final
+    if final.exists():
+        if (final / META).is_file() and integrity.damage(final) is None:
+            return final  # e.g. a preemption save right after an interval save
+        _barrier()  # every rank has looked before rank 0 moves the damaged one aside (kept)
+        if _rank() == 0:
+            final.rename(final.with_name(f"{final.name}.damaged-{int(time.time())}"))
     if _rank() == 0:
         root.mkdir(parents=True, exist_ok=True)
         for stale in root.glob("iter_*.tmp"):
@@ -364,7 +249,7 @@ def save_checkpoint(
         "train_state": asdict(state),
         "layout": _layout(),
         "config": config,
-        "frozen_reference": _located(objective.frozen_reference(model), final),
+        "frozen_reference": located_reference(objective.frozen_reference(model), final),
     }
     _write_shards(state_dict, tmp)
     _barrier()
@@ -374,19 +259,30 @@ def save_checkpoint(
             "objective": getattr(objective, "name", None),
             "saved_at": time.time(),
             "layout": _layout(),
+            integrity.MANIFEST_KEY: integrity.file_manifest(tmp),  # all ranks have written
         }
-        _write_text_atomic(tmp / META, json.dumps(meta, indent=1))
+        write_text(tmp / META, json.dumps(meta, indent=1), durable=True)
         os.rename(tmp, final)
-        _write_text_atomic(root / LATEST, final.name + "\n")
-        for old in _complete_checkpoints(root)[:-keep_last]:
+        write_text(root / LATEST, final.name + "\n", durable=True)
+        for old in complete_checkpoints(root)[:-keep_last]:
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return final
 
 
+def check_intact(path: str | Path) -> None:
+    """Raise one :class:`CheckpointError` line if a file of checkpoint ``path`` is missing or
+    truncated (:mod:`~twotower_train.training.integrity`), naming the newest intact one."""
+    report = integrity.damage_report(Path(path))
+    if report is not None:
+        raise CheckpointError(report)
+
+
 def read_common_state(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's common values (recipe, train state, layout, ...), without tensors."""
+    """A checkpoint's common values (recipe, train state, layout, ...), without tensors; the
+    checkpoint is checked whole first (:func:`check_intact`)."""
+    check_intact(path)
     return dist_checkpointing.load_common_state_dict(str(path))
 
 

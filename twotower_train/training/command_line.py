@@ -37,9 +37,10 @@ COMMON_OVERRIDES = {
     "curriculum.phases.0.steps=N": "length of phase 0 (every phase: steps or tokens)",
     "training.global_batch_size=N": "samples per optimizer step (micro_batch_size: per forward)",
     "training.log_interval=N": "progress line every N steps (eval_interval: evaluation)",
-    "checkpoint.save_interval=N": "checkpoint every N steps (also at the end and on SIGTERM)",
+    "checkpoint.save_interval=N": "checkpoint every N steps (also at the end, SIGTERM, Ctrl-C)",
     "checkpoint.resume=false": "start fresh; a folder that holds a run gets a new sibling",
     "checkpoint.load_from=DIR": "resume from this checkpoint (root or iter_XXXXXXX folder)",
+    "checkpoint.fallback=true": "latest damaged: resume from the newest intact checkpoint",
     "objective.backbone_checkpoint=DIR": "stage 2: the stage-1 checkpoint both towers start from",
     "logging.wandb_mode=MODE": "offline (default) | online | disabled",
     "logging.verbose=true": "also print Megatron's INFO lines",
@@ -74,6 +75,27 @@ def help_text() -> str:
         "  --hydra-help                        Hydra's own options",
     ]
     return "\n".join(lines)
+
+
+_VALUE_FLAGS = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--cfg",
+                "-c", "--package", "-p", "--experimental-rerun")
+
+
+def flags_first(argv: Sequence[str]) -> list[str]:
+    """``argv`` with Hydra's flags (and their values) before the overrides: argparse stops
+    taking ``KEY=VALUE`` overrides after a flag, so ``a=1 --config-name R b=2`` would fail with
+    "unrecognized arguments" although the order means nothing to the user."""
+    flags, rest, args = [], [], list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in _VALUE_FLAGS and i + 1 < len(args):
+            flags += args[i : i + 2]
+            i += 2
+            continue
+        (flags if arg.startswith("-") else rest).append(arg)
+        i += 1
+    return flags + rest
 
 
 def wants_help(argv: Sequence[str]) -> bool:

@@ -129,6 +129,9 @@ class CheckpointConfig:
     """Resume from ``dir/latest`` when it exists."""
     load_from: str | None = None
     """Resume from this checkpoint folder (``.../iter_XXXXXXX``) instead of ``dir/latest``."""
+    fallback: bool = False
+    """When ``dir/latest`` is incomplete or damaged (a file missing or truncated), resume from
+    the newest intact checkpoint instead of stopping (the run says which)."""
     save_at_end: bool = True
 
 
@@ -167,6 +170,12 @@ class TrainConfig:
     logging: LoggingConfig
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     """The resolved recipe as plain data (saved in checkpoints and the run folder)."""
+
+    @property
+    def trained_block_size(self) -> int:
+        """The block size S the run trains last (its final curriculum phase): what a checkpoint
+        of the run decodes with by default and what its Hugging Face export records."""
+        return self.curriculum.phases[-1].block_size
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,7 +297,7 @@ def from_container(values: Mapping[str, Any], *, check_data: bool = True) -> Tra
         raise ConfigError(str(error)) from None
     objective = dict(values.get("objective") or {"name": "ar"})
     objective_name = str(objective.pop("name", "ar"))
-    from twotower_train.model.backbone import check_parallel_layout
+    from twotower_train.model.sizes import check_parallel_layout
 
     check_parallel_layout(model, parallel)
     if "E" in model.pattern and parallel.tensor_parallel > 1 and not parallel.sequence_parallel:

@@ -2,8 +2,8 @@
 
 Stage 2 keeps the frozen context tower out of its checkpoints and records instead the
 fingerprint of the stage-1 checkpoint the tower was loaded from; every resume and every load for
-sampling recomputes it from the backbone folder it is given and compares (DESIGN §3: "a verified
-reference to the backbone").
+sampling recomputes it from the backbone folder it is given and compares: a verified reference to
+the backbone.
 
 What is hashed (SHA-256), for every model tensor chunk the folder stores (optimizer state is left
 out — it never reaches the frozen tower): its key, global offset, tensor shape and dtype, its
@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from twotower_train.training.checkpoint import CheckpointError
+from twotower_train.training.checkpoint_layout import CheckpointError
 
 __all__ = ["WHOLE_CHUNK", "WINDOW", "WINDOWS", "checkpoint_fingerprint"]
 

@@ -11,7 +11,8 @@ Every console line — progress, messages, library warnings — is also appended
 
 MFU = achieved model FLOP/s / peak FLOP/s of all devices; model FLOPs per token come from the
 objective (``6 × active parameters`` + causal attention, per tower pass), the peak from
-``logging.peak_tflops`` or :func:`default_peak_tflops`.
+``logging.peak_tflops`` or :func:`default_peak_tflops` (a GPU in the data-sheet table). On a CPU
+or an unknown GPU without ``logging.peak_tflops`` the record has no ``mfu``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ _PEAK_TFLOPS = {
     "A100": (312.0, 156.0),
     "L40S": (362.0, 183.0),
 }
-_CPU_NOMINAL_TFLOPS = 0.1  # a couple of AVX2 cores; only makes the CPU MFU column non-empty
 
 
 def peak_tflops_by_name(device_name: str, precision: Precision) -> float | None:
@@ -59,17 +59,20 @@ def peak_tflops_by_name(device_name: str, precision: Precision) -> float | None:
     return bf16 if precision is Precision.BF16 else fp32
 
 
-def default_peak_tflops(precision: Precision) -> float:
-    """Peak TFLOP/s of this process's device for ``precision`` (nominal 0.1 on CPU, 100 for a
-    GPU missing from the table)."""
+def default_peak_tflops(precision: Precision) -> float | None:
+    """Data-sheet peak TFLOP/s of this process's GPU for ``precision``; None on a CPU or a GPU
+    missing from the table (no MFU is shown then: a made-up peak would mislead)."""
     if not torch.cuda.is_available():
-        return _CPU_NOMINAL_TFLOPS
-    peak = peak_tflops_by_name(torch.cuda.get_device_name(), precision)
-    return 100.0 if peak is None else peak
+        return None
+    return peak_tflops_by_name(torch.cuda.get_device_name(), precision)
 
 
-def mfu(tokens_per_s: float, flops_per_token: float, peak_tflops: float, devices: int) -> float:
-    """Model FLOPs utilisation in [0, 1]."""
+def mfu(
+    tokens_per_s: float, flops_per_token: float, peak_tflops: float | None, devices: int
+) -> float | None:
+    """Model FLOPs utilisation in [0, 1]; None when the device's peak is unknown."""
+    if not peak_tflops:
+        return None
     return tokens_per_s * flops_per_token / (peak_tflops * 1e12 * devices)
 
 
@@ -91,8 +94,9 @@ def format_progress(record: dict[str, Any], total_steps: int) -> str:
         f"lr {record['lr']:.3e}",
         f"grad-norm {record['grad_norm']:.3f}",
         f"{record['tokens_per_s']:,.0f} tok/s",
-        f"MFU {100 * record['mfu']:.2f}%",
     ]
+    if record.get("mfu") is not None:  # only where the device's peak is known
+        parts.append(f"MFU {100 * record['mfu']:.2f}%")
     if "eval/loss" in record:
         parts.append(f"eval-loss {record['eval/loss']:.4f}")
     return " | ".join(parts)

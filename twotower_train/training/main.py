@@ -11,7 +11,9 @@ Examples (CPU; the demo data comes from ``python -m data_tools.demo_corpus --out
 Every user error — a misspelled key, a recipe value, a checkpoint that does not match the
 recipe, a world size that does not fit the parallel sizes — prints one line
 ``twotower-train: error: ...`` (rank 0) and exits with code 2; ``--debug`` shows tracebacks.
-SIGTERM / SIGUSR1 checkpoint and exit 0 (see docs/launch.md for SLURM requeueing).
+SIGTERM / SIGUSR1 checkpoint and exit 0 (see docs/launch.md for SLURM requeueing); Ctrl-C
+(SIGINT) finishes the step, checkpoints, writes summary.json and exits 130; a second Ctrl-C
+aborts at once.
 
 Only the help text and the command-line check run before Hydra; they import no torch.
 """
@@ -28,6 +30,7 @@ from twotower_train import cli
 from twotower_train.training.command_line import (
     TOOL,
     check_command_line,
+    flags_first,
     help_text,
     wants_help,
 )
@@ -57,6 +60,8 @@ def _train(recipe: DictConfig) -> None:
         distributed.shutdown()
     if cli.is_rank_zero():
         print(f"{TOOL}: {result.outcome.replace('_', ' ')} at {result.run_dir}", flush=True)
+    if result.outcome == "interrupted":
+        raise SystemExit(cli.INTERRUPTED_EXIT)  # Ctrl-C: the shell's convention, 128 + SIGINT
 
 
 @hydra.main(config_path=str(RECIPES_DIR), config_name=DEFAULT_RECIPE, version_base=None)
@@ -67,7 +72,7 @@ def _hydra_entry(recipe: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point (``twotower-train``, ``python -m twotower_train.training``)."""
-    argv = cli.pop_debug_flag(sys.argv[1:])
+    argv = flags_first(cli.pop_debug_flag(sys.argv[1:]))
     cli.quiet_startup()
     if cli.debug_enabled():
         os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra's report with the whole traceback

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from twotower_train.atomic_write import atomic_path, write_text
 
 __all__ = ["plot_losses", "read_metrics", "summarize", "write_report"]
 
@@ -37,6 +38,15 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
             record = json.loads(line)
             by_step[record["step"]] = record
     return [by_step[step] for step in sorted(by_step)]
+
+
+def _loss_part(summary: dict[str, Any]) -> str:
+    if summary["final_step"] is None:  # fewer steps than training.log_interval
+        return "no step logged yet (training.log_interval)"
+    loss = f"loss {_fmt(summary['final_loss'])}"
+    if summary["final_step"] != summary["steps_done"]:
+        loss += f" (step {summary['final_step']})"
+    return loss
 
 
 def _finite(value: Any) -> bool:
@@ -91,9 +101,8 @@ def plot_losses(records: list[dict[str, Any]], path: str | Path, title: str = ""
     ax.set_title(title)
     ax.legend()
     path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)  # savefig picks the format by suffix
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    with atomic_path(path, keep_suffix=True) as tmp:  # savefig picks the format by suffix
+        fig.savefig(tmp, dpi=100)
     return path
 
 
@@ -105,9 +114,7 @@ def write_report(run_dir: str | Path, summary: dict[str, Any], title: str = "") 
     """Write ``summary.json`` and ``loss_curve.png`` into ``run_dir``; return the console lines."""
     run_dir = Path(run_dir)
     records = read_metrics(run_dir / "metrics.jsonl")
-    tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1) + "\n")
-    os.replace(tmp, run_dir / "summary.json")
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     outputs = ["summary.json"]
     if records:
         plot_losses(records, run_dir / "loss_curve.png", title=title)
@@ -117,9 +124,7 @@ def write_report(run_dir: str | Path, summary: dict[str, Any], title: str = "") 
                  if summary["final_eval_loss"] is not None else "no eval")
     return [
         f"summary: {summary['outcome']} at step {summary['steps_done']}/{summary['stop_step']} | "
-        f"loss {_fmt(summary['final_loss'])}"
-        + (f" (step {summary['final_step']})" if summary["final_step"] != summary["steps_done"]
-           else "")
+        + _loss_part(summary)
         + f" | {eval_part}"
         + (f" | {metrics}" if metrics else ""),
         f"summary: {_fmt(summary['tokens_per_s'], ',.0f')} tok/s over "

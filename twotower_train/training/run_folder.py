@@ -24,16 +24,19 @@ sibling ``<output_dir>-2``, ``-3``, ... and says so. Nothing is ever deleted or 
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twotower_train.training.checkpoint import (
+from twotower_train.atomic_write import write_text
+from twotower_train.training import integrity
+from twotower_train.training.checkpoint import read_common_state
+from twotower_train.training.checkpoint_layout import (
+    LATEST,
+    META,
     CheckpointError,
     describe_incomplete,
     find_latest,
-    read_common_state,
     resolve_checkpoint_dir,
 )
 
@@ -200,7 +203,7 @@ def plan_run(output_dir: str, checkpoint: Any, recipe: dict[str, Any]) -> RunPla
         )
         return RunPlan(str(out), checkpoint.dir, str(source), _changes_note(source, changes))
     if ckpt_dir is not None and checkpoint.resume:
-        latest = find_latest(ckpt_dir)
+        latest, notes = _latest_intact(ckpt_dir, getattr(checkpoint, "fallback", False))
         if latest is None and any((p / "meta.json").is_file() for p in _iter_dirs(ckpt_dir)):
             raise CheckpointError(
                 f"{ckpt_dir} holds checkpoints but no `latest` file; pick one with "
@@ -208,7 +211,8 @@ def plan_run(output_dir: str, checkpoint: Any, recipe: dict[str, Any]) -> RunPla
             )
         if latest is not None:
             changes = _check_recipe(latest, recipe, what="resuming:", fix=new_run)
-            return RunPlan(str(out), checkpoint.dir, str(latest), _changes_note(latest, changes))
+            notes += _changes_note(latest, changes)
+            return RunPlan(str(out), checkpoint.dir, str(latest), notes)
     if not _holds_run(out, ckpt_dir):
         return RunPlan(str(out), checkpoint.dir)
     fresh = _fresh_sibling(out)
@@ -228,6 +232,37 @@ def plan_run(output_dir: str, checkpoint: Any, recipe: dict[str, Any]) -> RunPla
     ])
 
 
+def _latest_intact(ckpt_dir: Path, fallback: bool) -> tuple[Path | None, list[str]]:
+    """The checkpoint to resume from ``ckpt_dir`` (None: nothing to resume) and a note.
+
+    ``latest`` naming an incomplete or damaged checkpoint stops the run with one line naming the
+    newest intact one — or, with ``checkpoint.fallback=true``, resumes from that one."""
+    pointer = ckpt_dir / LATEST
+    if not pointer.is_file():
+        return find_latest(ckpt_dir), []
+    named = ckpt_dir / pointer.read_text().strip()
+    if not (named / META).is_file():
+        problem = f"{pointer} names {named.name}, which is not a complete checkpoint"
+    else:
+        damaged = integrity.damage(named)
+        if damaged is None:
+            return named, []
+        problem = f"checkpoint {named} is damaged: {damaged}"
+    previous = integrity.newest_intact(ckpt_dir, before=named)
+    if previous is None:
+        raise CheckpointError(
+            f"{problem}; no intact checkpoint is left in {ckpt_dir}; move the folder away to "
+            "start a new run there"
+        )
+    if not fallback:
+        raise CheckpointError(
+            f"{problem}; the newest intact one is {previous.name}: resume from it with "
+            f"checkpoint.fallback=true (or checkpoint.load_from={previous})"
+        )
+    return previous, [f"{problem}; resuming from the newest intact checkpoint {previous} "
+                      "(checkpoint.fallback=true)"]
+
+
 def _iter_dirs(path: Path) -> list[Path]:
     return [p for p in path.iterdir() if p.name.startswith("iter_")] if path.is_dir() else []
 
@@ -244,10 +279,7 @@ def write_recipe(run_dir: Path, recipe: dict[str, Any]) -> Path:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "recipe.yaml"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(recipe)))
-    os.replace(tmp, path)
-    return path
+    return write_text(path, OmegaConf.to_yaml(OmegaConf.create(recipe)))
 
 
 def agreed_plan(output_dir: str, checkpoint: Any, recipe: dict[str, Any]) -> RunPlan:

@@ -10,7 +10,7 @@ Per global step ``k`` (0-based)::
     reducer.finish(num_tokens)                     # DDP + finalize_model_grads, ÷ global tokens
     optimizer.step()                               # clip + AdamW (Megatron's on CUDA)
     scheduler.step(1)                              # WSD lr of step k+1
-    log, evaluate every N, checkpoint every N, stop cleanly on SIGTERM / SIGUSR1
+    log, evaluate every N, checkpoint every N, stop cleanly on SIGTERM / SIGUSR1 / Ctrl-C
 
 Before building anything the run folder is settled (:mod:`~twotower_train.training.run_folder`:
 resume only with a matching recipe, a fresh run never in a folder that holds one); at the end
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from twotower_train import backends, cli, distributed
 from twotower_train.diffusion import MetricSums
+from twotower_train.training.batches import PhaseData, build_phase_data, eval_batches, micro_batches
 from twotower_train.training.checkpoint import (
     TrainState,
     load_checkpoint,
@@ -58,15 +58,15 @@ from twotower_train.training.curriculum import (
     build_phase_scheduler,
     prepare_param_groups,
 )
-from twotower_train.training.data import PhaseData, build_phase_data, eval_batches, micro_batches
 from twotower_train.training.grad_reduce import GradReducer
 from twotower_train.training.logging import MetricLogger, default_peak_tflops, mfu
 from twotower_train.training.objectives import Objective, build_objective
 from twotower_train.training.optimizer import build_reducer_and_optimizer
+from twotower_train.training.preemption import PreemptionSignal
 from twotower_train.training.report import read_metrics, summarize, write_report
 from twotower_train.training.run_folder import agreed_plan, write_recipe
 
-__all__ = ["PreemptionSignal", "RunResult", "Trainer", "micro_batch_seed"]
+__all__ = ["RunResult", "Trainer", "micro_batch_seed"]
 
 ALREADY_DONE = "already_done"
 """Outcome of a start whose checkpoint is already at (or past) the step this recipe stops at."""
@@ -76,7 +76,7 @@ ALREADY_DONE = "already_done"
 class RunResult:
     """What :meth:`Trainer.train` reports: the outcome and where the run is."""
 
-    outcome: str  # finished | max_steps | preempted | already_done
+    outcome: str  # finished | max_steps | preempted | interrupted (Ctrl-C) | already_done
     run_dir: Path
     checkpoint_dir: Path | None
 
@@ -90,35 +90,6 @@ def micro_batch_seed(seed: int, step: int, offset: int) -> int:
     micro-batch size, which groups the samples of one draw, changes it."""
     digest = hashlib.sha256(f"{seed}/{step}/{offset}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-class PreemptionSignal:
-    """SIGTERM / SIGUSR1 (SLURM ``--signal=B:USR1@120``) ask for a checkpoint and a clean exit.
-
-    The handler only sets a flag; the trainer checks it after each step and all ranks agree
-    (max over the world) so they stop at the same step.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-
-    def _handle(self, signum, _frame) -> None:
-        self.received = signum
-
-    def requested(self) -> bool:
-        flag = torch.tensor(
-            [1.0 if self.received is not None else 0.0], device=distributed.device()
-        )
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-
-    def restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
 
 
 class Trainer:
@@ -144,6 +115,8 @@ class Trainer:
         self.cfg = cfg
         self._started = time.perf_counter()
         cli.set_library_verbosity(cfg.logging.verbose)
+        if not backends.cuda_available():
+            cli.quiet_cpu_notices()
         par, training = cfg.parallelism, cfg.training
         distributed.initialize(
             tensor_parallel=par.tensor_parallel,
@@ -168,6 +141,7 @@ class Trainer:
             "checkpoint": {**cfg.raw.get("checkpoint", {}), "dir": self.checkpoint_dir},
         }
         self.objective = build_objective(cfg.objective_name, cfg.objective_options)
+        self.objective.check_start(resuming=self.plan.resume_from is not None)
         bf16 = cfg.optimizer.precision is Precision.BF16
         self.module = distributed.to_device(
             self.objective.build_model(
@@ -284,9 +258,10 @@ class Trainer:
             if (step + 1) % self.cfg.training.log_interval == 0 or "eval/loss" in record:
                 self.logger.log(record)
             if self.preemption.requested():
-                self.logger.message(f"preemption signal: checkpoint at step {self.state.step}")
+                how = "Ctrl-C" if self.preemption.interrupted else "preemption signal"
+                self.logger.message(f"{how}: checkpoint at step {self.state.step}")
                 self.save()
-                return self._finish("preempted")
+                return self._finish("interrupted" if self.preemption.interrupted else "preempted")
             every = self.cfg.checkpoint.save_interval
             if every and self.state.step % every == 0:
                 self.save()
@@ -351,6 +326,8 @@ class Trainer:
         self._tokens += tokens
         self._steps_run += 1
         tokens_per_s = tokens / seconds
+        utilisation = mfu(tokens_per_s, self.flops_per_token, self.peak_tflops,
+                          dist.get_world_size())
         return {
             "step": step,
             "phase": name,
@@ -362,7 +339,7 @@ class Trainer:
             "grad_norm": float(grad_norm),
             "step_time": seconds,
             "tokens_per_s": tokens_per_s,
-            "mfu": mfu(tokens_per_s, self.flops_per_token, self.peak_tflops, dist.get_world_size()),
+            **({"mfu": utilisation} if utilisation is not None else {}),  # known peak only
             **summary,
         }
 

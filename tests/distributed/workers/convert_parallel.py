@@ -20,7 +20,7 @@ from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_regi
 
 import twotower_train  # noqa: F401
 from twotower_train import distributed
-from twotower_train.convert.checkpoints import import_hf
+from twotower_train.convert.commands import import_hf
 from twotower_train.inference.load import load_trained_model
 from twotower_train.training.recipes import load_config
 from twotower_train.training.trainer import Trainer

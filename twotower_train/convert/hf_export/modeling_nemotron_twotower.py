@@ -8,7 +8,7 @@ only torch). This file implements the small interface those samplers drive (``pr
 modules (the stateful mixer forwards are in ``mixers_nemotron_twotower.py``), so the export and
 Megatron decode with one algorithm.
 
-What each tower computes (the model card; DESIGN.md §2 of the training repository):
+What each tower computes (the model card):
 
 * context tower (``self.model`` + ``self.lm_head``, a stock ``NemotronHForCausalLM``): causal
   over the clean tokens; exposes per attention layer K/V of every position and per Mamba layer

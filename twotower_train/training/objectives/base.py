@@ -95,6 +95,9 @@ class Objective(Protocol):
         """Raise :class:`ConfigError` if the options do not fit this model and curriculum (run
         when a run is built from a recipe: :func:`twotower_train.training.recipes.check_run`)."""
 
+    def check_start(self, *, resuming: bool) -> None:
+        """Raise :class:`ConfigError` if the options cannot start this run (before any build)."""
+
     def flops_per_token(self, model_cfg: BackboneConfig, seq_length: int) -> float:
         """Model FLOPs (forward + backward) per trained token."""
 
@@ -118,7 +121,7 @@ def transformer_flops_per_token(model_cfg: BackboneConfig, seq_length: int) -> f
     seq_length`` (the ``12·L·H·Q·T`` term of the PaLM appendix, halved for the causal mask).
     Mamba's SSD scan is left out (it is small next to the projections at Nano widths).
     """
-    from twotower_train.model.backbone import count_parameters
+    from twotower_train.model.sizes import count_parameters
 
     _, active = count_parameters(model_cfg)
     n_attention = model_cfg.pattern.count("*")
@@ -168,6 +171,9 @@ class ObjectiveBase:
 
     def check(self, model_cfg: BackboneConfig, curriculum: Curriculum) -> None:
         self.check_model(model_cfg)
+
+    def check_start(self, *, resuming: bool) -> None:
+        return None
 
     def summarize(self, sums: MetricSums) -> dict[str, float]:
         return {}

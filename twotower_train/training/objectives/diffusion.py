@@ -51,6 +51,7 @@ from twotower_train.training.objectives.base import (
 )
 
 DENOISER_PREFIX = "denoiser."
+RANDOM_INIT = "none"  # objective.backbone_checkpoint=none: both towers from a random init
 
 
 class DiffusionObjective(ObjectiveBase):
@@ -62,7 +63,9 @@ class DiffusionObjective(ObjectiveBase):
     class Config:
         backbone_checkpoint: str | None = None
         """Stage-1 checkpoint (a trainer checkpoint directory or one of its ``iter_*`` folders)
-        whose backbone initialises both towers; None = both towers from the same random init."""
+        whose backbone initialises both towers. Required for a fresh start; None is accepted only
+        when resuming a self-contained stage-2 checkpoint (e.g. one ``twotower-convert import``
+        wrote), and ``"none"`` asks for both towers from the same random init (experiments)."""
         mask_token_id: int | None = None
         """[MASK] id; None = the model config's ``mask_token_id`` (3 in the released model)."""
         eps: float = 1e-3
@@ -87,6 +90,23 @@ class DiffusionObjective(ObjectiveBase):
         self.mask_id: int | None = None
         self.shift = False  # model.denoiser_shift (the model may be DDP-wrapped in loss())
         self._frozen_reference: dict[str, Any] | None = None  # computed once per run
+
+    @property
+    def backbone(self) -> str | None:
+        """The backbone checkpoint to load, or None (random init / self-contained checkpoint)."""
+        value = self.config.backbone_checkpoint
+        return None if value is None or str(value).lower() == RANDOM_INIT else value
+
+    def check_start(self, *, resuming: bool) -> None:
+        """A fresh stage-2 run needs its stage-1 backbone: without one both towers would start
+        from a random init and train silently (explicit ``none`` allows that on purpose)."""
+        if self.config.backbone_checkpoint is None and not resuming:
+            raise ConfigError(
+                "stage 2 starts from a stage-1 backbone and objective.backbone_checkpoint is not "
+                "set; pass objective.backbone_checkpoint=DIR (a stage-1 checkpoint, e.g. "
+                "runs/demo_ar/checkpoints), or objective.backbone_checkpoint=none to train both "
+                "towers from a random init on purpose"
+            )
 
     # --- model ---------------------------------------------------------------------------------
 
@@ -124,8 +144,8 @@ class DiffusionObjective(ObjectiveBase):
         model = TwoTowerModel.build(
             model_cfg, parallel, params_dtype=params_dtype, recompute=recompute
         )
-        if self.config.backbone_checkpoint is not None:
-            loaded = load_backbone_checkpoint(model, self.config.backbone_checkpoint)
+        if self.backbone is not None:
+            loaded = load_backbone_checkpoint(model, self.backbone)
             self._frozen_reference = _reference(loaded)  # of exactly the folder just loaded
         return model
 
@@ -177,12 +197,12 @@ class DiffusionObjective(ObjectiveBase):
     # --- checkpoints: denoiser only + a verified reference to the frozen backbone --------------
 
     def checkpoint_state(self, model: TwoTowerModel) -> dict[str, Any]:
-        if self.config.backbone_checkpoint is None:
+        if self.backbone is None:
             return model.sharded_state_dict()
         return model.denoiser.sharded_state_dict(prefix=DENOISER_PREFIX)
 
     def load_checkpoint_state(self, model: TwoTowerModel, state: dict[str, Any]) -> None:
-        if self.config.backbone_checkpoint is None:
+        if self.backbone is None:
             model.load_state_dict(state)
             return
         denoiser = {k[len(DENOISER_PREFIX):]: v for k, v in state.items()}
@@ -191,11 +211,11 @@ class DiffusionObjective(ObjectiveBase):
     def frozen_reference(self, model: TwoTowerModel) -> dict[str, Any]:
         """The backbone checkpoint's content fingerprint (compared on resume and load) and where
         it is (absolute; the checkpoint adds the path relative to itself) — computed once."""
-        if self.config.backbone_checkpoint is None:
+        if self.backbone is None:
             return {}
         if self._frozen_reference is None:
             self._frozen_reference = _reference(
-                resolve_backbone_checkpoint(self.config.backbone_checkpoint)
+                resolve_backbone_checkpoint(self.backbone)
             )
         return self._frozen_reference
 
@@ -216,7 +236,7 @@ def _reference(backbone: Path) -> dict[str, Any]:
 
 def resolve_backbone_checkpoint(path: str | Path) -> Path:
     """A trainer checkpoint root (follows its ``latest`` pointer) or an ``iter_*`` folder."""
-    from twotower_train.training import checkpoint
+    from twotower_train.training import checkpoint_layout
 
     path = Path(path)
     if not path.exists():
@@ -225,7 +245,7 @@ def resolve_backbone_checkpoint(path: str | Path) -> Path:
             f"objective.backbone_checkpoint={str(path)!r} does not exist{where}; run stage 1 "
             "first (twotower-train, recipe demo) or point it at a stage-1 checkpoint"
         )
-    resolved = checkpoint.resolve_checkpoint_dir(path)
+    resolved = checkpoint_layout.resolve_checkpoint_dir(path)
     if resolved is None:
         raise ConfigError(
             f"objective.backbone_checkpoint={str(path)!r} holds no complete checkpoint"
@@ -236,10 +256,10 @@ def resolve_backbone_checkpoint(path: str | Path) -> Path:
 def load_backbone_checkpoint(model: TwoTowerModel, path: str | Path) -> Path:
     """Load a stage-1 checkpoint's backbone weights (any TP/EP it was saved at) into both
     towers of ``model``; returns the checkpoint folder it read."""
-    from twotower_train.training import checkpoint
+    from twotower_train.training import checkpoint, checkpoint_layout
 
     resolved = resolve_backbone_checkpoint(path)
-    meta = resolved / checkpoint.TRAINER_STATE_FILE
+    meta = resolved / checkpoint_layout.TRAINER_STATE_FILE
     if meta.exists():
         objective = json.loads(meta.read_text()).get("objective")
         if objective not in (None, "ar"):

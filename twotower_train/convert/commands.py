@@ -98,7 +98,7 @@ def imported_recipe(
 
 def _parallel(cfg: BackboneConfig, tp: int, ep: int) -> ParallelConfig:
     """The import layout, checked against the model and the number of processes."""
-    from twotower_train.model.backbone import check_parallel_layout
+    from twotower_train.model.sizes import check_parallel_layout
 
     parallel = ParallelConfig(tensor_parallel=tp, sequence_parallel=tp > 1, expert_parallel=ep)
     try:
@@ -184,18 +184,22 @@ def export_checkpoint(
     checkpoint_dir: str | os.PathLike, out: str | os.PathLike, *,
     tokenizer: str | os.PathLike | None = None, dtype: str | None = None,
     block_size: int | None = None, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
-    overwrite: bool = False,
+    overwrite: bool = False, backbone: str | os.PathLike | None = None,
 ) -> Path:
     """A trainer checkpoint (root or ``iter_*`` folder, any TP/EP) → an HF folder at ``out``.
 
     ``tokenizer`` defaults to the recipe's ``data.tokenizer``; ``dtype`` (``float32`` /
     ``bfloat16``) to the training precision; ``block_size`` (two-tower) to the last curriculum
-    phase's."""
-    from twotower_train.inference.load import load_trained_model
+    phase's; ``backbone`` (stage 2) to where the checkpoint recorded its frozen backbone."""
+    from twotower_train.inference.load import load_trained_model, run_tokenizer
     from twotower_train.model.two_tower import TwoTowerModel
     from twotower_train.training.config import Precision
 
     out = Path(out)
+    if block_size is not None and block_size < 1:
+        raise ConversionError(f"--block-size {block_size} must be a positive number of tokens")
+    if max_shard_bytes < 1:
+        raise ConversionError(f"--max-shard-size {max_shard_bytes} must be positive, e.g. 5GB")
     check_output(out, overwrite)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConversionError(
@@ -203,12 +207,17 @@ def export_checkpoint(
             "run it without torchrun"
         )
     distributed.initialize(seed=0)
-    model, train_cfg = load_trained_model(checkpoint_dir)
+    model, train_cfg = load_trained_model(
+        checkpoint_dir, backbone_checkpoint=backbone, backbone_option="--backbone "
+    )
     cfg = train_cfg.model
     mask = train_cfg.objective_options.get("mask_token_id")
     if mask is not None:
         cfg = cfg.replace(mask_token_id=mask)
-    tok = export_tokenizer(tokenizer or train_cfg.data.tokenizer, cfg, explicit=tokenizer is not None)
+    tok = export_tokenizer(
+        tokenizer or run_tokenizer(checkpoint_dir, train_cfg, option="--tokenizer"), cfg,
+        explicit=tokenizer is not None,
+    )
     if dtype is None:
         dtype = "bfloat16" if train_cfg.optimizer.precision is Precision.BF16 else "float32"
     if dtype not in DTYPES:
@@ -218,7 +227,13 @@ def export_checkpoint(
              if not k.endswith("_extra_state")}
     if isinstance(model, TwoTowerModel):
         if block_size is None:
-            block_size = train_cfg.curriculum.phases[-1].block_size
+            block_size = train_cfg.trained_block_size
+        shortest = 2 if cfg.denoiser_shift else 1
+        if not shortest <= block_size <= cfg.max_sequence_length:
+            raise ConversionError(
+                f"--block-size {block_size} must be in [{shortest}, {cfg.max_sequence_length}] "
+                "(the model's max_sequence_length; a shifted denoiser needs blocks of two)"
+            )
         save_twotower_folder(
             cfg, state, out, block_size=block_size, tokenizer=tok,
             max_shard_bytes=max_shard_bytes, overwrite=overwrite,
