@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from twotower_train import distributed  # noqa: E402
 from twotower_train.atomic_write import atomic_path, write_text
 from twotower_train.decoding.samplers import MaskDiffusionConfig  # noqa: E402
-from twotower_train.eval.mode_runs import agreement, ar_nll, mode_rows, run_mode  # noqa: E402
+from twotower_train.eval.mode_comparison import agreement, ar_nll, mode_rows, run_mode  # noqa: E402
 from twotower_train.inference import modes  # noqa: E402
 from twotower_train.inference.load import LoadedModel, load_for_decoding  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""``twotower-convert`` as users run it (``python -m twotower_train.convert.cli`` subprocesses):
+"""``twotower-convert`` as users run it (``python -m twotower_train.convert`` subprocesses):
 each bad input gives one ``twotower-convert: error: …`` line and exit code 2, and an existing
 output folder (passed with ``--overwrite`` where the defect is elsewhere) stays byte-identical.
 Every case costs a process start (~8 s CPU), so the default suite runs a few and ``-m slow`` the
@@ -32,7 +32,7 @@ def convert(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
     env.update(PYTHONPATH=str(REPO), TORCHDYNAMO_DISABLE="1", OMP_NUM_THREADS="1")
     return subprocess.run(
-        [sys.executable, "-m", "twotower_train.convert.cli", *map(str, args)],
+        [sys.executable, "-m", "twotower_train.convert", *map(str, args)],
         env=env, capture_output=True, text=True, timeout=600,
     )
 

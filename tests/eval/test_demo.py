@@ -1,4 +1,4 @@
-"""The README demo's settings (``twotower_train.demo``): every variant composes into valid
+"""The README demo's settings (``twotower_train.demo.cli``): every variant composes into valid
 recipes for both stages (a short phase included), a bad stage-2 setting stops the pipeline
 before any work, and ``--check`` names the threshold a report misses. The runs themselves are
 measured in docs/results.md; ``.ci/run`` runs ``twotower-demo --fast --check``."""
@@ -11,16 +11,16 @@ import sys
 
 import pytest
 
-from twotower_train import demo
-from twotower_train.eval import reproduce
+from twotower_train.demo import cli as demo
+from twotower_train.reproduce.config import ReproduceConfig
 from twotower_train.training.recipes import load_config
 
 
 def _recipes(settings: demo.Settings, seed: int = 0):
-    args = reproduce._arguments(["--out", "unused", *demo.pipeline_arguments(settings, seed)])
+    args = ReproduceConfig.from_argv(["--out", "unused", *demo.pipeline_arguments(settings, seed)])
     common = ["data.root=unused", *args.common]
-    stage1 = load_config(args.recipe, common + args.stage1_set, check_data=False)
-    stage2 = load_config(f"{args.recipe}_twotower", common + args.stage2_set, check_data=False)
+    stage1 = load_config(args.recipe, common + [*args.stage1_set], check_data=False)
+    stage2 = load_config(f"{args.recipe}_twotower", common + [*args.stage2_set], check_data=False)
     return stage1, stage2
 
 
@@ -47,7 +47,7 @@ def test_every_variant_composes_into_valid_recipes(settings):
 def test_a_bad_stage2_setting_fails_before_anything_runs(tmp_path, tool_env):
     out = tmp_path / "repro"
     run = subprocess.run(
-        [sys.executable, "-m", "twotower_train.eval.reproduce", "--out", str(out),
+        [sys.executable, "-m", "twotower_train.reproduce", "--out", str(out),
          "--set", "model=tiny", "--stage2-set", "curriculum.phases.2.steps=10"],
         env=tool_env, capture_output=True, text=True, timeout=300,
     )

@@ -3,6 +3,7 @@ tasks end to end through ``lm_eval.simple_evaluate`` (offline)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,18 @@ def test_bad_knobs_fail_at_construction(lm):
         TwoTowerLM(loaded=lm.loaded, sampler="ar", block_size=4)
     with pytest.raises(UserError, match="unknown generation mode"):
         TwoTowerLM(loaded=lm.loaded, sampler="beam")
+
+
+def test_mask_diffusion_defaults_to_the_trained_block_size(lm):
+    """Without block knobs, mask diffusion decodes blocks of the S the model trained at (as
+    twotower-generate does), not the sampler config's literal default."""
+    # The fixture ends at S = 16, the literal default too: record another S so this can fail.
+    loaded = dataclasses.replace(lm.loaded, block_size=8)
+    assert modes.build_config("mask_diffusion").block_size != 8
+    config = TwoTowerLM(loaded=loaded, sampler="mask_diffusion")._sampler_config({})
+    assert (config.block_size, config.steps_per_block) == (8, 8)
+    given = TwoTowerLM(loaded=loaded, sampler="mask_diffusion", block_size=2, steps_per_block=1)
+    assert (given._sampler_config({}).block_size, given._sampler_config({}).steps_per_block) == (2, 1)
 
 
 def test_local_tasks_through_simple_evaluate(lm, tasks, two_tower_checkpoint):

@@ -12,9 +12,9 @@ import sys
 import pytest
 
 from twotower_train.eval.masked_accuracy import answer_blocks, masked_token_accuracy
-from twotower_train.eval.mode_runs import mode_rows
-from twotower_train.eval.reproduce_eval import MASK_RATIO
+from twotower_train.eval.mode_comparison import mode_rows
 from twotower_train.inference import modes
+from twotower_train.reproduce.evaluate import MASK_RATIO
 
 TASK = [
     "--set", "model=tiny", "--set", "training.log_interval=1000",
@@ -69,7 +69,7 @@ def _masked_accuracy(loaded, model, rows) -> dict:
 
 def _reproduce(out, env, *extra):
     return subprocess.run(
-        [sys.executable, "-m", "twotower_train.eval.reproduce", "--out", str(out), *extra],
+        [sys.executable, "-m", "twotower_train.reproduce", "--out", str(out), *extra],
         env=env, capture_output=True, text=True, timeout=900,
     )
 
@@ -85,7 +85,7 @@ def test_pipeline_end_to_end_and_export_decodes_like_megatron(
     proc = _reproduce(out, tool_env, *settings)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
-    assert report["command"].startswith("python -m twotower_train.eval.reproduce --out")
+    assert report["command"].startswith("python -m twotower_train.reproduce --out")
     assert {"data", "stage1", "stage2", "export", "eval"} <= set(report["wall_seconds"])
     assert report["machine"]["cpus"] and report["machine"]["torch"]
     assert [r["name"] for r in report["modes"]] == ["AR", "mock-AR", "diffusion γ=0.8",

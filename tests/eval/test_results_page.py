@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from twotower_train.eval.reproduce import BEGIN, END, _splice
-from twotower_train.eval.results import card_point, markdown_table
+from twotower_train.reproduce.pipeline import BEGIN, END, _splice
+from twotower_train.reproduce.results import card_point, markdown_table
 
 
 def _row(name, mode, em, retained, per_forward):

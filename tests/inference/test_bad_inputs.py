@@ -33,11 +33,11 @@ def _run(module: str, *args, stdin: bytes | None = None, cwd=REPO) -> subprocess
 
 
 def generate(*args, **kwargs):
-    return _run("twotower_train.inference.cli", *args, **kwargs)
+    return _run("twotower_train.inference", *args, **kwargs)
 
 
 def convert(*args, **kwargs):
-    return _run("twotower_train.convert.cli", *args, **kwargs)
+    return _run("twotower_train.convert", *args, **kwargs)
 
 
 def one_line(proc: subprocess.CompletedProcess, tool: str, *expected: str) -> str:

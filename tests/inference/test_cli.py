@@ -10,7 +10,7 @@ import pytest
 
 from twotower_train.inference.cli import main
 
-MODULE = "twotower_train.inference.cli"
+MODULE = "twotower_train.inference"
 
 
 def test_generate_streams_blocks_and_reports(two_tower_checkpoint, tool_env):

@@ -128,7 +128,7 @@ def two_tower_checkpoint(data_root, tmp_path_factory) -> Path:
     """A stage-2 (two-tower) checkpoint of the tiny model on the test data: 2 AR steps, then two
     steps per curriculum phase (built once per session; for loading, decoding and eval tests)."""
     from twotower_train import distributed
-    from twotower_train.training.main import run
+    from twotower_train.training.cli import run
     from twotower_train.training.recipes import load_config
 
     distributed.initialize(seed=0)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from twotower_train.training.command_line import COMMON_OVERRIDES, help_text
+from twotower_train.training.cli import COMMON_OVERRIDES, help_text
 from twotower_train.training.config import WandbMode
 from twotower_train.training.logging import wandb_mode
 from twotower_train.training.recipes import RECIPES_DIR, compose, top_level_recipes
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 _PROBE = """
 import sys
 sys.argv = ["twotower-train", "--help"]
-from twotower_train.training.main import main
+from twotower_train.training.cli import main
 main()
 print("IMPORTED", "torch" in sys.modules, "megatron" in sys.modules)
 import megatron.core

@@ -5,7 +5,7 @@
                                                                        # checkpoint -> HF folder
     twotower-convert import-twotower HF_DIR OUT_DIR [--tp N] [--ep N]  # export -> stage 2
 
-For example, on a CPU (the demo's final checkpoint; ``python -m twotower_train.convert.cli`` is
+For example, on a CPU (the demo's final checkpoint; ``python -m twotower_train.convert`` is
 the same command)::
 
     .venv/bin/twotower-convert export-hf runs/demo/stage2/checkpoints runs/demo/hf
@@ -122,7 +122,3 @@ def main(argv: list[str] | None = None) -> None:
 
     args = build_parser().parse_args(argv)
     run_tool(TOOL, _run, args)
-
-
-if __name__ == "__main__":
-    main()

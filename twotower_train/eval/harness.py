@@ -17,6 +17,8 @@ line with it registered::
 * ``sampler`` — ``mask_diffusion`` (default) | ``mock_ar`` | ``ar`` | ``speculative`` for
   ``generate_until``, with that mode's knobs (``block_size``, ``steps_per_block``,
   ``confidence_threshold``, ``query_block_size``; :mod:`twotower_train.inference.modes`);
+  mask diffusion's ``block_size`` and ``steps_per_block`` default to the block size the model
+  trained at (``LoadedModel.block_size``), as in ``twotower-generate``;
 * ``batch_size`` (lm-eval's ``--batch_size``), ``max_length``, ``max_gen_toks`` (default 256).
 
 ``generate_until`` decodes left-padded batches; a row ends at EOS, at ``max_gen_toks`` or when a
@@ -155,7 +157,9 @@ class TwoTowerLM(TemplateLM):
         choice = {}
         if request.get("do_sample") or request.get("temperature"):
             choice = {k: request[k] for k in ("temperature", "top_k", "top_p") if k in request}
-        knobs = {**self.loaded.sampler_ids(), **self.knobs, **choice}
+        # Mask diffusion's blocks default to the S the model trained at (LoadedModel.block_size).
+        trained = modes.trained_defaults(self.sampler, self.loaded.block_size)
+        knobs = {**self.loaded.sampler_ids(), **trained, **self.knobs, **choice}
         takes = modes.knobs(self.sampler)
         if "mask_token_id" in takes:
             knobs.setdefault("mask_token_id", self.loaded.mask_token_id)

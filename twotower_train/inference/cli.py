@@ -183,7 +183,3 @@ def _summary(mode: str, prompts: int, seconds: float, t: dict[str, int]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     run_tool(TOOL, _main, argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,5 +1,5 @@
 """The reproduction's results: the markdown table and page, and the γ trade-off plot with the
-model card's operating point marked. Input is the report :mod:`twotower_train.eval.reproduce`
+model card's operating point marked. Input is the report :mod:`twotower_train.reproduce.pipeline`
 writes as ``results.json``."""
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""Running generation modes over a prompt set and measuring them: shared by the generation
-benchmark (``benchmarks/generation.py``) and the reproduction pipeline
-(``twotower_train.eval.reproduce``), so both count forwards and score quality the same way."""
+"""Comparing the generation modes on one prompt set: the rows (AR, mock-AR, mask diffusion per
+γ, speculative), a timed batched run of each with its forward counts, agreement with AR and the
+AR tower's NLL of the continuations. Shared by the generation benchmark
+(``benchmarks/generation.py``) and the reproduction pipeline (``twotower_train.reproduce``), so
+both count forwards and score quality the same way."""
 
 from __future__ import annotations
 

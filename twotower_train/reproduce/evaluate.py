@@ -1,6 +1,6 @@
 """The reproduction's evaluation stage: every generation mode on held-out task problems through
 one model (the HF export), plus the denoiser's masked-token accuracy (see
-:mod:`twotower_train.eval.reproduce`)."""
+:mod:`twotower_train.reproduce.pipeline`)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from twotower_train.eval.masked_accuracy import (
     masked_token_accuracy,
     unigram_accuracy,
 )
-from twotower_train.eval.mode_runs import agreement, ar_nll, mode_rows, run_mode
+from twotower_train.eval.mode_comparison import agreement, ar_nll, mode_rows, run_mode
 from twotower_train.inference import modes
 from twotower_train.inference.load import load_for_decoding
+from twotower_train.reproduce.config import ReproduceConfig
 
 MASK_RATIO = 0.5
 UNIGRAM_REFERENCE_ROWS = 2000
@@ -46,12 +47,12 @@ def _masked_accuracy(loaded, rows, train_rows, block_size: int) -> dict:
             "block_size": block_size, "mask_ratio": MASK_RATIO}
 
 
-def evaluate(model_dir: Path, data, args) -> dict:
+def evaluate(model_dir: Path, data, settings: ReproduceConfig) -> dict:
     """The evaluation section of ``results.json`` for the export at ``model_dir``."""
     loaded = load_for_decoding(model_dir)
     tok = loaded.tokenizer
     rows = [json.loads(line) for line in Path(data.heldout).read_text().splitlines()]
-    rows = rows[: args.eval_problems]
+    rows = rows[: settings.eval_problems]
     train_rows = []
     with open(Path(data.heldout).parent / "raw" / "task_train.jsonl") as f:
         for line in f:
@@ -60,14 +61,14 @@ def evaluate(model_dir: Path, data, args) -> dict:
                 break
     prompts = [tok(r["prompt"], add_special_tokens=False)["input_ids"] for r in rows]
     # S of the diffusion rows and the masked-accuracy block: the block size the model trained at.
-    table = mode_rows(loaded.sampler_ids(), loaded.mask_token_id, args.max_new_tokens,
-                      gammas=args.gammas, block_size=loaded.block_size)
+    table = mode_rows(loaded.sampler_ids(), loaded.mask_token_id, settings.max_new_tokens,
+                      gammas=settings.gammas, block_size=loaded.block_size)
     results, reference, ar_em = [], None, None
     for name, (mode, knobs) in table.items():
         config = modes.build_config(mode, **knobs)
         modes.generate(loaded.model, prompts[:1], mode,
                        modes.build_config(mode, **{**knobs, "max_new_tokens": 2}))  # warm-up
-        tokens, stats, seconds = run_mode(loaded.model, prompts, mode, config, args.batch)
+        tokens, stats, seconds = run_mode(loaded.model, prompts, mode, config, settings.batch)
         if reference is None:  # AR comes first
             reference = tokens
         em = _exact_match(tok, tokens, rows, loaded.eos_token_id)
@@ -92,8 +93,8 @@ def evaluate(model_dir: Path, data, args) -> dict:
               f"{seconds:.1f}s", flush=True)
     return {
         "model": str(model_dir),
-        "eval": {"problems": len(rows), "max_new_tokens": args.max_new_tokens,
-                 "batch": args.batch, "gammas": args.gammas},
+        "eval": {"problems": len(rows), "max_new_tokens": settings.max_new_tokens,
+                 "batch": settings.batch, "gammas": settings.gammas},
         "masked_accuracy": _masked_accuracy(loaded, rows, train_rows, loaded.block_size),
         "modes": results,
     }

@@ -4,7 +4,7 @@
     .venv/bin/twotower-demo --seed 1 --threads 1   # another seed (runs/demo_seed1/), 1 thread
     .venv/bin/twotower-demo --fast --check  # the short variant CI runs, held to its thresholds
 
-It is ``twotower-reproduce`` (:mod:`twotower_train.eval.reproduce`) with settings sized for a
+It is ``twotower-reproduce`` (:mod:`twotower_train.reproduce`) with settings sized for a
 few minutes on a 2-core CPU (:data:`DEMO_SETTINGS`; ``--fast``: :data:`FAST_SETTINGS`): a
 small reasoning task (two-step sums up to 15) mixed with real text, a tiny backbone
 (``model=tiny`` widths, pattern M*E*: Mamba-2, attention, MoE), stage-1 AR pretraining, the
@@ -200,7 +200,7 @@ def _main(argv: list[str] | None) -> None:
     if args.seed < 0 or (args.threads is not None and args.threads < 1):
         parser.error("--seed must be >= 0 and --threads >= 1")
 
-    from twotower_train.eval import reproduce
+    from twotower_train.reproduce import pipeline
 
     settings = FAST_SETTINGS if args.fast else DEMO_SETTINGS
     default_out = "runs/demo_fast" if args.fast else "runs/demo"
@@ -211,7 +211,7 @@ def _main(argv: list[str] | None) -> None:
     command = " ".join(["twotower-demo", *(["--fast"] if args.fast else []),
                         *([f"--seed {args.seed}"] if args.seed else []),
                         *([f"--out {args.out}"] if args.out else []), *extra])
-    report = reproduce.pipeline(["--out", str(out), *pipeline_arguments(settings, args.seed),
+    report = pipeline.pipeline(["--out", str(out), *pipeline_arguments(settings, args.seed),
                                  *extra], command=command)
     _run_card(out / "hf")
     print(
@@ -233,7 +233,3 @@ def _main(argv: list[str] | None) -> None:
         print(f"[demo] --check: every threshold holds (AR exact match ≥ "
               f"{settings.min_ar_exact_match:g}; γ={GAMMA:g} keeps ≥ {settings.min_kept:.0%} "
               f"of AR at ≥ {settings.min_tokens_per_forward:g} tokens per denoiser forward)")
-
-
-if __name__ == "__main__":
-    main()
