@@ -149,7 +149,10 @@ def write_trainer_checkpoint(
                 tensor_parallel=tp, expert_parallel=ep, seed=train_cfg.training.seed
             )
             model = objective.build_model(cfg, parallel, dtype)
-            loaded = checkpoint.load_model_state(resharding, objective.checkpoint_state(model))
+            # A private TP=1 save made just above (no meta.json): read it as it was written.
+            loaded = dist_checkpointing.load(
+                {"model": objective.checkpoint_state(model)}, str(resharding)
+            )["model"]
             objective.load_checkpoint_state(model, loaded)
             _on_rank_zero(lambda: shutil.rmtree(resharding))
         trainable = list(objective.trainable_parameters(model))
