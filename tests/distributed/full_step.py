@@ -111,14 +111,15 @@ def gatherer(cfg):
     layout (TP=1) into one model built once, as a flat state dict of the denoiser (parameters
     and buffers such as expert biases)."""
     from twotower_train.model.config import ParallelConfig
-    from twotower_train.training import checkpoint
     from twotower_train.training.objectives import build_objective
 
     objective = build_objective(cfg.objective_name, cfg.objective_options)
     model = objective.build_model(cfg.model, ParallelConfig(), torch.float32)
 
     def gather(path: Path) -> dict[str, torch.Tensor]:
-        state = checkpoint.load_model_state(path, objective.checkpoint_state(model))
+        # Raw dist_checkpointing reads: the gradient folders are plain saves (no meta.json).
+        state = dist_checkpointing.load({"model": objective.checkpoint_state(model)}, str(path))
+        state = state["model"]
         objective.load_checkpoint_state(model, state)
         return {k: v.clone() for k, v in model.denoiser.state_dict().items()
                 if isinstance(v, torch.Tensor)}
