@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str] | None) -> None:
-    parser = argparse.ArgumentParser(description="twotower-train end-to-end CPU demo")
+    parser = argparse.ArgumentParser(prog="twotower-demo",
+                                     description="twotower-train end-to-end CPU demo")
     parser.add_argument("--out", help="run folders and results (default runs/demo, runs/demo_fast "
                         "with --fast, _seedN added for --seed N ≠ 0: a run folder never mixes "
                         "two settings)")
