@@ -16,14 +16,20 @@ def _normalise(name: str) -> str:
 
 
 def main(lock_path: str) -> int:
-    installed = {_normalise(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+    installed = {
+        _normalise(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()
+    }
     wrong = []
     for line in open(lock_path, encoding="utf-8"):
         name, sep, version = line.split("#")[0].strip().partition("==")
         if sep and installed.get(_normalise(name)) != version:
-            wrong.append(f"{name}=={version} (installed: {installed.get(_normalise(name), 'none')})")
+            wrong.append(
+                f"{name}=={version} (installed: {installed.get(_normalise(name), 'none')})"
+            )
     if wrong:
-        print(f"check_lock: the venv differs from {lock_path}: " + ", ".join(wrong), file=sys.stderr)
+        print(
+            f"check_lock: the venv differs from {lock_path}: " + ", ".join(wrong), file=sys.stderr
+        )
         print("check_lock: fix: rm -rf .venv && bash scripts/bootstrap.sh", file=sys.stderr)
         return 1
     return 0

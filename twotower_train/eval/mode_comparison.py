@@ -16,8 +16,12 @@ GAMMAS = (0.5, 0.7, 0.8, 0.9, 0.95)
 
 
 def mode_rows(
-    ids: dict, mask_token_id: int, max_new_tokens: int, gammas=GAMMAS,
-    block_size: int | None = None, steps_per_block: int | None = None,
+    ids: dict,
+    mask_token_id: int,
+    max_new_tokens: int,
+    gammas=GAMMAS,
+    block_size: int | None = None,
+    steps_per_block: int | None = None,
     speculative: dict | None = None,
 ) -> dict[str, tuple[str, dict]]:
     """Row name → (mode, knobs): AR, mock-AR, mask diffusion per γ, speculative. Mask diffusion
@@ -28,9 +32,14 @@ def mode_rows(
     rows = {"AR": ("ar", ids), "mock-AR": ("mock_ar", masked)}
     blocks = {"block_size": block_size, "steps_per_block": steps_per_block or block_size}
     for gamma in gammas:
-        rows[f"diffusion γ={gamma:g}"] = ("mask_diffusion", {
-            **masked, **blocks, "confidence_threshold": gamma,
-        })
+        rows[f"diffusion γ={gamma:g}"] = (
+            "mask_diffusion",
+            {
+                **masked,
+                **blocks,
+                "confidence_threshold": gamma,
+            },
+        )
     rows["speculative"] = ("speculative", {**masked, **(speculative or {})})
     return rows
 

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 TOOL = "twotower-reproduce"
 MODULE = "twotower_train.reproduce"
 """``python -m MODULE`` runs the pipeline; the results record their command in that form."""
-DESCRIPTION = "The card's headline in miniature, by one command: data → stage 1 → stage 2 → " \
-    "export → eval."
+DESCRIPTION = (
+    "The card's headline in miniature, by one command: data → stage 1 → stage 2 → export → eval."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,28 +55,48 @@ class ReproduceConfig:
         except ValueError:
             p.error(f"--gammas must be comma-separated numbers, got {args.gammas!r}")
         return cls(
-            out=Path(args.out), recipe=args.recipe, common=tuple(args.common),
-            stage1_set=tuple(args.stage1_set), stage2_set=tuple(args.stage2_set),
-            train_problems=args.train_problems, heldout_problems=args.heldout_problems,
-            task=_task_config(args.task), eval_problems=args.eval_problems,
-            max_new_tokens=args.max_new_tokens, batch=args.batch, gammas=gammas,
-            results_page=args.results_page, threads=args.threads,
+            out=Path(args.out),
+            recipe=args.recipe,
+            common=tuple(args.common),
+            stage1_set=tuple(args.stage1_set),
+            stage2_set=tuple(args.stage2_set),
+            train_problems=args.train_problems,
+            heldout_problems=args.heldout_problems,
+            task=_task_config(args.task),
+            eval_problems=args.eval_problems,
+            max_new_tokens=args.max_new_tokens,
+            batch=args.batch,
+            gammas=gammas,
+            results_page=args.results_page,
+            threads=args.threads,
         )
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=TOOL, description=DESCRIPTION)
     p.add_argument("--out", default="runs/mini_repro", help="folder for every stage's output")
-    p.add_argument("--recipe", default="mini_repro_cpu",
-                   help="stage-1 recipe; stage 2 uses RECIPE_twotower")
-    p.add_argument("--set", dest="common", action="append", default=[], metavar="KEY=VALUE",
-                   help="Hydra override for both stages (repeatable)")
+    p.add_argument(
+        "--recipe", default="mini_repro_cpu", help="stage-1 recipe; stage 2 uses RECIPE_twotower"
+    )
+    p.add_argument(
+        "--set",
+        dest="common",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Hydra override for both stages (repeatable)",
+    )
     p.add_argument("--stage1-set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--stage2-set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--train-problems", type=int, default=60_000)
     p.add_argument("--heldout-problems", type=int, default=500)
-    p.add_argument("--task", action="append", default=[], metavar="FIELD=INT",
-                   help="reasoning-task setting (TaskConfig field, e.g. max_value=20)")
+    p.add_argument(
+        "--task",
+        action="append",
+        default=[],
+        metavar="FIELD=INT",
+        help="reasoning-task setting (TaskConfig field, e.g. max_value=20)",
+    )
     p.add_argument("--eval-problems", type=int, default=100, help="held-out problems scored")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch", type=int, default=8, help="prompts per generate call")
@@ -94,7 +115,9 @@ def _task_config(fields: list[str]) -> TaskConfig:
     for item in fields:
         key, _, value = item.partition("=")
         if key not in TaskConfig.__dataclass_fields__ or not value.lstrip("-").isdigit():
-            raise DataError(f"--task {item!r}: expected FIELD=INT with FIELD one of "
-                            f"{', '.join(TaskConfig.__dataclass_fields__)}")
+            raise DataError(
+                f"--task {item!r}: expected FIELD=INT with FIELD one of "
+                f"{', '.join(TaskConfig.__dataclass_fields__)}"
+            )
         values[key] = int(value)
     return TaskConfig(**values)

@@ -69,11 +69,18 @@ def _train(recipe: str, overrides: list[str]):
     start = time.perf_counter()
     result = run(load_config(recipe, overrides))
     seconds = time.perf_counter() - start
-    print(f"[reproduce] {recipe}: {result.outcome.replace('_', ' ')} in {seconds:.0f}s "
-          f"-> {result.run_dir}", flush=True)
+    print(
+        f"[reproduce] {recipe}: {result.outcome.replace('_', ' ')} in {seconds:.0f}s "
+        f"-> {result.run_dir}",
+        flush=True,
+    )
     if result.outcome not in ("finished", "already_done"):
-        print(f"{TOOL}: {recipe} stopped early ({result.outcome}) with a checkpoint; the same "
-              "command resumes", file=sys.stderr, flush=True)
+        print(
+            f"{TOOL}: {recipe} stopped early ({result.outcome}) with a checkpoint; the same "
+            "command resumes",
+            file=sys.stderr,
+            flush=True,
+        )
         raise SystemExit(INTERRUPTED_EXIT if result.outcome == "interrupted" else 1)
     return result, seconds
 
@@ -83,8 +90,13 @@ def _check_recipes(config: ReproduceConfig, common: list[str], out: Path) -> Non
     from twotower_train.training.recipes import load_config
 
     load_config(config.recipe, common + [*config.stage1_set], check_data=False)
-    load_config(f"{config.recipe}_twotower", common + [*config.stage2_set] + [
-        f"objective.backbone_checkpoint={out / 'stage1' / 'checkpoints'}"], check_data=False)
+    load_config(
+        f"{config.recipe}_twotower",
+        common
+        + [*config.stage2_set]
+        + [f"objective.backbone_checkpoint={out / 'stage1' / 'checkpoints'}"],
+        check_data=False,
+    )
 
 
 def _machine() -> dict:
@@ -92,7 +104,9 @@ def _machine() -> dict:
 
     cuda = torch.cuda.is_available()
     return {
-        "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name() if cuda else f"CPU ({platform.machine()})",
         "host": platform.node(),
     }
@@ -103,8 +117,10 @@ def pipeline(argv: list[str] | None = None, command: str | None = None) -> dict:
     ``command`` is what the results record as the command (default: ``python -m`` this
     package's)."""
     config = ReproduceConfig.from_argv(argv)  # before anything is written
-    return run(config, command or f"python -m {MODULE} " + shlex.join(
-        argv if argv is not None else sys.argv[1:]))
+    return run(
+        config,
+        command or f"python -m {MODULE} " + shlex.join(argv if argv is not None else sys.argv[1:]),
+    )
 
 
 def run(config: ReproduceConfig, command: str) -> dict:
@@ -124,18 +140,28 @@ def run(config: ReproduceConfig, command: str) -> dict:
     stages = _Stages(out)
 
     start = time.perf_counter()
-    data = prepare_repro_data(out / "data", train_problems=config.train_problems,
-                              heldout_problems=config.heldout_problems, task=config.task)
-    data_inputs = {"train": config.train_problems, "heldout": config.heldout_problems,
-                   "task": dataclasses.asdict(config.task)}
+    data = prepare_repro_data(
+        out / "data",
+        train_problems=config.train_problems,
+        heldout_problems=config.heldout_problems,
+        task=config.task,
+    )
+    data_inputs = {
+        "train": config.train_problems,
+        "heldout": config.heldout_problems,
+        "task": dataclasses.asdict(config.task),
+    }
     if not stages.done("data", data_inputs):
         stages.finish("data", data_inputs, time.perf_counter() - start)
     s1_over = common + [*config.stage1_set, f"output_dir={out / 'stage1'}"]
     s1, seconds = _train(config.recipe, s1_over)
     if s1.outcome == "finished" or "stage1" not in stages.record:
         stages.finish("stage1", {"overrides": s1_over}, seconds)
-    s2_over = common + [*config.stage2_set, f"output_dir={out / 'stage2'}",
-                        f"objective.backbone_checkpoint={s1.checkpoint_dir}"]
+    s2_over = common + [
+        *config.stage2_set,
+        f"output_dir={out / 'stage2'}",
+        f"objective.backbone_checkpoint={s1.checkpoint_dir}",
+    ]
     s2, seconds = _train(f"{config.recipe}_twotower", s2_over)
     if s2.outcome == "finished" or "stage2" not in stages.record:
         stages.finish("stage2", {"overrides": s2_over}, seconds)
@@ -152,9 +178,13 @@ def run(config: ReproduceConfig, command: str) -> dict:
         distributed.shutdown()
         print(f"[reproduce] exported -> {hf}", flush=True)
 
-    eval_inputs = {"export": stages.record["export"], "problems": config.eval_problems,
-                   "max_new_tokens": config.max_new_tokens, "batch": config.batch,
-                   "gammas": config.gammas}
+    eval_inputs = {
+        "export": stages.record["export"],
+        "problems": config.eval_problems,
+        "max_new_tokens": config.max_new_tokens,
+        "batch": config.batch,
+        "gammas": config.gammas,
+    }
     results = out / "results.json"
     if stages.done("eval", eval_inputs) and results.is_file():
         report = json.loads(results.read_text())
@@ -165,8 +195,13 @@ def run(config: ReproduceConfig, command: str) -> dict:
         start = time.perf_counter()
         report = evaluate(hf, data, config)
         stages.finish("eval", eval_inputs, time.perf_counter() - start)
-        report.update(command=command, machine=_machine(), wall_seconds=stages.seconds(),
-                      out=str(out), recipe=config.recipe)
+        report.update(
+            command=command,
+            machine=_machine(),
+            wall_seconds=stages.seconds(),
+            out=str(out),
+            recipe=config.recipe,
+        )
         write_text(results, json.dumps(report, indent=1))
     _publish(report, out, config.results_page)
     return report
@@ -186,8 +221,9 @@ def _publish(report: dict, out: Path, results_page: str | None) -> None:
         text = target.read_text(encoding="utf-8") if target.exists() else ""
         write_text(target, _splice(text, page(report, plot.name)))
     print(markdown_table(report))
-    print(f"[reproduce] results: {out / 'results.json'}, {out / 'results.md'}, "
-          f"{out / 'tradeoff.png'}")
+    print(
+        f"[reproduce] results: {out / 'results.json'}, {out / 'results.md'}, {out / 'tradeoff.png'}"
+    )
 
 
 BEGIN, END = "<!-- reproduce:begin -->", "<!-- reproduce:end -->"
@@ -198,5 +234,5 @@ def _splice(text: str, generated: str) -> str:
     page keeps its prose; a page without markers gets them appended)."""
     block = f"{BEGIN}\n{generated}{END}"
     if BEGIN in text and END in text:
-        return text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+        return text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
     return (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"

@@ -71,8 +71,15 @@ COMMON_OVERRIDES = {
 }
 
 # Hydra's own flags that make it do something else than one training run: left to Hydra.
-_HYDRA_ONLY = ("config_dir", "config_path", "multirun", "hydra_help", "info",
-               "shell_completion", "experimental_rerun")
+_HYDRA_ONLY = (
+    "config_dir",
+    "config_path",
+    "multirun",
+    "hydra_help",
+    "info",
+    "shell_completion",
+    "experimental_rerun",
+)
 
 
 def help_text() -> str:
@@ -101,8 +108,19 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
-_VALUE_FLAGS = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--cfg",
-                "-c", "--package", "-p", "--experimental-rerun")
+_VALUE_FLAGS = (
+    "--config-name",
+    "-cn",
+    "--config-path",
+    "-cp",
+    "--config-dir",
+    "-cd",
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--experimental-rerun",
+)
 
 
 def flags_first(argv: Sequence[str]) -> list[str]:
@@ -128,8 +146,13 @@ def wants_help(argv: Sequence[str]) -> bool:
 
 def _flatten(node: Any, prefix: str = "") -> list[str]:
     keys = []
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(
-        node, list) else ()
+    items = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if isinstance(node, list)
+        else ()
+    )
     for key, value in items:
         if key == "hydra" and not prefix:
             continue
@@ -164,8 +187,10 @@ def _unknown_key(key: str, recipe: str, overrides: Sequence[str]) -> str:
     known = _flatten(OmegaConf.to_container(_compose(recipe, [])))
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]}={value}? " if close else ""
-    return (f"{key} is not a key of recipe {recipe!r}; {hint}({TOOL} --help lists the common "
-            f"keys, `{TOOL} --cfg job` prints the whole recipe)")
+    return (
+        f"{key} is not a key of recipe {recipe!r}; {hint}({TOOL} --help lists the common "
+        f"keys, `{TOOL} --cfg job` prints the whole recipe)"
+    )
 
 
 def _explain(error: Exception, recipe: str, overrides: Sequence[str]) -> str:

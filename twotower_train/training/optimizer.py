@@ -190,8 +190,13 @@ def megatron_configs(
 
 
 def build_optimizer(
-    cfg: OptimizerConfig, model: torch.nn.Module, trainable: Sequence[torch.nn.Parameter],
-    *, grad_sync: GradSync, peak_lr: float, min_lr: float,
+    cfg: OptimizerConfig,
+    model: torch.nn.Module,
+    trainable: Sequence[torch.nn.Parameter],
+    *,
+    grad_sync: GradSync,
+    peak_lr: float,
+    min_lr: float,
 ) -> Any:
     """:class:`MegatronAdamW` where :func:`uses_megatron_optimizer`, else :class:`TorchAdamW`.
 
@@ -213,13 +218,19 @@ def build_reducer_and_optimizer(
     training = cfg.training
     megatron = uses_megatron_optimizer(training.grad_sync)
     reducer = build_grad_reducer(
-        training.grad_sync, model, trainable,
+        training.grad_sync,
+        model,
+        trainable,
         ddp_config=megatron_configs(cfg.optimizer, megatron_optimizer=megatron).ddp,
         megatron_optimizer=megatron,
     )
     first_lr = cfg.curriculum.phases[0].lr
     optimizer = build_optimizer(
-        cfg.optimizer, reducer.model, trainable, grad_sync=training.grad_sync,
-        peak_lr=first_lr.peak, min_lr=first_lr.min,
+        cfg.optimizer,
+        reducer.model,
+        trainable,
+        grad_sync=training.grad_sync,
+        peak_lr=first_lr.peak,
+        min_lr=first_lr.min,
     )
     return reducer, optimizer

@@ -137,7 +137,8 @@ class Trainer:
         self.checkpoint_dir = self.plan.checkpoint_dir
         # The resolved recipe as this run uses it (saved in the run folder and in checkpoints).
         self.recipe = {
-            **cfg.raw, "output_dir": self.plan.output_dir,
+            **cfg.raw,
+            "output_dir": self.plan.output_dir,
             "checkpoint": {**cfg.raw.get("checkpoint", {}), "dir": self.checkpoint_dir},
         }
         self.objective = build_objective(cfg.objective_name, cfg.objective_options)
@@ -145,7 +146,9 @@ class Trainer:
         bf16 = cfg.optimizer.precision is Precision.BF16
         self.module = distributed.to_device(
             self.objective.build_model(
-                cfg.model, par, torch.bfloat16 if bf16 else torch.float32,
+                cfg.model,
+                par,
+                torch.bfloat16 if bf16 else torch.float32,
                 recompute=training.recompute,
             )
         )
@@ -161,8 +164,12 @@ class Trainer:
         if dist.get_rank() == 0:
             write_recipe(self.run_dir, self.recipe)
         self.logger = MetricLogger(
-            cfg.logging, self.run_dir, cfg.run_name, self.recipe,
-            rank=dist.get_rank(), total_steps=self.stop_step,
+            cfg.logging,
+            self.run_dir,
+            cfg.run_name,
+            self.recipe,
+            rank=dist.get_rank(),
+            total_steps=self.stop_step,
         )
         for note in self.plan.notes:
             self.logger.message(note)
@@ -198,7 +205,10 @@ class Trainer:
             # Megatron's optimizer pairs saved and current param groups by their lr settings.
             prepare_param_groups(self.optimizer, self.curriculum.phases[saved_phase].lr)
         loaded = load_checkpoint(
-            path, objective=self.objective, model=self.module, optimizer=self.optimizer,
+            path,
+            objective=self.objective,
+            model=self.module,
+            optimizer=self.optimizer,
             generator=self.generator,
         )
         self.state = loaded.state
@@ -214,10 +224,12 @@ class Trainer:
         """New blend, fresh WSD scheduler (or the checkpoint's, when resuming mid-phase)."""
         training = self.cfg.training
         self.data = build_phase_data(
-            self.cfg.data, active,
+            self.cfg.data,
+            active,
             global_batch_size=training.global_batch_size,
             eval_samples=training.eval_iters * training.micro_batch_size * self.dp_size
-            if training.eval_interval else 0,
+            if training.eval_interval
+            else 0,
         )
         self.scheduler = build_phase_scheduler(self.optimizer, active.phase, active.num_steps)
         if self._saved_scheduler is not None:
@@ -236,8 +248,11 @@ class Trainer:
         """Run to the end of the curriculum (or ``training.max_steps``), then write the report."""
         stop = self.stop_step
         if self.state.step >= stop:
-            limit = ("the end of the curriculum" if stop == self.curriculum.total_steps
-                     else f"training.max_steps={stop}")
+            limit = (
+                "the end of the curriculum"
+                if stop == self.curriculum.total_steps
+                else f"training.max_steps={stop}"
+            )
             self.logger.message(
                 f"nothing to train: {self.plan.resume_from} is at step {self.state.step}, "
                 f"{limit}. For another run pass run_name=NAME or output_dir=DIR; to train on, "
@@ -277,10 +292,14 @@ class Trainer:
         """Write the run report (rank 0) and return the result."""
         if self.logger.enabled:
             summary = summarize(
-                read_metrics(self.run_dir / "metrics.jsonl"), outcome=outcome,
-                steps_done=self.state.step, stop_step=self.stop_step,
-                steps_this_start=self._steps_run, wall_seconds=time.perf_counter() - self._started,
-                train_seconds=self._train_seconds, tokens=self._tokens,
+                read_metrics(self.run_dir / "metrics.jsonl"),
+                outcome=outcome,
+                steps_done=self.state.step,
+                stop_step=self.stop_step,
+                steps_this_start=self._steps_run,
+                wall_seconds=time.perf_counter() - self._started,
+                train_seconds=self._train_seconds,
+                tokens=self._tokens,
             )
             for line in write_report(self.run_dir, summary, title=str(self.run_dir)):
                 self.logger.message(line)
@@ -298,12 +317,16 @@ class Trainer:
         sums: MetricSums | None = None
         consumed = state.consumed_samples.get(name, 0)
         last = training.global_batch_size // (training.micro_batch_size * self.dp_size) - 1
-        for m, (offset, batch) in enumerate(micro_batches(
-            self.data.train, consumed,
-            global_batch_size=training.global_batch_size,
-            micro_batch_size=training.micro_batch_size,
-            dp_rank=self.dp_rank, dp_size=self.dp_size,
-        )):
+        for m, (offset, batch) in enumerate(
+            micro_batches(
+                self.data.train,
+                consumed,
+                global_batch_size=training.global_batch_size,
+                micro_batch_size=training.micro_batch_size,
+                dp_rank=self.dp_rank,
+                dp_size=self.dp_size,
+            )
+        ):
             self.generator.manual_seed(micro_batch_seed(training.seed, step, offset))
             out, metrics = self.objective.loss(self.model, batch, active, self.generator)
             # Gradient reduction starts only in the last micro-batch's backward.
@@ -326,8 +349,9 @@ class Trainer:
         self._tokens += tokens
         self._steps_run += 1
         tokens_per_s = tokens / seconds
-        utilisation = mfu(tokens_per_s, self.flops_per_token, self.peak_tflops,
-                          dist.get_world_size())
+        utilisation = mfu(
+            tokens_per_s, self.flops_per_token, self.peak_tflops, dist.get_world_size()
+        )
         return {
             "step": step,
             "phase": name,
@@ -347,9 +371,9 @@ class Trainer:
         self, numerator: torch.Tensor, denominator: torch.Tensor, sums: MetricSums | None
     ) -> tuple[float, dict[str, float]]:
         """Exact step loss and objective metrics over micro-batches and data-parallel ranks."""
-        vector = torch.cat([
-            numerator.reshape(1), denominator.reshape(1), sums.to_tensor(numerator.device)
-        ])
+        vector = torch.cat(
+            [numerator.reshape(1), denominator.reshape(1), sums.to_tensor(numerator.device)]
+        )
         dist.all_reduce(vector, group=parallel_state.get_data_parallel_group())
         loss = float(vector[0] / vector[1].clamp(min=1.0))
         return loss, self.objective.summarize(sums.from_tensor(vector[2:]))
@@ -363,8 +387,11 @@ class Trainer:
         self.model.eval()
         totals = torch.zeros(2, dtype=torch.float64, device=distributed.device())
         for offset, batch in eval_batches(
-            self.data.valid, iters=training.eval_iters,
-            micro_batch_size=training.micro_batch_size, dp_rank=self.dp_rank, dp_size=self.dp_size,
+            self.data.valid,
+            iters=training.eval_iters,
+            micro_batch_size=training.micro_batch_size,
+            dp_rank=self.dp_rank,
+            dp_size=self.dp_size,
         ):
             # Same corruption at every evaluation of the phase (a negative "step" per phase).
             seed = micro_batch_seed(training.seed, -1 - active.index, offset)
@@ -386,9 +413,14 @@ class Trainer:
         self.reducer.sync_params()
         path = save_checkpoint(
             self.checkpoint_dir,
-            objective=self.objective, model=self.module, optimizer=self.optimizer,
-            scheduler=self.scheduler, state=self.state, generator=self.generator,
-            config=self.recipe, keep_last=self.cfg.checkpoint.keep_last,
+            objective=self.objective,
+            model=self.module,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            state=self.state,
+            generator=self.generator,
+            config=self.recipe,
+            keep_last=self.cfg.checkpoint.keep_last,
         )
         self._last_saved_step = self.state.step
         self.logger.message(f"saved checkpoint {path}")
