@@ -144,7 +144,7 @@ def write_trainer_checkpoint(
     from twotower_train.training import checkpoint
     from twotower_train.training.config import Precision, from_container
     from twotower_train.training.objectives import build_objective
-    from twotower_train.training.optimizer import build_reducer_and_optimizer
+    from twotower_train.training.optimizer import build_reducer_and_optimizer, freeze_all_but
 
     parallel = _parallel(cfg, tp, ep)
     raw = imported_recipe(recipe, cfg, out, parallel, objective_values)
@@ -174,10 +174,7 @@ def write_trainer_checkpoint(
             )["model"]
             objective.load_checkpoint_state(model, loaded)
             _on_rank_zero(lambda: shutil.rmtree(resharding))
-        trainable = list(objective.trainable_parameters(model))
-        chosen = {id(p) for p in trainable}
-        for p in model.parameters():  # as the trainer freezes: only these get optimizer state
-            p.requires_grad_(id(p) in chosen)
+        trainable = freeze_all_but(model, objective.trainable_parameters(model))  # as trained
         _, optimizer = build_reducer_and_optimizer(train_cfg, model, trainable)
         checkpoint.save_checkpoint(
             tmp / CHECKPOINTS,

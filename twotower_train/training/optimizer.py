@@ -208,6 +208,20 @@ def build_optimizer(
     return MegatronAdamW(configs.optimizer, model)
 
 
+def freeze_all_but(
+    module: torch.nn.Module, trainable: Iterable[torch.nn.Parameter]
+) -> list[torch.nn.Parameter]:
+    """Only ``trainable`` get gradients — and so optimizer state and DDP buckets; every other
+    parameter of ``module`` (a frozen tower) is frozen. Returns ``trainable`` as a list."""
+    trainable = list(trainable)
+    if not trainable:
+        raise ValueError("the objective named no trainable parameter")
+    chosen = {id(p) for p in trainable}
+    for p in module.parameters():
+        p.requires_grad_(id(p) in chosen)
+    return trainable
+
+
 def build_reducer_and_optimizer(
     cfg: Any, model: torch.nn.Module, trainable: Sequence[torch.nn.Parameter]
 ) -> tuple[GradReducer, Any]:
