@@ -34,12 +34,14 @@ def _sync(device: torch.device) -> None:
 
 def measure(kernel: str, length: int, args, device, dtype, warmup: int, repeats: int) -> dict:
     shapes = [(1, args.heads, length, args.head_dim)] + [
-        (1, args.kv_heads, length, args.head_dim)] * 4  # q, k_ctx, v_ctx, k_noisy, v_noisy
+        (1, args.kv_heads, length, args.head_dim)
+    ] * 4  # q, k_ctx, v_ctx, k_noisy, v_noisy
     backward = device.type == "cuda" or kernel == "dense"
     row = {"kernel": kernel, "L": length, "passes": "fwd+bwd" if backward else "fwd"}
     try:
-        inputs = [torch.randn(s, device=device, dtype=dtype, requires_grad=backward)
-                  for s in shapes]
+        inputs = [
+            torch.randn(s, device=device, dtype=dtype, requires_grad=backward) for s in shapes
+        ]
 
         def step():
             out = denoiser_attention(*inputs, args.block_size, backend=KERNELS[kernel])
@@ -77,30 +79,47 @@ def main() -> None:
     parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny shapes, fp32, 1 repeat: checks the script runs (CPU CI)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny shapes, fp32, 1 repeat: checks the script runs (CPU CI)",
+    )
     args = parser.parse_args()
     if args.smoke:
         args.lengths, args.heads, args.kv_heads, args.head_dim = [64, 128], 4, 2, 16
         args.warmup, args.repeats = 1, 1
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" and not args.smoke else torch.float32
-    rows = [measure(kernel, length, args, device, dtype, args.warmup, args.repeats)
-            for length in args.lengths for kernel in KERNELS]
+    rows = [
+        measure(kernel, length, args, device, dtype, args.warmup, args.repeats)
+        for length in args.lengths
+        for kernel in KERNELS
+    ]
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"denoiser attention, S={args.block_size}, heads={args.heads}/{args.kv_heads}, "
-          f"head_dim={args.head_dim}, {str(dtype).removeprefix('torch.')}, device: {name}")
+    print(
+        f"denoiser attention, S={args.block_size}, heads={args.heads}/{args.kv_heads}, "
+        f"head_dim={args.head_dim}, {str(dtype).removeprefix('torch.')}, device: {name}"
+    )
     print(f"{'L':>7} {'kernel':>6} {'passes':>8} {'ms':>10} {'peak MiB':>10} {'status':>6}")
     for r in rows:
         ms = "-" if r["ms"] is None else f"{r['ms']:.2f}"
         mib = "-" if r["peak_extra_mib"] is None else f"{r['peak_extra_mib']:.0f}"
         print(f"{r['L']:>7} {r['kernel']:>6} {r['passes']:>8} {ms:>10} {mib:>10} {r['status']:>6}")
-    print(json.dumps({
-        "benchmark": "attention", "device": name, "dtype": str(dtype).removeprefix("torch."),
-        "block_size": args.block_size, "heads": args.heads, "kv_heads": args.kv_heads,
-        "head_dim": args.head_dim, "rows": rows,
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "attention",
+                "device": name,
+                "dtype": str(dtype).removeprefix("torch."),
+                "block_size": args.block_size,
+                "heads": args.heads,
+                "kv_heads": args.kv_heads,
+                "head_dim": args.head_dim,
+                "rows": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Forward + backward of a backbone preset on this machine (CPU: seconds)::
 
-    .venv/bin/python benchmarks/backbone_smoke.py [preset]
+.venv/bin/python benchmarks/backbone_smoke.py [preset]
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ def smoke(preset_name: str = "tiny", seq_len: int = 64, batch: int = 2, repeats:
         forward_logits(model, tokens).float().logsumexp(-1).mean().backward()
 
     seconds, warmup = median_seconds(step, repeats=repeats)
-    print(f"{preset_name}: forward+backward of {batch}x{seq_len} tokens in {seconds:.3f}s "
-          f"(median of {repeats}; warm-up {warmup:.3f}s)")
+    print(
+        f"{preset_name}: forward+backward of {batch}x{seq_len} tokens in {seconds:.3f}s "
+        f"(median of {repeats}; warm-up {warmup:.3f}s)"
+    )
     return seconds
 
 

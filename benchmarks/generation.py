@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from twotower_train import distributed  # noqa: E402
 from twotower_train.atomic_write import atomic_path, write_text
 from twotower_train.decoding.samplers import MaskDiffusionConfig  # noqa: E402
-from twotower_train.eval.mode_runs import agreement, ar_nll, mode_rows, run_mode  # noqa: E402
+from twotower_train.eval.mode_comparison import agreement, ar_nll, mode_rows, run_mode  # noqa: E402
 from twotower_train.inference import modes  # noqa: E402
 from twotower_train.inference.load import LoadedModel, load_for_decoding  # noqa: E402
 
@@ -76,18 +76,30 @@ def _smoke_model() -> tuple[LoadedModel, list[list[int]]]:
     model = TwoTowerModel.build(cfg).eval()
     gen = torch.Generator().manual_seed(0)
     prompts = [torch.randint(4, cfg.vocab_size, (n,), generator=gen).tolist() for n in (5, 9, 7, 3)]
-    loaded = LoadedModel(model, None, cfg.eos_token_id, cfg.mask_token_id, cfg.pad_token_id,
-                         cfg.max_sequence_length, block_size=MaskDiffusionConfig.block_size)
+    loaded = LoadedModel(
+        model,
+        None,
+        cfg.eos_token_id,
+        cfg.mask_token_id,
+        cfg.pad_token_id,
+        cfg.max_sequence_length,
+        block_size=MaskDiffusionConfig.block_size,
+    )
     return loaded, prompts
 
 
 def _modes(args, loaded: LoadedModel) -> dict[str, tuple[str, dict]]:
     """Row name → (mode, knobs)."""
     return mode_rows(
-        loaded.sampler_ids(), loaded.mask_token_id, args.max_new_tokens,
-        gammas=[float(g) for g in args.gammas.split(",")], block_size=args.block_size or loaded.block_size,
-        steps_per_block=args.steps_per_block, speculative={
-            "block_size": args.speculative_block_size, "steps_per_block": args.speculative_steps,
+        loaded.sampler_ids(),
+        loaded.mask_token_id,
+        args.max_new_tokens,
+        gammas=[float(g) for g in args.gammas.split(",")],
+        block_size=args.block_size or loaded.block_size,
+        steps_per_block=args.steps_per_block,
+        speculative={
+            "block_size": args.speculative_block_size,
+            "steps_per_block": args.speculative_steps,
             "confidence_threshold": args.speculative_threshold,
         },
     )
@@ -115,49 +127,69 @@ def measure(args, loaded, prompts) -> dict:
         tokens, stats = first[name, batches[0]]
         exact, per_token = agreement(tokens, reference)
         forwards = stats["context"] + stats["denoiser"]
-        results.append({
-            "name": name, "mode": mode,
-            "config": {k: v for k, v in vars(configs[name]).items() if k != "choice"},
-            **{f"tokens_per_s_batch{b}": first[name, b][1]["generated"]
-               / statistics.median(seconds[name, b]) for b in batches},
-            "forwards_per_token": forwards / stats["generated"],
-            "tokens_per_forward": stats["generated"] / forwards,
-            "tokens_per_context_forward": stats["generated"] / stats["context"],
-            "accepted_per_verify": (
-                stats["accepted"] / stats["verify"] if stats["verify"] else None
-            ),
-            "tokens_per_denoiser_forward": (
-                stats["generated"] / stats["denoiser"] if stats["denoiser"] else None
-            ),
-            "exact_match_ar": exact, "token_agreement_ar": per_token,
-            "ar_nll": ar_nll(loaded.model, prompts, tokens, loaded.pad_token_id), "generated": stats["generated"],
-        })
+        results.append(
+            {
+                "name": name,
+                "mode": mode,
+                "config": {k: v for k, v in vars(configs[name]).items() if k != "choice"},
+                **{
+                    f"tokens_per_s_batch{b}": first[name, b][1]["generated"]
+                    / statistics.median(seconds[name, b])
+                    for b in batches
+                },
+                "forwards_per_token": forwards / stats["generated"],
+                "tokens_per_forward": stats["generated"] / forwards,
+                "tokens_per_context_forward": stats["generated"] / stats["context"],
+                "accepted_per_verify": (
+                    stats["accepted"] / stats["verify"] if stats["verify"] else None
+                ),
+                "tokens_per_denoiser_forward": (
+                    stats["generated"] / stats["denoiser"] if stats["denoiser"] else None
+                ),
+                "exact_match_ar": exact,
+                "token_agreement_ar": per_token,
+                "ar_nll": ar_nll(loaded.model, prompts, tokens, loaded.pad_token_id),
+                "generated": stats["generated"],
+            }
+        )
     return {
-        "benchmark": "generation", "model": args.model or "smoke:tiny",
+        "benchmark": "generation",
+        "model": args.model or "smoke:tiny",
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs"
         + (f" {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
-        "device": str(loaded.model.context_device), "threads": torch.get_num_threads(),
-        "load_average": os.getloadavg()[0], "prompts": len(prompts),
-        "max_new_tokens": args.max_new_tokens, "batch_sizes": batches, "repeats": args.repeats,
+        "device": str(loaded.model.context_device),
+        "threads": torch.get_num_threads(),
+        "load_average": os.getloadavg()[0],
+        "prompts": len(prompts),
+        "max_new_tokens": args.max_new_tokens,
+        "batch_sizes": batches,
+        "repeats": args.repeats,
         "results": results,
     }
 
 
 def table(report: dict) -> str:
     batches = report["batch_sizes"]
-    head = (f"{'mode':<20}" + "".join(f"{f'tok/s b{b}':>10}" for b in batches)
-            + f"{'fwd/tok':>9}{'tok/ctx':>9}{'tok/den':>9}{'exact':>7}{'agree':>7}{'AR NLL':>8}"
-            f"{'acc/ver':>9}")
+    head = (
+        f"{'mode':<20}"
+        + "".join(f"{f'tok/s b{b}':>10}" for b in batches)
+        + f"{'fwd/tok':>9}{'tok/ctx':>9}{'tok/den':>9}{'exact':>7}{'agree':>7}{'AR NLL':>8}"
+        f"{'acc/ver':>9}"
+    )
     lines = [head, "-" * len(head)]
     for r in report["results"]:
         per_den = r["tokens_per_denoiser_forward"]
         lines.append(
-            f"{r['name']:<20}" + "".join(f"{r[f'tokens_per_s_batch{b}']:>10.1f}" for b in batches)
+            f"{r['name']:<20}"
+            + "".join(f"{r[f'tokens_per_s_batch{b}']:>10.1f}" for b in batches)
             + f"{r['forwards_per_token']:>9.2f}{r['tokens_per_context_forward']:>9.2f}"
             + (f"{per_den:>9.2f}" if per_den else f"{'-':>9}")
             + f"{r['exact_match_ar']:>7.2f}{r['token_agreement_ar']:>7.2f}{r['ar_nll']:>8.3f}"
-            + (f"{r['accepted_per_verify']:>9.2f}" if r["accepted_per_verify"] is not None
-               else f"{'-':>9}")
+            + (
+                f"{r['accepted_per_verify']:>9.2f}"
+                if r["accepted_per_verify"] is not None
+                else f"{'-':>9}"
+            )
         )
     return "\n".join(lines)
 
@@ -169,24 +201,38 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, label in ((axes[0], "ar_nll", "AR-tower NLL / token (lower is better)"),
-                           (axes[1], "token_agreement_ar", "token agreement with AR greedy")):
+    for ax, key, label in (
+        (axes[0], "ar_nll", "AR-tower NLL / token (lower is better)"),
+        (axes[1], "token_agreement_ar", "token agreement with AR greedy"),
+    ):
         diffusion = [r for r in report["results"] if r["mode"] == "mask_diffusion"]
-        ax.plot([r["tokens_per_forward"] for r in diffusion], [r[key] for r in diffusion],
-                "o-", label="mask diffusion (γ)")
+        ax.plot(
+            [r["tokens_per_forward"] for r in diffusion],
+            [r[key] for r in diffusion],
+            "o-",
+            label="mask diffusion (γ)",
+        )
         for r in diffusion:
-            ax.annotate(f"{r['config']['confidence_threshold']:g}",
-                        (r["tokens_per_forward"], r[key]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=8)
-        for r, marker in zip([r for r in report["results"] if r["mode"] != "mask_diffusion"],
-                             ("s", "^", "*")):
+            ax.annotate(
+                f"{r['config']['confidence_threshold']:g}",
+                (r["tokens_per_forward"], r[key]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=8,
+            )
+        for r, marker in zip(
+            [r for r in report["results"] if r["mode"] != "mask_diffusion"], ("s", "^", "*")
+        ):
             ax.plot(r["tokens_per_forward"], r[key], marker, markersize=10, label=r["name"])
         ax.set_xlabel("generated tokens per (context + denoiser) forward")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{report['model']} — {report['prompts']} prompts × "
-                 f"{report['max_new_tokens']} tokens ({report['machine']})", fontsize=9)
+    fig.suptitle(
+        f"{report['model']} — {report['prompts']} prompts × "
+        f"{report['max_new_tokens']} tokens ({report['machine']})",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
@@ -201,7 +247,8 @@ def main(argv: list[str] | None = None) -> dict:
         lines = Path(args.prompts).read_text(encoding="utf-8").splitlines()
         prompts = [
             loaded.tokenizer(line, add_special_tokens=False)["input_ids"]
-            for line in lines if line.strip()
+            for line in lines
+            if line.strip()
         ]
     report = measure(args, loaded, prompts)
     out = Path(args.out)

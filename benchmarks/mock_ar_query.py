@@ -29,8 +29,12 @@ from twotower_train.inference.load import load_for_decoding  # noqa: E402
 def _validation_sequences(cfg, count: int) -> list[list[int]]:
     phase = cfg.curriculum.phases[-1]
     _, valid = build_blended_datasets(
-        list(phase.blend), cfg.data.seq_length, {"train": 1, "valid": count},
-        cfg.data.seed, cfg.data.split, tokenizer=cfg.data.tokenizer,
+        list(phase.blend),
+        cfg.data.seq_length,
+        {"train": 1, "valid": count},
+        cfg.data.seed,
+        cfg.data.split,
+        tokenizer=cfg.data.tokenizer,
     )
     return [torch.as_tensor(valid[i]["tokens"]).tolist() for i in range(count)]
 
@@ -51,13 +55,15 @@ def main(argv: list[str] | None = None) -> dict:
     positions = [round(length * (k + 1) / (args.positions + 1)) for k in range(args.positions)]
     scorers = {"AR (context tower)": lambda pairs: score_ar(loaded.model, pairs)}
     for size in (int(s) for s in args.sizes.split(",")):
-        scorers[f"denoiser, query block {size}"] = (
-            lambda pairs, size=size: score_mock_ar(
-                loaded.model, pairs, loaded.mask_token_id, query_block_size=size
-            )
+        scorers[f"denoiser, query block {size}"] = lambda pairs, size=size: score_mock_ar(
+            loaded.model, pairs, loaded.mask_token_id, query_block_size=size
         )
-    report = {"model": args.model, "sequences": len(sequences), "positions": positions,
-              "results": {}}
+    report = {
+        "model": args.model,
+        "sequences": len(sequences),
+        "positions": positions,
+        "results": {},
+    }
     logprobs = {}
     for name, score in scorers.items():
         scores = []
@@ -76,10 +82,15 @@ def main(argv: list[str] | None = None) -> dict:
             diff = logprobs[name] - baseline  # > 0: lower NLL than the 1-token query
             r["nll_gain_vs_block_1"] = float(diff.mean())
             r["nll_gain_stderr"] = float(diff.std() / len(diff) ** 0.5)
-        gain = (f"  NLL gain vs block 1 {r['nll_gain_vs_block_1']:+.4f} "
-                f"± {r['nll_gain_stderr']:.4f}" if "nll_gain_vs_block_1" in r else "")
-        print(f"{name:<28} accuracy {r['accuracy']:.4f}  NLL {r['nll']:.4f}"
-              f"  ({r['tokens']} tokens){gain}")
+        gain = (
+            f"  NLL gain vs block 1 {r['nll_gain_vs_block_1']:+.4f} ± {r['nll_gain_stderr']:.4f}"
+            if "nll_gain_vs_block_1" in r
+            else ""
+        )
+        print(
+            f"{name:<28} accuracy {r['accuracy']:.4f}  NLL {r['nll']:.4f}"
+            f"  ({r['tokens']} tokens){gain}"
+        )
     print(json.dumps(report))
     return report
 

@@ -62,16 +62,19 @@ def main(argv: list[str] | None = None) -> dict:
     from twotower_train.inference.load import load_trained_model
 
     data = Path(args.data)
-    rows = [json.loads(line) for line in
-            (data / "task_heldout.jsonl").read_text().splitlines()][: args.problems]
+    rows = [json.loads(line) for line in (data / "task_heldout.jsonl").read_text().splitlines()][
+        : args.problems
+    ]
     tokenizer = load_tokenizer(data / "tokenizer", expected=None)
     prompts = [tokenizer(r["prompt"], add_special_tokens=False)["input_ids"] for r in rows]
     distributed.initialize(seed=0)
     report = {}
     for path in args.checkpoints:
         model, cfg = load_trained_model(path)
-        texts = [tokenizer.decode(t) for t in
-                 greedy(model, prompts, cfg.model.eos_token_id, args.max_new_tokens)]
+        texts = [
+            tokenizer.decode(t)
+            for t in greedy(model, prompts, cfg.model.eos_token_id, args.max_new_tokens)
+        ]
         exact = sum(extract_answer(t) == r["result"] for t, r in zip(texts, rows)) / len(rows)
         report[str(path)] = exact
         print(f"{path}: AR exact match {exact:.3f} ({len(rows)} problems)", flush=True)

@@ -41,9 +41,13 @@ TARGET_RATIO = 1.40
 
 def _phase(block_size: int, seq_len: int, batch: int):
     curriculum = Curriculum.from_dict(
-        {"phases": [{"name": "bench", "block_size": block_size, "blend": [["-", 1.0]],
-                     "steps": 2}]},
-        global_batch_tokens=batch * seq_len, seq_length=seq_len,
+        {
+            "phases": [
+                {"name": "bench", "block_size": block_size, "blend": [["-", 1.0]], "steps": 2}
+            ]
+        },
+        global_batch_tokens=batch * seq_len,
+        seq_length=seq_len,
     )
     return curriculum.phase_at(0)
 
@@ -68,8 +72,9 @@ def _measure(name, loss_fn, params, flops_per_token, tokens, args, device, peak)
         "tokens_per_s": tokens_per_s,
         "model_tflops": tflops,
         "mfu": None if peak is None else tflops / peak,
-        "peak_memory_mib": (torch.cuda.max_memory_allocated(device) / 2**20
-                            if device.type == "cuda" else None),
+        "peak_memory_mib": (
+            torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        ),
     }
 
 
@@ -82,8 +87,11 @@ def main() -> None:
     parser.add_argument("--recompute", default="none", choices=[r.value for r in Recompute])
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny preset, L=64, 1 repeat: checks the script runs (CPU CI)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny preset, L=64, 1 repeat: checks the script runs (CPU CI)",
+    )
     args = parser.parse_args()
     if args.smoke:
         args.preset, args.seq_len, args.batch, args.block_size = "tiny", 64, 2, 16
@@ -99,42 +107,75 @@ def main() -> None:
     backbone = model.denoiser.backbone  # the AR step trains this copy: same weights
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(4, cfg.vocab_size, (args.batch, args.seq_len + 1), generator=gen)
-    ar_batch = {"tokens": tokens[:, :-1].to(device), "labels": tokens[:, 1:].to(device),
-                "loss_mask": torch.ones(args.batch, args.seq_len, device=device)}
+    ar_batch = {
+        "tokens": tokens[:, :-1].to(device),
+        "labels": tokens[:, 1:].to(device),
+        "loss_mask": torch.ones(args.batch, args.seq_len, device=device),
+    }
     tt_batch = {"tokens": tokens[:, :-1].to(device)}
     phase = _phase(args.block_size, args.seq_len, args.batch)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = peak_tflops_by_name(name, Precision.BF16) if device.type == "cuda" else None
     n_tokens = args.batch * args.seq_len
     rows = [
-        _measure("ar", lambda: ar.loss(backbone, ar_batch, phase, gen),
-                 list(backbone.parameters()), ar.flops_per_token(cfg, args.seq_len),
-                 n_tokens, args, device, peak),
-        _measure("two_tower",
-                 lambda: diffusion.loss(model, tt_batch, phase,
-                                        torch.Generator(device=device).manual_seed(1)),
-                 model.trainable_parameters(), diffusion.flops_per_token(cfg, args.seq_len),
-                 n_tokens, args, device, peak),
+        _measure(
+            "ar",
+            lambda: ar.loss(backbone, ar_batch, phase, gen),
+            list(backbone.parameters()),
+            ar.flops_per_token(cfg, args.seq_len),
+            n_tokens,
+            args,
+            device,
+            peak,
+        ),
+        _measure(
+            "two_tower",
+            lambda: diffusion.loss(
+                model, tt_batch, phase, torch.Generator(device=device).manual_seed(1)
+            ),
+            model.trainable_parameters(),
+            diffusion.flops_per_token(cfg, args.seq_len),
+            n_tokens,
+            args,
+            device,
+            peak,
+        ),
     ]
     ratio = rows[1]["ms"] / rows[0]["ms"]
 
-    print(f"{args.preset}: batch {args.batch} x L={args.seq_len}, S={args.block_size}, "
-          f"{str(dtype).removeprefix('torch.')}, recompute={args.recompute}, device: {name}, "
-          f"bf16 peak: {'-' if peak is None else f'{peak:.0f} TFLOP/s'}")
+    print(
+        f"{args.preset}: batch {args.batch} x L={args.seq_len}, S={args.block_size}, "
+        f"{str(dtype).removeprefix('torch.')}, recompute={args.recompute}, device: {name}, "
+        f"bf16 peak: {'-' if peak is None else f'{peak:.0f} TFLOP/s'}"
+    )
     print(f"{'step':>10} {'ms':>10} {'tokens/s':>12} {'TFLOP/s':>9} {'MFU':>7} {'peak MiB':>10}")
     for r in rows:
         mfu = "-" if r["mfu"] is None else f"{r['mfu']:.1%}"
         mem = "-" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}"
-        print(f"{r['step']:>10} {r['ms']:>10.1f} {r['tokens_per_s']:>12,.0f} "
-              f"{r['model_tflops']:>9.3f} {mfu:>7} {mem:>10}")
+        print(
+            f"{r['step']:>10} {r['ms']:>10.1f} {r['tokens_per_s']:>12,.0f} "
+            f"{r['model_tflops']:>9.3f} {mfu:>7} {mem:>10}"
+        )
     print(f"two-tower / AR time: {ratio:.3f}x (ideal 1.333x, target <= {TARGET_RATIO:.2f}x)")
-    print(json.dumps({
-        "benchmark": "step_time", "device": name, "dtype": str(dtype).removeprefix("torch."),
-        "preset": args.preset, "seq_len": args.seq_len, "batch": args.batch,
-        "block_size": args.block_size, "recompute": args.recompute, "peak_tflops": peak,
-        "rows": rows, "ratio": ratio, "target_ratio": TARGET_RATIO,
-        "within_target": ratio <= TARGET_RATIO,
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "step_time",
+                "device": name,
+                "dtype": str(dtype).removeprefix("torch."),
+                "preset": args.preset,
+                "seq_len": args.seq_len,
+                "batch": args.batch,
+                "block_size": args.block_size,
+                "recompute": args.recompute,
+                "peak_tflops": peak,
+                "rows": rows,
+                "ratio": ratio,
+                "target_ratio": TARGET_RATIO,
+                "within_target": ratio <= TARGET_RATIO,
+            }
+        )
+    )
     distributed.shutdown()
 
 

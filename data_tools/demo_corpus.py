@@ -84,7 +84,11 @@ def _tokenizer_sample(raw: dict[str, Path], max_docs: int, seed: int) -> list[st
 
 
 def _ensure_tokenizer(
-    out: Path, raw: dict[str, Path], vocab_size: int, seed: int, max_docs: int,
+    out: Path,
+    raw: dict[str, Path],
+    vocab_size: int,
+    seed: int,
+    max_docs: int,
     extra: dict[str, Path],
 ) -> Path:
     tok_dir = out / "tokenizer"

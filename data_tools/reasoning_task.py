@@ -43,12 +43,44 @@ from twotower_train.atomic_write import atomic_path
 from twotower_train.data.errors import DataError
 
 NAMES = (
-    "Mia", "Tom", "Ana", "Leo", "Sara", "Ben", "Zoe", "Max", "Ivy", "Sam", "Eva", "Noah", "Lily",
-    "Omar", "Rosa", "Finn", "Nina", "Hugo", "Maya", "Jack",
+    "Mia",
+    "Tom",
+    "Ana",
+    "Leo",
+    "Sara",
+    "Ben",
+    "Zoe",
+    "Max",
+    "Ivy",
+    "Sam",
+    "Eva",
+    "Noah",
+    "Lily",
+    "Omar",
+    "Rosa",
+    "Finn",
+    "Nina",
+    "Hugo",
+    "Maya",
+    "Jack",
 )
 ITEMS = (
-    "apples", "books", "coins", "stamps", "marbles", "cards", "pens", "shells", "stickers",
-    "cookies", "flowers", "rocks", "buttons", "tickets", "beads", "eggs",
+    "apples",
+    "books",
+    "coins",
+    "stamps",
+    "marbles",
+    "cards",
+    "pens",
+    "shells",
+    "stickers",
+    "cookies",
+    "flowers",
+    "rocks",
+    "buttons",
+    "tickets",
+    "beads",
+    "eggs",
 )
 VERBS: dict[str, tuple[str, ...]] = {
     "+": ("finds {n} more", "buys {n} more", "gets {n} more", "wins {n} more"),
@@ -150,7 +182,9 @@ def _random_problem(rng: random.Random, config: TaskConfig) -> Problem:
     start = rng.randint(2, config.max_start)
     ops, value = [], start
     for _ in range(rng.randint(config.min_steps, config.max_steps)):
-        choices = [("+", n) for n in range(1, config.max_amount + 1) if value + n <= config.max_value]
+        choices = [
+            ("+", n) for n in range(1, config.max_amount + 1) if value + n <= config.max_value
+        ]
         choices += [("-", n) for n in range(1, config.max_amount + 1) if value - n >= 0]
         op, n = rng.choice(choices)
         value = value + n if op == "+" else value - n
@@ -227,8 +261,13 @@ def write_task_files(
     _write_jsonl_atomic(
         Path(heldout_path),
         (
-            {"id": i, "prompt": p.prompt, "answer": p.answer, "result": p.result,
-             "canonical": p.canonical}
+            {
+                "id": i,
+                "prompt": p.prompt,
+                "answer": p.answer,
+                "result": p.result,
+                "canonical": p.canonical,
+            }
             for i, p in enumerate(generate(heldout, "heldout", config, seed))
         ),
     )

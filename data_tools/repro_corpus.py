@@ -55,8 +55,10 @@ def _ensure_task(out: Path, train: int, heldout: int, task: TaskConfig, seed: in
     want = {"train": train, "heldout": heldout, "seed": seed, "config": asdict(task)}
     train_path, heldout_path = out / "raw" / "task_train.jsonl", out / "task_heldout.jsonl"
     if (
-        meta.exists() and json.loads(meta.read_text()) == want
-        and train_path.exists() and heldout_path.exists()
+        meta.exists()
+        and json.loads(meta.read_text()) == want
+        and train_path.exists()
+        and heldout_path.exists()
     ):
         return heldout_path
     meta.unlink(missing_ok=True)
@@ -93,9 +95,14 @@ def prepare_repro_data(
         )
     heldout = _ensure_task(out, train_problems, heldout_problems, task, task_seed)
     demo = prepare_demo_data(
-        out, vocab_size, seed, workers=workers, progress=progress,
+        out,
+        vocab_size,
+        seed,
+        workers=workers,
+        progress=progress,
         extra_sources={"task": out / "raw" / "task_train.jsonl"},
-        phase1_weights=phase1_weights, phase2_weights=phase2_weights,
+        phase1_weights=phase1_weights,
+        phase2_weights=phase2_weights,
     )
     return ReproData(**vars(demo), heldout=heldout)
 
@@ -115,8 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         data = prepare_repro_data(
-            args.out, train_problems=args.train_problems, heldout_problems=args.heldout_problems,
-            task_seed=args.task_seed, vocab_size=args.vocab_size, workers=args.workers,
+            args.out,
+            train_problems=args.train_problems,
+            heldout_problems=args.heldout_problems,
+            task_seed=args.task_seed,
+            vocab_size=args.vocab_size,
+            workers=args.workers,
             progress=True,
         )
     except DataError as error:

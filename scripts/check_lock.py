@@ -11,19 +11,34 @@ import re
 import sys
 
 
-def _normalise(name: str) -> str:
+def normalise(name: str) -> str:
+    """A package name as PEP 503 compares it."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def main(lock_path: str) -> int:
-    installed = {_normalise(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
-    wrong = []
-    for line in open(lock_path, encoding="utf-8"):
+def read_pins(path) -> dict[str, str]:
+    """``name==version`` lines of a requirements file (comments and other lines skipped)."""
+    pins = {}
+    for line in open(path, encoding="utf-8"):
         name, sep, version = line.split("#")[0].strip().partition("==")
-        if sep and installed.get(_normalise(name)) != version:
-            wrong.append(f"{name}=={version} (installed: {installed.get(_normalise(name), 'none')})")
+        if sep:
+            pins[normalise(name)] = version
+    return pins
+
+
+def main(lock_path: str) -> int:
+    installed = {
+        normalise(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()
+    }
+    wrong = [
+        f"{name}=={version} (installed: {installed.get(name, 'none')})"
+        for name, version in read_pins(lock_path).items()
+        if installed.get(name) != version
+    ]
     if wrong:
-        print(f"check_lock: the venv differs from {lock_path}: " + ", ".join(wrong), file=sys.stderr)
+        print(
+            f"check_lock: the venv differs from {lock_path}: " + ", ".join(wrong), file=sys.stderr
+        )
         print("check_lock: fix: rm -rf .venv && bash scripts/bootstrap.sh", file=sys.stderr)
         return 1
     return 0

@@ -83,8 +83,14 @@ def _run(ctx: Context, name: str, command: list[str], timeout: float, env=None) 
         stream.write("$ " + shlex.join(command) + "\n")
         stream.flush()
         try:
-            rc = subprocess.run(command, cwd=REPO, env=env or ctx.env, stdout=stream,
-                                stderr=subprocess.STDOUT, timeout=timeout).returncode
+            rc = subprocess.run(
+                command,
+                cwd=REPO,
+                env=env or ctx.env,
+                stdout=stream,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+            ).returncode
         except subprocess.TimeoutExpired:
             rc = 124
     tail = log.read_text(errors="replace").strip().splitlines()[-20:]
@@ -105,38 +111,67 @@ def step_install(ctx: Context) -> None:
         _record(ctx, "install from wheels", None, start, "no wheels given: the environment's")
         return
     site = ctx.out / "site"
-    rc, tail = _run(ctx, "install", [
-        sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-        "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, wheels)], 300)
-    probe = ("import megatron.core, hydra, omegaconf, twotower_train.training.trainer as t, "
-             "importlib.metadata as m; print('megatron-core', m.version('megatron-core'), "
-             "'from', t.__file__)")
+    rc, tail = _run(
+        ctx,
+        "install",
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--no-cache-dir",
+            "--upgrade",
+            "--target",
+            str(site),
+            *map(str, wheels),
+        ],
+        300,
+    )
+    probe = (
+        "import megatron.core, hydra, omegaconf, twotower_train.training.trainer as t, "
+        "importlib.metadata as m; print('megatron-core', m.version('megatron-core'), "
+        "'from', t.__file__)"
+    )
     if rc == 0:  # the installed project alone, without the checkout on the path
         env = {**ctx.env, "PYTHONPATH": str(site)}
         rc, tail = _run(ctx, "install_import", [sys.executable, "-c", probe], 120, env=env)
     ctx.env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(site)])
-    _record(ctx, "install from wheels", rc == 0, start,
-            f"{len(wheels)} wheels; " + (tail.splitlines()[-1] if rc == 0 else f"exit {rc}"))
+    _record(
+        ctx,
+        "install from wheels",
+        rc == 0,
+        start,
+        f"{len(wheels)} wheels; " + (tail.splitlines()[-1] if rc == 0 else f"exit {rc}"),
+    )
 
 
 def step_environment(ctx: Context) -> str:
-    code = ("import torch, importlib.metadata as m\n"
-            "from twotower_train import backends\n"
-            "cuda = torch.cuda.is_available()\n"
-            "name = torch.cuda.get_device_name() if cuda else 'no CUDA device'\n"
-            "print(f\"{name} | torch {torch.__version__} (CUDA {torch.version.cuda}) | "
-            "megatron-core {m.version('megatron-core')} | Transformer Engine "
-            "{backends.have_transformer_engine()} | mamba_ssm kernels "
-            "{backends.have_mamba_kernels()}\")")
+    code = (
+        "import torch, importlib.metadata as m\n"
+        "from twotower_train import backends\n"
+        "cuda = torch.cuda.is_available()\n"
+        "name = torch.cuda.get_device_name() if cuda else 'no CUDA device'\n"
+        'print(f"{name} | torch {torch.__version__} (CUDA {torch.version.cuda}) | '
+        "megatron-core {m.version('megatron-core')} | Transformer Engine "
+        "{backends.have_transformer_engine()} | mamba_ssm kernels "
+        '{backends.have_mamba_kernels()}")'
+    )
     rc, tail = _run(ctx, "environment", [sys.executable, "-c", code], 120)
     return tail.splitlines()[-1] if rc == 0 else f"environment probe failed (exit {rc})"
 
 
 def step_pytest(ctx: Context, cuda: bool) -> None:
     start = time.perf_counter()
-    rc, tail = _run(ctx, "pytest_gpu", [
-        sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"],
-        ctx.args.pytest_timeout)
+    rc, tail = _run(
+        ctx,
+        "pytest_gpu",
+        [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"],
+        ctx.args.pytest_timeout,
+    )
     summary = next((line for line in reversed(tail.splitlines()) if " in " in line), tail[-200:])
     _record(ctx, "pytest -m gpu", (rc == 0) if cuda else None, start, summary.strip("= "))
 
@@ -144,13 +179,25 @@ def step_pytest(ctx: Context, cuda: bool) -> None:
 def _train(ctx: Context, recipe: str, run_dir: Path, steps: int, *extra: str) -> list[str]:
     a = ctx.args
     return [
-        sys.executable, "-m", "twotower_train.training", "--config-name", recipe,
-        f"output_dir={run_dir}", f"data.root={ctx.out / 'data'}", f"model={a.model}",
-        "optimizer.precision=bf16", "optimizer.use_distributed_optimizer=true",
-        f"data.seq_length={a.seq_length}", f"training.global_batch_size={a.global_batch}",
-        f"training.micro_batch_size={a.micro_batch}", "training.log_interval=1",
-        "training.eval_interval=0", "logging.wandb_mode=disabled", f"training.max_steps={steps}",
-        "curriculum.phases.0.lr.warmup_steps=2", *extra,
+        sys.executable,
+        "-m",
+        "twotower_train.training",
+        "--config-name",
+        recipe,
+        f"output_dir={run_dir}",
+        f"data.root={ctx.out / 'data'}",
+        f"model={a.model}",
+        "optimizer.precision=bf16",
+        "optimizer.use_distributed_optimizer=true",
+        f"data.seq_length={a.seq_length}",
+        f"training.global_batch_size={a.global_batch}",
+        f"training.micro_batch_size={a.micro_batch}",
+        "training.log_interval=1",
+        "training.eval_interval=0",
+        "logging.wandb_mode=disabled",
+        f"training.max_steps={steps}",
+        "curriculum.phases.0.lr.warmup_steps=2",
+        *extra,
     ]
 
 
@@ -168,18 +215,21 @@ def _metrics(run_dir: Path) -> list[dict]:
 def _summary(records: list[dict]) -> str:
     if not records:
         return "no metrics"
-    steady = records[len(records) // 2:]  # after the first steps' warm-up and compilation
+    steady = records[len(records) // 2 :]  # after the first steps' warm-up and compilation
     tps = sum(r["tokens_per_s"] for r in steady) / len(steady)
     mfu = sum(r["mfu"] for r in steady) / len(steady)
-    return (f"loss {records[0]['loss']:.3f} -> {records[-1]['loss']:.3f}; "
-            f"{tps:,.0f} tokens/s, MFU {100 * mfu:.1f}% (2nd half)")
+    return (
+        f"loss {records[0]['loss']:.3f} -> {records[-1]['loss']:.3f}; "
+        f"{tps:,.0f} tokens/s, MFU {100 * mfu:.1f}% (2nd half)"
+    )
 
 
 def step_train(ctx: Context, name: str, recipe: str, run_dir: Path, *extra: str) -> bool:
     start = time.perf_counter()
     steps = ctx.args.steps
-    rc, tail = _run(ctx, run_dir.name, _train(ctx, recipe, run_dir, steps, *extra),
-                    ctx.args.stage_timeout)
+    rc, tail = _run(
+        ctx, run_dir.name, _train(ctx, recipe, run_dir, steps, *extra), ctx.args.stage_timeout
+    )
     records = _metrics(run_dir)
     ok = rc == 0 and [r["step"] for r in records] == list(range(steps))
     detail = _summary(records) if ok else f"exit {rc}: {tail.splitlines()[-1] if tail else ''}"
@@ -195,9 +245,14 @@ def step_kill_and_resume(ctx: Context, reference: Path, *extra: str) -> bool:
     ck = killed / "checkpoints"
     args = (*extra, f"checkpoint.dir={ck}", f"checkpoint.save_interval={half}")
     with open(ctx.log("stage2_killed"), "w") as stream:
-        proc = subprocess.Popen(_train(ctx, "demo_twotower", killed, steps, *args), cwd=REPO,
-                                env=ctx.env, stdout=stream, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            _train(ctx, "demo_twotower", killed, steps, *args),
+            cwd=REPO,
+            env=ctx.env,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         marker = ck / f"iter_{half:07d}" / "meta.json"
         deadline = time.monotonic() + ctx.args.stage_timeout
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -206,43 +261,78 @@ def step_kill_and_resume(ctx: Context, reference: Path, *extra: str) -> bool:
             os.killpg(proc.pid, signal.SIGKILL)  # no clean shutdown, like a lost node
         proc.wait()
     if not marker.exists():
-        return _record(ctx, "stage 2: save -> SIGKILL -> resume", False, start,
-                       f"no checkpoint at step {half} (exit {proc.returncode})")
+        return _record(
+            ctx,
+            "stage 2: save -> SIGKILL -> resume",
+            False,
+            start,
+            f"no checkpoint at step {half} (exit {proc.returncode})",
+        )
     before = len(_metrics(killed))
-    rc, tail = _run(ctx, "stage2_resumed", _train(ctx, "demo_twotower", killed, steps, *args),
-                    ctx.args.stage_timeout)
+    rc, tail = _run(
+        ctx,
+        "stage2_resumed",
+        _train(ctx, "demo_twotower", killed, steps, *args),
+        ctx.args.stage_timeout,
+    )
     ref = {r["step"]: r["loss"] for r in _metrics(reference)}
     got = {r["step"]: r["loss"] for r in _metrics(killed)[before:]}
     if rc != 0 or sorted(got) != list(range(half, steps)) or not ref:
-        return _record(ctx, "stage 2: save -> SIGKILL -> resume", False, start,
-                       f"exit {rc}; resumed steps {sorted(got)}")
+        return _record(
+            ctx,
+            "stage 2: save -> SIGKILL -> resume",
+            False,
+            start,
+            f"exit {rc}; resumed steps {sorted(got)}",
+        )
     first = abs(got[half] - ref[half])
     rest = max((abs(got[s] - ref[s]) / abs(ref[s]) for s in got if s != half), default=0.0)
     # The first resumed step runs on the restored bf16 weights: equal. Later steps also depend
     # on the restored fp32 main weights and moments, and on kernel run-to-run reproducibility.
     ok = first == 0.0 and rest <= ctx.args.resume_rtol
-    return _record(ctx, "stage 2: save -> SIGKILL -> resume", ok, start,
-            f"killed after the step-{half} checkpoint; resumed step {half} |dloss| = {first:.2e}, "
-            f"steps {half + 1}-{steps - 1} max rel dloss = {rest:.2e}")
+    return _record(
+        ctx,
+        "stage 2: save -> SIGKILL -> resume",
+        ok,
+        start,
+        f"killed after the step-{half} checkpoint; resumed step {half} |dloss| = {first:.2e}, "
+        f"steps {half + 1}-{steps - 1} max rel dloss = {rest:.2e}",
+    )
 
 
 def step_samplers(ctx: Context, checkpoint: Path) -> None:
     start = time.perf_counter()
-    rc, tail = _run(ctx, "samplers", [
-        sys.executable, str(Path(__file__).relative_to(REPO)), "--samplers", str(checkpoint),
-        "--new-tokens", str(ctx.args.new_tokens)], ctx.args.stage_timeout)
+    rc, tail = _run(
+        ctx,
+        "samplers",
+        [
+            sys.executable,
+            str(Path(__file__).relative_to(REPO)),
+            "--samplers",
+            str(checkpoint),
+            "--new-tokens",
+            str(ctx.args.new_tokens),
+        ],
+        ctx.args.stage_timeout,
+    )
     if rc != 0:
         _record(ctx, "samplers (bf16)", False, start, f"exit {rc}: {tail.splitlines()[-1]}")
         return
     result = json.loads(tail.splitlines()[-1])
     modes = "; ".join(
-        f"{name} {m['tokens_per_s']:,.0f} tok/s" + (
-            f" ({m['tokens_per_forward']:.2f}/denoiser fwd)" if m["tokens_per_forward"] else "")
-        for name, m in result["modes"].items())
+        f"{name} {m['tokens_per_s']:,.0f} tok/s"
+        + (f" ({m['tokens_per_forward']:.2f}/denoiser fwd)" if m["tokens_per_forward"] else "")
+        for name, m in result["modes"].items()
+    )
     same = all(m["same_when_placed"] for m in result["modes"].values())
-    _record(ctx, "samplers (bf16)", same, start,
-            f"{modes}; towers on {tuple(result['placed'])}: "
-            f"{'same tokens' if same else 'DIFFERENT tokens'}")
+    _record(
+        ctx,
+        "samplers (bf16)",
+        same,
+        start,
+        f"{modes}; towers on {tuple(result['placed'])}: "
+        f"{'same tokens' if same else 'DIFFERENT tokens'}",
+    )
 
 
 def samplers_main(checkpoint: str, new_tokens: int) -> None:
@@ -260,9 +350,11 @@ def samplers_main(checkpoint: str, new_tokens: int) -> None:
     mask = cfg.model.mask_token_id
     modes = {
         "mask diffusion (S=16, gamma=0.8)": lambda: s.generate_mask_diffusion(
-            model, prompts, s.MaskDiffusionConfig(max_new_tokens=new_tokens, mask_token_id=mask)),
+            model, prompts, s.MaskDiffusionConfig(max_new_tokens=new_tokens, mask_token_id=mask)
+        ),
         "mock-AR": lambda: s.generate_mock_ar(
-            model, prompts, s.MockARConfig(max_new_tokens=new_tokens, mask_token_id=mask)),
+            model, prompts, s.MockARConfig(max_new_tokens=new_tokens, mask_token_id=mask)
+        ),
         "AR": lambda: s.generate_ar(model, prompts, s.ARConfig(max_new_tokens=new_tokens)),
     }
 
@@ -280,9 +372,11 @@ def samplers_main(checkpoint: str, new_tokens: int) -> None:
     for name, run in modes.items():
         out, seconds = timed(run)
         new = sum(len(row) for row in out.tokens)
-        results[name] = {"tokens": out.tokens, "tokens_per_s": new / seconds,
-                         "tokens_per_forward": out.tokens_per_forward
-                         if out.denoiser_forwards else None}
+        results[name] = {
+            "tokens": out.tokens,
+            "tokens_per_s": new / seconds,
+            "tokens_per_forward": out.tokens_per_forward if out.denoiser_forwards else None,
+        }
     placed = (f"{here.type}:0", f"{here.type}:0") if here.type == "cuda" else ("cpu", "cpu")
     model.place_towers(*placed)
     for name, run in modes.items():
@@ -291,8 +385,12 @@ def samplers_main(checkpoint: str, new_tokens: int) -> None:
 
 
 def table(ctx: Context, environment: str) -> str:
-    lines = [f"twotower-train GPU check - {environment}", "",
-             "| check | result | seconds | details |", "|---|---|---:|---|"]
+    lines = [
+        f"twotower-train GPU check - {environment}",
+        "",
+        "| check | result | seconds | details |",
+        "|---|---|---:|---|",
+    ]
     lines += [f"| {r.check} | {r.status} | {r.seconds:.0f} | {r.detail} |" for r in ctx.rows]
     total = sum(r.seconds for r in ctx.rows)
     verdict = "FAIL" if any(r.status == "FAIL" for r in ctx.rows) else "PASS"
@@ -320,34 +418,64 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ctx = Context(args, Path(args.out).resolve())
     ctx.out.mkdir(parents=True, exist_ok=True)
-    ctx.env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
-                                                           os.environ.get("PYTHONPATH")]))}
+    ctx.env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "WANDB_MODE": "disabled",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     step_install(ctx)
     environment = step_environment(ctx)
     cuda = "no CUDA device" not in environment
     step_pytest(ctx, cuda)
     start = time.perf_counter()
-    rc, tail = _run(ctx, "corpus", [sys.executable, "-c", (
-        "from tests.gpu.corpus import write_corpus; "
-        f"write_corpus({str(ctx.out / 'data')!r}, documents=2000)")], 300)
-    if not _record(ctx, "demo-layout corpus", rc == 0, start, "tokenizer + indexed/{wiki,chitchat}"
-                   if rc == 0 else tail.splitlines()[-1]):
+    rc, tail = _run(
+        ctx,
+        "corpus",
+        [
+            sys.executable,
+            "-c",
+            (
+                "from tests.gpu.corpus import write_corpus; "
+                f"write_corpus({str(ctx.out / 'data')!r}, documents=2000)"
+            ),
+        ],
+        300,
+    )
+    if not _record(
+        ctx,
+        "demo-layout corpus",
+        rc == 0,
+        start,
+        "tokenizer + indexed/{wiki,chitchat}" if rc == 0 else tail.splitlines()[-1],
+    ):
         print(table(ctx, environment))
         return 1
     stage1 = ctx.out / "stage1"
-    if step_train(ctx, f"stage 1: {args.model} AR, bf16, distributed optimizer", "demo", stage1,
-                  f"checkpoint.dir={stage1 / 'checkpoints'}"):
+    if step_train(
+        ctx,
+        f"stage 1: {args.model} AR, bf16, distributed optimizer",
+        "demo",
+        stage1,
+        f"checkpoint.dir={stage1 / 'checkpoints'}",
+    ):
         backbone = f"objective.backbone_checkpoint={stage1 / 'checkpoints'}"
         stage2 = ctx.out / "stage2"
-        if step_train(ctx, f"stage 2: {args.model} two-tower, bf16, distributed optimizer",
-                      "demo_twotower", stage2, backbone, "checkpoint.dir=null"):
+        if step_train(
+            ctx,
+            f"stage 2: {args.model} two-tower, bf16, distributed optimizer",
+            "demo_twotower",
+            stage2,
+            backbone,
+            "checkpoint.dir=null",
+        ):
             if step_kill_and_resume(ctx, stage2, backbone):
                 step_samplers(ctx, ctx.out / "stage2_killed" / "checkpoints")
     for check in KERNEL_BENCHMARKS:
         start = time.perf_counter()
-        rc, tail = _run(ctx, check.name.split(":")[0].replace(" ", "_"), check.command,
-                        check.timeout)
+        rc, tail = _run(
+            ctx, check.name.split(":")[0].replace(" ", "_"), check.command, check.timeout
+        )
         _record(ctx, check.name, rc == 0, start, tail.splitlines()[-1] if tail else "")
     report = table(ctx, environment)
     (ctx.out / "summary.md").write_text(report + "\n")

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # The static checks CI runs (tests/test_lint.py): import contracts, ruff lint, ruff format check.
 #   bash scripts/lint.sh            check only
-#   bash scripts/lint.sh --format   format the whole tree first (done once, in a commit of its own;
-#                                   then set ENFORCE_FORMAT = True in tests/test_lint.py)
+#   bash scripts/lint.sh --format   format the tree and apply ruff's safe fixes first
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--format" ]; then

@@ -22,11 +22,14 @@ def no_debug(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
 
 
-@pytest.mark.parametrize("error, line, code", [
-    (UserError("bad\n  input"), "twotower-x: error: bad input", 2),
-    (KeyboardInterrupt(), "twotower-x: interrupted (Ctrl-C)", 130),
-    (KeyboardInterrupt("aborted (second Ctrl-C)"), "twotower-x: aborted (second Ctrl-C)", 130),
-])
+@pytest.mark.parametrize(
+    "error, line, code",
+    [
+        (UserError("bad\n  input"), "twotower-x: error: bad input", 2),
+        (KeyboardInterrupt(), "twotower-x: interrupted (Ctrl-C)", 130),
+        (KeyboardInterrupt("aborted (second Ctrl-C)"), "twotower-x: aborted (second Ctrl-C)", 130),
+    ],
+)
 def test_one_line_and_the_exit_code(capsys, error, line, code):
     with pytest.raises(SystemExit) as stop:
         cli.run_tool("twotower-x", _raise(error))
@@ -40,11 +43,14 @@ def test_debug_keeps_the_exception(monkeypatch):
         cli.run_tool("twotower-x", _raise(KeyboardInterrupt()))
 
 
-@pytest.mark.parametrize("message", [
-    "`sequence_parallel` is set to `True`, but tensor model parallel size is 1. Disabling it.",
-    "`torch.distributed.reduce_scatter_tensor` is deprecated. Please use ...",
-    "Transformer Engine and Apex are not installed. Falling back to Torch optimizers.",
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        "`sequence_parallel` is set to `True`, but tensor model parallel size is 1. Disabling it.",
+        "`torch.distributed.reduce_scatter_tensor` is deprecated. Please use ...",
+        "Transformer Engine and Apex are not installed. Falling back to Torch optimizers.",
+    ],
+)
 def test_known_library_notices_are_hidden_unless_debugging(message, monkeypatch):
     import warnings
 

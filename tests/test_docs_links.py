@@ -27,14 +27,23 @@ def test_relative_links_resolve(page):
 
 
 def test_named_doc_pages_exist():
-    sources = [*PAGES, REPO / "pyproject.toml", *REPO.glob("recipes/**/*.yaml"),
-               *REPO.glob("twotower_train/**/*.py"), *REPO.glob("data_tools/**/*.py"),
-               *REPO.glob("launch/*"), *REPO.glob("scripts/*")]
-    missing = sorted({
-        f"{src.relative_to(REPO)}: {name}"
-        for src in sources for name in DOC_MENTION.findall(src.read_text())
-        if not (REPO / name).exists()
-    })
+    sources = [
+        *PAGES,
+        REPO / "pyproject.toml",
+        *REPO.glob("recipes/**/*.yaml"),
+        *REPO.glob("twotower_train/**/*.py"),
+        *REPO.glob("data_tools/**/*.py"),
+        *REPO.glob("launch/*"),
+        *REPO.glob("scripts/*"),
+    ]
+    missing = sorted(
+        {
+            f"{src.relative_to(REPO)}: {name}"
+            for src in sources
+            for name in DOC_MENTION.findall(src.read_text())
+            if not (REPO / name).exists()
+        }
+    )
     assert not missing, missing
 
 

@@ -1,7 +1,7 @@
 """requirements/lock.txt pins every package the project declares, within the declared ranges, and
 is what the test environment holds (a venv that drifted from the lock would test other code)."""
 
-import re
+import importlib.util
 import subprocess
 import sys
 import tomllib
@@ -12,18 +12,11 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements" / "lock.txt"
 
-
-def _name(raw: str) -> str:
-    return re.sub(r"[-_.]+", "-", raw).lower()
-
-
-def _pins(path: Path) -> dict[str, str]:
-    pins = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        name, sep, version = line.split("#")[0].strip().partition("==")
-        if sep:
-            pins[_name(name)] = version
-    return pins
+# The lock's reader is scripts/check_lock.py's (what bootstrap runs), not a second copy.
+_spec = importlib.util.spec_from_file_location("check_lock", ROOT / "scripts" / "check_lock.py")
+check_lock = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(check_lock)
+_name, _pins = check_lock.normalise, check_lock.read_pins
 
 
 def _declared() -> list[Requirement]:

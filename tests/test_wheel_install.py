@@ -29,8 +29,9 @@ def test_wheel_has_the_recipes_and_composes_one_from_elsewhere(tmp_path):
         else:
             shutil.copy(REPO / name, src / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    _run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
-          str(src)])
+    _run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)]
+    )
     (wheel,) = (tmp_path / "dist").glob("twotower_train-*.whl")
     site = tmp_path / "site"
     _run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)])
@@ -39,10 +40,20 @@ def test_wheel_has_the_recipes_and_composes_one_from_elsewhere(tmp_path):
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site), "TORCHDYNAMO_DISABLE": "1"}
     # The package resolves to the install, not to the checkout (find_spec runs no package code).
-    origin = _run([sys.executable, "-c", "import importlib.util as u; "
-                   "print(u.find_spec('twotower_train').origin)"], cwd=elsewhere, env=env)
+    origin = _run(
+        [
+            sys.executable,
+            "-c",
+            "import importlib.util as u; print(u.find_spec('twotower_train').origin)",
+        ],
+        cwd=elsewhere,
+        env=env,
+    )
     assert Path(origin.strip()) == site / "twotower_train" / "__init__.py", origin
     assert (site / "twotower_train" / "recipes" / "model" / "tiny.yaml").is_file()
-    job = _run([sys.executable, "-m", "twotower_train.training", "--cfg", "job",
-                "--config-name", "demo"], cwd=elsewhere, env=env)
+    job = _run(
+        [sys.executable, "-m", "twotower_train.training", "--cfg", "job", "--config-name", "demo"],
+        cwd=elsewhere,
+        env=env,
+    )
     assert "run_name: demo_ar" in job and "preset: small" in job, job

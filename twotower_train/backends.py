@@ -212,9 +212,7 @@ def install_mamba_fallback() -> bool:
     mamba_mixer.RMSNormGated = GatedRMSNorm
     mamba_mixer.ExtendedRMSNorm = GatedRMSNorm
     mamba_mixer.mamba_chunk_scan_combined = mamba_ssm_compat.mamba_chunk_scan_combined
-    mamba_mixer.mamba_split_conv1d_scan_combined = (
-        mamba_ssm_compat.mamba_split_conv1d_scan_combined
-    )
+    mamba_mixer.mamba_split_conv1d_scan_combined = mamba_ssm_compat.mamba_split_conv1d_scan_combined
     return True
 
 

@@ -89,7 +89,10 @@ class _DebugAction(argparse.Action):
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     """Give an argparse tool the common ``--debug`` flag."""
     parser.add_argument(
-        DEBUG_FLAG, action=_DebugAction, nargs=0, default=False,
+        DEBUG_FLAG,
+        action=_DebugAction,
+        nargs=0,
+        default=False,
         help=f"show tracebacks and library notices (same as {DEBUG_ENV}=1)",
     )
 
@@ -161,5 +164,7 @@ def run_tool(tool: str, body: Callable[..., Any], *args: Any, **kwargs: Any) -> 
         if debug_enabled():
             raise
         if is_rank_zero():
-            print(f"{tool}: {str(interrupt) or 'interrupted (Ctrl-C)'}", file=sys.stderr, flush=True)
+            print(
+                f"{tool}: {str(interrupt) or 'interrupted (Ctrl-C)'}", file=sys.stderr, flush=True
+            )
         raise SystemExit(INTERRUPTED_EXIT) from None

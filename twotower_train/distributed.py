@@ -68,7 +68,10 @@ def on_device(target: torch.device | str) -> Iterator[None]:
 
 
 def ranks_per_replica(
-    *, tensor_parallel: int = 1, expert_parallel: int = 1, expert_tensor_parallel: int = 1,
+    *,
+    tensor_parallel: int = 1,
+    expert_parallel: int = 1,
+    expert_tensor_parallel: int = 1,
     pipeline_parallel: int = 1,
 ) -> int:
     """The smallest world size a layout fits: a multiple of the dense model-parallel size (TP ×
@@ -106,8 +109,10 @@ def initialize(
         dist.init_process_group(backend="nccl" if backends.cuda_available() else "gloo")
     world = dist.get_world_size()
     replica = ranks_per_replica(
-        tensor_parallel=tensor_parallel, expert_parallel=expert_parallel,
-        expert_tensor_parallel=expert_tensor_parallel, pipeline_parallel=pipeline_parallel,
+        tensor_parallel=tensor_parallel,
+        expert_parallel=expert_parallel,
+        expert_tensor_parallel=expert_tensor_parallel,
+        pipeline_parallel=pipeline_parallel,
     )
     if world % replica:
         raise ConfigError(

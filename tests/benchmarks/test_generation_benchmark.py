@@ -13,8 +13,19 @@ SCRIPT = Path(__file__).parents[2] / "benchmarks" / "generation.py"
 
 def test_smoke_run(single_process, tmp_path, capsys):
     benchmark = runpy.run_path(str(SCRIPT), run_name="benchmark")
-    report = benchmark["main"](["--smoke", "--out", str(tmp_path), "--gammas", "0.5,0.9",
-                                "--max-new-tokens", "6", "--batch-sizes", "1,4"])
+    report = benchmark["main"](
+        [
+            "--smoke",
+            "--out",
+            str(tmp_path),
+            "--gammas",
+            "0.5,0.9",
+            "--max-new-tokens",
+            "6",
+            "--batch-sizes",
+            "1,4",
+        ]
+    )
     names = [r["name"] for r in report["results"]]
     assert names == ["AR", "mock-AR", "diffusion γ=0.5", "diffusion γ=0.9", "speculative"]
     by_name = {r["name"]: r for r in report["results"]}

@@ -31,7 +31,7 @@ def test_greedy_matches_teacher_forced_argmax(backbone_checkpoint):
             for prompt, continuation in zip(prompts, out):
                 assert len(continuation) <= limit and eos not in continuation
                 logits = forward_logits(model, torch.tensor([prompt + continuation]))[0]
-                predicted = logits[len(prompt) - 1:].argmax(-1).tolist()
+                predicted = logits[len(prompt) - 1 :].argmax(-1).tolist()
                 assert predicted[: len(continuation)] == continuation
                 if len(continuation) < limit:
                     assert predicted[len(continuation)] == eos

@@ -42,8 +42,9 @@ def hub_folder(path: Path, cfg, seed: int = 0):
     (path / "config.json").write_text(json.dumps(config, indent=2))
     shards = sorted(path.glob("*.safetensors"))
     tensors = load_file(shards[0])
-    tensors.update({name: torch.ones(cfg.hidden_size, cfg.hidden_size)[:1].clone()
-                    for name in MTP_TENSORS})
+    tensors.update(
+        {name: torch.ones(cfg.hidden_size, cfg.hidden_size)[:1].clone() for name in MTP_TENSORS}
+    )
     save_file(tensors, shards[0], metadata={"format": "pt"})
     index = path / "model.safetensors.index.json"
     if index.is_file():
@@ -62,5 +63,6 @@ def module_layout_folder(path: Path, cfg, seed: int = 0):
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` with its bytes (to check that nothing changed)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }

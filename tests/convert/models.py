@@ -102,4 +102,4 @@ def greedy(logits_fn, prompt: torch.Tensor, steps: int) -> torch.Tensor:
     for _ in range(steps):
         next_token = logits_fn(tokens)[:, -1].argmax(-1, keepdim=True)
         tokens = torch.cat([tokens, next_token], dim=1)
-    return tokens[:, prompt.shape[1]:]
+    return tokens[:, prompt.shape[1] :]

@@ -75,9 +75,14 @@ def test_stage1_export_is_the_hub_folder_again(stage1, tokenizer_dir, tmp_path):
     """HF → Megatron checkpoint → HF, bit-exact (MTP tensors aside), and stock transformers
     loads the result without remote code."""
     hf, folder, run = stage1
-    out = checkpoints.export_checkpoint(run / "checkpoints", tmp_path / "hf", tokenizer=tokenizer_dir)
-    original = {k: v for k, v in load_file(next(folder.glob("*.safetensors"))).items()
-                if k not in MTP_TENSORS}
+    out = checkpoints.export_checkpoint(
+        run / "checkpoints", tmp_path / "hf", tokenizer=tokenizer_dir
+    )
+    original = {
+        k: v
+        for k, v in load_file(next(folder.glob("*.safetensors"))).items()
+        if k not in MTP_TENSORS
+    }
     exported = load_file(out / "model-00001-of-00001.safetensors")
     assert exported.keys() == original.keys()
     assert all(torch.equal(exported[k], original[k]) for k in original)
@@ -108,26 +113,31 @@ def test_two_tower_checkpoint_export_import_round_trip(stage2, tokenizer_dir, tm
 
 def test_exported_checkpoint_computes_the_megatron_model(stage2, tokenizer_dir, tmp_path):
     model, run = stage2
-    hf = load_export(checkpoints.export_checkpoint(
-        run / "checkpoints", tmp_path / "hf", tokenizer=tokenizer_dir
-    ))
+    hf = load_export(
+        checkpoints.export_checkpoint(run / "checkpoints", tmp_path / "hf", tokenizer=tokenizer_dir)
+    )
     tokens = torch.randint(4, 4096, (2, 17), generator=torch.Generator().manual_seed(1))
     block = torch.full((2, 8), 3)
     t = torch.ones(2)
     with torch.no_grad():
         torch.testing.assert_close(
-            hf(input_ids=tokens).logits, forward_logits(model.backbone, tokens),
-            rtol=0, atol=LOGIT_ATOL,
+            hf(input_ids=tokens).logits,
+            forward_logits(model.backbone, tokens),
+            rtol=0,
+            atol=LOGIT_ATOL,
         )
     ours = model.denoise_block(model.prefill(tokens, logits="none").cache, block, t)
     theirs = hf.denoise_block(hf.prefill(tokens, logits="none").cache, block, t)
     torch.testing.assert_close(theirs, ours, rtol=0, atol=LOGIT_ATOL)
 
 
-
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 22: export-hf casts every tensor to one dtype; it must write each tensor in the "
-    "dtype the model holds it in (a bf16 model keeps A_log and D in fp32)"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "issue 22: export-hf casts every tensor to one dtype; it must write each tensor in the "
+        "dtype the model holds it in (a bf16 model keeps A_log and D in fp32)"
+    ),
+)
 def test_bf16_export_keeps_what_a_bf16_model_holds_in_fp32(stage2, tokenizer_dir, tmp_path):
     _, run = stage2
     bf16, _ = load_trained_model(run / "checkpoints", dtype=torch.bfloat16)

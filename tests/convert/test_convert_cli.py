@@ -1,4 +1,4 @@
-"""``twotower-convert`` as users run it (``python -m twotower_train.convert.cli`` subprocesses):
+"""``twotower-convert`` as users run it (``python -m twotower_train.convert`` subprocesses):
 each bad input gives one ``twotower-convert: error: …`` line and exit code 2, and an existing
 output folder (passed with ``--overwrite`` where the defect is elsewhere) stays byte-identical.
 Every case costs a process start (~8 s CPU), so the default suite runs a few and ``-m slow`` the
@@ -32,8 +32,11 @@ def convert(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
     env.update(PYTHONPATH=str(REPO), TORCHDYNAMO_DISABLE="1", OMP_NUM_THREADS="1")
     return subprocess.run(
-        [sys.executable, "-m", "twotower_train.convert.cli", *map(str, args)],
-        env=env, capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "twotower_train.convert", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -143,8 +146,7 @@ def test_unmapped_tensor_is_named(hub, tmp_path, existing):
     before = snapshot(existing)
     assert_one_error_line(
         convert("import-hf", folder, existing, "--overwrite"),
-        "have no counterpart for pattern 'M*E-E*M-' with 4 experts: "
-        "backbone.layers.0.mixer.extra",
+        "have no counterpart for pattern 'M*E-E*M-' with 4 experts: backbone.layers.0.mixer.extra",
     )
     assert snapshot(existing) == before
 
@@ -163,7 +165,8 @@ def test_ep_must_divide_the_experts(hub, existing):
 def test_import_twotower_refuses_a_single_tower_folder(hub, existing):
     before = snapshot(existing)
     assert_one_error_line(
-        convert("import-twotower", hub, existing, "--overwrite"), "is read by `twotower-convert import-hf`"
+        convert("import-twotower", hub, existing, "--overwrite"),
+        "is read by `twotower-convert import-hf`",
     )
     assert snapshot(existing) == before
 
@@ -188,8 +191,14 @@ def test_backbone_reference_that_does_not_verify(tmp_path, tokenizer_dir, existi
     )
     checkpoints.import_hf(hub_b, tmp_path / "stage1", overwrite=True)  # another backbone there
     before = snapshot(existing)
-    proc = convert("export-hf", tmp_path / "stage2/checkpoints", existing, "--overwrite",
-                   "--tokenizer", tokenizer_dir)
+    proc = convert(
+        "export-hf",
+        tmp_path / "stage2/checkpoints",
+        existing,
+        "--overwrite",
+        "--tokenizer",
+        tokenizer_dir,
+    )
     assert_one_error_line(proc, "was trained against frozen weights")
     assert "set --backbone to the checkpoint that run started from" in proc.stderr  # its option
     assert snapshot(existing) == before

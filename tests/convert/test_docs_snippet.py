@@ -23,7 +23,7 @@ def _section(title: str) -> str:
     text = DOC.read_text()
     start = text.index(f"\n## {title}")
     end = text.find("\n## ", start + 1)
-    return text[start:end if end != -1 else None]
+    return text[start : end if end != -1 else None]
 
 
 def _blocks(section: str) -> list[tuple[str, str]]:
@@ -40,15 +40,23 @@ def test_walkthrough_runs(tmp_path, monkeypatch):
     blocks = _blocks(_section("Walkthrough"))
     assert [lang for lang, _ in blocks] == ["bash", "python", "bash", "python", "python"]
     (tmp_path / ".venv").symlink_to(REPO / ".venv")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+    }
     env.update(PYTHONPATH=str(REPO), TORCHDYNAMO_DISABLE="1", WANDB_MODE="offline")
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": "hf_interop_walkthrough"}  # one Python session for all blocks
     for lang, code in blocks:
         if lang == "bash":
-            proc = subprocess.run(["bash", "-euo", "pipefail", "-c", code], env=env,
-                                  capture_output=True, text=True, timeout=1800)
+            proc = subprocess.run(
+                ["bash", "-euo", "pipefail", "-c", code],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=1800,
+            )
             assert proc.returncode == 0, f"{code}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         else:
             exec(compile(code, str(DOC), "exec"), namespace)

@@ -121,7 +121,10 @@ def test_tensor_listed_in_index_but_absent_from_shard(saved):
 
 def test_missing_shard_file(saved):
     (saved / "model-00001-of-00001.safetensors").unlink()
-    with pytest.raises(ConversionError, match=r"shard .*model-00001-of-00001.safetensors listed"):
+    with pytest.raises(
+        ConversionError,
+        match=r"shard listed in model.safetensors.index.json: .*model-00001-of-00001.safetensors is missing",
+    ):
         load_hf_folder(saved)
 
 

@@ -51,8 +51,8 @@ def test_local_names_invert_the_local_spec_key_map():
     specs = local_stack_spec(parity_config()).submodules
     layer_spec = {"M": specs.mamba_layer, "*": specs.attention_layer, "-": specs.mlp_layer}
     for symbol, spec in layer_spec.items():
-        (local_prefix, te_prefix), = spec.submodules.sharded_state_dict_keys_map.items()
-        (te, local), = LOCAL_NAMES[symbol].items()
+        ((local_prefix, te_prefix),) = spec.submodules.sharded_state_dict_keys_map.items()
+        ((te, local),) = LOCAL_NAMES[symbol].items()
         prefix = "decoder.layers.{i}."
         assert te == prefix + te_prefix + "weight" and local == prefix + local_prefix + "weight"
 
@@ -64,10 +64,10 @@ def test_qkv_layout_is_interleaved_per_group():
     k, v = torch.randn(g * d, h), torch.randn(g * d, h)
     qkv = fuse_qkv(q, k, v, cfg)
     for group in range(g):
-        rows = qkv[group * (rep + 2) * d:(group + 1) * (rep + 2) * d]
-        assert torch.equal(rows[: rep * d], q[group * rep * d:(group + 1) * rep * d])
-        assert torch.equal(rows[rep * d:(rep + 1) * d], k[group * d:(group + 1) * d])
-        assert torch.equal(rows[(rep + 1) * d:], v[group * d:(group + 1) * d])
+        rows = qkv[group * (rep + 2) * d : (group + 1) * (rep + 2) * d]
+        assert torch.equal(rows[: rep * d], q[group * rep * d : (group + 1) * rep * d])
+        assert torch.equal(rows[rep * d : (rep + 1) * d], k[group * d : (group + 1) * d])
+        assert torch.equal(rows[(rep + 1) * d :], v[group * d : (group + 1) * d])
     back = split_qkv(qkv, cfg)
     assert all(torch.equal(a, b) for a, b in zip(back, (q, k, v)))
     assert all(t.untyped_storage().data_ptr() != qkv.untyped_storage().data_ptr() for t in back)

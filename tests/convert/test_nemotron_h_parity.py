@@ -78,7 +78,8 @@ def test_hf_megatron_hf_round_trip_is_bit_exact(single_process, cfg, dtype):
 
 def test_megatron_hf_megatron_round_trip_is_bit_exact(single_process, cfg):
     state = {
-        k: v for k, v in random_megatron_model(cfg).state_dict().items()
+        k: v
+        for k, v in random_megatron_model(cfg).state_dict().items()
         if not k.endswith("_extra_state")
     }
     back = hf_to_megatron_state(megatron_to_hf_state(state, cfg), cfg, naming="local")

@@ -22,7 +22,7 @@ from twotower_train.convert.released_layout import (
     released_to_megatron_state,
 )
 
-STAND_IN = '''
+STAND_IN = """
 import torch
 from torch import nn
 from transformers.models.nemotron_h.modeling_nemotron_h import (
@@ -46,7 +46,7 @@ class ReleasedStandIn(NemotronHPreTrainedModel):
             [nn.Parameter(torch.zeros(3, d)) for _ in range(config.num_hidden_layers)]
         )
         self.post_init()
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +73,15 @@ def test_key_list_and_round_trip(model):
             assert f"{tower}layers.{moe}.mixer.experts.{e}.up_proj.weight" in released
     others = {k for k in released if not k.startswith(tuple(towers))}
     assert others == {
-        "context_lm_head.weight", "lm_head.weight", "t_embedder.mlp.0.weight",
-        "t_embedder.mlp.0.bias", "t_embedder.mlp.2.weight", "t_embedder.mlp.2.bias",
-        "t_block.1.weight", "t_block.1.bias", *(f"scale_shift_tables.{i}" for i in range(n)),
+        "context_lm_head.weight",
+        "lm_head.weight",
+        "t_embedder.mlp.0.weight",
+        "t_embedder.mlp.0.bias",
+        "t_embedder.mlp.2.weight",
+        "t_embedder.mlp.2.bias",
+        "t_block.1.weight",
+        "t_block.1.bias",
+        *(f"scale_shift_tables.{i}" for i in range(n)),
     }
     assert released["t_block.1.weight"].shape == (3 * d, d)
     # The denoiser's head is lm_head, the context's context_lm_head (they differ: perturbed).
@@ -110,8 +116,11 @@ def test_stand_in_of_the_released_class_loads_it(model, tmp_path):
         **values, auto_map={"AutoModelForCausalLM": "modeling_stand_in.ReleasedStandIn"}
     ).save_pretrained(folder)
     (folder / "modeling_stand_in.py").write_text(STAND_IN)
-    save_file({k: v.contiguous() for k, v in released.items()}, folder / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in released.items()},
+        folder / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     assert json.loads((folder / "config.json").read_text())["model_type"] == "nemotron_h"
     loaded, info = AutoModelForCausalLM.from_pretrained(
         folder, trust_remote_code=True, output_loading_info=True
@@ -122,8 +131,9 @@ def test_stand_in_of_the_released_class_loads_it(model, tmp_path):
         if key.endswith(("experts.up_proj", "experts.down_proj")):  # stacked in memory
             tower, rest = key.split(".", 1)
             stem, proj = rest.rsplit(".", 1)
-            per_expert = [released[f"{tower}.{stem}.{e}.{proj}.weight"]
-                          for e in range(tensor.shape[0])]
+            per_expert = [
+                released[f"{tower}.{stem}.{e}.{proj}.weight"] for e in range(tensor.shape[0])
+            ]
             assert torch.equal(tensor, torch.stack(per_expert)), key
         else:
             assert torch.equal(tensor, released[key]), key

@@ -59,12 +59,17 @@ def test_block_logits_read_one_position_to_the_left(pair):
 @pytest.mark.parametrize("threshold, block_size, steps", [(0.5, 4, 4), (0.9, 8, 4), (0.8, 8, 8)])
 def test_mask_diffusion_token_identical(pair, threshold, block_size, steps):
     model, hf, _ = pair
-    options = dict(max_new_tokens=NEW, block_size=block_size, steps_per_block=steps,
-                   mask_token_id=MASK, confidence_threshold=threshold)
+    options = dict(
+        max_new_tokens=NEW,
+        block_size=block_size,
+        steps_per_block=steps,
+        mask_token_id=MASK,
+        confidence_threshold=threshold,
+    )
     ours = generate_mask_diffusion(model, PROMPTS, MaskDiffusionConfig(**options))
     ids, mask = left_padded(PROMPTS)
     theirs = hf.generate_mask_diffusion(ids, **options, temperature=0.0, attention_mask=mask)
-    new = theirs[:, ids.shape[1]:].tolist()
+    new = theirs[:, ids.shape[1] :].tolist()
     assert all(len(t) == NEW for t in ours.tokens)  # no row stopped early: the whole row compared
     assert [row[: len(t)] for row, t in zip(new, ours.tokens)] == ours.tokens
     assert ours.denoiser_forwards > 0
@@ -75,8 +80,13 @@ def test_every_block_starts_with_the_context_towers_greedy_token(pair):
     tower alone, so it is AR's greedy token after everything before it."""
     model, _, _ = pair
     S = 4
-    config = MaskDiffusionConfig(max_new_tokens=12, block_size=S, steps_per_block=S,
-                                 mask_token_id=MASK, confidence_threshold=1e-9)
+    config = MaskDiffusionConfig(
+        max_new_tokens=12,
+        block_size=S,
+        steps_per_block=S,
+        mask_token_id=MASK,
+        confidence_threshold=1e-9,
+    )
     out = generate_mask_diffusion(model, PROMPTS, config)
     assert out.denoiser_forwards == 3
     for prompt, new in zip(PROMPTS, out.tokens):
@@ -102,8 +112,10 @@ def test_speculative_equals_ar(pair, block_size, steps):
     model, _, _ = pair
     ar = generate_ar(model, PROMPTS, ARConfig(max_new_tokens=NEW))
     spec = generate_speculative(
-        model, PROMPTS,
-        SpeculativeConfig(max_new_tokens=NEW, block_size=block_size, steps_per_block=steps,
-                          mask_token_id=MASK),
+        model,
+        PROMPTS,
+        SpeculativeConfig(
+            max_new_tokens=NEW, block_size=block_size, steps_per_block=steps, mask_token_id=MASK
+        ),
     )
     assert spec.tokens == ar.tokens

@@ -49,8 +49,13 @@ def test_folder_contents(exported):
     names = {p.name for p in folder.iterdir()}
     shipped = [*MODELING_FILES, *(f"{m}.py" for m in decoding.PORTABLE_MODULES)]
     assert names == {
-        "config.json", "generation_config.json", "model-00001-of-00001.safetensors",
-        "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", *shipped,
+        "config.json",
+        "generation_config.json",
+        "model-00001-of-00001.safetensors",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        *shipped,
     }
     for file in code_files():  # verbatim copies: one sampler algorithm
         assert (folder / file.name).read_bytes() == file.read_bytes()
@@ -76,7 +81,9 @@ def test_shipped_modules_import_only_torch():
             else:
                 continue
             assert roots <= allowed, f"{file.name} imports {roots - allowed}"
-    assert {f.name for f in code_files()} >= {f.name for f in TEMPLATE_DIR.glob("*_nemotron_twotower.py")}
+    assert {f.name for f in code_files()} >= {
+        f.name for f in TEMPLATE_DIR.glob("*_nemotron_twotower.py")
+    }
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -99,8 +106,10 @@ def test_round_trip_keeps_each_tensors_own_dtype(exported, tmp_path):
     reads back with every tensor in the dtype it was saved in, bit-exact."""
     model, _ = exported
     fp32 = ("A_log", ".D", "dt_bias")
-    state = {k: v.to(torch.float32 if k.endswith(fp32) else torch.bfloat16)
-             for k, v in _state(model).items()}
+    state = {
+        k: v.to(torch.float32 if k.endswith(fp32) else torch.bfloat16)
+        for k, v in _state(model).items()
+    }
     assert sum(v.dtype == torch.float32 for v in state.values()) >= 3
     folder = save_twotower_folder(model.cfg, state, tmp_path / "hf", block_size=8)
     _, back, _ = load_twotower_folder(folder, naming="local")
@@ -111,7 +120,8 @@ def test_round_trip_keeps_each_tensors_own_dtype(exported, tmp_path):
     for shard in folder.glob("model-*.safetensors"):
         written.update(load_file(shard))
     assert {k for k, v in written.items() if v.dtype == torch.float32} == {
-        k for k in written if k.endswith(fp32)}
+        k for k in written if k.endswith(fp32)
+    }
 
 
 def test_save_pretrained_keeps_the_layout(exported, tmp_path):
@@ -136,8 +146,10 @@ def test_stock_transformers_loads_the_context_tower(exported):
     tokens = torch.randint(4, 4096, (2, 19), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(
-            stock(input_ids=tokens).logits, forward_logits(model.backbone, tokens),
-            rtol=0, atol=LOGIT_ATOL,
+            stock(input_ids=tokens).logits,
+            forward_logits(model.backbone, tokens),
+            rtol=0,
+            atol=LOGIT_ATOL,
         )
 
 
@@ -153,7 +165,9 @@ def test_tokenizer_and_pipeline(exported):
 def test_single_tower_folder_is_refused(exported, tmp_path):
     model, _ = exported
     folder = save_hf_folder(model.cfg, _state(model.context_tower.backbone), tmp_path / "plain")
-    with pytest.raises(ConversionError, match=r"architectures=\['NemotronHForCausalLM'\].*import-hf"):
+    with pytest.raises(
+        ConversionError, match=r"architectures=\['NemotronHForCausalLM'\].*import-hf"
+    ):
         load_twotower_folder(folder)
 
 
@@ -171,13 +185,14 @@ def test_missing_and_unexpected_tensors_are_named(exported, tmp_path):
     model, _ = exported
     folder = export(model, tmp_path / "hf")
     _edit_shard(folder, lambda t: t.pop("denoiser.layers.1.mixer.k_proj.weight"))
-    with pytest.raises(ConversionError, match=r"'denoiser.layers.1.mixer.k_proj.weight' is missing"):
+    with pytest.raises(
+        ConversionError, match=r"'denoiser.layers.1.mixer.k_proj.weight' is missing"
+    ):
         load_twotower_folder(folder)
     folder = export(model, tmp_path / "hf", overwrite=True)
     _edit_shard(folder, lambda t: t.update({"adaln.extra": torch.ones(2)}))
     with pytest.raises(ConversionError, match=r"1 tensor\(s\) .* no counterpart.*adaln.extra"):
         load_twotower_folder(folder)
-
 
 
 def test_released_adaln_names_and_old_formulation_refused(exported, tmp_path):
@@ -187,9 +202,12 @@ def test_released_adaln_names_and_old_formulation_refused(exported, tmp_path):
     shard = load_file(folder / "model-00001-of-00001.safetensors")
     time_names = {k for k in index if not k.startswith(("model.", "lm_head.", "denoiser."))}
     assert {k: tuple(shard[k].shape) for k in time_names} == {
-        "t_embedder.mlp.0.weight": (d, 256), "t_embedder.mlp.0.bias": (d,),
-        "t_embedder.mlp.2.weight": (d, d), "t_embedder.mlp.2.bias": (d,),
-        "t_block.1.weight": (3 * d, d), "t_block.1.bias": (3 * d,),
+        "t_embedder.mlp.0.weight": (d, 256),
+        "t_embedder.mlp.0.bias": (d,),
+        "t_embedder.mlp.2.weight": (d, d),
+        "t_embedder.mlp.2.bias": (d,),
+        "t_block.1.weight": (3 * d, d),
+        "t_block.1.bias": (3 * d,),
     } | {f"scale_shift_tables.{i}": (3, d) for i in range(n)}
     old = export(model, tmp_path / "old")
     _edit_shard(old, lambda t: t.update({"adaln.mlp.0.weight": torch.ones(128, 128)}))

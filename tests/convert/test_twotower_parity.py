@@ -56,7 +56,9 @@ def test_left_padded_prefill_and_advance(pair):
     valid[1, :6] = False  # row 1: a 5-token prompt left-padded to 11
     ours, theirs = model.prefill(tokens, valid, "all"), hf.prefill(tokens, valid, "all")
     _close(theirs.logits[valid], ours.logits[valid])
-    _close(hf.advance(theirs.cache, new, "all").logits, model.advance(ours.cache, new, "all").logits)
+    _close(
+        hf.advance(theirs.cache, new, "all").logits, model.advance(ours.cache, new, "all").logits
+    )
 
 
 def test_denoiser_block_after_a_prompt(pair):
@@ -68,7 +70,10 @@ def test_denoiser_block_after_a_prompt(pair):
     valid = torch.ones(2, 13, dtype=torch.bool)
     valid[0, :4] = False
     t = torch.tensor([0.4, 0.9])
-    ours, theirs = model.prefill(prompt, valid, "none").cache, hf.prefill(prompt, valid, "none").cache
+    ours, theirs = (
+        model.prefill(prompt, valid, "none").cache,
+        hf.prefill(prompt, valid, "none").cache,
+    )
     _close(hf.denoise_block(theirs, block, t), model.denoise_block(ours, block, t))
     ours = model.advance(ours, block, "none").cache
     theirs = hf.advance(theirs, block, "none").cache
@@ -141,7 +146,7 @@ def test_position_states_roll_back_exactly(pair):
             torch.testing.assert_close(states.conv[:, k], partial.mamba[i].conv, rtol=0, atol=1e-5)
             torch.testing.assert_close(states.ssm[:, k], partial.mamba[i].ssm, rtol=0, atol=1e-5)
     # Non-vacuous: consecutive positions' states differ far beyond the tolerance.
-    assert (full.position_states[layers[0]].ssm.diff(dim=1).abs().amax() > 1e-2)
+    assert full.position_states[layers[0]].ssm.diff(dim=1).abs().amax() > 1e-2
     plain = hf.advance(cache, new, logits="all")
     with_states = hf.advance(cache, new, logits="all", position_states=True)
     assert torch.equal(plain.logits, with_states.logits)

@@ -50,8 +50,13 @@ def _eos_inside_first_block(tokens: list[list[int]]) -> int:
 @pytest.mark.parametrize("block_size, steps", [(4, 4), (4, 2), (8, 8), (8, 4)])
 def test_mask_diffusion_token_identical(pair, threshold, block_size, steps):
     model, hf, _ = pair
-    options = dict(max_new_tokens=NEW, block_size=block_size, steps_per_block=steps,
-                   mask_token_id=MASK, confidence_threshold=threshold)
+    options = dict(
+        max_new_tokens=NEW,
+        block_size=block_size,
+        steps_per_block=steps,
+        mask_token_id=MASK,
+        confidence_threshold=threshold,
+    )
     free = generate_mask_diffusion(model, PROMPTS, MaskDiffusionConfig(**options))
     eos = _eos_inside_first_block(free.tokens)
     ours = generate_mask_diffusion(model, PROMPTS, MaskDiffusionConfig(**options, eos_token_id=eos))
@@ -74,8 +79,9 @@ def test_mock_ar_and_ar_token_identical(pair):
         free = megatron(model, PROMPTS, config_cls(max_new_tokens=NEW, **extra))
         eos = _eos_inside_first_block(free.tokens)
         ours = megatron(model, PROMPTS, config_cls(max_new_tokens=NEW, eos_token_id=eos, **extra))
-        theirs = card(ids, max_new_tokens=NEW, temperature=0.0, eos_token_id=eos,
-                      attention_mask=mask)
+        theirs = card(
+            ids, max_new_tokens=NEW, temperature=0.0, eos_token_id=eos, attention_mask=mask
+        )
         assert torch.equal(theirs, _as_output(ours.tokens)), card.__name__
 
 
@@ -92,12 +98,17 @@ def test_sampling_is_seeded_and_right_padding_is_refused(pair):
     ids, mask = left_padded(PROMPTS)
     runs = [
         hf.generate_mask_diffusion(
-            ids, max_new_tokens=8, block_size=4, temperature=1.0, top_k=50, attention_mask=mask,
+            ids,
+            max_new_tokens=8,
+            block_size=4,
+            temperature=1.0,
+            top_k=50,
+            attention_mask=mask,
             generator=torch.Generator().manual_seed(1),
         )
         for _ in range(2)
     ]
-    assert torch.equal(runs[0], runs[1]) and not (runs[0][:, ids.shape[1]:] == MASK).any()
+    assert torch.equal(runs[0], runs[1]) and not (runs[0][:, ids.shape[1] :] == MASK).any()
     with pytest.raises(ValueError, match="padding_side = 'left'"):
         hf.generate_ar(ids, attention_mask=mask.flip(1))
 
@@ -109,9 +120,17 @@ def test_bf16_load_generates(pair):
     hf.place_towers_on_devices("cpu", "cpu")
     ids, mask = left_padded(PROMPTS)
     for out in (
-        hf.generate_mask_diffusion(ids, max_new_tokens=8, block_size=4, steps_per_block=4,
-                                   mask_token_id=MASK, temperature=0.1, confidence_threshold=0.8,
-                                   eos_token_id=2, attention_mask=mask),
+        hf.generate_mask_diffusion(
+            ids,
+            max_new_tokens=8,
+            block_size=4,
+            steps_per_block=4,
+            mask_token_id=MASK,
+            temperature=0.1,
+            confidence_threshold=0.8,
+            eos_token_id=2,
+            attention_mask=mask,
+        ),
         hf.generate_mock_ar(ids, max_new_tokens=4, temperature=0.0, attention_mask=mask),
         hf.generate_ar(ids, max_new_tokens=4, temperature=0.0, attention_mask=mask),
     ):
@@ -125,11 +144,22 @@ def test_place_towers_on_devices_puts_each_tower_on_its_device(pair, context, de
     _, _, folder = pair
     hf = load_export(folder)  # a fresh copy: weights moved to meta are gone
     assert hf.place_towers_on_devices(context, denoiser) is hf
-    towers = {"model.": "context", "lm_head.": "context", "denoiser.": "denoiser",
-              "t_embedder.": "denoiser", "t_block.": "denoiser", "scale_shift_tables.": "denoiser"}
+    towers = {
+        "model.": "context",
+        "lm_head.": "context",
+        "denoiser.": "denoiser",
+        "t_embedder.": "denoiser",
+        "t_block.": "denoiser",
+        "scale_shift_tables.": "denoiser",
+    }
     assert tensor_devices(hf, towers) == {
-        "context": {torch.device(context)}, "denoiser": {torch.device(denoiser)}}
-    assert (hf.context_device, hf.denoiser_device) == (torch.device(context), torch.device(denoiser))
+        "context": {torch.device(context)},
+        "denoiser": {torch.device(denoiser)},
+    }
+    assert (hf.context_device, hf.denoiser_device) == (
+        torch.device(context),
+        torch.device(denoiser),
+    )
 
 
 def test_export_caches_live_with_the_tower_that_reads_them(tmp_path):

@@ -82,8 +82,10 @@ def test_prompt_answer_split_round_trips_through_the_tokenizer(tmp_path):
         whole = tok(problem.prompt + problem.answer, add_special_tokens=False)["input_ids"]
         assert prompt + answer == whole
         assert tok.decode(answer) == problem.answer
-        assert extract_answer(tok.decode(answer + [tok.eos_token_id], skip_special_tokens=True)) \
+        assert (
+            extract_answer(tok.decode(answer + [tok.eos_token_id], skip_special_tokens=True))
             == problem.result
+        )
 
 
 def test_write_task_files(tmp_path):

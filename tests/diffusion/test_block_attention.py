@@ -29,8 +29,9 @@ def _oracle(q, k_ctx, v_ctx, k_noisy, v_noisy, block_size, causal_in_block):
     """Loop over blocks and queries; softmax over [context < p] ⊕ [own block] explicitly."""
     heads, kv_heads = q.shape[1], k_ctx.shape[1]
     rep = heads // kv_heads
-    k_ctx, v_ctx, k_noisy, v_noisy = (t.repeat_interleave(rep, dim=1)
-                                      for t in (k_ctx, v_ctx, k_noisy, v_noisy))
+    k_ctx, v_ctx, k_noisy, v_noisy = (
+        t.repeat_interleave(rep, dim=1) for t in (k_ctx, v_ctx, k_noisy, v_noisy)
+    )
     out = torch.empty_like(q)
     scale = q.shape[-1] ** -0.5
     for i in range(q.shape[2]):
@@ -100,13 +101,26 @@ def test_gqa_head_mismatch_is_an_error():
 def test_block_decode_equals_training_rows_with_full_context(causal):
     seq_len, block_size = 64, 16
     q, k_ctx, v_ctx, k_noisy, v_noisy = _qkv(2, 4, 2, seq_len, seed=5)
-    full = denoiser_attention(q, k_ctx, v_ctx, k_noisy, v_noisy, block_size,
-                              causal_in_block=causal, backend=AttentionBackend.DENSE)
+    full = denoiser_attention(
+        q,
+        k_ctx,
+        v_ctx,
+        k_noisy,
+        v_noisy,
+        block_size,
+        causal_in_block=causal,
+        backend=AttentionBackend.DENSE,
+    )
     for p in range(0, seq_len, block_size):
         blk = slice(p, p + block_size)
-        out = block_decode_attention(q[:, :, blk], k_ctx[:, :, :p], v_ctx[:, :, :p],
-                                     k_noisy[:, :, blk], v_noisy[:, :, blk],
-                                     causal_in_block=causal)
+        out = block_decode_attention(
+            q[:, :, blk],
+            k_ctx[:, :, :p],
+            v_ctx[:, :, :p],
+            k_noisy[:, :, blk],
+            v_noisy[:, :, blk],
+            causal_in_block=causal,
+        )
         torch.testing.assert_close(out, full[:, :, blk], **TOL)
 
 
@@ -118,8 +132,9 @@ def test_block_decode_left_padding_ignores_pad_keys():
     lengths = torch.tensor([5, 12])  # row 0: 7 pad positions on the left
     valid = context_valid_from_lengths(lengths, 12)
     batched = block_decode_attention(q, k_cache, v_cache, k_blk, v_blk, context_valid=valid)
-    alone = block_decode_attention(q[:1], k_cache[:1, :, 7:], v_cache[:1, :, 7:],
-                                   k_blk[:1], v_blk[:1])
+    alone = block_decode_attention(
+        q[:1], k_cache[:1, :, 7:], v_cache[:1, :, 7:], k_blk[:1], v_blk[:1]
+    )
     torch.testing.assert_close(batched[:1], alone, **TOL)
     full = block_decode_attention(q[1:], k_cache[1:], v_cache[1:], k_blk[1:], v_blk[1:])
     torch.testing.assert_close(batched[1:], full, **TOL)

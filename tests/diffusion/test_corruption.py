@@ -41,8 +41,9 @@ def test_mask_rate_follows_each_block_time(sampling):
     # t (a shared rate would overshoot low bins and undershoot high ones by many sigmas).
     block = 32
     tokens = _tokens(64, 32 * block)
-    out = corrupt_blocks(tokens, block, MASK_ID, sampling=sampling,
-                         generator=torch.Generator().manual_seed(2))
+    out = corrupt_blocks(
+        tokens, block, MASK_ID, sampling=sampling, generator=torch.Generator().manual_seed(2)
+    )
     counts = out.masked.view(64, 32, block).sum(-1).double()  # (b, n_blocks)
     t = out.t_sampled.double()
     for lo in (0.0, 0.25, 0.5, 0.75):
@@ -57,8 +58,9 @@ def test_maskable_positions_are_never_masked():
     tokens = _tokens(8, 64)
     maskable = torch.ones_like(tokens, dtype=torch.bool)
     maskable[:, :20] = False
-    out = corrupt_blocks(tokens, 16, MASK_ID, maskable=maskable,
-                         generator=torch.Generator().manual_seed(3))
+    out = corrupt_blocks(
+        tokens, 16, MASK_ID, maskable=maskable, generator=torch.Generator().manual_seed(3)
+    )
     assert not out.masked[:, :20].any()
     assert out.masked[:, 20:].any()
     # t_realised still divides by S (what the sampler feeds).
@@ -68,12 +70,15 @@ def test_maskable_positions_are_never_masked():
 @pytest.mark.parametrize("sampling", list(TimeSampling))
 def test_deterministic_with_generator(sampling):
     tokens = _tokens(4, 64)
-    a = corrupt_blocks(tokens, 8, MASK_ID, sampling=sampling,
-                       generator=torch.Generator().manual_seed(7))
-    b = corrupt_blocks(tokens, 8, MASK_ID, sampling=sampling,
-                       generator=torch.Generator().manual_seed(7))
-    c = corrupt_blocks(tokens, 8, MASK_ID, sampling=sampling,
-                       generator=torch.Generator().manual_seed(8))
+    a = corrupt_blocks(
+        tokens, 8, MASK_ID, sampling=sampling, generator=torch.Generator().manual_seed(7)
+    )
+    b = corrupt_blocks(
+        tokens, 8, MASK_ID, sampling=sampling, generator=torch.Generator().manual_seed(7)
+    )
+    c = corrupt_blocks(
+        tokens, 8, MASK_ID, sampling=sampling, generator=torch.Generator().manual_seed(8)
+    )
     assert torch.equal(a.noisy, b.noisy) and torch.equal(a.t_sampled, b.t_sampled)
     assert not torch.equal(a.t_sampled, c.t_sampled)
 
@@ -81,8 +86,9 @@ def test_deterministic_with_generator(sampling):
 @pytest.mark.parametrize("sampling", list(TimeSampling))
 def test_times_lie_in_range(sampling):
     eps = 0.05
-    t = sample_block_times(16, 9, eps=eps, sampling=sampling,
-                           generator=torch.Generator().manual_seed(4))
+    t = sample_block_times(
+        16, 9, eps=eps, sampling=sampling, generator=torch.Generator().manual_seed(4)
+    )
     assert t.shape == (16, 9) and t.dtype == torch.float32
     assert (t >= eps - 1e-7).all() and (t <= 1.0 + 1e-7).all()
 
@@ -90,8 +96,13 @@ def test_times_lie_in_range(sampling):
 def test_stratified_has_one_draw_per_stratum_and_is_shuffled():
     eps, batch, n_blocks = 1e-3, 8, 16
     n = batch * n_blocks
-    t = sample_block_times(batch, n_blocks, eps=eps, sampling=TimeSampling.STRATIFIED,
-                           generator=torch.Generator().manual_seed(5))
+    t = sample_block_times(
+        batch,
+        n_blocks,
+        eps=eps,
+        sampling=TimeSampling.STRATIFIED,
+        generator=torch.Generator().manual_seed(5),
+    )
     ordered = t.flatten().sort().values.double()
     k = torch.arange(n, dtype=torch.float64)
     lower = eps + (1 - eps) * k / n
@@ -104,8 +115,13 @@ def test_stratified_has_one_draw_per_stratum_and_is_shuffled():
 @pytest.mark.parametrize("n_blocks", [8, 7])
 def test_antithetic_pairs_sum_to_one_plus_eps(n_blocks):
     eps, batch = 0.01, 3
-    t = sample_block_times(batch, n_blocks, eps=eps, sampling=TimeSampling.ANTITHETIC,
-                           generator=torch.Generator().manual_seed(6))
+    t = sample_block_times(
+        batch,
+        n_blocks,
+        eps=eps,
+        sampling=TimeSampling.ANTITHETIC,
+        generator=torch.Generator().manual_seed(6),
+    )
     flat = t.flatten()
     n_pairs = flat.numel() // 2
     sums = flat[0 : 2 * n_pairs : 2] + flat[1 : 2 * n_pairs : 2]

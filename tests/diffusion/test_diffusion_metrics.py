@@ -31,8 +31,12 @@ def test_hand_computed_summary():
 def test_sums_combine_exactly():
     nll, preds, targets, masked, t = _example()
     whole = diffusion_step_sums(nll, preds, targets, masked, t)
-    halves = [diffusion_step_sums(nll[i : i + 1], preds[i : i + 1], targets[i : i + 1],
-                                  masked[i : i + 1], t[i : i + 1]) for i in range(2)]
+    halves = [
+        diffusion_step_sums(
+            nll[i : i + 1], preds[i : i + 1], targets[i : i + 1], masked[i : i + 1], t[i : i + 1]
+        )
+        for i in range(2)
+    ]
     combined = halves[0] + halves[1]
     assert combined.summary() == whole.summary()
     # As a data-parallel all_reduce(SUM) would: stack, sum, rebuild.

@@ -42,21 +42,30 @@ LAYOUTS: dict[str, tuple[str, int, list[str]]] = {
     "ep2": ("moe", 2, ["parallelism.expert_parallel=2"]),  # experts split; dense params DP=2
     "dp2": ("moe", 2, []),
     "tp2-sp-dp2": (
-        "moe", 4, ["parallelism.tensor_parallel=2", "parallelism.sequence_parallel=true"]
+        "moe",
+        4,
+        ["parallelism.tensor_parallel=2", "parallelism.sequence_parallel=true"],
     ),
     "ep2-dp2": ("moe", 4, ["parallelism.expert_parallel=2"]),  # expert DP 2, dense DP 4
 }
 
 
-def step_overrides(model: str, data_root: Path, backbone: Path, run_dir: Path,
-                   layout: list[str]) -> list[str]:
+def step_overrides(
+    model: str, data_root: Path, backbone: Path, run_dir: Path, layout: list[str]
+) -> list[str]:
     """Stage 2: one step of the demo_twotower curriculum (S=32) at peak lr, then a save."""
     return [
-        f"data.root={data_root}", f"output_dir={run_dir}", f"checkpoint.dir={run_dir}/ck",
-        *TINY_OVERRIDES, *MODELS[model], *layout,
+        f"data.root={data_root}",
+        f"output_dir={run_dir}",
+        f"checkpoint.dir={run_dir}/ck",
+        *TINY_OVERRIDES,
+        *MODELS[model],
+        *layout,
         f"objective.backbone_checkpoint={backbone}",
-        f"training.global_batch_size={GLOBAL_BATCH}", f"training.micro_batch_size={MICRO_BATCH}",
-        "training.max_steps=1", "curriculum.phases.0.lr.warmup_steps=0",
+        f"training.global_batch_size={GLOBAL_BATCH}",
+        f"training.micro_batch_size={MICRO_BATCH}",
+        "training.max_steps=1",
+        "curriculum.phases.0.lr.warmup_steps=0",
     ]
 
 
@@ -111,16 +120,20 @@ def gatherer(cfg):
     layout (TP=1) into one model built once, as a flat state dict of the denoiser (parameters
     and buffers such as expert biases)."""
     from twotower_train.model.config import ParallelConfig
-    from twotower_train.training import checkpoint
     from twotower_train.training.objectives import build_objective
 
     objective = build_objective(cfg.objective_name, cfg.objective_options)
     model = objective.build_model(cfg.model, ParallelConfig(), torch.float32)
 
     def gather(path: Path) -> dict[str, torch.Tensor]:
-        state = checkpoint.load_model_state(path, objective.checkpoint_state(model))
+        # Raw dist_checkpointing reads: the gradient folders are plain saves (no meta.json).
+        state = dist_checkpointing.load({"model": objective.checkpoint_state(model)}, str(path))
+        state = state["model"]
         objective.load_checkpoint_state(model, state)
-        return {k: v.clone() for k, v in model.denoiser.state_dict().items()
-                if isinstance(v, torch.Tensor)}
+        return {
+            k: v.clone()
+            for k, v in model.denoiser.state_dict().items()
+            if isinstance(v, torch.Tensor)
+        }
 
     return gather

@@ -21,16 +21,32 @@ def torchrun(worker: str, *args: str, nproc: int = 2, timeout: int = 300) -> str
     """
     # The repository root on the path: workers import shared test helpers (tests.*).
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "TORCHDYNAMO_DISABLE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+    env = {
+        **os.environ,
+        "TORCHDYNAMO_DISABLE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": path,
+    }
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-        f"--master-port={free_port()}", "--master-addr=127.0.0.1",
-        str(WORKERS / worker), *args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        f"--master-port={free_port()}",
+        "--master-addr=127.0.0.1",
+        str(WORKERS / worker),
+        *args,
     ]
     # Own process group: on a timeout the ranks go too, not only the torchrun launcher.
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

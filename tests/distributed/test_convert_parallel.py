@@ -42,8 +42,14 @@ def test_export_and_import_under_tp_and_ep(data_root, tmp_path):  # noqa: F811
     hf.save_pretrained(tmp_path / "hub")
     checkpoints.import_hf(tmp_path / "hub", tmp_path / "stage1")
     out = tmp_path / "out"
-    torchrun("convert_parallel.py", str(data_root), str(tmp_path / "hub"),
-             str(tmp_path / "stage1" / "checkpoints"), str(out), timeout=900)
+    torchrun(
+        "convert_parallel.py",
+        str(data_root),
+        str(tmp_path / "hub"),
+        str(tmp_path / "stage1" / "checkpoints"),
+        str(out),
+        timeout=900,
+    )
 
     # import-hf --tp 2: a TP=2 checkpoint of the HF weights.
     imported = out / "imported_tp2" / "checkpoints"
@@ -81,5 +87,7 @@ def test_export_and_import_under_tp_and_ep(data_root, tmp_path):  # noqa: F811
                 block, reference["denoiser"][:, p:end], rtol=0, atol=LOGIT_ATOL
             )
             worst = max(worst, (block - reference["denoiser"][:, p:end]).abs().max().item())
-        print(f"PARITY {layout} export vs parallel model: context "
-              f"{(context - reference['context']).abs().max().item():.2e}, denoiser {worst:.2e}")
+        print(
+            f"PARITY {layout} export vs parallel model: context "
+            f"{(context - reference['context']).abs().max().item():.2e}, denoiser {worst:.2e}"
+        )

@@ -96,7 +96,9 @@ def _compare(name: str, runs: dict, data_root: Path, out: Path) -> dict[str, flo
         bound = LR * (grads[key] - ref_grads[key]).abs() / ADAM_EPS
         bound += 2 * ULP * ref_weights[key].abs()
         diffs["weights/lr"] = max(diffs["weights/lr"], float(delta.max()) / LR)
-        diffs["weights/bound"] = max(diffs["weights/bound"], float((delta / bound.clamp(min=1e-30)).max()))
+        diffs["weights/bound"] = max(
+            diffs["weights/bound"], float((delta / bound.clamp(min=1e-30)).max())
+        )
         assert bool((delta <= bound).all()), (name, key, float((delta - bound).max()))
     for key in biases:
         assert not torch.equal(ref_weights[key], torch.zeros_like(ref_weights[key])), key
@@ -110,8 +112,13 @@ def _run_layouts(runs: dict, data_root: Path, nproc: int, out_name: str) -> None
     out = runs["root"] / out_name
     backbones = [f"{model}={path}" for model, path in runs["backbones"].items()]
     torchrun(
-        "train_one_step.py", str(data_root), str(out), *backbones, *names,
-        nproc=nproc, timeout=900,
+        "train_one_step.py",
+        str(data_root),
+        str(out),
+        *backbones,
+        *names,
+        nproc=nproc,
+        timeout=900,
     )
     for name in names:
         _compare(name, runs, data_root, out)

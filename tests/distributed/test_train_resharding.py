@@ -10,8 +10,12 @@ pytestmark = pytest.mark.distributed
 
 
 def _tp2_losses(out: str) -> dict[int, tuple[float, float]]:
-    return {int(s): (float(loss), float(lr)) for _, s, loss, lr in
-            (line.split() for line in out.splitlines() if line.startswith("LOSS "))}
+    return {
+        int(s): (float(loss), float(lr))
+        for _, s, loss, lr in (
+            line.split() for line in out.splitlines() if line.startswith("LOSS ")
+        )
+    }
 
 
 def test_tp2_checkpoint_resumes_at_tp1(recipe, data_root, tmp_path):  # noqa: F811
@@ -21,7 +25,9 @@ def test_tp2_checkpoint_resumes_at_tp1(recipe, data_root, tmp_path):  # noqa: F8
     assert sorted(tp2) == list(range(6)), tp2
 
     cfg = recipe(
-        *steps, f"checkpoint.load_from={run_dir}/ck/iter_0000004", f"checkpoint.dir={tmp_path}/tp1",
+        *steps,
+        f"checkpoint.load_from={run_dir}/ck/iter_0000004",
+        f"checkpoint.dir={tmp_path}/tp1",
     )
     trainer, _ = train(cfg)
     assert trainer.state.step == 6
@@ -34,26 +40,37 @@ def test_tp2_checkpoint_resumes_at_tp1(recipe, data_root, tmp_path):  # noqa: F8
 
 
 def test_tp2_stage2_checkpoint_resumes_at_tp1_like_an_uninterrupted_tp1_run(
-    recipe, data_root, backbone_checkpoint, tmp_path  # noqa: F811
+    recipe,
+    data_root,
+    backbone_checkpoint,
+    tmp_path,  # noqa: F811
 ):
-    stage2 = (*three_phases(2), "objective=diffusion",
-              f"objective.backbone_checkpoint={backbone_checkpoint}")
+    stage2 = (
+        *three_phases(2),
+        "objective=diffusion",
+        f"objective.backbone_checkpoint={backbone_checkpoint}",
+    )
     run_dir = tmp_path / "tp2"
     tp2 = _tp2_losses(torchrun("train_tp2.py", str(data_root), str(run_dir), *stage2))
     assert sorted(tp2) == list(range(6)), tp2
 
     uninterrupted, _ = train(recipe(*stage2, "checkpoint.dir=null"))
     tp1 = {r["step"]: (r["loss"], r["lr"], r["block_size"]) for r in uninterrupted.logger.history}
-    resumed, outcome = train(recipe(
-        *stage2, f"checkpoint.load_from={run_dir}/ck/iter_0000004",
-        f"checkpoint.dir={tmp_path}/tp1",
-    ))
+    resumed, outcome = train(
+        recipe(
+            *stage2,
+            f"checkpoint.load_from={run_dir}/ck/iter_0000004",
+            f"checkpoint.dir={tmp_path}/tp1",
+        )
+    )
     assert outcome == "finished"
     got = {r["step"]: (r["loss"], r["lr"], r["block_size"]) for r in resumed.logger.history}
     assert sorted(got) == [4, 5] and got[4][2] == got[5][2] == 16  # phase 3: S=16
     for step in range(6):
-        print(f"STAGE2 step {step} tp1={tp1[step][0]!r} tp2={tp2[step][0]!r}"
-              + (f" resumed={got[step][0]!r}" if step in got else ""))
+        print(
+            f"STAGE2 step {step} tp1={tp1[step][0]!r} tp2={tp2[step][0]!r}"
+            + (f" resumed={got[step][0]!r}" if step in got else "")
+        )
     for step in (4, 5):
         # fp32: 4 steps at TP=2 reach the TP=1 weights up to rounding (see
         # test_full_step_parity), so the continued losses agree to rounding as well.

@@ -3,6 +3,7 @@ tasks end to end through ``lm_eval.simple_evaluate`` (offline)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,21 @@ def test_bad_knobs_fail_at_construction(lm):
         TwoTowerLM(loaded=lm.loaded, sampler="beam")
 
 
+def test_mask_diffusion_defaults_to_the_trained_block_size(lm):
+    """Without block knobs, mask diffusion decodes blocks of the S the model trained at (as
+    twotower-generate does), not the sampler config's literal default."""
+    # The fixture ends at S = 16, the literal default too: record another S so this can fail.
+    loaded = dataclasses.replace(lm.loaded, block_size=8)
+    assert modes.build_config("mask_diffusion").block_size != 8
+    config = TwoTowerLM(loaded=loaded, sampler="mask_diffusion")._sampler_config({})
+    assert (config.block_size, config.steps_per_block) == (8, 8)
+    given = TwoTowerLM(loaded=loaded, sampler="mask_diffusion", block_size=2, steps_per_block=1)
+    assert (given._sampler_config({}).block_size, given._sampler_config({}).steps_per_block) == (
+        2,
+        1,
+    )
+
+
 def test_local_tasks_through_simple_evaluate(lm, tasks, two_tower_checkpoint):
     """Both tiny tasks through the registered model; the accuracy and the generations are
     recomputed independently (backbone forward, generate_ar)."""
@@ -81,7 +97,9 @@ def test_local_tasks_through_simple_evaluate(lm, tasks, two_tower_checkpoint):
         model_args=f"pretrained={two_tower_checkpoint},scorer=ar,sampler=ar",
         tasks=["twotower_tiny_mc", "twotower_tiny_gen"],
         task_manager=tasks,
-        batch_size=8, log_samples=True, bootstrap_iters=0,
+        batch_size=8,
+        log_samples=True,
+        bootstrap_iters=0,
     )
     mc = results["samples"]["twotower_tiny_mc"]
     assert len(mc) == 20
@@ -116,27 +134,44 @@ def test_mock_ar_scorer_and_diffusion_sampler_run_the_tasks(lm, tasks):
     from twotower_train.eval.scoring import score_ar, score_mock_ar
 
     denoiser = TwoTowerLM(
-        loaded=lm.loaded, scorer="mock_ar", sampler="mask_diffusion", block_size=4,
-        steps_per_block=2, batch_size=8,
+        loaded=lm.loaded,
+        scorer="mock_ar",
+        sampler="mask_diffusion",
+        block_size=4,
+        steps_per_block=2,
+        batch_size=8,
     )
     results = simple_evaluate(
-        model=denoiser, tasks=["twotower_tiny_mc", "twotower_tiny_gen"],
-        task_manager=tasks, bootstrap_iters=0, limit=8, log_samples=True,
+        model=denoiser,
+        tasks=["twotower_tiny_mc", "twotower_tiny_gen"],
+        task_manager=tasks,
+        bootstrap_iters=0,
+        limit=8,
+        log_samples=True,
     )
     assert set(results["results"]) == {"twotower_tiny_mc", "twotower_tiny_gen"}
     ids = lm.loaded.sampler_ids()
     for sample in results["samples"]["twotower_tiny_mc"]:
         pairs = [lm._encode_pair(sample["doc"]["question"], c) for c in sample["doc"]["choices"]]
         got = [float(r[0]) for r in sample["filtered_resps"]]
-        mock = [s for s, _ in score_mock_ar(lm.model, pairs, lm.loaded.mask_token_id,
-                                            ids["pad_token_id"])]
+        mock = [
+            s
+            for s, _ in score_mock_ar(lm.model, pairs, lm.loaded.mask_token_id, ids["pad_token_id"])
+        ]
         assert got == pytest.approx(mock, abs=1e-4)
         assert got != pytest.approx([s for s, _ in score_ar(lm.model, pairs)], abs=1e-4)
-    config = modes.build_config("mask_diffusion", **ids, mask_token_id=lm.loaded.mask_token_id,
-                                block_size=4, steps_per_block=2, max_new_tokens=8)
+    config = modes.build_config(
+        "mask_diffusion",
+        **ids,
+        mask_token_id=lm.loaded.mask_token_id,
+        block_size=4,
+        steps_per_block=2,
+        max_new_tokens=8,
+    )
     for sample in results["samples"]["twotower_tiny_gen"][:3]:
-        out = modes.generate(lm.model, [lm.tok_encode(sample["doc"]["prompt"])],
-                             "mask_diffusion", config)
+        out = modes.generate(
+            lm.model, [lm.tok_encode(sample["doc"]["prompt"])], "mask_diffusion", config
+        )
         assert sample["resps"][0][0] == lm.tok_decode(out.tokens[0]).split("\n")[0].split(".")[0]
 
 

@@ -12,26 +12,52 @@ import sys
 import pytest
 
 from twotower_train.eval.masked_accuracy import answer_blocks, masked_token_accuracy
-from twotower_train.eval.mode_runs import mode_rows
-from twotower_train.eval.reproduce_eval import MASK_RATIO
+from twotower_train.eval.mode_comparison import mode_rows
 from twotower_train.inference import modes
+from twotower_train.reproduce.evaluate import MASK_RATIO
 
 TASK = [
-    "--set", "model=tiny", "--set", "training.log_interval=1000",
-    "--task", "max_steps=2", "--task", "max_start=9", "--task", "max_amount=4",
-    "--task", "max_value=12", "--task", "heldout_percent=20",
-    "--train-problems", "3000", "--heldout-problems", "40",
-    "--eval-problems", "8", "--max-new-tokens", "16", "--gammas", "0.8", "--threads", "1",
+    "--set",
+    "model=tiny",
+    "--set",
+    "training.log_interval=1000",
+    "--task",
+    "max_steps=2",
+    "--task",
+    "max_start=9",
+    "--task",
+    "max_amount=4",
+    "--task",
+    "max_value=12",
+    "--task",
+    "heldout_percent=20",
+    "--train-problems",
+    "3000",
+    "--heldout-problems",
+    "40",
+    "--eval-problems",
+    "8",
+    "--max-new-tokens",
+    "16",
+    "--gammas",
+    "0.8",
+    "--threads",
+    "1",
 ]
 # A small problem space and enough steps for the denoiser to learn: ~3 minutes on 2 shared cores
 # (masked accuracy 0.418 vs 0.263 for the untrained denoiser, on 316 held-out positions).
 SHRUNKEN = [
     *TASK,
-    "--stage1-set", "curriculum.phases.0.steps=60",
-    "--stage1-set", "curriculum.phases.0.lr.warmup_steps=5",
-    "--stage2-set", "curriculum.phases.0.steps=30",
-    "--stage2-set", "curriculum.phases.1.steps=20",
-    "--stage2-set", "curriculum.phases.2.steps=40",
+    "--stage1-set",
+    "curriculum.phases.0.steps=60",
+    "--stage1-set",
+    "curriculum.phases.0.lr.warmup_steps=5",
+    "--stage2-set",
+    "curriculum.phases.0.steps=30",
+    "--stage2-set",
+    "curriculum.phases.1.steps=20",
+    "--stage2-set",
+    "curriculum.phases.2.steps=40",
 ]
 # The default suite's variant (~1 min on an idle machine): a shifted denoiser starts as the AR
 # backbone, which already beats the unigram baseline (0.24 vs 0.09 at 80 AR steps), so stage 2
@@ -39,12 +65,22 @@ SHRUNKEN = [
 # 0.294 untrained on the 316 held-out masked positions (0.297 with stage-2 lr 0).
 SMOKE = [
     *TASK,
-    "--stage1-set", "curriculum.phases.0.steps=80",
-    "--stage1-set", "curriculum.phases.0.lr.warmup_steps=5",
-    *[item for phase, steps in enumerate((4, 4, 32)) for item in (
-        "--stage2-set", f"curriculum.phases.{phase}.steps={steps}",
-        "--stage2-set", f"curriculum.phases.{phase}.lr.peak=2e-3",
-        "--stage2-set", f"curriculum.phases.{phase}.lr.warmup_steps=2")],
+    "--stage1-set",
+    "curriculum.phases.0.steps=80",
+    "--stage1-set",
+    "curriculum.phases.0.lr.warmup_steps=5",
+    *[
+        item
+        for phase, steps in enumerate((4, 4, 32))
+        for item in (
+            "--stage2-set",
+            f"curriculum.phases.{phase}.steps={steps}",
+            "--stage2-set",
+            f"curriculum.phases.{phase}.lr.peak=2e-3",
+            "--stage2-set",
+            f"curriculum.phases.{phase}.lr.warmup_steps=2",
+        )
+    ],
 ]
 
 
@@ -60,24 +96,39 @@ def _untrained_denoiser(model):
 def _masked_accuracy(loaded, model, rows) -> dict:
     """``model``'s masked-token accuracy on the answers of ``rows`` (as the report measures it)."""
     encode = lambda text: loaded.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    prompts, blocks = answer_blocks([encode(r["prompt"]) for r in rows],
-                                    [encode(r["answer"]) for r in rows],
-                                    loaded.eos_token_id, loaded.block_size)
-    return masked_token_accuracy(model, prompts, blocks, mask_token_id=loaded.mask_token_id,
-                                 pad_token_id=loaded.pad_token_id, mask_ratio=MASK_RATIO)
+    prompts, blocks = answer_blocks(
+        [encode(r["prompt"]) for r in rows],
+        [encode(r["answer"]) for r in rows],
+        loaded.eos_token_id,
+        loaded.block_size,
+    )
+    return masked_token_accuracy(
+        model,
+        prompts,
+        blocks,
+        mask_token_id=loaded.mask_token_id,
+        pad_token_id=loaded.pad_token_id,
+        mask_ratio=MASK_RATIO,
+    )
 
 
 def _reproduce(out, env, *extra):
     return subprocess.run(
-        [sys.executable, "-m", "twotower_train.eval.reproduce", "--out", str(out), *extra],
-        env=env, capture_output=True, text=True, timeout=900,
+        [sys.executable, "-m", "twotower_train.reproduce", "--out", str(out), *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
 
-@pytest.mark.parametrize("settings, margin, learned", [
-    pytest.param(SMOKE, 0.1, 0.1, id="smoke"),
-    pytest.param(SHRUNKEN, 0.15, 0.1, id="learns", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "settings, margin, learned",
+    [
+        pytest.param(SMOKE, 0.1, 0.1, id="smoke"),
+        pytest.param(SHRUNKEN, 0.15, 0.1, id="learns", marks=pytest.mark.slow),
+    ],
+)
 def test_pipeline_end_to_end_and_export_decodes_like_megatron(
     tmp_path, tool_env, settings, margin, learned
 ):
@@ -85,11 +136,15 @@ def test_pipeline_end_to_end_and_export_decodes_like_megatron(
     proc = _reproduce(out, tool_env, *settings)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
-    assert report["command"].startswith("python -m twotower_train.eval.reproduce --out")
+    assert report["command"].startswith("python -m twotower_train.reproduce --out")
     assert {"data", "stage1", "stage2", "export", "eval"} <= set(report["wall_seconds"])
     assert report["machine"]["cpus"] and report["machine"]["torch"]
-    assert [r["name"] for r in report["modes"]] == ["AR", "mock-AR", "diffusion γ=0.8",
-                                                    "speculative"]
+    assert [r["name"] for r in report["modes"]] == [
+        "AR",
+        "mock-AR",
+        "diffusion γ=0.8",
+        "speculative",
+    ]
     # Learning: the denoiser uses its context and the visible tokens, which a unigram cannot.
     acc = report["masked_accuracy"]
     assert acc["masked"] >= 50

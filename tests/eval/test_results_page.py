@@ -3,14 +3,23 @@
 
 from __future__ import annotations
 
-from twotower_train.eval.reproduce import BEGIN, END, _splice
-from twotower_train.eval.results import card_point, markdown_table
+from twotower_train.reproduce.pipeline import BEGIN, END, _splice
+from twotower_train.reproduce.results import card_point, markdown_table
 
 
 def _row(name, mode, em, retained, per_forward):
-    return {"name": name, "mode": mode, "exact_match": em, "retained": retained, "ar_nll": 1.0,
-            "tokens_per_denoiser_forward": per_forward, "tokens_per_forward": 1.0,
-            "exact_match_ar": 0.5, "tokens_per_s": 10.0, "config": {}}
+    return {
+        "name": name,
+        "mode": mode,
+        "exact_match": em,
+        "retained": retained,
+        "ar_nll": 1.0,
+        "tokens_per_denoiser_forward": per_forward,
+        "tokens_per_forward": 1.0,
+        "exact_match_ar": 0.5,
+        "tokens_per_s": 10.0,
+        "config": {},
+    }
 
 
 def test_splice_keeps_prose_and_replaces_the_block():

@@ -21,7 +21,10 @@ def write_corpus(root: str | Path, *, documents: int = 300, vocab_size: int = 32
     from twotower_train.data.tokenizer import load_tokenizer
 
     root = Path(root)
-    sources = {"wiki": _texts(WIKI_WORDS, documents, 1), "chitchat": _texts(CHAT_WORDS, documents, 2)}
+    sources = {
+        "wiki": _texts(WIKI_WORDS, documents, 1),
+        "chitchat": _texts(CHAT_WORDS, documents, 2),
+    }
     if not (root / "tokenizer").is_dir():
         sample = [t for texts in sources.values() for t in texts[:100]]
         train_tokenizer(sample, vocab_size, root / "tokenizer")
@@ -30,7 +33,9 @@ def write_corpus(root: str | Path, *, documents: int = 300, vocab_size: int = 32
         prefix = root / "indexed" / name
         if Path(f"{prefix}.idx").is_file():
             continue
-        docs = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                for t in texts]
+        docs = [
+            tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            for t in texts
+        ]
         write_indexed_dataset(docs, prefix, len(tokenizer))
     return root

@@ -63,8 +63,12 @@ def test_bf16_distributed_optimizer_trains_on_the_gpu_and_resumes_exactly(
     for name, tensor in [*full.model.named_parameters(), *full.model.named_buffers()]:
         assert tensor.device == here, name
     assert parallel_state.get_expert_tensor_parallel_world_size() == 1
-    main = [p for part in full.optimizer._parts() for g in part.optimizer.param_groups
-            for p in g["params"]]
+    main = [
+        p
+        for part in full.optimizer._parts()
+        for g in part.optimizer.param_groups
+        for p in g["params"]
+    ]
     assert main and all(p.dtype == torch.float32 and p.device == here for p in main)
 
     ckdir = tmp_path / "ck"
@@ -83,9 +87,12 @@ def test_bf16_distributed_optimizer_trains_on_the_gpu_and_resumes_exactly(
 @pytest.fixture
 def trained(recipe, tmp_path):
     cfg = recipe(
-        "objective=diffusion", "objective.backbone_checkpoint=none", *BF16_DISTRIBUTED,
+        "objective=diffusion",
+        "objective.backbone_checkpoint=none",
+        *BF16_DISTRIBUTED,
         "curriculum.phases.0.steps=2",
-        "curriculum.phases.0.lr.warmup_steps=0", f"checkpoint.dir={tmp_path / 'ck'}",
+        "curriculum.phases.0.lr.warmup_steps=0",
+        f"checkpoint.dir={tmp_path / 'ck'}",
     )
     train(cfg)
     return tmp_path / "ck"
@@ -93,10 +100,16 @@ def trained(recipe, tmp_path):
 
 def _samplers(model, mask):
     return {
-        "diffusion": lambda: generate_mask_diffusion(model, PROMPTS, MaskDiffusionConfig(
-            max_new_tokens=16, block_size=8, steps_per_block=4, mask_token_id=mask)),
+        "diffusion": lambda: generate_mask_diffusion(
+            model,
+            PROMPTS,
+            MaskDiffusionConfig(
+                max_new_tokens=16, block_size=8, steps_per_block=4, mask_token_id=mask
+            ),
+        ),
         "mock_ar": lambda: generate_mock_ar(
-            model, PROMPTS, MockARConfig(max_new_tokens=6, mask_token_id=mask)),
+            model, PROMPTS, MockARConfig(max_new_tokens=6, mask_token_id=mask)
+        ),
         "ar": lambda: generate_ar(model, PROMPTS, ARConfig(max_new_tokens=6)),
     }
 
@@ -137,6 +150,11 @@ def test_towers_on_two_devices(trained, ctx, den, exact_fp32):
     logits = model.denoise_block(cache, block.to(den), t.to(den))
     assert logits.device == torch.device(den)
     assert torch.allclose(logits.cpu(), reference.cpu(), atol=1e-4, rtol=1e-4)
-    out = generate_mask_diffusion(model, PROMPTS, MaskDiffusionConfig(
-        max_new_tokens=8, block_size=8, steps_per_block=4, mask_token_id=cfg.model.mask_token_id))
+    out = generate_mask_diffusion(
+        model,
+        PROMPTS,
+        MaskDiffusionConfig(
+            max_new_tokens=8, block_size=8, steps_per_block=4, mask_token_id=cfg.model.mask_token_id
+        ),
+    )
     assert len(out.tokens[0]) == 8

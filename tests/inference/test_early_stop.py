@@ -99,8 +99,10 @@ def test_on_commit_streams_and_stops_rows(model, sampler):
         return row == 0 and len(so_far) >= 3  # row 0 stops after 3 tokens (a "stop sequence")
 
     generate, config = {
-        "mask_diffusion": (generate_mask_diffusion, MaskDiffusionConfig(
-            max_new_tokens=12, block_size=4, steps_per_block=2)),
+        "mask_diffusion": (
+            generate_mask_diffusion,
+            MaskDiffusionConfig(max_new_tokens=12, block_size=4, steps_per_block=2),
+        ),
         "mock_ar": (generate_mock_ar, MockARConfig(max_new_tokens=12)),
         "ar": (generate_ar, ARConfig(max_new_tokens=12)),
     }[sampler]
@@ -115,13 +117,16 @@ def test_ar_statistics(model):
     assert out.tokens_per_context_forward == 1.0 and out.context_forwards == 5
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(confidence_threshold=0.0), "confidence_threshold"),
-    (dict(confidence_threshold=1.5), "confidence_threshold"),
-    (dict(steps_per_block=0), "steps_per_block"),
-    (dict(block_size=-1), "block_size"),
-    (dict(max_new_tokens=0), "max_new_tokens"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(confidence_threshold=0.0), "confidence_threshold"),
+        (dict(confidence_threshold=1.5), "confidence_threshold"),
+        (dict(steps_per_block=0), "steps_per_block"),
+        (dict(block_size=-1), "block_size"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+    ],
+)
 def test_bad_knobs(bad, message):
     with pytest.raises(ValueError, match=message):
         MaskDiffusionConfig(**bad)

@@ -20,12 +20,19 @@ def stage2_checkpoint(data_root, tmp_path_factory):
     from twotower_train.training.recipes import load_config
 
     run = tmp_path_factory.mktemp("stage2")
-    cfg = load_config("demo", [
-        f"data.root={data_root}", f"output_dir={run}", *TINY_OVERRIDES, "objective=diffusion",
-        "objective.backbone_checkpoint=none",  # random towers: the test is about placement
-        "curriculum.phases.0.steps=2", "curriculum.phases.0.lr.warmup_steps=0",
-        f"checkpoint.dir={run / 'ck'}",
-    ])
+    cfg = load_config(
+        "demo",
+        [
+            f"data.root={data_root}",
+            f"output_dir={run}",
+            *TINY_OVERRIDES,
+            "objective=diffusion",
+            "objective.backbone_checkpoint=none",  # random towers: the test is about placement
+            "curriculum.phases.0.steps=2",
+            "curriculum.phases.0.lr.warmup_steps=0",
+            f"checkpoint.dir={run / 'ck'}",
+        ],
+    )
     train(cfg)
     return run / "ck"
 
@@ -69,9 +76,13 @@ def test_place_towers_puts_each_tower_on_its_device(
     model, _ = load_trained_model(stage2_checkpoint)
     assert model.place_towers(context, torch.device(denoiser)) is model
     assert tensor_devices(model, TOWERS) == {
-        "context": {torch.device(context)}, "denoiser": {torch.device(denoiser)}}
+        "context": {torch.device(context)},
+        "denoiser": {torch.device(denoiser)},
+    }
     assert (model.context_device, model.denoiser_device) == (
-        torch.device(context), torch.device(denoiser))
+        torch.device(context),
+        torch.device(denoiser),
+    )
     assert model.place_towers_on_devices == model.place_towers  # the model card's name
 
 

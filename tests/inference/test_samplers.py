@@ -37,7 +37,7 @@ def test_ar_equals_full_recompute_greedy(model):
         for _ in range(6):
             logits = forward_logits(model.backbone, torch.tensor([seq]))
             seq.append(int(logits[0, -1].argmax()))
-        assert new == seq[len(prompt):]
+        assert new == seq[len(prompt) :]
 
 
 def test_greedy_is_deterministic(model):
@@ -53,8 +53,9 @@ def test_whole_block_commit_is_the_denoisers_argmax(model):
     excluded) of one denoiser call at t = 1 on an all-[MASK] block after the prompt and the
     blocks before it — recomputed row by row from fresh prefills, without the sampler."""
     S = 8
-    config = MaskDiffusionConfig(max_new_tokens=16, block_size=S, steps_per_block=4,
-                                 confidence_threshold=1e-9)
+    config = MaskDiffusionConfig(
+        max_new_tokens=16, block_size=S, steps_per_block=4, confidence_threshold=1e-9
+    )
     out = generate_mask_diffusion(model, PROMPTS, config)
     mask = config.mask_token_id
     assert out.denoiser_forwards == 2
@@ -76,9 +77,7 @@ def test_mask_diffusion_with_unit_blocks_is_mock_ar(model):
     assert mock.tokens_per_forward == 1.0 and diffusion.tokens_per_forward == 1.0
 
 
-@pytest.mark.parametrize(
-    "threshold, expected_per_forward", [(1e-9, 8.0), (1.0, 2.0)]
-)
+@pytest.mark.parametrize("threshold, expected_per_forward", [(1e-9, 8.0), (1.0, 2.0)])
 def test_confidence_threshold_and_floor(model, threshold, expected_per_forward):
     """γ→0 commits a whole block in one forward; γ=1 leaves only the floor: S/steps per step."""
     cfg = MaskDiffusionConfig(
@@ -129,5 +128,6 @@ def test_shared_decoding_modules_import_only_torch():
             else:
                 continue
             assert roots <= {"torch", "math", "dataclasses", "typing", "__future__", "."}, (
-                name, roots
+                name,
+                roots,
             )

@@ -71,7 +71,10 @@ def _check_same_as_ar(model, prompts, block_size, *, max_new=20, eos=None, wrong
     long = generate_ar(model, prompts, ARConfig(max_new_tokens=max_new + block_size))
     drafter = OracleDrafter(model, prompts, long.tokens, wrong, seed)
     config = SpeculativeConfig(
-        max_new_tokens=max_new, block_size=block_size, steps_per_block=2, eos_token_id=eos,
+        max_new_tokens=max_new,
+        block_size=block_size,
+        steps_per_block=2,
+        eos_token_id=eos,
         mask_token_id=MASK,
     )
     spec = generate_speculative(drafter, prompts, config)
@@ -131,7 +134,7 @@ def test_rollback_equals_fresh_prefill(model):
     fresh = model.prefill(*left_pad(kept, 0), logits="none").cache
     for r, seq in enumerate(kept):
         assert int(rolled.valid[r].sum()) == len(seq)
-        assert rolled.valid[r, -len(seq):].all()  # still left-padded
+        assert rolled.valid[r, -len(seq) :].all()  # still left-padded
         for i in fresh.keys:
             for ours, theirs in ((rolled.keys, fresh.keys), (rolled.values, fresh.values)):
                 a = ours[i][r][:, rolled.valid[r]]

@@ -89,13 +89,15 @@ def _scan_inputs(batch, length, device, dtype, seed):
 def scan_boundaries(device, dtype) -> dict:
     out = {}
     for name, (length, stride, seeded) in {
-        "S8_Q16_zero": (32, 8, False), "S24_Q16_seeded": (48, 24, True),
+        "S8_Q16_zero": (32, 8, False),
+        "S24_Q16_seeded": (48, 24, True),
     }.items():
         t = _scan_inputs(2, length, device, dtype, seed=length)
         impl = backends.mamba_scan(t["x"].device, needs_grad=False, state_stride=stride)
         args = (t["x"], t["dt"], t["A"], t["B"], t["C"], 16)
-        kw = dict(D=t["D"], z=t["z"], initial_state=t["init"] if seeded else None,
-                  state_stride=stride)
+        kw = dict(
+            D=t["D"], z=t["z"], initial_state=t["init"] if seeded else None, state_stride=stride
+        )
         with torch.no_grad():
             got, ref = impl(*args, **kw), ssd_scan(*args, **kw)
         out[f"{name}.y"] = _entry(impl, got.y, ref.y)
@@ -121,8 +123,11 @@ def conv_boundaries(device, dtype) -> dict:
     with torch.no_grad():
         got = impl(x, w, b, initial_state=init, activation="silu", state_stride=8)
         ref = causal_conv1d(x, w, b, initial_state=init, activation="silu", state_stride=8)
-    return {"y": _entry(impl, got[0], ref[0]), "final_state": _entry(impl, got[1], ref[1]),
-            "boundary_states": _entry(impl, got[2], ref[2])}
+    return {
+        "y": _entry(impl, got[0], ref[0]),
+        "final_state": _entry(impl, got[1], ref[1]),
+        "boundary_states": _entry(impl, got[2], ref[2]),
+    }
 
 
 def _grads(fn, leaves: dict, weights) -> tuple:
@@ -138,13 +143,16 @@ def scan_seeded(device, dtype) -> dict:
     t = _scan_inputs(2 * blocks, block, device, dtype, seed=7)
     impl = backends.mamba_scan(t["x"].device, needs_grad=True, state_stride=None)
     g = torch.Generator().manual_seed(8)
-    weights = (torch.randn(t["x"].shape, generator=g).to(device),
-               torch.randn(t["init"].shape, generator=g).to(device))
+    weights = (
+        torch.randn(t["x"].shape, generator=g).to(device),
+        torch.randn(t["init"].shape, generator=g).to(device),
+    )
 
     def run(scan):
         def fn(x, dt, A, B, C, D, z, init):
             res = scan(x, dt, A, B, C, min(128, block), D=D, z=z, initial_state=init)
             return res.y, res.final_state
+
         return _grads(fn, t, weights)
 
     y, final, grads = run(impl)
@@ -157,13 +165,16 @@ def scan_seeded(device, dtype) -> dict:
 def conv_seeded(device, dtype) -> dict:
     x, w, b, init = _conv_inputs(6, 16, device, dtype, seed=2)
     impl = backends.mamba_conv(x.device, needs_grad=True)
-    weights = (torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(device),
-               torch.zeros(init.shape, device=device))
+    weights = (
+        torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(device),
+        torch.zeros(init.shape, device=device),
+    )
 
     def run(conv):
         def fn(x, w, b, init):
             y, final, _ = conv(x, w, b, initial_state=init, activation="silu")
             return y, final
+
         return _grads(fn, dict(x=x, w=w, b=b, init=init), weights)
 
     y, _, grads = run(impl)
@@ -190,8 +201,11 @@ def two_tower(device, dtype) -> dict:
             ctx = model.context_tower(tokens, state_stride=block, logits="none")
         logits = model(tokens, noisy, t, block)
         logits.float().square().mean().backward()
-        grads = {n: p.grad.detach().clone() for n, p in model.denoiser.named_parameters()
-                 if p.grad is not None and "mixer" in n}
+        grads = {
+            n: p.grad.detach().clone()
+            for n, p in model.denoiser.named_parameters()
+            if p.grad is not None and "mixer" in n
+        }
         return ctx.boundaries, logits.detach(), grads
 
     mamba_layer = cfg.pattern.index("M")
@@ -202,10 +216,12 @@ def two_tower(device, dtype) -> dict:
     with _reference_kernels():
         bounds_ref, logits_ref, grads_ref = run()
     out = {
-        "context_ssm_boundaries": _entry(context_scan, bounds[mamba_layer].ssm,
-                                         bounds_ref[mamba_layer].ssm),
-        "context_conv_boundaries": _entry(context_conv, bounds[mamba_layer].conv,
-                                          bounds_ref[mamba_layer].conv),
+        "context_ssm_boundaries": _entry(
+            context_scan, bounds[mamba_layer].ssm, bounds_ref[mamba_layer].ssm
+        ),
+        "context_conv_boundaries": _entry(
+            context_conv, bounds[mamba_layer].conv, bounds_ref[mamba_layer].conv
+        ),
         "denoiser_logits": _entry(denoiser_scan, logits, logits_ref),
     }
     for name in grads:
@@ -281,8 +297,10 @@ def flex_training(device, dtype) -> dict:
     # kernel, quadratic for the dense mask. (The first length reuses the compiled kernel.)
     memory = {}
     for n in (2048, 4096):
-        ins = [torch.randn(1, h, n, dim, device=device, dtype=dtype, requires_grad=True)
-               for h in (heads, kv_heads, kv_heads, kv_heads, kv_heads)]
+        ins = [
+            torch.randn(1, h, n, dim, device=device, dtype=dtype, requires_grad=True)
+            for h in (heads, kv_heads, kv_heads, kv_heads, kv_heads)
+        ]
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -319,8 +337,10 @@ def main() -> None:
     for name in args.cases:
         wall, cpu = time.perf_counter(), time.process_time()
         report[name] = CASES[name](device, dtype)
-        report[name]["seconds"] = {"wall": time.perf_counter() - wall,
-                                   "cpu": time.process_time() - cpu}
+        report[name]["seconds"] = {
+            "wall": time.perf_counter() - wall,
+            "cpu": time.process_time() - cpu,
+        }
     print(json.dumps(report))
 
 

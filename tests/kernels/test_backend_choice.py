@@ -17,7 +17,9 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU-host beha
 @pytest.mark.parametrize("state_stride", [None, 8])
 def test_cpu_gets_the_pure_torch_ops(needs_grad, state_stride):
     assert not cpu_compat.triton_interpreter_active()
-    assert backends.mamba_scan(CPU, needs_grad=needs_grad, state_stride=state_stride) is ssd.ssd_scan
+    assert (
+        backends.mamba_scan(CPU, needs_grad=needs_grad, state_stride=state_stride) is ssd.ssd_scan
+    )
     assert backends.mamba_conv(CPU, needs_grad=needs_grad) is conv.causal_conv1d
     assert not backends.use_flex_attention(CPU)
 

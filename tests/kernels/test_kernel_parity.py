@@ -49,7 +49,8 @@ INTERPRETER_CASES = ["scan_boundaries", "conv_boundaries", "scan_seeded", "two_t
 def expected_impls(case: str, quantity: str) -> set[str]:
     if case == "two_tower":  # context tower: forward-only kernels; denoiser: differentiable
         case = {"context_ssm": "scan_boundaries", "context_con": "conv_boundaries"}.get(
-            quantity[:11], "scan_seeded")
+            quantity[:11], "scan_seeded"
+        )
     if case == "sampling":  # no gradient anywhere: the forward-only kernels
         case = "conv_boundaries" if "conv" in quantity else "scan_boundaries"
     return KERNEL_IMPLS[case]
@@ -58,8 +59,11 @@ def expected_impls(case: str, quantity: str) -> set[str]:
 def run_worker(*args: str, interpreter: bool) -> dict:
     # On a GPU torch.compile must be live (compiled FlexAttention); under the interpreter
     # megatron's jit_fuser compiles would only cost time.
-    env = {**os.environ, "TORCHDYNAMO_DISABLE": "1" if interpreter else "0",
-           "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "TORCHDYNAMO_DISABLE": "1" if interpreter else "0",
+        "PYTHONUNBUFFERED": "1",
+    }
     # A fresh single-process group: not the rendezvous this pytest process may have set up.
     for name in ("TWOTOWER_MAMBA_KERNELS", *DIST_ENV):
         env.pop(name, None)
@@ -69,7 +73,10 @@ def run_worker(*args: str, interpreter: bool) -> dict:
         env.pop("TRITON_INTERPRET", None)
     proc = subprocess.run(
         [sys.executable, "-m", "tests.kernels.kernel_parity", *args],
-        env=env, capture_output=True, text=True, timeout=900,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if proc.returncode != 0:
         raise AssertionError(f"kernel_parity failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
@@ -82,12 +89,15 @@ def check_case(report: dict, case: str, rtol: float, grad_rtol: float | None = N
     failures = []
     for quantity, e in entries.items():
         if e["impl"] not in expected_impls(case, quantity):
-            failures.append(f"{quantity}: backend picked {e['impl']}, expected one of "
-                            f"{sorted(expected_impls(case, quantity))}")
+            failures.append(
+                f"{quantity}: backend picked {e['impl']}, expected one of "
+                f"{sorted(expected_impls(case, quantity))}"
+            )
         tol = grad_rtol if grad_rtol is not None and "grad" in quantity else rtol
         if not e["max_abs_diff"] <= tol * e["ref_max_abs"] + 1e-12:
-            failures.append(f"{quantity}: |Δ|max {e['max_abs_diff']:.3e} > {tol:g} · "
-                            f"{e['ref_max_abs']:.3e}")
+            failures.append(
+                f"{quantity}: |Δ|max {e['max_abs_diff']:.3e} > {tol:g} · {e['ref_max_abs']:.3e}"
+            )
     assert not failures, f"{case} ({report['device']}, {report['dtype']}):\n" + "\n".join(failures)
 
 
@@ -110,8 +120,11 @@ def test_kernels_match_reference_under_interpreter(interpreter_report, case):
 def test_kernels_match_reference_on_gpu(dtype):
     from twotower_train import backends
 
-    cases = [*INTERPRETER_CASES, "flex_training",
-             *(["conv_seeded"] if backends.have_causal_conv1d() else [])]
+    cases = [
+        *INTERPRETER_CASES,
+        "flex_training",
+        *(["conv_seeded"] if backends.have_causal_conv1d() else []),
+    ]
     report = run_worker("--dtype", dtype, "--cases", *cases, interpreter=False)
     for case in cases:
         if dtype == "float32":

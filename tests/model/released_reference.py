@@ -61,7 +61,9 @@ def released_denoiser(
         else:
             h = norm(x) * (1 + scale) + shift
         if kind is LayerKind.MAMBA:
-            out = mamba_forward(layer.mixer, h, initial=conditioning.mamba_seed(i), blocks=blocks).out
+            out = mamba_forward(
+                layer.mixer, h, initial=conditioning.mamba_seed(i), blocks=blocks
+            ).out
         elif kind is LayerKind.ATTENTION:
             q, k, v = attention_qkv(layer.self_attention, h)
             out = attention_out(

@@ -70,14 +70,16 @@ def test_pattern_num_layers_mismatch():
 
 
 def test_heads_not_divisible_by_tensor_parallel(tiny_cfg):
-    with pytest.raises(ConfigError, match="num_attention_heads=4 is not divisible by "
-                                           "parallelism.tensor_parallel=3"):
+    with pytest.raises(
+        ConfigError, match="num_attention_heads=4 is not divisible by parallelism.tensor_parallel=3"
+    ):
         check_parallel_layout(tiny_cfg, ParallelConfig(tensor_parallel=3))
 
 
 def test_experts_not_divisible_by_expert_parallel(tiny_cfg):
-    with pytest.raises(ConfigError, match="num_experts=4 is not divisible by "
-                                           "parallelism.expert_parallel=3"):
+    with pytest.raises(
+        ConfigError, match="num_experts=4 is not divisible by parallelism.expert_parallel=3"
+    ):
         check_parallel_layout(tiny_cfg, ParallelConfig(expert_parallel=3))
 
 

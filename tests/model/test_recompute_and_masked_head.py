@@ -56,14 +56,17 @@ def test_masked_head_loss_and_grads_equal_the_full_head(single_process, tiny_cfg
     with torch.no_grad():  # a non-trivial time conditioning, so adaLN gradients are non-zero
         for table in model.denoiser.adaln.scale_shift_tables:
             table.add_(torch.randn_like(table) * 0.1)
-    out, sums = objective.loss(model, {"tokens": tokens}, phase(BLOCK), torch.Generator().manual_seed(9))
+    out, sums = objective.loss(
+        model, {"tokens": tokens}, phase(BLOCK), torch.Generator().manual_seed(9)
+    )
     out.loss.backward()
     got = denoiser_grads(model)
 
     # Reference: logits at every position, Megatron's CE over all of them, then the masked mean.
     model.zero_grad(set_to_none=True)
-    c = corrupt_blocks(tokens, BLOCK, tiny_cfg.mask_token_id,
-                       generator=torch.Generator().manual_seed(9))
+    c = corrupt_blocks(
+        tokens, BLOCK, tiny_cfg.mask_token_id, generator=torch.Generator().manual_seed(9)
+    )
     logits = model(tokens, c.noisy, c.t_realised, BLOCK)  # (b, L, V)
     token_nll = tensor_parallel.vocab_parallel_cross_entropy(logits.float(), tokens)
     ref = masked_diffusion_loss(token_nll, c.masked)
@@ -77,8 +80,9 @@ def test_masked_head_loss_and_grads_equal_the_full_head(single_process, tiny_cfg
     assert got.keys() == expected.keys() and len(got) > 10
     for name in expected:
         scale = expected[name].abs().max().item()
-        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6 * scale + 1e-12,
-                                   msg=name)
+        torch.testing.assert_close(
+            got[name], expected[name], rtol=0, atol=1e-6 * scale + 1e-12, msg=name
+        )
 
 
 def test_recompute_saves_less_and_gives_the_same_loss_and_grads(single_process, tiny_cfg, batch):
@@ -112,14 +116,16 @@ def test_recompute_saves_less_and_gives_the_same_loss_and_grads(single_process, 
 def test_seeds_are_kept_in_the_parameter_dtype(single_process, tiny_cfg, batch):
     tokens, _ = batch
     model = TwoTowerModel.build(tiny_cfg, params_dtype=torch.bfloat16)
-    out = model.context_tower(tokens, state_stride=BLOCK, logits="none",
-                              boundary_dtype=torch.bfloat16)
+    out = model.context_tower(
+        tokens, state_stride=BLOCK, logits="none", boundary_dtype=torch.bfloat16
+    )
     exact = model.context_tower(tokens, state_stride=BLOCK, logits="none")
     for layer, bounds in out.boundaries.items():
         assert bounds.ssm.dtype == bounds.conv.dtype == torch.bfloat16
         assert exact.boundaries[layer].ssm.dtype == torch.float32
-        torch.testing.assert_close(bounds.ssm.float(), exact.boundaries[layer].ssm,
-                                   rtol=2**-8, atol=1e-6)
+        torch.testing.assert_close(
+            bounds.ssm.float(), exact.boundaries[layer].ssm, rtol=2**-8, atol=1e-6
+        )
 
 
 @pytest.mark.parametrize("name", ["ar", "diffusion"])

@@ -52,9 +52,12 @@ def test_released_names_and_shapes(model, tiny_cfg):
     d, n = tiny_cfg.hidden_size, len(tiny_cfg.pattern)
     shapes = {k: tuple(p.shape) for k, p in model.denoiser.adaln.named_parameters()}
     expected = {
-        "t_embedder.mlp.0.weight": (d, 256), "t_embedder.mlp.0.bias": (d,),
-        "t_embedder.mlp.2.weight": (d, d), "t_embedder.mlp.2.bias": (d,),
-        "t_block.1.weight": (3 * d, d), "t_block.1.bias": (3 * d,),
+        "t_embedder.mlp.0.weight": (d, 256),
+        "t_embedder.mlp.0.bias": (d,),
+        "t_embedder.mlp.2.weight": (d, d),
+        "t_embedder.mlp.2.bias": (d,),
+        "t_block.1.weight": (3 * d, d),
+        "t_block.1.bias": (3 * d,),
     } | {f"scale_shift_tables.{i}": (3, d) for i in range(n)}
     assert shapes == expected
 
@@ -81,7 +84,9 @@ def test_forward_equals_released_reference(model, batch):
 
 def test_gradients_equal_released_reference(model, batch):
     clean, noisy, t = batch
-    weights = torch.randn(2, LENGTH, model.cfg.vocab_size, generator=torch.Generator().manual_seed(3))
+    weights = torch.randn(
+        2, LENGTH, model.cfg.vocab_size, generator=torch.Generator().manual_seed(3)
+    )
     params = dict(model.denoiser.named_parameters())
 
     def grads(forward):
@@ -95,8 +100,10 @@ def test_gradients_equal_released_reference(model, batch):
     for name, grad in reference.items():
         scale = grad.abs().max().clamp_min(1e-6)
         assert (ours[name] - grad).abs().max() / scale < 1e-4, name
-    assert any(n.startswith("adaln.scale_shift_tables.") and g.abs().max() > 0
-               for n, g in reference.items())
+    assert any(
+        n.startswith("adaln.scale_shift_tables.") and g.abs().max() > 0
+        for n, g in reference.items()
+    )
 
 
 def test_unmodulated_forward(model, batch):

@@ -28,7 +28,9 @@ def model(single_process, tiny_cfg):
 
 @pytest.fixture
 def tokens(tiny_cfg):
-    return torch.randint(4, tiny_cfg.vocab_size, (2, LENGTH), generator=torch.Generator().manual_seed(0))
+    return torch.randint(
+        4, tiny_cfg.vocab_size, (2, LENGTH), generator=torch.Generator().manual_seed(0)
+    )
 
 
 def randomise_adaln(model: TwoTowerModel, seed: int = 5) -> None:
@@ -68,7 +70,9 @@ def test_boundary_states_do_not_depend_on_block_size(model, tokens):
     torch.testing.assert_close(s4.logits, s8.logits, rtol=0, atol=0)
     for layer, bounds in s8.boundaries.items():
         torch.testing.assert_close(bounds.ssm, s4.boundaries[layer].ssm[:, ::2], rtol=0, atol=ATOL)
-        torch.testing.assert_close(bounds.conv, s4.boundaries[layer].conv[:, ::2], rtol=0, atol=ATOL)
+        torch.testing.assert_close(
+            bounds.conv, s4.boundaries[layer].conv[:, ::2], rtol=0, atol=ATOL
+        )
 
 
 @pytest.mark.parametrize("block_size", [4, 8])
@@ -130,8 +134,8 @@ def test_incremental_left_padded_batch(model, tokens, tiny_cfg):
     batch = torch.zeros(2, width, dtype=torch.long)
     valid = torch.zeros(2, width, dtype=torch.bool)
     for row, n in enumerate(lengths):
-        batch[row, width - n:] = tokens[row, :n]
-        valid[row, width - n:] = True
+        batch[row, width - n :] = tokens[row, :n]
+        valid[row, width - n :] = True
     noisy = noisy_version(tokens, tiny_cfg.mask_token_id)[:, :S]
     t = torch.tensor([0.3, 0.7])
     batched = model.prefill(batch, valid=valid)
@@ -158,9 +162,7 @@ def test_context_tower_frozen(model, tokens, tiny_cfg):
     assert trainable == {id(p) for p in model.denoiser.parameters()}
     assert not trainable & {id(p) for p in model.context_tower.parameters()}
     assert all(p.grad is not None for p in model.trainable_parameters())
-    assert all(
-        getattr(m, "frozen_expert_bias", True) for m in model.context_tower.modules()
-    )
+    assert all(getattr(m, "frozen_expert_bias", True) for m in model.context_tower.modules())
 
 
 def test_flex_block_sparse_path_equals_dense(model, tokens, tiny_cfg):
@@ -174,4 +176,3 @@ def test_flex_block_sparse_path_equals_dense(model, tokens, tiny_cfg):
         with forced_backend(AttentionBackend.FLEX):
             flex = model(tokens, noisy, t, 8)
     torch.testing.assert_close(flex, dense, rtol=0, atol=ATOL)
-

@@ -21,23 +21,30 @@ def reference(x, weight, bias, history=None, activation="silu"):
         history = torch.zeros(b, w - 1, d)
     seq = torch.cat([history, x], 1).transpose(1, 2)  # (b, d, w-1+l)
     y = F.conv1d(seq, weight.unsqueeze(1), bias, padding=w - 1, groups=d)[..., : seq.shape[-1]]
-    y = y[..., w - 1:].transpose(1, 2)  # drop outputs for history positions -> (b, l, d)
+    y = y[..., w - 1 :].transpose(1, 2)  # drop outputs for history positions -> (b, l, d)
     return F.silu(y) if activation == "silu" else y
 
 
 def inputs(b=2, l=32, d=6, w=4, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, l, d, generator=g), torch.randn(d, w, generator=g),
-            torch.randn(d, generator=g), torch.randn(b, w - 1, d, generator=g))
+    return (
+        torch.randn(b, l, d, generator=g),
+        torch.randn(d, w, generator=g),
+        torch.randn(d, generator=g),
+        torch.randn(b, w - 1, d, generator=g),
+    )
 
 
 @pytest.mark.parametrize("activation", ["silu", None])
 @pytest.mark.parametrize("use_init", [False, True])
 def test_matches_reference(activation, use_init):
     x, w, bias, init = inputs()
-    y, final, _ = causal_conv1d(x, w, bias, initial_state=init if use_init else None,
-                                activation=activation)
-    torch.testing.assert_close(y, reference(x, w, bias, init if use_init else None, activation), **TOL)
+    y, final, _ = causal_conv1d(
+        x, w, bias, initial_state=init if use_init else None, activation=activation
+    )
+    torch.testing.assert_close(
+        y, reference(x, w, bias, init if use_init else None, activation), **TOL
+    )
     torch.testing.assert_close(final, x[:, -3:], atol=0, rtol=0)
 
 
@@ -49,7 +56,7 @@ def test_boundary_states(stride):
     assert states.shape == (2, 32 // stride + 1, 3, 6)
     for k in range(32 // stride + 1):
         p = k * stride
-        torch.testing.assert_close(states[:, k], full[:, p: p + 3], atol=0, rtol=0)
+        torch.testing.assert_close(states[:, k], full[:, p : p + 3], atol=0, rtol=0)
     torch.testing.assert_close(states[:, 0], init, atol=0, rtol=0)
     torch.testing.assert_close(states[:, -1], final, atol=0, rtol=0)
 
@@ -58,8 +65,9 @@ def test_zero_history_before_start():
     x, w, bias, _ = inputs()
     _, _, states = causal_conv1d(x, w, bias, state_stride=1)
     assert torch.all(states[:, 0] == 0)
-    torch.testing.assert_close(states[:, 2], torch.cat([torch.zeros(2, 1, 6), x[:, :2]], 1),
-                               atol=0, rtol=0)
+    torch.testing.assert_close(
+        states[:, 2], torch.cat([torch.zeros(2, 1, 6), x[:, :2]], 1), atol=0, rtol=0
+    )
 
 
 def test_resume_from_boundary_and_step_chain():

@@ -61,7 +61,9 @@ def test_sharded_state_dict_shards_weight_along_dim0():
     try:
         norm = GatedRMSNorm(12, group_size=4, norm_before_gate=False)
         norm.tp_group = dist.group.WORLD
-        sd = norm.sharded_state_dict(prefix="mixer.norm.", metadata={"dp_cp_group": dist.group.WORLD})
+        sd = norm.sharded_state_dict(
+            prefix="mixer.norm.", metadata={"dp_cp_group": dist.group.WORLD}
+        )
         sh = sd["mixer.norm.weight"]
         assert sh.key == "mixer.norm.weight"
         assert tuple(sh.global_shape) == (12,) and sh.data is norm.weight

@@ -20,16 +20,33 @@ def make_inputs(b=2, l=64, h=4, p=3, g=2, n=5, seed=0, d_shape="h", with_z=True)
     r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
     D = r(h) if d_shape == "h" else r(h, p) if d_shape == "hp" else None
     return dict(
-        x=r(b, l, h, p), dt=r(b, l, h), A=-(torch.rand(h, generator=gen) * 2 + 0.1),
-        B=r(b, l, g, n), C=r(b, l, g, n), D=D, z=r(b, l, h, p) if with_z else None,
-        dt_bias=r(h) * 0.5, init=r(b, h, p, n),
+        x=r(b, l, h, p),
+        dt=r(b, l, h),
+        A=-(torch.rand(h, generator=gen) * 2 + 0.1),
+        B=r(b, l, g, n),
+        C=r(b, l, g, n),
+        D=D,
+        z=r(b, l, h, p) if with_z else None,
+        dt_bias=r(h) * 0.5,
+        init=r(b, h, p, n),
     )
 
 
 def run(fn, inp, chunk, init=True, stride=None):
-    return fn(inp["x"], inp["dt"], inp["A"], inp["B"], inp["C"], chunk, D=inp["D"], z=inp["z"],
-              dt_bias=inp["dt_bias"], dt_softplus=True,
-              initial_state=inp["init"] if init else None, state_stride=stride)
+    return fn(
+        inp["x"],
+        inp["dt"],
+        inp["A"],
+        inp["B"],
+        inp["C"],
+        chunk,
+        D=inp["D"],
+        z=inp["z"],
+        dt_bias=inp["dt_bias"],
+        dt_softplus=True,
+        initial_state=inp["init"] if init else None,
+        state_stride=stride,
+    )
 
 
 @pytest.mark.parametrize("chunk", [16, 32])
@@ -37,7 +54,10 @@ def run(fn, inp, chunk, init=True, stride=None):
 @pytest.mark.parametrize("init", [False, True])
 def test_scan_matches_sequential_with_boundaries(chunk, stride, init):
     inp = make_inputs(l=64, d_shape="hp" if init else "h")
-    got, ref = run(ssd_scan, inp, chunk, init, stride), run(ssd_sequential, inp, chunk, init, stride)
+    got, ref = (
+        run(ssd_scan, inp, chunk, init, stride),
+        run(ssd_sequential, inp, chunk, init, stride),
+    )
     torch.testing.assert_close(got.y, ref.y, **Y_TOL)
     torch.testing.assert_close(got.final_state, ref.final_state, **STATE_TOL)
     assert got.boundary_states.shape == (2, 64 // stride + 1, 4, 3, 5)
@@ -47,12 +67,17 @@ def test_scan_matches_sequential_with_boundaries(chunk, stride, init):
     torch.testing.assert_close(got.boundary_states[:, 0], expected0, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("l,chunk,stride", [(40, 16, 8), (60, 32, 4), (48, 32, 24), (96, 16, 32),
-                                            (256, 128, 32), (36, 16, 12)])
+@pytest.mark.parametrize(
+    "l,chunk,stride",
+    [(40, 16, 8), (60, 32, 4), (48, 32, 24), (96, 16, 32), (256, 128, 32), (36, 16, 12)],
+)
 def test_lengths_not_multiple_of_chunk_and_odd_strides(l, chunk, stride):
     # covers padding, S > chunk, and S that neither divides nor is divided by the chunk size
     inp = make_inputs(l=l, g=1, d_shape="hp")
-    got, ref = run(ssd_scan, inp, chunk, True, stride), run(ssd_sequential, inp, chunk, True, stride)
+    got, ref = (
+        run(ssd_scan, inp, chunk, True, stride),
+        run(ssd_sequential, inp, chunk, True, stride),
+    )
     torch.testing.assert_close(got.y, ref.y, **Y_TOL)
     torch.testing.assert_close(got.final_state, ref.final_state, **STATE_TOL)
     torch.testing.assert_close(got.boundary_states, ref.boundary_states, **STATE_TOL)
@@ -86,9 +111,18 @@ def test_step_chain_equals_scan():
     full = run(ssd_scan, inp, 16)
     state, ys = inp["init"], []
     for t in range(20):
-        y_t, state = ssd_step(state, inp["x"][:, t], inp["dt"][:, t], inp["A"], inp["B"][:, t],
-                              inp["C"][:, t], D=inp["D"], z_t=inp["z"][:, t],
-                              dt_bias=inp["dt_bias"], dt_softplus=True)
+        y_t, state = ssd_step(
+            state,
+            inp["x"][:, t],
+            inp["dt"][:, t],
+            inp["A"],
+            inp["B"][:, t],
+            inp["C"][:, t],
+            D=inp["D"],
+            z_t=inp["z"][:, t],
+            dt_bias=inp["dt_bias"],
+            dt_softplus=True,
+        )
         ys.append(y_t)
     torch.testing.assert_close(torch.stack(ys, 1), full.y, **Y_TOL)
     torch.testing.assert_close(state, full.final_state, **STATE_TOL)
@@ -123,8 +157,7 @@ def test_gradients_match_sequential():
     grads = []
     for fn in (ssd_scan, ssd_sequential):
         out = run(fn, leaves, 8, True, stride=4)
-        loss = (out.y.sin().sum() + out.final_state.cos().sum()
-                + (out.boundary_states ** 2).sum())
+        loss = out.y.sin().sum() + out.final_state.cos().sum() + (out.boundary_states**2).sum()
         grads.append(torch.autograd.grad(loss, list(leaves.values())))
     for name, g_scan, g_seq in zip(leaves, *grads):
         torch.testing.assert_close(g_scan, g_seq, atol=1e-9, rtol=1e-9, msg=name)
@@ -135,8 +168,18 @@ def test_gradcheck_tiny():
     leaves = [inp[k].double().requires_grad_() for k in ("x", "dt", "A", "B", "C", "init")]
 
     def f(x, dt, A, B, C, init):
-        out = ssd_scan(x, dt, A, B, C, 4, D=inp["D"].double(), dt_softplus=True,
-                       initial_state=init, state_stride=2)
+        out = ssd_scan(
+            x,
+            dt,
+            A,
+            B,
+            C,
+            4,
+            D=inp["D"].double(),
+            dt_softplus=True,
+            initial_state=init,
+            state_stride=2,
+        )
         return out.y, out.boundary_states
 
     assert torch.autograd.gradcheck(f, leaves)

@@ -69,8 +69,9 @@ def recipe(data_root, tmp_path):
     return build
 
 
-def three_phases(steps: int = 4, *, wiki_then_chat: bool = False,
-                 data_root: Path | None = None) -> list[str]:
+def three_phases(
+    steps: int = 4, *, wiki_then_chat: bool = False, data_root: Path | None = None
+) -> list[str]:
     """Overrides for the 3-phase demo_twotower curriculum (S=32 → 32 → 16) with ``steps`` per
     phase, no warm-up, a one-step decay and peaks 1e-3 / 2e-3 / 3e-3."""
     out = ["curriculum=demo_twotower"]
@@ -108,11 +109,19 @@ def train_backbone(data_root: Path, run_dir: Path, *overrides: str) -> Path:
     stage-2 test starts from (``objective.backbone_checkpoint``)."""
     from twotower_train.training.recipes import load_config
 
-    cfg = load_config("demo", [
-        f"data.root={data_root}", f"output_dir={run_dir}", f"checkpoint.dir={run_dir}/ck",
-        *TINY_OVERRIDES, "curriculum.phases.0.steps=4", "curriculum.phases.0.lr.warmup_steps=1",
-        "training.max_steps=1", *overrides,
-    ])
+    cfg = load_config(
+        "demo",
+        [
+            f"data.root={data_root}",
+            f"output_dir={run_dir}",
+            f"checkpoint.dir={run_dir}/ck",
+            *TINY_OVERRIDES,
+            "curriculum.phases.0.steps=4",
+            "curriculum.phases.0.lr.warmup_steps=1",
+            "training.max_steps=1",
+            *overrides,
+        ],
+    )
     train(cfg)
     return run_dir / "ck"
 
@@ -128,22 +137,31 @@ def two_tower_checkpoint(data_root, tmp_path_factory) -> Path:
     """A stage-2 (two-tower) checkpoint of the tiny model on the test data: 2 AR steps, then two
     steps per curriculum phase (built once per session; for loading, decoding and eval tests)."""
     from twotower_train import distributed
-    from twotower_train.training.main import run
+    from twotower_train.training.cli import run
     from twotower_train.training.recipes import load_config
 
     distributed.initialize(seed=0)
     root = tmp_path_factory.mktemp("two_tower_run")
     base = [f"data.root={data_root}", *TINY_OVERRIDES]
-    stage1 = load_config("demo", [
-        *base, f"output_dir={root / 'stage1'}", "curriculum.phases.0.steps=2",
-        "curriculum.phases.0.lr.warmup_steps=0",
-    ])
+    stage1 = load_config(
+        "demo",
+        [
+            *base,
+            f"output_dir={root / 'stage1'}",
+            "curriculum.phases.0.steps=2",
+            "curriculum.phases.0.lr.warmup_steps=0",
+        ],
+    )
     assert run(stage1).outcome == "finished"
-    stage2 = load_config("demo_twotower", [
-        *base, f"output_dir={root / 'stage2'}",
-        f"objective.backbone_checkpoint={stage1.checkpoint.dir}",
-        *[f"curriculum.phases.{i}.steps=2" for i in range(3)],
-        *[f"curriculum.phases.{i}.lr.warmup_steps=0" for i in range(3)],
-    ])
+    stage2 = load_config(
+        "demo_twotower",
+        [
+            *base,
+            f"output_dir={root / 'stage2'}",
+            f"objective.backbone_checkpoint={stage1.checkpoint.dir}",
+            *[f"curriculum.phases.{i}.steps=2" for i in range(3)],
+            *[f"curriculum.phases.{i}.lr.warmup_steps=0" for i in range(3)],
+        ],
+    )
     assert run(stage2).outcome == "finished"
     return Path(stage2.checkpoint.dir)

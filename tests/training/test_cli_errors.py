@@ -18,8 +18,12 @@ from twotower_train.training.recipes import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = ["curriculum.phases.0.steps=4", "curriculum.phases.0.lr.warmup_steps=0"]
-STAGE2 = ["--config-name", "demo_twotower", *[f"curriculum.phases.{i}.steps=2" for i in range(3)],
-          *[f"curriculum.phases.{i}.lr.warmup_steps=0" for i in range(3)]]
+STAGE2 = [
+    "--config-name",
+    "demo_twotower",
+    *[f"curriculum.phases.{i}.steps=2" for i in range(3)],
+    *[f"curriculum.phases.{i}.lr.warmup_steps=0" for i in range(3)],
+]
 
 
 def _cli(*args: str, debug: bool = False) -> subprocess.CompletedProcess:
@@ -42,8 +46,11 @@ def _one_line(proc: subprocess.CompletedProcess) -> str:
 def _train(data_root, run, recipe, *extra):
     from twotower_train.training.trainer import Trainer
 
-    trainer = Trainer(load_config(recipe, [f"data.root={data_root}", *TINY_OVERRIDES,
-                                           f"output_dir={run}", *extra]))
+    trainer = Trainer(
+        load_config(
+            recipe, [f"data.root={data_root}", *TINY_OVERRIDES, f"output_dir={run}", *extra]
+        )
+    )
     trainer.train()
     trainer.close()
     return run
@@ -53,15 +60,22 @@ def _train(data_root, run, recipe, *extra):
 def stage1(data_root, tmp_path_factory):
     """A tiny stage-1 run stopped at step 2 of 4 (checkpoints iter_0000001, iter_0000002)."""
     run = tmp_path_factory.mktemp("cli_runs") / "stage1"
-    return _train(data_root, run, "demo", *STEPS, "training.max_steps=2",
-                  "checkpoint.save_interval=1")
+    return _train(
+        data_root, run, "demo", *STEPS, "training.max_steps=2", "checkpoint.save_interval=1"
+    )
 
 
 @pytest.fixture(scope="module")
 def stage2(stage1, data_root):
     """One stage-2 step from the stage-1 run's latest checkpoint."""
-    return _train(data_root, stage1.parent / "stage2", "demo_twotower", *STAGE2[2:],
-                  "training.max_steps=1", f"objective.backbone_checkpoint={stage1}/checkpoints")
+    return _train(
+        data_root,
+        stage1.parent / "stage2",
+        "demo_twotower",
+        *STAGE2[2:],
+        "training.max_steps=1",
+        f"objective.backbone_checkpoint={stage1}/checkpoints",
+    )
 
 
 def _args(data_root, run, *extra):
@@ -93,8 +107,16 @@ def test_unknown_group_option_lists_the_options():
 
 
 def test_missing_load_from(data_root, tmp_path):
-    line = _one_line(_cli(*_args(data_root, tmp_path / "run", *STEPS,
-                                 f"checkpoint.load_from={tmp_path}/nowhere/iter_0000100")))
+    line = _one_line(
+        _cli(
+            *_args(
+                data_root,
+                tmp_path / "run",
+                *STEPS,
+                f"checkpoint.load_from={tmp_path}/nowhere/iter_0000100",
+            )
+        )
+    )
     assert f"checkpoint.load_from={tmp_path}/nowhere/iter_0000100 does not exist" in line
 
 
@@ -102,14 +124,21 @@ def test_missing_load_from(data_root, tmp_path):
 def test_interrupted_checkpoint(stage1, data_root, tmp_path):
     partial = stage1 / "checkpoints" / "iter_0000003.tmp"
     partial.mkdir(exist_ok=True)
-    line = _one_line(_cli(*_args(data_root, tmp_path / "run", *STEPS,
-                                 f"checkpoint.load_from={partial}")))
+    line = _one_line(
+        _cli(*_args(data_root, tmp_path / "run", *STEPS, f"checkpoint.load_from={partial}"))
+    )
     assert "is an interrupted save" in line and "iter_0000002" in line
 
 
 def test_missing_backbone_checkpoint(data_root, tmp_path):
-    line = _one_line(_cli(*STAGE2, *_args(data_root, tmp_path / "run",
-                                          f"objective.backbone_checkpoint={tmp_path}/nowhere")))
+    line = _one_line(
+        _cli(
+            *STAGE2,
+            *_args(
+                data_root, tmp_path / "run", f"objective.backbone_checkpoint={tmp_path}/nowhere"
+            ),
+        )
+    )
     assert "objective.backbone_checkpoint=" in line and "does not exist" in line
 
 
@@ -126,16 +155,32 @@ def test_resume_with_another_model_names_the_keys(stage1, data_root):
 
 @pytest.mark.slow
 def test_backbone_of_another_shape(stage1, data_root, tmp_path):
-    line = _one_line(_cli(*STAGE2, *_args(
-        data_root, tmp_path / "run", "model.hidden_size=32",
-        f"objective.backbone_checkpoint={stage1}/checkpoints")))
+    line = _one_line(
+        _cli(
+            *STAGE2,
+            *_args(
+                data_root,
+                tmp_path / "run",
+                "model.hidden_size=32",
+                f"objective.backbone_checkpoint={stage1}/checkpoints",
+            ),
+        )
+    )
     assert "cannot load" in line and "shape mismatch" in line
 
 
 @pytest.mark.slow
 def test_backbone_reference_that_does_not_verify(stage1, stage2, data_root):
-    line = _one_line(_cli(*STAGE2, *_args(
-        data_root, stage2, f"objective.backbone_checkpoint={stage1}/checkpoints/iter_0000001")))
+    line = _one_line(
+        _cli(
+            *STAGE2,
+            *_args(
+                data_root,
+                stage2,
+                f"objective.backbone_checkpoint={stage1}/checkpoints/iter_0000001",
+            ),
+        )
+    )
     assert "was trained against frozen weights" in line
 
 

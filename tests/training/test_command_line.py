@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from twotower_train.training.command_line import COMMON_OVERRIDES, help_text
+from twotower_train.training.cli import COMMON_OVERRIDES, help_text
 from twotower_train.training.config import WandbMode
 from twotower_train.training.logging import wandb_mode
 from twotower_train.training.recipes import RECIPES_DIR, compose, top_level_recipes
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 _PROBE = """
 import sys
 sys.argv = ["twotower-train", "--help"]
-from twotower_train.training.main import main
+from twotower_train.training.cli import main
 main()
 print("IMPORTED", "torch" in sys.modules, "megatron" in sys.modules)
 import megatron.core
@@ -36,8 +36,14 @@ print("APPLIED", cpu_compat.applied())
 def test_help_imports_neither_torch_nor_megatron_and_cpu_compat_still_applies():
     env = {**os.environ, "TORCHDYNAMO_DISABLE": "1"}
     env.pop("TWOTOWER_DEBUG", None)
-    proc = subprocess.run([sys.executable, "-c", _PROBE], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "IMPORTED False False" in proc.stdout
     assert "APPLIED True" in proc.stdout  # applied on Megatron's import (no CUDA here)
@@ -67,13 +73,16 @@ def test_the_common_overrides_in_the_help_are_recipe_keys():
     assert str(RECIPES_DIR) in help_text()
 
 
-@pytest.mark.parametrize("configured, env, expected", [
-    (WandbMode.OFFLINE, None, "offline"),
-    (WandbMode.OFFLINE, "disabled", None),
-    (WandbMode.ONLINE, "offline", "offline"),
-    (WandbMode.DISABLED, "online", None),  # disabled in the recipe always wins
-    (WandbMode.ONLINE, None, "online"),
-])
+@pytest.mark.parametrize(
+    "configured, env, expected",
+    [
+        (WandbMode.OFFLINE, None, "offline"),
+        (WandbMode.OFFLINE, "disabled", None),
+        (WandbMode.ONLINE, "offline", "offline"),
+        (WandbMode.DISABLED, "online", None),  # disabled in the recipe always wins
+        (WandbMode.ONLINE, None, "online"),
+    ],
+)
 def test_wandb_mode_precedence(monkeypatch, configured, env, expected):
     if env is None:
         monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -83,20 +92,39 @@ def test_wandb_mode_precedence(monkeypatch, configured, env, expected):
 
 
 def _record(step, loss, phase=0, **extra):
-    return {"step": step, "loss": loss, "phase": f"p{phase}", "phase_index": phase,
-            "block_size": 32 // (phase + 1), "lr": 1e-3, "tokens_per_s": 10.0, **extra}
+    return {
+        "step": step,
+        "loss": loss,
+        "phase": f"p{phase}",
+        "phase_index": phase,
+        "block_size": 32 // (phase + 1),
+        "lr": 1e-3,
+        "tokens_per_s": 10.0,
+        **extra,
+    }
 
 
 def test_report_reads_each_step_once_and_plots(tmp_path):
-    records = [_record(0, 5.0), _record(1, 4.0, **{"eval/loss": 4.5}),
-               _record(2, 3.9, phase=1, accuracy=0.2),
-               # step 2 again: recomputed after a resume from the step-2 checkpoint
-               _record(2, 3.5, phase=1, accuracy=0.25, **{"eval/loss": 3.7})]
+    records = [
+        _record(0, 5.0),
+        _record(1, 4.0, **{"eval/loss": 4.5}),
+        _record(2, 3.9, phase=1, accuracy=0.2),
+        # step 2 again: recomputed after a resume from the step-2 checkpoint
+        _record(2, 3.5, phase=1, accuracy=0.25, **{"eval/loss": 3.7}),
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     read = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in read] == [0, 1, 2] and read[-1]["loss"] == 3.5
-    summary = summarize(read, outcome="finished", steps_done=3, stop_step=3, steps_this_start=1,
-                        wall_seconds=2.0, train_seconds=1.0, tokens=256)
+    summary = summarize(
+        read,
+        outcome="finished",
+        steps_done=3,
+        stop_step=3,
+        steps_this_start=1,
+        wall_seconds=2.0,
+        train_seconds=1.0,
+        tokens=256,
+    )
     assert summary["final_loss"] == 3.5 and summary["final_eval_loss"] == 3.7
     assert summary["final_eval_step"] == 3 and summary["final_metrics"] == {"accuracy": 0.25}
     assert summary["tokens_per_s"] == 256.0

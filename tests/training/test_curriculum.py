@@ -42,8 +42,14 @@ def test_steps_boundaries_and_token_conversion():
 
 @pytest.mark.parametrize(
     "step, index, in_phase, start, end",
-    [(0, 0, 0, 0, 10), (9, 0, 9, 0, 10), (10, 1, 0, 10, 31), (30, 1, 20, 10, 31),
-     (31, 2, 0, 31, 36), (35, 2, 4, 31, 36)],
+    [
+        (0, 0, 0, 0, 10),
+        (9, 0, 9, 0, 10),
+        (10, 1, 0, 10, 31),
+        (30, 1, 20, 10, 31),
+        (31, 2, 0, 31, 36),
+        (35, 2, 4, 31, 36),
+    ],
 )
 def test_phase_at_edges(step, index, in_phase, start, end):
     active = Curriculum(_phases(), GBT, SEQ).phase_at(step)
@@ -84,10 +90,19 @@ def test_validation_names_the_key(change, key):
 def test_from_dict_and_unknown_keys():
     cfg = {
         "phases": [
-            {"name": "a", "block_size": 32, "blend": [["data/a", 1]], "steps": 10,
-             "lr": {"warmup_steps": 2, "decay_style": "cosine", "decay_steps": 3}},
-            {"name": "b", "block_size": 16, "blend": [{"prefix": "data/b", "weight": 2.0}],
-             "tokens": 2.0e3},
+            {
+                "name": "a",
+                "block_size": 32,
+                "blend": [["data/a", 1]],
+                "steps": 10,
+                "lr": {"warmup_steps": 2, "decay_style": "cosine", "decay_steps": 3},
+            },
+            {
+                "name": "b",
+                "block_size": 16,
+                "blend": [{"prefix": "data/b", "weight": 2.0}],
+                "tokens": 2.0e3,
+            },
         ]
     }
     cur = Curriculum.from_dict(cfg, global_batch_tokens=GBT, seq_length=SEQ)
@@ -132,8 +147,13 @@ def close(a, b):
 
 def test_wsd_values_linear():
     # 20 steps, warmup 4 (init 0), decay over the last 5 → lr_decay_steps = 19, anneal from 14.
-    phase = PhaseConfig("p", 32, [("d", 1.0)], steps=20,
-                        lr=LRScheduleConfig(peak=1e-4, min=1e-6, warmup_steps=4, decay_steps=5))
+    phase = PhaseConfig(
+        "p",
+        32,
+        [("d", 1.0)],
+        steps=20,
+        lr=LRScheduleConfig(peak=1e-4, min=1e-6, warmup_steps=4, decay_steps=5),
+    )
     opt = _optimizer()
     lrs = _lrs(build_phase_scheduler(opt, phase, 20), opt, 20)
     assert lrs[0] == 0.0  # step 0: init lr
@@ -146,8 +166,13 @@ def test_wsd_values_linear():
 
 
 def test_wsd_cosine_fraction_and_no_warmup():
-    phase = PhaseConfig("p", 32, [("d", 1.0)], steps=11,
-                        lr=LRScheduleConfig(decay_fraction=0.4, decay_style=WSDDecayStyle.COSINE))
+    phase = PhaseConfig(
+        "p",
+        32,
+        [("d", 1.0)],
+        steps=11,
+        lr=LRScheduleConfig(decay_fraction=0.4, decay_style=WSDDecayStyle.COSINE),
+    )
     opt = _optimizer()
     lrs = _lrs(build_phase_scheduler(opt, phase, 11), opt, 11)
     assert lrs[0] == 1e-4  # no warmup: start at peak
@@ -159,11 +184,20 @@ def test_wsd_cosine_fraction_and_no_warmup():
 
 def test_reset_at_phase_boundary_and_param_groups():
     cur = Curriculum(
-        [PhaseConfig("a", 32, [("d", 1.0)], steps=6,
-                     lr=LRScheduleConfig(warmup_steps=2, decay_steps=2)),
-         PhaseConfig("b", 16, [("d", 1.0)], steps=6,
-                     lr=LRScheduleConfig(peak=5e-5, min=5e-7, warmup_steps=2, decay_steps=2))],
-        GBT, SEQ,
+        [
+            PhaseConfig(
+                "a", 32, [("d", 1.0)], steps=6, lr=LRScheduleConfig(warmup_steps=2, decay_steps=2)
+            ),
+            PhaseConfig(
+                "b",
+                16,
+                [("d", 1.0)],
+                steps=6,
+                lr=LRScheduleConfig(peak=5e-5, min=5e-7, warmup_steps=2, decay_steps=2),
+            ),
+        ],
+        GBT,
+        SEQ,
     )
     opt = _optimizer()
     seen = []
@@ -194,8 +228,9 @@ def test_megatron_style_param_group_lr_is_overridden_by_phase():
 
 
 def test_scheduler_state_round_trip():
-    phase = PhaseConfig("p", 32, [("d", 1.0)], steps=30,
-                        lr=LRScheduleConfig(warmup_steps=3, decay_fraction=0.5))
+    phase = PhaseConfig(
+        "p", 32, [("d", 1.0)], steps=30, lr=LRScheduleConfig(warmup_steps=3, decay_fraction=0.5)
+    )
     opt = _optimizer()
     sched = build_phase_scheduler(opt, phase, 30)
     _lrs(sched, opt, 17)
@@ -209,7 +244,12 @@ def test_scheduler_state_round_trip():
     assert resumed.state_dict() == state
     assert _lrs(resumed, opt2, 13) == expected
 
-    changed = PhaseConfig("p", 32, [("d", 1.0)], steps=30,
-                          lr=LRScheduleConfig(peak=2e-4, warmup_steps=3, decay_fraction=0.5))
+    changed = PhaseConfig(
+        "p",
+        32,
+        [("d", 1.0)],
+        steps=30,
+        lr=LRScheduleConfig(peak=2e-4, warmup_steps=3, decay_fraction=0.5),
+    )
     with pytest.raises(AssertionError, match="do not match"):
         build_phase_scheduler(_optimizer(), changed, 30).load_state_dict(state)

@@ -19,8 +19,9 @@ from twotower_train.training.checkpoint_layout import find_latest
 def two_saves(data_root, tmp_path_factory):
     """A stage-1 run stopped at step 2 of 4 with checkpoints iter_0000001 and iter_0000002."""
     run = tmp_path_factory.mktemp("damaged") / "stage1"
-    return _train(data_root, run, "demo", *STEPS, "training.max_steps=2",
-                  "checkpoint.save_interval=1")
+    return _train(
+        data_root, run, "demo", *STEPS, "training.max_steps=2", "checkpoint.save_interval=1"
+    )
 
 
 @pytest.fixture
@@ -47,8 +48,16 @@ def test_damaged_latest_names_the_file_and_the_way_out(copy, data_root, name):
 def test_fallback_resumes_from_the_newest_intact_checkpoint(copy, data_root):
     damaged = copy / "checkpoints" / "iter_0000002" / "metadata.json"
     damaged.unlink()
-    proc = _cli(*_args(data_root, copy, *STEPS, "training.max_steps=3",
-                       "checkpoint.save_interval=1", "checkpoint.fallback=true"))
+    proc = _cli(
+        *_args(
+            data_root,
+            copy,
+            *STEPS,
+            "training.max_steps=3",
+            "checkpoint.save_interval=1",
+            "checkpoint.fallback=true",
+        )
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming from the newest intact checkpoint" in proc.stdout
     assert "at step 1;" in proc.stdout  # "resumed from .../iter_0000001 at step 1"

@@ -33,11 +33,26 @@ TRAINING_MODULES = [
     "twotower_train.diffusion.metrics",
 ]
 FACTORIES = {
-    "arange", "as_tensor", "empty", "eye", "full", "linspace", "ones", "rand", "randint",
-    "randn", "randperm", "tensor", "zeros",
+    "arange",
+    "as_tensor",
+    "empty",
+    "eye",
+    "full",
+    "linspace",
+    "ones",
+    "rand",
+    "randint",
+    "randn",
+    "randperm",
+    "tensor",
+    "zeros",
 }
 COLLECTIVES = [
-    "all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast",
+    "all_reduce",
+    "all_gather",
+    "all_gather_into_tensor",
+    "reduce_scatter_tensor",
+    "broadcast",
     "all_to_all_single",
 ]
 
@@ -51,16 +66,20 @@ class DefaultDeviceElsewhere:
     def __getattr__(self, name):
         attr = getattr(self._real, name)
         if name in FACTORIES:
+
             def factory(*args, **kwargs):
                 if kwargs.get("device") is None:
                     kwargs["device"] = "meta"
                 return attr(*args, **kwargs)
+
             return factory
         if name == "Generator":
+
             def generator(*args, **kwargs):
                 if not args and kwargs.get("device") is None:
                     raise AssertionError("torch.Generator() without a device")
                 return attr(*args, **kwargs)
+
             return generator
         return attr
 
@@ -118,10 +137,13 @@ def test_training_follows_the_device_rule(recipe, tmp_path, monkeypatch, objecti
     seen = guard_collectives(monkeypatch)
     default_device_elsewhere(monkeypatch)
     cfg = recipe(
-        f"objective={objective}", "curriculum.phases.0.steps=2",
+        f"objective={objective}",
+        "curriculum.phases.0.steps=2",
         *(["objective.backbone_checkpoint=none"] if objective == "diffusion" else []),
-        "curriculum.phases.0.lr.warmup_steps=0", "training.eval_interval=1",
-        f"checkpoint.dir={tmp_path / 'ck'}", "checkpoint.save_interval=1",
+        "curriculum.phases.0.lr.warmup_steps=0",
+        "training.eval_interval=1",
+        f"checkpoint.dir={tmp_path / 'ck'}",
+        "checkpoint.save_interval=1",
     )
     trainer, outcome = train(cfg)
     assert outcome == "finished" and len(trainer.logger.history) == 2

@@ -31,14 +31,22 @@ def objective_and_model(single_process, tiny_cfg):
 
 def test_loss_is_mean_nll_over_masked_positions(objective_and_model, tiny_cfg):
     objective, model = objective_and_model
-    tokens = torch.randint(4, tiny_cfg.vocab_size, (2, 32), generator=torch.Generator().manual_seed(1))
-    out, sums = objective.loss(model, {"tokens": tokens}, phase(8), torch.Generator().manual_seed(7))
+    tokens = torch.randint(
+        4, tiny_cfg.vocab_size, (2, 32), generator=torch.Generator().manual_seed(1)
+    )
+    out, sums = objective.loss(
+        model, {"tokens": tokens}, phase(8), torch.Generator().manual_seed(7)
+    )
     # Recompute by hand with the same corruption draw.
     from twotower_train.diffusion import corrupt_blocks
 
-    c = corrupt_blocks(tokens, 8, tiny_cfg.mask_token_id, generator=torch.Generator().manual_seed(7))
+    c = corrupt_blocks(
+        tokens, 8, tiny_cfg.mask_token_id, generator=torch.Generator().manual_seed(7)
+    )
     logits = model(tokens, c.noisy, c.t_realised, 8)
-    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten(), reduction="none")
+    nll = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), tokens.flatten(), reduction="none"
+    )
     expected = nll.view(2, 32)[c.masked].sum()
     torch.testing.assert_close(out.numerator, expected, rtol=1e-5, atol=1e-5)
     assert int(out.denominator) == int(c.masked.sum()) == int(out.num_masked)
@@ -56,7 +64,9 @@ def test_shifted_loss_scores_each_token_with_the_output_before_it(single_process
     objective = build_objective("diffusion", {})
     model = objective.build_model(cfg, ParallelConfig(), torch.float32)
     tokens = torch.randint(4, cfg.vocab_size, (2, 32), generator=torch.Generator().manual_seed(1))
-    out, sums = objective.loss(model, {"tokens": tokens}, phase(8), torch.Generator().manual_seed(7))
+    out, sums = objective.loss(
+        model, {"tokens": tokens}, phase(8), torch.Generator().manual_seed(7)
+    )
     from twotower_train.diffusion import corrupt_blocks
 
     c = corrupt_blocks(tokens, 8, cfg.mask_token_id, generator=torch.Generator().manual_seed(7))
@@ -74,9 +84,14 @@ def test_shifted_loss_scores_each_token_with_the_output_before_it(single_process
 
 
 def test_shifted_denoiser_needs_blocks_of_two(recipe):
-    with pytest.raises(ConfigError, match=r"curriculum.phases\[0\].block_size=1 with "
-                                          "model.denoiser_shift=true"):
-        recipe("+model.denoiser_shift=true", "curriculum.phases.0.block_size=1", name="demo_twotower")
+    with pytest.raises(
+        ConfigError,
+        match=r"curriculum.phases\[0\].block_size=1 with "
+        "model.denoiser_shift=true",
+    ):
+        recipe(
+            "+model.denoiser_shift=true", "curriculum.phases.0.block_size=1", name="demo_twotower"
+        )
 
 
 def test_block_size_follows_the_phase(objective_and_model, tiny_cfg):

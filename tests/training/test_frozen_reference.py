@@ -28,11 +28,19 @@ from twotower_train.training.fingerprint import (
 def _stage2(data_root: Path, run: Path, backbone, *extra: str):
     from twotower_train.training.recipes import load_config
 
-    return load_config("demo", [
-        f"data.root={data_root}", f"output_dir={run}", f"checkpoint.dir={run}/ck",
-        *TINY_OVERRIDES, *three_phases(2), "objective=diffusion",
-        f"objective.backbone_checkpoint={backbone}", *extra,
-    ])
+    return load_config(
+        "demo",
+        [
+            f"data.root={data_root}",
+            f"output_dir={run}",
+            f"checkpoint.dir={run}/ck",
+            *TINY_OVERRIDES,
+            *three_phases(2),
+            "objective=diffusion",
+            f"objective.backbone_checkpoint={backbone}",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +78,8 @@ def test_fingerprint_follows_content_not_location(backbone_checkpoint, other_bac
     from torch.distributed.checkpoint import FileSystemReader
 
     storage = next(
-        v for k, v in FileSystemReader(str(moved)).read_metadata().storage_data.items()
+        v
+        for k, v in FileSystemReader(str(moved)).read_metadata().storage_data.items()
         if k.fqn == "embedding.word_embeddings.weight"
     )
     assert storage.length > WHOLE_CHUNK  # sampled, not read whole
@@ -84,14 +93,16 @@ def test_fingerprint_follows_content_not_location(backbone_checkpoint, other_bac
 
 def test_moved_run_resumes_with_the_new_backbone_path(tree, data_root, tmp_path):
     copy = _copy(tree, tmp_path)
-    trainer, outcome = train(_stage2(data_root, copy / "stage2", copy / "stage1",
-                                     "training.max_steps=3"))
+    trainer, outcome = train(
+        _stage2(data_root, copy / "stage2", copy / "stage1", "training.max_steps=3")
+    )
     assert outcome == "max_steps"
     assert [r["step"] for r in trainer.logger.history] == [2]
 
 
-def test_relative_backbone_path_from_another_working_directory(tree, data_root, tmp_path,
-                                                               monkeypatch):
+def test_relative_backbone_path_from_another_working_directory(
+    tree, data_root, tmp_path, monkeypatch
+):
     copy = _copy(tree, tmp_path)
     monkeypatch.chdir(copy)  # the recipe's relative path resolves here: resumes
     trainer, _ = train(_stage2(data_root, copy / "stage2", "stage1", "training.max_steps=3"))
@@ -108,8 +119,9 @@ def test_relative_backbone_path_from_another_working_directory(tree, data_root, 
 
 
 @pytest.mark.parametrize("how", ["other path", "same path"])
-def test_resume_against_another_backbone_fails_naming_the_key(tree, other_backbone, data_root,
-                                                             tmp_path, how):
+def test_resume_against_another_backbone_fails_naming_the_key(
+    tree, other_backbone, data_root, tmp_path, how
+):
     copy = _copy(tree, tmp_path)
     backbone = other_backbone
     if how == "same path":  # the folder the run started from now holds other weights

@@ -28,8 +28,11 @@ def test_device_is_the_cpu_without_cuda(single_process):
 @pytest.mark.parametrize("megatron", [True, False])
 def test_ddp_and_optimizer_configs_come_from_one_key(sharded, megatron):
     cfg = OptimizerConfig(
-        precision=Precision.BF16, use_distributed_optimizer=sharded, overlap_grad_reduce=True,
-        overlap_param_gather=sharded, clip_grad=0.5,
+        precision=Precision.BF16,
+        use_distributed_optimizer=sharded,
+        overlap_grad_reduce=True,
+        overlap_param_gather=sharded,
+        clip_grad=0.5,
     )
     ddp, opt = megatron_configs(cfg, megatron_optimizer=megatron, peak_lr=1e-4, min_lr=1e-6)
     # Megatron asserts these agree; torch AdamW (megatron=False) needs all-reduced grads.
@@ -43,15 +46,23 @@ def test_ddp_and_optimizer_configs_come_from_one_key(sharded, megatron):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["optimizer.use_distributed_optimizer=false", "optimizer.overlap_param_gather=true"],
-         "optimizer.overlap_param_gather=true needs optimizer.use_distributed_optimizer=true"),
-        (["training.grad_sync=allreduce", "optimizer.use_distributed_optimizer=true"],
-         "training.grad_sync=allreduce .* cannot use optimizer.use_distributed_optimizer=true"),
-        (["training.grad_sync=allreduce", "optimizer.overlap_grad_reduce=true"],
-         "cannot use optimizer.overlap_grad_reduce=true"),
+        (
+            ["optimizer.use_distributed_optimizer=false", "optimizer.overlap_param_gather=true"],
+            "optimizer.overlap_param_gather=true needs optimizer.use_distributed_optimizer=true",
+        ),
+        (
+            ["training.grad_sync=allreduce", "optimizer.use_distributed_optimizer=true"],
+            "training.grad_sync=allreduce .* cannot use optimizer.use_distributed_optimizer=true",
+        ),
+        (
+            ["training.grad_sync=allreduce", "optimizer.overlap_grad_reduce=true"],
+            "cannot use optimizer.overlap_grad_reduce=true",
+        ),
         (["parallelism.expert_tensor_parallel=0"], "parallelism.expert_tensor_parallel"),
-        (["model=tiny", "parallelism.expert_tensor_parallel=3"],
-         "model.moe_ffn_hidden_size=64 is not divisible by parallelism.expert_tensor_parallel=3"),
+        (
+            ["model=tiny", "parallelism.expert_tensor_parallel=3"],
+            "model.moe_ffn_hidden_size=64 is not divisible by parallelism.expert_tensor_parallel=3",
+        ),
     ],
 )
 def test_contradicting_settings_fail_recipe_validation(overrides, message):
@@ -65,21 +76,27 @@ def test_expert_tensor_parallel_reaches_megatron(tiny_cfg):
     check_parallel_layout(tiny_cfg, ParallelConfig(tensor_parallel=2, expert_tensor_parallel=2))
 
 
-@pytest.mark.parametrize(
-    "recipe, gpus", [("single", 1), ("tp2", 2), ("ep2", 2), ("nano_ep8", 8)]
-)
+@pytest.mark.parametrize("recipe, gpus", [("single", 1), ("tp2", 2), ("ep2", 2), ("nano_ep8", 8)])
 def test_gpus_per_replica_of_each_parallelism_recipe(recipe, gpus):
     """The counts docs/training.md states; nano_ep8 (TP 2 × EP 8, whole experts) is one node."""
     par = load_config("nano_30b_a3b", [f"parallelism={recipe}"], check_data=False).parallelism
-    assert distributed.ranks_per_replica(
-        tensor_parallel=par.tensor_parallel, expert_parallel=par.expert_parallel,
-        expert_tensor_parallel=par.expert_tensor_parallel,
-        pipeline_parallel=par.pipeline_parallel,
-    ) == gpus
+    assert (
+        distributed.ranks_per_replica(
+            tensor_parallel=par.tensor_parallel,
+            expert_parallel=par.expert_parallel,
+            expert_tensor_parallel=par.expert_tensor_parallel,
+            pipeline_parallel=par.pipeline_parallel,
+        )
+        == gpus
+    )
     if recipe == "nano_ep8":
         # Megatron's default expert-TP (= TP) would need TP × EP ranks per expert group.
-        assert distributed.ranks_per_replica(tensor_parallel=2, expert_parallel=8,
-                                             expert_tensor_parallel=2) == 16
+        assert (
+            distributed.ranks_per_replica(
+                tensor_parallel=2, expert_parallel=8, expert_tensor_parallel=2
+            )
+            == 16
+        )
 
 
 def test_world_size_that_does_not_fit_is_one_clear_error(single_process):

@@ -17,8 +17,11 @@ def _losses(cfg):
 
 
 def test_megatron_ddp_path_matches_allreduce_path(recipe):
-    common = ("curriculum.phases.0.steps=4", "curriculum.phases.0.lr.warmup_steps=0",
-              "checkpoint.dir=null")
+    common = (
+        "curriculum.phases.0.steps=4",
+        "curriculum.phases.0.lr.warmup_steps=0",
+        "checkpoint.dir=null",
+    )
     ddp = _losses(recipe(*common, "training.grad_sync=megatron_ddp"))
     plain = _losses(recipe(*common, "training.grad_sync=allreduce"))
     assert len(ddp) == 4

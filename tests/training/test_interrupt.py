@@ -32,15 +32,28 @@ def _env() -> dict[str, str]:
 
 def _cmd(data_root, run, *extra) -> list[str]:
     return [
-        sys.executable, "-m", "twotower_train.training", f"data.root={data_root}",
-        f"output_dir={run}", *TINY_OVERRIDES, "curriculum.phases.0.steps=500",
-        "checkpoint.save_interval=2", *extra,
+        sys.executable,
+        "-m",
+        "twotower_train.training",
+        f"data.root={data_root}",
+        f"output_dir={run}",
+        *TINY_OVERRIDES,
+        "curriculum.phases.0.steps=500",
+        "checkpoint.save_interval=2",
+        *extra,
     ]
 
 
 def _start_and_wait_for_a_save(data_root, run) -> subprocess.Popen:
-    proc = subprocess.Popen(_cmd(data_root, run), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        _cmd(data_root, run),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300  # start-up alone is tens of seconds on a busy 2-core box
     while time.monotonic() < deadline and proc.poll() is None:
         if (run / "checkpoints" / "latest").is_file():
@@ -68,8 +81,14 @@ def test_ctrl_c_checkpoints_writes_the_report_and_resumes(data_root, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["outcome"] == "interrupted" and summary["steps_done"] == step
 
-    resumed = subprocess.run(_cmd(data_root, run, f"training.max_steps={step + 1}"), cwd=REPO,
-                             env=_env(), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        _cmd(data_root, run, f"training.max_steps={step + 1}"),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resumed from {latest} at step {step}" in resumed.stdout, resumed.stdout
     assert read_train_state(find_latest(run / "checkpoints")).step == step + 1

@@ -35,8 +35,17 @@ def test_peak_tflops_by_device_name(name, precision, expected):
 def test_mfu_and_progress_line():
     assert mfu(1000.0, 1e9, peak_tflops=1.0, devices=2) == pytest.approx(0.5)
     line = format_progress(
-        {"phase": "phase2_s16", "block_size": 16, "step": 9, "loss": 2.5, "lr": 1e-4,
-         "grad_norm": 0.75, "tokens_per_s": 12345.0, "mfu": 0.31}, total_steps=100,
+        {
+            "phase": "phase2_s16",
+            "block_size": 16,
+            "step": 9,
+            "loss": 2.5,
+            "lr": 1e-4,
+            "grad_norm": 0.75,
+            "tokens_per_s": 12345.0,
+            "mfu": 0.31,
+        },
+        total_steps=100,
     )
     assert line.startswith("[phase2_s16 S=16] step 10/100 | loss 2.5000 | lr 1.000e-04")
     assert "grad-norm 0.750" in line and "12,345 tok/s" in line and "MFU 31.00%" in line
@@ -45,8 +54,16 @@ def test_mfu_and_progress_line():
 def test_no_mfu_without_a_known_peak():
     assert mfu(1000.0, 1e9, peak_tflops=None, devices=1) is None  # a CPU: no made-up peak
     line = format_progress(
-        {"phase": "p", "block_size": 16, "step": 0, "loss": 2.5, "lr": 1e-4, "grad_norm": 0.75,
-         "tokens_per_s": 100.0}, total_steps=10,
+        {
+            "phase": "p",
+            "block_size": 16,
+            "step": 0,
+            "loss": 2.5,
+            "lr": 1e-4,
+            "grad_norm": 0.75,
+            "tokens_per_s": 100.0,
+        },
+        total_steps=10,
     )
     assert line.endswith("100 tok/s") and "MFU" not in line
 
@@ -54,8 +71,16 @@ def test_no_mfu_without_a_known_peak():
 def test_a_run_shorter_than_the_log_interval_reports_no_loss(tmp_path):
     from twotower_train.training.report import summarize, write_report
 
-    summary = summarize([], outcome="max_steps", steps_done=2, stop_step=2, steps_this_start=2,
-                        wall_seconds=1.0, train_seconds=0.5, tokens=100)
+    summary = summarize(
+        [],
+        outcome="max_steps",
+        steps_done=2,
+        stop_step=2,
+        steps_this_start=2,
+        wall_seconds=1.0,
+        train_seconds=0.5,
+        tokens=100,
+    )
     first = write_report(tmp_path, summary)[0]
     assert "no step logged yet (training.log_interval)" in first and "None" not in first
 
@@ -63,9 +88,14 @@ def test_a_run_shorter_than_the_log_interval_reports_no_loss(tmp_path):
 def test_the_run_folder_holds_the_run_report(recipe, tmp_path):
     from twotower_train.training.trainer import Trainer
 
-    cfg = recipe("curriculum.phases.0.steps=3", "curriculum.phases.0.lr.warmup_steps=0",
-                 "checkpoint.dir=null", "logging.wandb_mode=offline", "logging.tensorboard=true",
-                 "training.max_steps=2")
+    cfg = recipe(
+        "curriculum.phases.0.steps=3",
+        "curriculum.phases.0.lr.warmup_steps=0",
+        "checkpoint.dir=null",
+        "logging.wandb_mode=offline",
+        "logging.tensorboard=true",
+        "training.max_steps=2",
+    )
     trainer = Trainer(cfg)
     result = trainer.train()
     trainer.close()

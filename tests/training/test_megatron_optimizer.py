@@ -32,8 +32,11 @@ def _records(trainer):
 def test_megatron_optimizer_resume_is_bit_identical(
     recipe, tmp_path, monkeypatch, precision, sharded, kill_at
 ):
-    args = (*three_phases(4), f"optimizer.precision={precision}",
-            f"optimizer.use_distributed_optimizer={str(sharded).lower()}")
+    args = (
+        *three_phases(4),
+        f"optimizer.precision={precision}",
+        f"optimizer.use_distributed_optimizer={str(sharded).lower()}",
+    )
     ckdir = tmp_path / "ck"
     with megatron_optimizer_on_cpu(monkeypatch):
         full, _ = train(recipe(*args, "checkpoint.dir=null"))
@@ -54,8 +57,13 @@ def test_megatron_optimizer_resume_is_bit_identical(
 
 
 def test_distributed_optimizer_two_tower_resume_is_bit_identical(recipe, tmp_path, monkeypatch):
-    args = (*three_phases(2), *BF16, "objective=diffusion", "objective.backbone_checkpoint=none",
-            "optimizer.use_distributed_optimizer=true")
+    args = (
+        *three_phases(2),
+        *BF16,
+        "objective=diffusion",
+        "objective.backbone_checkpoint=none",
+        "optimizer.use_distributed_optimizer=true",
+    )
     ckdir = tmp_path / "ck"
     with megatron_optimizer_on_cpu(monkeypatch):
         full, _ = train(recipe(*args, "checkpoint.dir=null"))
@@ -64,7 +72,9 @@ def test_distributed_optimizer_two_tower_resume_is_bit_identical(recipe, tmp_pat
     assert _records(resumed) == _records(full)[3:]
     # The optimizer's fp32 main weights cover the denoiser exactly (the frozen tower has none).
     numel = sum(
-        p.numel() for part in full.optimizer._parts() for g in part.optimizer.param_groups
+        p.numel()
+        for part in full.optimizer._parts()
+        for g in part.optimizer.param_groups
         for p in g["params"]
     )
     assert numel == sum(p.numel() for p in full.module.denoiser.parameters())
@@ -75,8 +85,9 @@ def test_bf16_without_distributed_optimizer_is_refused(recipe, monkeypatch):
     from twotower_train.training.trainer import Trainer
 
     cfg = recipe(*BF16, "optimizer.use_distributed_optimizer=false", "checkpoint.dir=null")
-    with megatron_optimizer_on_cpu(monkeypatch), pytest.raises(
-        ConfigError, match="set optimizer.use_distributed_optimizer=true"
+    with (
+        megatron_optimizer_on_cpu(monkeypatch),
+        pytest.raises(ConfigError, match="set optimizer.use_distributed_optimizer=true"),
     ):
         Trainer(cfg)
 
@@ -87,8 +98,13 @@ def test_overlapped_communication_gives_the_same_steps(recipe, monkeypatch, shar
     """overlap_grad_reduce (+ overlap_param_gather with the distributed optimizer): buckets
     reduced during the last micro-batch's backward, parameters gathered in the next forward —
     the same numbers as the synchronous path (2 micro-batches per step)."""
-    base = ("curriculum.phases.0.steps=3", "curriculum.phases.0.lr.warmup_steps=0",
-            "checkpoint.dir=null", "training.global_batch_size=4", "training.micro_batch_size=2")
+    base = (
+        "curriculum.phases.0.steps=3",
+        "curriculum.phases.0.lr.warmup_steps=0",
+        "checkpoint.dir=null",
+        "training.global_batch_size=4",
+        "training.micro_batch_size=2",
+    )
     if sharded:
         base = (*base, *BF16, "optimizer.use_distributed_optimizer=true")
     overlap = ["optimizer.overlap_grad_reduce=true"]

@@ -29,16 +29,28 @@ REPO = Path(__file__).resolve().parents[2]
 def test_group_signal_checkpoints_and_exits_cleanly(data_root, tmp_path, signum):
     run = tmp_path / "run"
     cmd = [
-        sys.executable, "-m", "twotower_train.training", f"data.root={data_root}",
-        f"output_dir={run}", *TINY_OVERRIDES, "curriculum.phases.0.steps=500",
+        sys.executable,
+        "-m",
+        "twotower_train.training",
+        f"data.root={data_root}",
+        f"output_dir={run}",
+        *TINY_OVERRIDES,
+        "curriculum.phases.0.steps=500",
         "checkpoint.save_interval=2",
     ]
     # A fresh single-process run: drop the rendezvous variables an in-process test may have set.
     rendezvous = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
     env = {k: v for k, v in os.environ.items() if k not in rendezvous}
     env.update(TORCHDYNAMO_DISABLE="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     metrics = run / "metrics.jsonl"
     deadline = time.monotonic() + 300  # start-up alone is tens of seconds on a busy 2-core box
     while time.monotonic() < deadline and proc.poll() is None:

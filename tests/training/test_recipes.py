@@ -65,9 +65,18 @@ def test_nano_recipe_has_the_released_numbers():
 def test_cli_prints_one_line_and_exits_2(tmp_path):
     env = {**os.environ, "TORCHDYNAMO_DISABLE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "twotower_train.training", f"data.root={tmp_path}/none",
-         f"output_dir={tmp_path}/run"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "twotower_train.training",
+            f"data.root={tmp_path}/none",
+            f"output_dir={tmp_path}/run",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "twotower-train: error:" in line]

@@ -40,28 +40,42 @@ def _plan(data_root, run, *extra):
 
 
 def test_same_recipe_resumes_and_lists_what_may_change(trained, data_root):
-    plan = _plan(data_root, trained, "training.max_steps=3", "training.log_interval=2",
-                 "training.eval_interval=2", "training.micro_batch_size=1",
-                 "checkpoint.save_interval=1", "logging.wandb_mode=offline")
+    plan = _plan(
+        data_root,
+        trained,
+        "training.max_steps=3",
+        "training.log_interval=2",
+        "training.eval_interval=2",
+        "training.micro_batch_size=1",
+        "checkpoint.save_interval=1",
+        "logging.wandb_mode=offline",
+    )
     assert plan.output_dir == str(trained)
     assert plan.resume_from == str(trained / "checkpoints" / "iter_0000002")
     (note,) = plan.notes
-    for key in ("training.max_steps (2 → 3)", "training.log_interval (1 → 2)",
-                "training.micro_batch_size (2 → 1)", "logging.wandb_mode (disabled → offline)"):
+    for key in (
+        "training.max_steps (2 → 3)",
+        "training.log_interval (1 → 2)",
+        "training.micro_batch_size (2 → 1)",
+        "logging.wandb_mode (disabled → offline)",
+    ):
         assert key in note, note
 
 
-@pytest.mark.parametrize("override, named", [
-    ("model.hidden_size=32", "model.hidden_size (checkpoint 64, now 32)"),
-    ("+model.mamba_chunk_size=32", "model.mamba_chunk_size (checkpoint 16, now 32)"),
-    ("objective=diffusion", "objective.name (checkpoint 'ar', now 'diffusion')"),
-    ("curriculum.phases.0.steps=8", "curriculum.phases.0.steps (checkpoint 4, now 8)"),
-    ("curriculum.phases.0.lr.peak=1e-3", "curriculum.phases.0.lr.peak"),
-    ("training.global_batch_size=8", "training.global_batch_size (checkpoint 4, now 8)"),
-    ("training.seed=7", "training.seed"),
-    ("data.seq_length=32", "data.seq_length (checkpoint 64, now 32)"),
-    ("optimizer.clip_grad=0.5", "optimizer.clip_grad (checkpoint 1.0, now 0.5)"),
-])
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("model.hidden_size=32", "model.hidden_size (checkpoint 64, now 32)"),
+        ("+model.mamba_chunk_size=32", "model.mamba_chunk_size (checkpoint 16, now 32)"),
+        ("objective=diffusion", "objective.name (checkpoint 'ar', now 'diffusion')"),
+        ("curriculum.phases.0.steps=8", "curriculum.phases.0.steps (checkpoint 4, now 8)"),
+        ("curriculum.phases.0.lr.peak=1e-3", "curriculum.phases.0.lr.peak"),
+        ("training.global_batch_size=8", "training.global_batch_size (checkpoint 4, now 8)"),
+        ("training.seed=7", "training.seed"),
+        ("data.seq_length=32", "data.seq_length (checkpoint 64, now 32)"),
+        ("optimizer.clip_grad=0.5", "optimizer.clip_grad (checkpoint 1.0, now 0.5)"),
+    ],
+)
 def test_a_different_recipe_stops_naming_the_keys_and_the_ways_out(
     trained, data_root, override, named
 ):

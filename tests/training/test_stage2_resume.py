@@ -16,8 +16,11 @@ def _records(trainer) -> list[dict]:
 def test_stage2_kill_and_resume_is_bit_identical_across_block_size_change(
     recipe, backbone_checkpoint, tmp_path
 ):
-    stage2 = (*three_phases(2), "objective=diffusion",
-              f"objective.backbone_checkpoint={backbone_checkpoint}")
+    stage2 = (
+        *three_phases(2),
+        "objective=diffusion",
+        f"objective.backbone_checkpoint={backbone_checkpoint}",
+    )
     full, _ = train(recipe(*stage2, "checkpoint.dir=null"))
     assert [r["block_size"] for r in full.logger.history] == [32, 32, 32, 32, 16, 16]
 

@@ -28,8 +28,10 @@ class RecordingAR(ARObjective):
 
 def test_stage1_ar_loss_decreases(recipe):
     cfg = recipe(
-        "curriculum.phases.0.steps=30", "curriculum.phases.0.lr.warmup_steps=2",
-        "curriculum.phases.0.lr.peak=3e-3", "checkpoint.dir=null",
+        "curriculum.phases.0.steps=30",
+        "curriculum.phases.0.lr.warmup_steps=2",
+        "curriculum.phases.0.lr.peak=3e-3",
+        "checkpoint.dir=null",
     )
     trainer, outcome = train(cfg)
     losses = [r["loss"] for r in trainer.logger.history]
@@ -57,6 +59,7 @@ def test_three_phases_switch_block_size_blend_and_wsd(recipe, data_root, monkeyp
     assert {(s, b) for s, _, b, _ in RecordingAR.seen} == {
         (s, 32 if s < 8 else 16) for s in range(12)
     }
+
     # Blend: phase 1 reads only the wiki dataset, phases 2-3 only chitchat.
     def vocab(name):
         ds = open_indexed(str(data_root / "indexed" / name))
@@ -91,8 +94,12 @@ def test_kill_and_resume_is_bit_identical(recipe, tmp_path, kill_at):
 
 def test_crash_mid_save_keeps_previous_checkpoint(recipe, tmp_path, monkeypatch):
     ckdir = tmp_path / "ck"
-    args = ("curriculum.phases.0.steps=6", "curriculum.phases.0.lr.warmup_steps=0",
-            f"checkpoint.dir={ckdir}", "checkpoint.save_interval=2")
+    args = (
+        "curriculum.phases.0.steps=6",
+        "curriculum.phases.0.lr.warmup_steps=0",
+        f"checkpoint.dir={ckdir}",
+        "checkpoint.save_interval=2",
+    )
     real_write = ckpt._write_shards
 
     def crash_on_second_save(state_dict, directory):

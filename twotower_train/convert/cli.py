@@ -5,7 +5,7 @@
                                                                        # checkpoint -> HF folder
     twotower-convert import-twotower HF_DIR OUT_DIR [--tp N] [--ep N]  # export -> stage 2
 
-For example, on a CPU (the demo's final checkpoint; ``python -m twotower_train.convert.cli`` is
+For example, on a CPU (the demo's final checkpoint; ``python -m twotower_train.convert`` is
 the same command)::
 
     .venv/bin/twotower-convert export-hf runs/demo/stage2/checkpoints runs/demo/hf
@@ -46,17 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     def add_import(name: str, help_text: str, recipe: str) -> None:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("hf_dir", metavar="HF_DIR")
-        sub.add_argument("out_dir", metavar="OUT_DIR", help="run folder to create (OUT_DIR/checkpoints)")
+        sub.add_argument(
+            "out_dir", metavar="OUT_DIR", help="run folder to create (OUT_DIR/checkpoints)"
+        )
         sub.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the checkpoint")
         sub.add_argument("--ep", type=int, default=1, help="expert-parallel size of the checkpoint")
         sub.add_argument(
-            "--recipe", default=recipe,
+            "--recipe",
+            default=recipe,
             help=f"recipe recorded in the checkpoint, its model replaced (default: {recipe})",
         )
         sub.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
 
     add_import(
-        "import-hf", "a nemotron_h folder (Hub or save_pretrained layout) -> stage-1 checkpoint",
+        "import-hf",
+        "a nemotron_h folder (Hub or save_pretrained layout) -> stage-1 checkpoint",
         "demo",
     )
     export = commands.add_parser(
@@ -76,14 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--block-size", type=int, help="default sampling block size (default: last phase's)"
     )
     export.add_argument(
-        "--backbone", metavar="DIR",
+        "--backbone",
+        metavar="DIR",
         help="stage 2: the stage-1 backbone checkpoint the run started from (default: where the "
         "checkpoint recorded it)",
     )
     export.add_argument("--max-shard-size", type=_size, default="5GB", help="e.g. 5GB, 200MB")
     export.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
     add_import(
-        "import-twotower", "a two-tower export folder -> stage-2 checkpoint (both towers)",
+        "import-twotower",
+        "a two-tower export folder -> stage-2 checkpoint (both towers)",
         "demo_twotower",
     )
     return parser
@@ -99,16 +105,23 @@ def _run(args: argparse.Namespace) -> None:
     try:
         if args.command == "export-hf":
             out = commands.export_checkpoint(
-                args.checkpoint, args.out_dir, tokenizer=args.tokenizer, dtype=args.dtype,
-                block_size=args.block_size, max_shard_bytes=args.max_shard_size,
-                overwrite=args.overwrite, backbone=args.backbone,
+                args.checkpoint,
+                args.out_dir,
+                tokenizer=args.tokenizer,
+                dtype=args.dtype,
+                block_size=args.block_size,
+                max_shard_bytes=args.max_shard_size,
+                overwrite=args.overwrite,
+                backbone=args.backbone,
             )
         else:
-            run = commands.import_hf if args.command == "import-hf" else (
-                commands.import_twotower
-            )
+            run = commands.import_hf if args.command == "import-hf" else (commands.import_twotower)
             out = run(
-                args.hf_dir, args.out_dir, tp=args.tp, ep=args.ep, recipe=args.recipe,
+                args.hf_dir,
+                args.out_dir,
+                tp=args.tp,
+                ep=args.ep,
+                recipe=args.recipe,
                 overwrite=args.overwrite,
             )
     finally:
@@ -122,7 +135,3 @@ def main(argv: list[str] | None = None) -> None:
 
     args = build_parser().parse_args(argv)
     run_tool(TOOL, _run, args)
-
-
-if __name__ == "__main__":
-    main()

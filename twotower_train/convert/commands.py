@@ -52,8 +52,13 @@ CHECKPOINTS = "checkpoints"
 
 
 def import_hf(
-    hf_dir: str | os.PathLike, out: str | os.PathLike, *, tp: int = 1, ep: int = 1,
-    recipe: str = "demo", overwrite: bool = False,
+    hf_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    tp: int = 1,
+    ep: int = 1,
+    recipe: str = "demo",
+    overwrite: bool = False,
 ) -> Path:
     """A ``nemotron_h`` folder (Hub or ``save_pretrained`` layout) → stage-1 run folder ``out``."""
     out = Path(out)
@@ -63,15 +68,23 @@ def import_hf(
 
 
 def import_twotower(
-    hf_dir: str | os.PathLike, out: str | os.PathLike, *, tp: int = 1, ep: int = 1,
-    recipe: str = "demo_twotower", overwrite: bool = False,
+    hf_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    tp: int = 1,
+    ep: int = 1,
+    recipe: str = "demo_twotower",
+    overwrite: bool = False,
 ) -> Path:
     """A two-tower export folder → a self-contained stage-2 run folder ``out``."""
     out = Path(out)
     check_output(out, overwrite)
     cfg, state, config = load_twotower_folder(hf_dir)
-    objective = {"name": "diffusion", "backbone_checkpoint": None,
-                 "mask_token_id": config.mask_token_id}
+    objective = {
+        "name": "diffusion",
+        "backbone_checkpoint": None,
+        "mask_token_id": config.mask_token_id,
+    }
     return write_trainer_checkpoint(out, cfg, state, objective, tp=tp, ep=ep, recipe=recipe)
 
 
@@ -116,8 +129,14 @@ def _parallel(cfg: BackboneConfig, tp: int, ep: int) -> ParallelConfig:
 
 
 def write_trainer_checkpoint(
-    out: Path, cfg: BackboneConfig, state: dict[str, torch.Tensor], objective_values: dict,
-    *, tp: int, ep: int, recipe: str,
+    out: Path,
+    cfg: BackboneConfig,
+    state: dict[str, torch.Tensor],
+    objective_values: dict,
+    *,
+    tp: int,
+    ep: int,
+    recipe: str,
 ) -> Path:
     """Write ``state`` (whole tensors, Megatron names of the objective's model) as a step-0
     trainer checkpoint of run folder ``out`` (``out/checkpoints``) at layout ``tp``/``ep``;
@@ -125,7 +144,7 @@ def write_trainer_checkpoint(
     from twotower_train.training import checkpoint
     from twotower_train.training.config import Precision, from_container
     from twotower_train.training.objectives import build_objective
-    from twotower_train.training.optimizer import build_reducer_and_optimizer
+    from twotower_train.training.optimizer import build_reducer_and_optimizer, freeze_all_but
 
     parallel = _parallel(cfg, tp, ep)
     raw = imported_recipe(recipe, cfg, out, parallel, objective_values)
@@ -149,18 +168,23 @@ def write_trainer_checkpoint(
                 tensor_parallel=tp, expert_parallel=ep, seed=train_cfg.training.seed
             )
             model = objective.build_model(cfg, parallel, dtype)
-            loaded = checkpoint.load_model_state(resharding, objective.checkpoint_state(model))
+            # A private TP=1 save made just above (no meta.json): read it as it was written.
+            loaded = dist_checkpointing.load(
+                {"model": objective.checkpoint_state(model)}, str(resharding)
+            )["model"]
             objective.load_checkpoint_state(model, loaded)
             _on_rank_zero(lambda: shutil.rmtree(resharding))
-        trainable = list(objective.trainable_parameters(model))
-        chosen = {id(p) for p in trainable}
-        for p in model.parameters():  # as the trainer freezes: only these get optimizer state
-            p.requires_grad_(id(p) in chosen)
+        trainable = freeze_all_but(model, objective.trainable_parameters(model))  # as trained
         _, optimizer = build_reducer_and_optimizer(train_cfg, model, trainable)
         checkpoint.save_checkpoint(
-            tmp / CHECKPOINTS, objective=objective,
-            model=model, optimizer=optimizer, scheduler=None, state=checkpoint.TrainState(),
-            generator=torch.Generator(), config=raw,
+            tmp / CHECKPOINTS,
+            objective=objective,
+            model=model,
+            optimizer=optimizer,
+            scheduler=None,
+            state=checkpoint.TrainState(),
+            generator=torch.Generator(),
+            config=raw,
         )
         _on_rank_zero(lambda: publish(tmp, out))
     except BaseException:
@@ -181,10 +205,15 @@ def _on_rank_zero(action: Callable[[], Any]) -> None:
 
 
 def export_checkpoint(
-    checkpoint_dir: str | os.PathLike, out: str | os.PathLike, *,
-    tokenizer: str | os.PathLike | None = None, dtype: str | None = None,
-    block_size: int | None = None, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
-    overwrite: bool = False, backbone: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    tokenizer: str | os.PathLike | None = None,
+    dtype: str | None = None,
+    block_size: int | None = None,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    overwrite: bool = False,
+    backbone: str | os.PathLike | None = None,
 ) -> Path:
     """A trainer checkpoint (root or ``iter_*`` folder, any TP/EP) → an HF folder at ``out``.
 
@@ -215,7 +244,8 @@ def export_checkpoint(
     if mask is not None:
         cfg = cfg.replace(mask_token_id=mask)
     tok = export_tokenizer(
-        tokenizer or run_tokenizer(checkpoint_dir, train_cfg, option="--tokenizer"), cfg,
+        tokenizer or run_tokenizer(checkpoint_dir, train_cfg, option="--tokenizer"),
+        cfg,
         explicit=tokenizer is not None,
     )
     if dtype is None:
@@ -223,8 +253,11 @@ def export_checkpoint(
     if dtype not in DTYPES:
         raise ConversionError(f"--dtype {dtype}; choose one of {sorted(DTYPES)}")
     # Whole tensors on the CPU, where the safetensors writer reads them.
-    state = {k: v.detach().to("cpu", DTYPES[dtype]) for k, v in model.state_dict().items()
-             if not k.endswith("_extra_state")}
+    state = {
+        k: v.detach().to("cpu", DTYPES[dtype])
+        for k, v in model.state_dict().items()
+        if not k.endswith("_extra_state")
+    }
     if isinstance(model, TwoTowerModel):
         if block_size is None:
             block_size = train_cfg.trained_block_size
@@ -235,8 +268,13 @@ def export_checkpoint(
                 "(the model's max_sequence_length; a shifted denoiser needs blocks of two)"
             )
         save_twotower_folder(
-            cfg, state, out, block_size=block_size, tokenizer=tok,
-            max_shard_bytes=max_shard_bytes, overwrite=overwrite,
+            cfg,
+            state,
+            out,
+            block_size=block_size,
+            tokenizer=tok,
+            max_shard_bytes=max_shard_bytes,
+            overwrite=overwrite,
         )
     else:
         save_hf_folder(

@@ -52,7 +52,9 @@ def listing(path: Path) -> Path:
     return index if index.is_file() else path / SAFETENSORS_SINGLE
 
 
-def read_tensors(path: Path, names: Iterable[str], files: dict[str, str]) -> dict[str, torch.Tensor]:
+def read_tensors(
+    path: Path, names: Iterable[str], files: dict[str, str]
+) -> dict[str, torch.Tensor]:
     """Read ``names`` (each listed in ``files``) from the shards of ``path``."""
     wanted = sorted(names, key=lambda n: (files[n], n))
     out = {}

@@ -114,10 +114,10 @@ LOCAL_NAMES: dict[str, dict[str, str]] = {
     "*": {_M + "self_attention.linear_qkv.layer_norm_weight": _M + "input_layernorm.weight"},
     "-": {_M + "mlp.linear_fc1.layer_norm_weight": _M + "pre_mlp_layernorm.weight"},
     "E": {
-        _M + "mlp.experts.linear_fc1.weight{j}":
-            _M + "mlp.experts.local_experts.{j}.linear_fc1.weight",
-        _M + "mlp.experts.linear_fc2.weight{j}":
-            _M + "mlp.experts.local_experts.{j}.linear_fc2.weight",
+        _M + "mlp.experts.linear_fc1.weight{j}": _M
+        + "mlp.experts.local_experts.{j}.linear_fc1.weight",
+        _M + "mlp.experts.linear_fc2.weight{j}": _M
+        + "mlp.experts.local_experts.{j}.linear_fc2.weight",
     },
 }
 
@@ -204,7 +204,7 @@ def checkpoint_layout(hf_state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     out = {}
     for name, tensor in hf_state.items():
         if name.startswith("model."):
-            name = "backbone." + name[len("model."):]
+            name = "backbone." + name[len("model.") :]
         if name.endswith(_STACKED_EXPERTS):
             stem, proj = name.rsplit(".", 1)
             for j, expert in enumerate(tensor.unbind(0)):
@@ -219,7 +219,7 @@ def checkpoint_names(names, cfg: BackboneConfig) -> set[str]:
     out = set()
     for name in names:
         if name.startswith("model."):
-            name = "backbone." + name[len("model."):]
+            name = "backbone." + name[len("model.") :]
         if name.endswith(_STACKED_EXPERTS):
             stem, proj = name.rsplit(".", 1)
             out.update(f"{stem}.{j}.{proj}.weight" for j in range(cfg.num_experts))
@@ -236,7 +236,7 @@ def module_layout(
     out = {}
     for name, tensor in hf_state.items():
         if name.startswith("backbone."):
-            name = "model." + name[len("backbone."):]
+            name = "model." + name[len("backbone.") :]
         out[name] = tensor
     for i, symbol in enumerate(cfg.pattern):
         if symbol != "E":

@@ -151,8 +151,11 @@ def backbone_config_from_hf(hf_config: NemotronHConfig | dict, **overrides) -> B
             "softplus(dt) < time_step_min (docs/hf_interop.md)",
             stacklevel=2,
         )
-    values = {ours: getattr(hf_config, theirs) for ours, theirs in CONFIG_FIELDS
-              if getattr(hf_config, theirs, None) is not None}
+    values = {
+        ours: getattr(hf_config, theirs)
+        for ours, theirs in CONFIG_FIELDS
+        if getattr(hf_config, theirs, None) is not None
+    }
     eos = hf_config.eos_token_id
     values["eos_token_id"] = eos[0] if isinstance(eos, (list, tuple)) else eos
     values["pattern"] = pattern
@@ -287,7 +290,9 @@ def load_megatron_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) 
 
 
 def read_hf_config(
-    path: Path, config_class: type = NemotronHConfig, architecture: str = "NemotronHForCausalLM",
+    path: Path,
+    config_class: type = NemotronHConfig,
+    architecture: str = "NemotronHForCausalLM",
     hint: str = "a two-tower export is read by `twotower-convert import-twotower`",
 ):
     """``config.json`` of folder ``path`` as ``config_class``, checking its ``model_type`` and
@@ -374,4 +379,3 @@ def generation_config(cfg: BackboneConfig):
     return GenerationConfig(
         bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id
     )
-

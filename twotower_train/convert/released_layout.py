@@ -34,7 +34,7 @@ def _rename(name: str, renames: dict[str, str]) -> str:
     old = next((prefix for prefix in renames if name.startswith(prefix)), None)
     if old is None:
         raise ConversionError(f"backbone tensor {name!r} has no released counterpart")
-    return renames[old] + name[len(old):]
+    return renames[old] + name[len(old) :]
 
 
 def megatron_to_released_state(
@@ -44,8 +44,9 @@ def megatron_to_released_state(
     state = {k: v for k, v in state.items() if not k.endswith("_extra_state")}
     out, used = {}, set()
     for megatron_prefix, renames in RELEASED_TOWERS:
-        tower = {k[len(megatron_prefix):]: v for k, v in state.items()
-                 if k.startswith(megatron_prefix)}
+        tower = {
+            k[len(megatron_prefix) :]: v for k, v in state.items() if k.startswith(megatron_prefix)
+        }
         used.update(megatron_prefix + k for k in tower)
         try:
             hub = megatron_to_hf_state(tower, cfg)
@@ -59,8 +60,10 @@ def megatron_to_released_state(
         used.add(ADALN_PREFIX + name)
     leftovers = sorted(set(state) - used)
     if leftovers:
-        raise ConversionError(f"{len(leftovers)} Megatron tensor(s) have no released counterpart: "
-                              f"{', '.join(leftovers[:5])}")
+        raise ConversionError(
+            f"{len(leftovers)} Megatron tensor(s) have no released counterpart: "
+            f"{', '.join(leftovers[:5])}"
+        )
     return out
 
 
@@ -73,8 +76,11 @@ def released_to_megatron_state(
     # Longest released prefix first: "context_lm_head." before "lm_head." cannot collide, but
     # the order keeps the match unambiguous whatever the table holds.
     rules = sorted(
-        ((released, tower, hub) for tower, renames in RELEASED_TOWERS
-         for hub, released in renames.items()),
+        (
+            (released, tower, hub)
+            for tower, renames in RELEASED_TOWERS
+            for hub, released in renames.items()
+        ),
         key=lambda rule: -len(rule[0]),
     )
     towers: dict[str, dict[str, torch.Tensor]] = {tower: {} for tower, _ in RELEASED_TOWERS}
@@ -89,7 +95,7 @@ def released_to_megatron_state(
                 f"released tensor {name!r} belongs to neither tower nor the time conditioning"
             )
         released, tower, hub = rule
-        towers[tower][hub + name[len(released):]] = tensor
+        towers[tower][hub + name[len(released) :]] = tensor
     missing = sorted(adaln - set(state))
     if missing:
         raise ConversionError(f"released tensor {missing[0]!r} is missing")

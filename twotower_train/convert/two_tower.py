@@ -88,7 +88,10 @@ def twotower_config(
         cfg, dtype=str(dtype).removeprefix("torch."), architectures=[ARCHITECTURE]
     )
     return NemotronTwoTowerConfig(
-        **values, block_size=block_size, denoiser_shift=cfg.denoiser_shift, auto_map=AUTO_MAP,
+        **values,
+        block_size=block_size,
+        denoiser_shift=cfg.denoiser_shift,
+        auto_map=AUTO_MAP,
     )
 
 
@@ -97,13 +100,16 @@ def twotower_config(
 
 def _rename(name: str, renames: dict[str, str]) -> str:
     old = next(prefix for prefix in renames if name.startswith(prefix))
-    return renames[old] + name[len(old):]
+    return renames[old] + name[len(old) :]
 
 
 def _export_prefixes() -> list[tuple[str, str, str]]:
     """(export prefix, Megatron tower prefix, module-name prefix), longest export prefix first."""
-    rules = [(export, tower, module) for tower, renames in TOWER_PREFIXES
-             for module, export in renames.items()]
+    rules = [
+        (export, tower, module)
+        for tower, renames in TOWER_PREFIXES
+        for module, export in renames.items()
+    ]
     return sorted(rules, key=lambda rule: -len(rule[0]))
 
 
@@ -119,8 +125,9 @@ def megatron_to_export_state(
     state = {k: v for k, v in state.items() if not k.endswith("_extra_state")}
     out, used = {}, set()
     for megatron_prefix, renames in TOWER_PREFIXES:
-        tower = {k[len(megatron_prefix):]: v for k, v in state.items()
-                 if k.startswith(megatron_prefix)}
+        tower = {
+            k[len(megatron_prefix) :]: v for k, v in state.items() if k.startswith(megatron_prefix)
+        }
         used.update(megatron_prefix + k for k in tower)
         try:
             modules = module_layout(megatron_to_hf_state(tower, cfg), cfg)
@@ -134,8 +141,10 @@ def megatron_to_export_state(
         used.add(ADALN_PREFIX + name)
     leftovers = sorted(set(state) - used)
     if leftovers:
-        raise ConversionError(f"{len(leftovers)} Megatron tensor(s) have no export counterpart: "
-                              f"{', '.join(leftovers[:5])}")
+        raise ConversionError(
+            f"{len(leftovers)} Megatron tensor(s) have no export counterpart: "
+            f"{', '.join(leftovers[:5])}"
+        )
     return out
 
 
@@ -164,7 +173,7 @@ def export_to_megatron_state(
         if rule is None:
             raise ConversionError(f"export tensor {name!r} belongs to neither tower nor the adaLN")
         export, tower, module = rule
-        towers[tower][module + name[len(export):]] = tensor
+        towers[tower][module + name[len(export) :]] = tensor
     for megatron_prefix, tower in towers.items():
         try:
             converted = hf_to_megatron_state(tower, cfg, naming=naming)
@@ -191,9 +200,7 @@ def save_twotower_folder(
     atomically; ``tokenizer`` (a loaded HF tokenizer) is saved into it."""
     path = Path(path)
     tensors = megatron_to_export_state(state, cfg)
-    config = twotower_config(
-        cfg, block_size=block_size, dtype=next(iter(tensors.values())).dtype
-    )
+    config = twotower_config(cfg, block_size=block_size, dtype=next(iter(tensors.values())).dtype)
     with atomic_folder(path, overwrite=overwrite) as tmp:
         config.save_pretrained(tmp)
         generation_config(cfg).save_pretrained(tmp)
@@ -211,7 +218,9 @@ def load_twotower_folder(
     """An export folder → (backbone config, ``TwoTowerModel`` state, the export's config)."""
     path = Path(path)
     config = read_hf_config(
-        path, NemotronTwoTowerConfig, ARCHITECTURE,
+        path,
+        NemotronTwoTowerConfig,
+        ARCHITECTURE,
         hint="a single-tower nemotron_h folder is read by `twotower-convert import-hf`",
     )
     cfg = backbone_config_from_hf(config, denoiser_shift=bool(config.denoiser_shift))

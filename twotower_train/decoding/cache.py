@@ -153,7 +153,10 @@ class DecodingModel(Protocol):
     ) -> ContextOutput: ...
 
     def advance(
-        self, cache: ContextCache, tokens: torch.Tensor, logits: str = "last",
+        self,
+        cache: ContextCache,
+        tokens: torch.Tensor,
+        logits: str = "last",
         position_states: bool = False,
     ) -> ContextOutput: ...
 

@@ -102,9 +102,7 @@ class MaskDiffusionConfig(DecodeConfig):
         if self.steps_per_block <= 0:
             raise ValueError(f"steps_per_block={self.steps_per_block} must be positive")
         if not 0 < self.confidence_threshold <= 1:
-            raise ValueError(
-                f"confidence_threshold={self.confidence_threshold} must be in (0, 1]"
-            )
+            raise ValueError(f"confidence_threshold={self.confidence_threshold} must be in (0, 1]")
 
 
 @dataclass
@@ -149,7 +147,9 @@ class Generation:
         return self.generated / forwards if forwards else math.nan
 
 
-def left_pad(prompts: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(
+    prompts: list[list[int]], pad_id: int, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts of different lengths → (tokens (b, P), valid (b, P)), left-padded."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
@@ -157,8 +157,8 @@ def left_pad(prompts: list[list[int]], pad_id: int, device=None) -> tuple[torch.
     tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
     valid = torch.zeros(len(prompts), width, dtype=torch.bool, device=device)
     for row, prompt in enumerate(prompts):
-        tokens[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        valid[row, width - len(prompt):] = True
+        tokens[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        valid[row, width - len(prompt) :] = True
     return tokens, valid
 
 
@@ -189,7 +189,8 @@ class Collector:
         """(b,) tokens each row may still add (0 once it is done)."""
         return torch.tensor(
             [0 if done else self.max_new - len(row) for row, done in zip(self.rows, self.done)],
-            dtype=torch.long, device=device,
+            dtype=torch.long,
+            device=device,
         )
 
     @property
@@ -202,8 +203,12 @@ class Collector:
 
 
 def prefill_prompts(
-    model, prompts: list[list[int]], config: DecodeConfig, logits: str,
-    on_commit: OnCommit | None, stats_type: type[Generation] = Generation,
+    model,
+    prompts: list[list[int]],
+    config: DecodeConfig,
+    logits: str,
+    on_commit: OnCommit | None,
+    stats_type: type[Generation] = Generation,
 ):
     """Left-pad the prompts and prefill the context tower → (collector, stats, prefill)."""
     tokens, valid = left_pad(prompts, config.pad_token_id, model.context_device)
@@ -246,8 +251,14 @@ def _settled(block: torch.Tensor, decoded: torch.Tensor, needed: torch.Tensor, e
 
 
 def unmask_block(
-    model, cache, block: torch.Tensor, decoded: torch.Tensor, needed: torch.Tensor,
-    config: MaskDiffusionConfig, stats: Generation, generator: torch.Generator | None,
+    model,
+    cache,
+    block: torch.Tensor,
+    decoded: torch.Tensor,
+    needed: torch.Tensor,
+    config: MaskDiffusionConfig,
+    stats: Generation,
+    generator: torch.Generator | None,
     first: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Confidence unmasking of ``block`` (b, S) after ``cache`` (both on the denoiser's device);
@@ -286,8 +297,11 @@ def unmask_block(
 
 @torch.no_grad()
 def generate_mask_diffusion(
-    model, prompts: list[list[int]], config: MaskDiffusionConfig,
-    generator: torch.Generator | None = None, on_commit: OnCommit | None = None,
+    model,
+    prompts: list[list[int]],
+    config: MaskDiffusionConfig,
+    generator: torch.Generator | None = None,
+    on_commit: OnCommit | None = None,
 ) -> Generation:
     """Block-wise mask diffusion with confidence unmasking (module docstring; card §"How mask
     diffusion works")."""
@@ -301,8 +315,15 @@ def generate_mask_diffusion(
         decoded = torch.zeros(batch, S, dtype=torch.bool, device=device)
         # Towers on two devices: the denoiser reads a copy of the cache on its own device.
         block = unmask_block(
-            model, cache.to(device), block, decoded, out.remaining(device).clamp(max=S),
-            config, stats, generator, None if first is None else first.to(device),
+            model,
+            cache.to(device),
+            block,
+            decoded,
+            out.remaining(device).clamp(max=S),
+            config,
+            stats,
+            generator,
+            None if first is None else first.to(device),
         )
         out.extend(block.tolist())
         if out.finished:
@@ -316,8 +337,11 @@ def generate_mask_diffusion(
 
 @torch.no_grad()
 def generate_mock_ar(
-    model, prompts: list[list[int]], config: MockARConfig,
-    generator: torch.Generator | None = None, on_commit: OnCommit | None = None,
+    model,
+    prompts: list[list[int]],
+    config: MockARConfig,
+    generator: torch.Generator | None = None,
+    on_commit: OnCommit | None = None,
 ) -> Generation:
     """Two-tower AR: the context tower builds the cache, the denoiser predicts the next token as
     the first position of an all-[MASK] block of ``query_block_size`` positions (t = 1).
@@ -349,8 +373,11 @@ def generate_mock_ar(
 
 @torch.no_grad()
 def generate_ar(
-    model, prompts: list[list[int]], config: ARConfig,
-    generator: torch.Generator | None = None, on_commit: OnCommit | None = None,
+    model,
+    prompts: list[list[int]],
+    config: ARConfig,
+    generator: torch.Generator | None = None,
+    on_commit: OnCommit | None = None,
 ) -> Generation:
     """Standard cached AR decoding with the context tower only."""
     out, stats, step = prefill_prompts(model, prompts, config, "last", on_commit)

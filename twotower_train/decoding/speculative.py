@@ -80,8 +80,11 @@ class SpeculativeGeneration(Generation):
 
 @torch.no_grad()
 def generate_speculative(
-    model, prompts: list[list[int]], config: SpeculativeConfig,
-    generator: torch.Generator | None = None, on_commit: OnCommit | None = None,
+    model,
+    prompts: list[list[int]],
+    config: SpeculativeConfig,
+    generator: torch.Generator | None = None,
+    on_commit: OnCommit | None = None,
 ) -> SpeculativeGeneration:
     """Greedy self-speculative decoding (module docstring); same output as ``generate_ar``."""
     out, stats, prefill = prefill_prompts(
@@ -115,13 +118,16 @@ def generate_speculative(
         first = ar[rows, accepted].unsqueeze(-1)  # (b, 1) the AR token after it
         before = [len(row) for row in out.rows]
         live = [not done for done in out.done]
-        out.extend([
-            block[r, 1 : 1 + a].tolist() + [first[r, 0].item()]
-            for r, a in enumerate(accepted.tolist())
-        ])
+        out.extend(
+            [
+                block[r, 1 : 1 + a].tolist() + [first[r, 0].item()]
+                for r, a in enumerate(accepted.tolist())
+            ]
+        )
         # Accepted drafts that made it into the output (a row may stop inside its draft).
         stats.accepted += sum(
-            min(a, len(row) - n) for a, row, n, on in zip(accepted.tolist(), out.rows, before, live)
+            min(a, len(row) - n)
+            for a, row, n, on in zip(accepted.tolist(), out.rows, before, live)
             if on
         )
         cache = verified.rollback(cache, accepted + 1)  # keep position 0 + the accepted drafts

@@ -32,7 +32,11 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
-    "Corruption", "TimeSampling", "corrupt_blocks", "sample_block_times", "shifted_loss_positions",
+    "Corruption",
+    "TimeSampling",
+    "corrupt_blocks",
+    "sample_block_times",
+    "shifted_loss_positions",
 ]
 
 
@@ -144,9 +148,7 @@ def corrupt_blocks(
         batch, n_blocks, eps=eps, sampling=sampling, generator=generator, device=tokens.device
     )  # (b, n_blocks)
     t_per_pos = t_sampled.repeat_interleave(block_size, dim=1)  # (b, L)
-    u = torch.rand(
-        (batch, seq_len), generator=generator, device=tokens.device, dtype=torch.float32
-    )
+    u = torch.rand((batch, seq_len), generator=generator, device=tokens.device, dtype=torch.float32)
     masked = u < t_per_pos  # (b, L)
     if maskable is not None:
         masked = masked & maskable.to(torch.bool)

@@ -1,27 +1,6 @@
-"""``lm-eval`` with the ``twotower`` model registered (``twotower-lm-eval`` / ``python -m
-twotower_train.eval``; every ``lm-eval`` argument works)::
+"""``python -m twotower_train.eval`` = ``twotower-lm-eval``."""
 
-    python -m twotower_train.eval run --model twotower \
-        --model_args pretrained=runs/demo/stage2/checkpoints --tasks twotower_tiny_mc \
-        --include_path tests/eval/tasks
-"""
-
-from __future__ import annotations
-
-import os
-
-os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # megatron's jit_fuser would compile on CPU
-
-
-def main() -> None:
-    from lm_eval.__main__ import cli_evaluate
-
-    import twotower_train  # noqa: F401  (CPU compatibility)
-    import twotower_train.eval.harness  # noqa: F401  (registers the model)
-    from twotower_train.cli import run_tool
-
-    run_tool("twotower-lm-eval", cli_evaluate)
-
+from twotower_train.eval.cli import main
 
 if __name__ == "__main__":
     main()

@@ -17,6 +17,8 @@ line with it registered::
 * ``sampler`` — ``mask_diffusion`` (default) | ``mock_ar`` | ``ar`` | ``speculative`` for
   ``generate_until``, with that mode's knobs (``block_size``, ``steps_per_block``,
   ``confidence_threshold``, ``query_block_size``; :mod:`twotower_train.inference.modes`);
+  mask diffusion's ``block_size`` and ``steps_per_block`` default to the block size the model
+  trained at (``LoadedModel.block_size``), as in ``twotower-generate``;
 * ``batch_size`` (lm-eval's ``--batch_size``), ``max_length``, ``max_gen_toks`` (default 256).
 
 ``generate_until`` decodes left-padded batches; a row ends at EOS, at ``max_gen_toks`` or when a
@@ -109,8 +111,8 @@ class TwoTowerLM(TemplateLM):
         def truncate(ctx: list[int], cont: list[int]):
             # The model reads context + continuation minus its last token: at most max_length
             # tokens, keeping the end (lm-eval's convention) and at least one context token.
-            cont = cont[-self.max_length:]
-            return ctx[-(self.max_length + 1 - len(cont)):], cont
+            cont = cont[-self.max_length :]
+            return ctx[-(self.max_length + 1 - len(cont)) :], cont
 
         order = Collator(requests, sort_fn=lambda r: (-len(r[1]) - len(r[2]), tuple(r[1] + r[2])))
         results = []
@@ -121,7 +123,10 @@ class TwoTowerLM(TemplateLM):
                 scores = score_ar(self.model, pairs, self.loaded.pad_token_id)
             else:
                 scores = score_mock_ar(
-                    self.model, pairs, self.loaded.mask_token_id, self.loaded.pad_token_id,
+                    self.model,
+                    pairs,
+                    self.loaded.mask_token_id,
+                    self.loaded.pad_token_id,
                     self.query_block_size or QUERY_BLOCK_SIZE,
                 )
             for (request, _, _), score in zip(chunk, scores):
@@ -136,8 +141,10 @@ class TwoTowerLM(TemplateLM):
         windows, owners = [], []
         for index, (text,) in enumerate(request.args for request in requests):
             for window in get_rolling_token_windows(
-                token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
-                max_seq_len=self.max_length, context_len=1,
+                token_list=self.tok_encode(text),
+                prefix_token=self.prefix_token_id,
+                max_seq_len=self.max_length,
+                context_len=1,
             ):
                 windows.append((None, *make_disjoint_window(window)))
                 owners.append(index)
@@ -155,7 +162,9 @@ class TwoTowerLM(TemplateLM):
         choice = {}
         if request.get("do_sample") or request.get("temperature"):
             choice = {k: request[k] for k in ("temperature", "top_k", "top_p") if k in request}
-        knobs = {**self.loaded.sampler_ids(), **self.knobs, **choice}
+        # Mask diffusion's blocks default to the S the model trained at (LoadedModel.block_size).
+        trained = modes.trained_defaults(self.sampler, self.loaded.block_size)
+        knobs = {**self.loaded.sampler_ids(), **trained, **self.knobs, **choice}
         takes = modes.knobs(self.sampler)
         if "mask_token_id" in takes:
             knobs.setdefault("mask_token_id", self.loaded.mask_token_id)
@@ -168,7 +177,8 @@ class TwoTowerLM(TemplateLM):
         order = Collator(
             [request.args for request in requests],
             sort_fn=lambda r: (-len(self.tok_encode(r[0])), r[0]),
-            group_by="gen_kwargs", group_fn=lambda r: r[1],
+            group_by="gen_kwargs",
+            group_fn=lambda r: r[1],
         )
         results = []
         progress = tqdm(total=len(requests), disable=disable_tqdm, desc="twotower generate")

@@ -24,15 +24,25 @@ from twotower_train.diffusion import shifted_loss_positions
 
 def answer_blocks(prompts, answers, eos_token_id: int, block_size: int):
     """(prompts, target blocks) of the pairs whose answer + EOS fills a whole block."""
-    kept = [(p, (a + [eos_token_id])[:block_size]) for p, a in zip(prompts, answers)
-            if len(a) + 1 >= block_size]
+    kept = [
+        (p, (a + [eos_token_id])[:block_size])
+        for p, a in zip(prompts, answers)
+        if len(a) + 1 >= block_size
+    ]
     return [p for p, _ in kept], [b for _, b in kept]
 
 
 @torch.no_grad()
 def masked_token_accuracy(
-    model, prompts: list[list[int]], blocks: list[list[int]], *, mask_token_id: int,
-    pad_token_id: int, mask_ratio: float = 0.5, seed: int = 0, batch: int = 16,
+    model,
+    prompts: list[list[int]],
+    blocks: list[list[int]],
+    *,
+    mask_token_id: int,
+    pad_token_id: int,
+    mask_ratio: float = 0.5,
+    seed: int = 0,
+    batch: int = 16,
 ) -> dict:
     """``{"accuracy", "masked", "targets"}``: argmax accuracy over masked positions, their
     count, and the true tokens at those positions (for :func:`unigram_accuracy`)."""
@@ -43,17 +53,23 @@ def masked_token_accuracy(
     for first in range(0, len(prompts), batch):
         truth = torch.tensor(blocks[first : first + batch])  # (b, S)
         masked = torch.rand(truth.shape, generator=gen) < mask_ratio
-        masked[torch.arange(len(truth)), torch.randint(first_scored, truth.shape[1], (len(truth),),
-                                                       generator=gen)] = True  # ≥ 1 per row
+        masked[
+            torch.arange(len(truth)),
+            torch.randint(first_scored, truth.shape[1], (len(truth),), generator=gen),
+        ] = True  # ≥ 1 per row
         tokens, valid = left_pad(prompts[first : first + batch], pad_token_id, model.context_device)
         prefill = model.prefill(tokens, valid=valid, logits="last" if shift else "none")
         block = torch.where(masked, torch.full_like(truth, mask_token_id), truth)
         t = masked.float().mean(-1)  # (b,)
         device = model.denoiser_device
         context_logits = None if prefill.logits is None else prefill.logits.to(device)
-        logits = block_logits(
-            model, prefill.cache.to(device), block.to(device), t.to(device), context_logits
-        ).float().cpu()
+        logits = (
+            block_logits(
+                model, prefill.cache.to(device), block.to(device), t.to(device), context_logits
+            )
+            .float()
+            .cpu()
+        )
         logits[..., mask_token_id] = float("-inf")
         predicted = logits.argmax(-1)  # (b, S)
         scored = shifted_loss_positions(masked, truth.shape[1])[0] if shift else masked

@@ -42,9 +42,7 @@ def _sum(logprobs: torch.Tensor, continuation: torch.Tensor, lengths: list[int])
     first lengths[r] positions."""
     target = logprobs.gather(-1, continuation.unsqueeze(-1)).squeeze(-1)  # (b, N)
     greedy = logprobs.argmax(-1) == continuation  # (b, N)
-    return [
-        (float(target[r, :n].sum()), bool(greedy[r, :n].all())) for r, n in enumerate(lengths)
-    ]
+    return [(float(target[r, :n].sum()), bool(greedy[r, :n].all())) for r, n in enumerate(lengths)]
 
 
 @torch.no_grad()
@@ -62,7 +60,10 @@ def score_ar(model, pairs: list[Pair], pad_id: int = 0) -> list[tuple[float, boo
 
 @torch.no_grad()
 def score_mock_ar(
-    model, pairs: list[Pair], mask_id: int, pad_id: int = 0,
+    model,
+    pairs: list[Pair],
+    mask_id: int,
+    pad_id: int = 0,
     query_block_size: int = QUERY_BLOCK_SIZE,
 ) -> list[tuple[float, bool]]:
     """Denoiser log p(continuation | context) per pair, one [MASK] query per token. A shifted

@@ -38,14 +38,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="two-tower checkpoint or HF export folder")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the model's)")
     p.add_argument(
-        "--backbone", metavar="DIR",
+        "--backbone",
+        metavar="DIR",
         help="stage-2 checkpoint: its stage-1 backbone checkpoint (default: where it recorded it)",
     )
     p.add_argument("--mode", default="mask_diffusion", choices=list(MODES))
     p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     p.add_argument("--prompts", default="-", help="file with one prompt per line; - = stdin")
     p.add_argument(
-        "--truncate-prompts", action="store_true",
+        "--truncate-prompts",
+        action="store_true",
         help="keep the last tokens of a prompt too long for the model's context (default: refuse)",
     )
     p.add_argument("--batch-size", type=int, default=1)
@@ -64,13 +66,19 @@ def _read_prompts(args) -> list[str]:
         return args.prompt
     if args.prompts == "-":
         if sys.stdin.isatty():
-            print(f"{TOOL}: reading prompts from the terminal, one per line; end with Ctrl-D "
-                  "(or pass --prompt TEXT / --prompts FILE)", file=sys.stderr, flush=True)
+            print(
+                f"{TOOL}: reading prompts from the terminal, one per line; end with Ctrl-D "
+                "(or pass --prompt TEXT / --prompts FILE)",
+                file=sys.stderr,
+                flush=True,
+            )
         try:
             lines = sys.stdin.buffer.read().decode("utf-8").splitlines()
         except UnicodeDecodeError as error:
-            raise UserError(f"stdin is not UTF-8 text ({error.reason} at byte {error.start}); "
-                            "give the prompts as UTF-8") from None
+            raise UserError(
+                f"stdin is not UTF-8 text ({error.reason} at byte {error.start}); "
+                "give the prompts as UTF-8"
+            ) from None
     else:
         try:
             with open(args.prompts, encoding="utf-8") as f:
@@ -78,8 +86,10 @@ def _read_prompts(args) -> list[str]:
         except OSError as error:
             raise UserError(f"cannot read --prompts {args.prompts}: {error.strerror}") from None
         except UnicodeDecodeError as error:
-            raise UserError(f"--prompts {args.prompts} is not UTF-8 text ({error.reason} at byte "
-                            f"{error.start}); convert it, e.g. iconv -t UTF-8") from None
+            raise UserError(
+                f"--prompts {args.prompts} is not UTF-8 text ({error.reason} at byte "
+                f"{error.start}); convert it, e.g. iconv -t UTF-8"
+            ) from None
     prompts = [line for line in lines if line.strip()]
     if not prompts:
         raise UserError("no prompts: give --prompt TEXT or a non-empty --prompts file / stdin")
@@ -96,7 +106,7 @@ class _Stream:
 
     def __call__(self, row: int, new: list[int], tokens: list[int]) -> bool:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        delta = text[len(self.printed.get(row, "")):]
+        delta = text[len(self.printed.get(row, "")) :]
         self.printed[row] = text
         if self.inline:
             print(delta, end="", flush=True)
@@ -120,9 +130,14 @@ def _main(argv: list[str] | None) -> None:
     knobs = {name: value for name, value in knobs.items() if value is not None}
     modes.build_config(args.mode, **knobs)  # bad knobs fail before the model loads
     prompts = _read_prompts(args)
-    loaded = load_for_decoding(args.model, args.tokenizer, backbone=args.backbone,
-                               options=("--tokenizer ", "--backbone "))
-    knobs = {**loaded.sampler_ids(), **modes.trained_defaults(args.mode, loaded.block_size), **knobs}
+    loaded = load_for_decoding(
+        args.model, args.tokenizer, backbone=args.backbone, options=("--tokenizer ", "--backbone ")
+    )
+    knobs = {
+        **loaded.sampler_ids(),
+        **modes.trained_defaults(args.mode, loaded.block_size),
+        **knobs,
+    }
     if "mask_token_id" in modes.knobs(args.mode):
         knobs["mask_token_id"] = loaded.mask_token_id
     config = modes.build_config(args.mode, **knobs)
@@ -170,7 +185,10 @@ def _fit_context(ids: list[list[int]], max_length: int, new: int, truncate: bool
 
 def _summary(mode: str, prompts: int, seconds: float, t: dict[str, int]) -> str:
     parts = [
-        f"mode={mode}", f"prompts={prompts}", f"tokens={t['tokens']}", f"time={seconds:.2f}s",
+        f"mode={mode}",
+        f"prompts={prompts}",
+        f"tokens={t['tokens']}",
+        f"time={seconds:.2f}s",
         f"tokens/s={t['tokens'] / seconds:.1f}",
         f"tokens/(context+denoiser) forward={t['tokens'] / (t['context'] + t['denoiser']):.2f}",
     ]
@@ -183,7 +201,3 @@ def _summary(mode: str, prompts: int, seconds: float, t: dict[str, int]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     run_tool(TOOL, _main, argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -127,7 +127,7 @@ def run_tokenizer(path: str | Path, cfg: TrainConfig, *, option: str) -> Path:
     if root is not None and not Path(recorded).is_absolute() and not saved_root.is_absolute():
         root = root.resolve().parent  # the checkpoint root (…/checkpoints)
         parts = saved_root.parts
-        if parts and root.parts[-len(parts):] == parts:
+        if parts and root.parts[-len(parts) :] == parts:
             start = Path(*root.parts[: len(root.parts) - len(parts)])
             candidates.append(start / recorded)
     for candidate in candidates:
@@ -141,7 +141,10 @@ def run_tokenizer(path: str | Path, cfg: TrainConfig, *, option: str) -> Path:
 
 
 def load_for_decoding(
-    path: str | Path, tokenizer: str | Path | None = None, *, backbone: str | Path | None = None,
+    path: str | Path,
+    tokenizer: str | Path | None = None,
+    *,
+    backbone: str | Path | None = None,
     options: tuple[str, str] = ("tokenizer=", "backbone_checkpoint="),
 ) -> LoadedModel:
     """A two-tower trainer checkpoint or a Hugging Face export folder, with its tokenizer.
@@ -193,7 +196,12 @@ def load_for_decoding(
             "folder"
         )
     return LoadedModel(
-        model=model, tokenizer=tokenizer, eos_token_id=ids.eos_token_id,
-        mask_token_id=ids.mask_token_id, pad_token_id=ids.pad_token_id, max_length=max_length,
-        block_size=block_size, train_config=train_config,
+        model=model,
+        tokenizer=tokenizer,
+        eos_token_id=ids.eos_token_id,
+        mask_token_id=ids.mask_token_id,
+        pad_token_id=ids.pad_token_id,
+        max_length=max_length,
+        block_size=block_size,
+        train_config=train_config,
     )

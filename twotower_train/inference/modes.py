@@ -110,8 +110,12 @@ def build_config(mode: str, **values: Any) -> DecodeConfig:
 
 
 def generate(
-    model, prompts: list[list[int]], mode: str, config: DecodeConfig,
-    generator: torch.Generator | None = None, on_commit: OnCommit | None = None,
+    model,
+    prompts: list[list[int]],
+    mode: str,
+    config: DecodeConfig,
+    generator: torch.Generator | None = None,
+    on_commit: OnCommit | None = None,
 ) -> Generation:
     """Run ``mode`` with ``config`` (from :func:`build_config`)."""
     function, _ = _mode(mode)

@@ -102,7 +102,9 @@ class AdaLNSingle(nn.Module):
         super().__init__()
         self.hidden_size = hidden_size
         self.t_embedder = TimestepEmbedder(hidden_size, dtype=dtype)
-        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 3 * hidden_size, dtype=dtype))
+        self.t_block = nn.Sequential(
+            nn.SiLU(), nn.Linear(hidden_size, 3 * hidden_size, dtype=dtype)
+        )
         self.scale_shift_tables = nn.ParameterList(
             [nn.Parameter(torch.zeros(3, hidden_size, dtype=dtype)) for _ in range(num_layers)]
         )

@@ -127,11 +127,14 @@ def _recompute_fields(recompute: Recompute, has_moe: bool) -> dict:
     """Megatron's recompute settings for ``training.recompute``: full = every layer its own
     checkpoint unit; selective = the attention core, the dense MLP and the MoE layer."""
     if recompute is Recompute.FULL:
-        return dict(recompute_granularity="full", recompute_method="uniform",
-                    recompute_num_layers=1)
+        return dict(
+            recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1
+        )
     if recompute is Recompute.SELECTIVE:
-        return dict(recompute_granularity="selective",
-                    recompute_modules=["core_attn", "mlp", *(["moe"] if has_moe else [])])
+        return dict(
+            recompute_granularity="selective",
+            recompute_modules=["core_attn", "mlp", *(["moe"] if has_moe else [])],
+        )
     return {}
 
 

@@ -119,9 +119,7 @@ class BackboneConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(
-                f"unknown model key(s) {unknown}; valid keys: {sorted(known)}"
-            )
+            raise ConfigError(f"unknown model key(s) {unknown}; valid keys: {sorted(known)}")
         return cls(**values)
 
 

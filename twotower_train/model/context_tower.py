@@ -93,8 +93,9 @@ class ContextTower(MegatronModule):
                 elif result.boundaries is not None:
                     bounds = result.boundaries
                     if boundary_dtype is not None:  # compact as produced, layer by layer
-                        bounds = MambaStates(conv=bounds.conv.to(boundary_dtype),
-                                             ssm=bounds.ssm.to(boundary_dtype))
+                        bounds = MambaStates(
+                            conv=bounds.conv.to(boundary_dtype), ssm=bounds.ssm.to(boundary_dtype)
+                        )
                     out.boundaries[i] = bounds
                 hidden = hidden + result.out
             elif kind is LayerKind.ATTENTION:

@@ -76,7 +76,12 @@ class BlockwiseConditioning:
     def attend(self, layer, q, k, v, causal_in_block: bool) -> torch.Tensor:
         cache = self.context.cache
         return denoiser_attention(
-            q, cache.keys[layer], cache.values[layer], k, v, self.block_size,
+            q,
+            cache.keys[layer],
+            cache.values[layer],
+            k,
+            v,
+            self.block_size,
             causal_in_block=causal_in_block,
             backend=backends.resolve_backend(AttentionBackend.AUTO, q.device),
         )
@@ -94,8 +99,13 @@ class CacheConditioning:
 
     def attend(self, layer, q, k, v, causal_in_block: bool) -> torch.Tensor:
         return block_decode_attention(
-            q, self.cache.keys[layer], self.cache.values[layer], k, v,
-            context_valid=self.cache.valid, causal_in_block=causal_in_block,
+            q,
+            self.cache.keys[layer],
+            self.cache.values[layer],
+            k,
+            v,
+            context_valid=self.cache.valid,
+            causal_in_block=causal_in_block,
         )
 
 

@@ -82,8 +82,14 @@ def mamba_forward(
     conv_weight = rearrange(mixer.conv1d_weight, "d 1 w -> d w")
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad
-        for t in (zxbcdt, conv_weight, mixer.A_log, mixer.D, mixer.dt_bias,
-                  *((initial.conv, initial.ssm) if initial is not None else ()))
+        for t in (
+            zxbcdt,
+            conv_weight,
+            mixer.A_log,
+            mixer.D,
+            mixer.dt_bias,
+            *((initial.conv, initial.ssm) if initial is not None else ()),
+        )
     )
     # The implementations for this call (kernels or the pure-torch reference), with the
     # signatures of ops.conv.causal_conv1d and ops.ssd.ssd_scan.

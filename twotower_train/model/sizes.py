@@ -23,10 +23,16 @@ def check_parallel_layout(cfg: BackboneConfig, parallel: ParallelConfig) -> None
         ]
     if "E" in cfg.pattern:
         checks += [
-            ("model.num_experts", cfg.num_experts,
-             (parallel.expert_parallel, "parallelism.expert_parallel")),
-            ("model.moe_ffn_hidden_size", cfg.moe_ffn_hidden_size,
-             (parallel.expert_tensor_parallel, "parallelism.expert_tensor_parallel")),
+            (
+                "model.num_experts",
+                cfg.num_experts,
+                (parallel.expert_parallel, "parallelism.expert_parallel"),
+            ),
+            (
+                "model.moe_ffn_hidden_size",
+                cfg.moe_ffn_hidden_size,
+                (parallel.expert_tensor_parallel, "parallelism.expert_tensor_parallel"),
+            ),
         ]
     checks.append(("model.vocab_size", cfg.vocab_size, tp))
     for key, value, (degree, knob) in checks:

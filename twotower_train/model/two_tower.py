@@ -45,7 +45,9 @@ from twotower_train.model.denoiser import BlockwiseConditioning, CacheConditioni
 
 
 class TwoTowerModel(MegatronModule):
-    def __init__(self, cfg: BackboneConfig, config: TransformerConfig, *, use_te: bool | None = None):
+    def __init__(
+        self, cfg: BackboneConfig, config: TransformerConfig, *, use_te: bool | None = None
+    ):
         super().__init__(config=config)
         self.cfg = cfg
         spec = denoiser_stack_spec(cfg, use_te=use_te)
@@ -65,8 +67,13 @@ class TwoTowerModel(MegatronModule):
 
     @classmethod
     def build(
-        cls, cfg: BackboneConfig, parallel=None, *, params_dtype=torch.float32,
-        recompute: Recompute = Recompute.NONE, **kw,
+        cls,
+        cfg: BackboneConfig,
+        parallel=None,
+        *,
+        params_dtype=torch.float32,
+        recompute: Recompute = Recompute.NONE,
+        **kw,
     ):
         config = transformer_config(cfg, parallel, params_dtype=params_dtype, recompute=recompute)
         return cls(cfg, config, **kw)
@@ -79,7 +86,8 @@ class TwoTowerModel(MegatronModule):
             "vocab_size": (ctx.vocab_size, den.vocab_size),
             "hidden_size": (ctx.config.hidden_size, den.config.hidden_size),
             "tensor_parallel": (
-                ctx.config.tensor_model_parallel_size, den.config.tensor_model_parallel_size
+                ctx.config.tensor_model_parallel_size,
+                den.config.tensor_model_parallel_size,
             ),
             "pattern": (ctx.decoder.layer_type_list, den.decoder.layer_type_list),
         }
@@ -140,13 +148,18 @@ class TwoTowerModel(MegatronModule):
         blocks = length // block_size
         with torch.no_grad():
             context = self.context_tower(
-                clean_tokens, state_stride=block_size, logits="none",
+                clean_tokens,
+                state_stride=block_size,
+                logits="none",
                 boundary_dtype=self.config.params_dtype,
             )
         conditioning = BlockwiseConditioning(context, block_size, blocks)
         t_tokens = t_block.repeat_interleave(block_size, dim=1)  # (b, L)
         return self.denoiser(
-            noisy_tokens, t_tokens, conditioning, causal_in_block=causal_in_block,
+            noisy_tokens,
+            t_tokens,
+            conditioning,
+            causal_in_block=causal_in_block,
             positions=positions,
         )
 

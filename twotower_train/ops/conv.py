@@ -8,7 +8,6 @@ context tower to the denoiser. Computed in fp32, returned in x's dtype; states k
 (they are raw inputs).
 """
 
-
 import torch
 import torch.nn.functional as F
 
@@ -24,7 +23,13 @@ def _activate(y, activation):
 
 
 def causal_conv1d(
-    x, weight, bias=None, *, initial_state=None, activation="silu", state_stride=None,
+    x,
+    weight,
+    bias=None,
+    *,
+    initial_state=None,
+    activation="silu",
+    state_stride=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Returns (y (b, l, d), final_state (b, w-1, d), boundary_states (b, l//S + 1, w-1, d) or
     None), boundary k being the conv state at position k·S."""
@@ -37,17 +42,20 @@ def causal_conv1d(
     cd = torch.promote_types(x.dtype, torch.float32)  # fp32 math (fp64 for fp64 inputs)
     xp = torch.cat([initial_state.to(x.dtype), x], dim=1)  # history then inputs (b, w-1+l, d)
     y = F.conv1d(
-        xp.to(cd).transpose(1, 2),                         # (b, d, w-1+l)
-        weight.to(cd)[:, None, :],                         # depthwise kernels (d, 1, w)
+        xp.to(cd).transpose(1, 2),  # (b, d, w-1+l)
+        weight.to(cd)[:, None, :],  # depthwise kernels (d, 1, w)
         bias.to(cd) if bias is not None else None,
         groups=d,
-    )                                                      # valid conv -> (b, d, l)
+    )  # valid conv -> (b, d, l)
     y = _activate(y, activation).transpose(1, 2).to(x.dtype)
     return (y, *conv_states(x, initial_state, w, state_stride))
 
 
 def conv_states(
-    x, initial_state, width, state_stride=None,
+    x,
+    initial_state,
+    width,
+    state_stride=None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The conv states of a pass over x (b, l, d) that started from ``initial_state``
     (b, w-1, d) or zeros: (final_state (b, w-1, d), boundary_states (b, l//S + 1, w-1, d) or
@@ -57,18 +65,21 @@ def conv_states(
         initial_state = x.new_zeros(bsz, width - 1, d)
     if state_stride is None:
         # inputs at l-w+1 .. l-1, reaching into the initial state when l < w-1
-        tail = torch.cat([initial_state.to(x.dtype), x[:, -(width - 1):]], dim=1)
-        return tail[:, tail.shape[1] - (width - 1):], None
+        tail = torch.cat([initial_state.to(x.dtype), x[:, -(width - 1) :]], dim=1)
+        return tail[:, tail.shape[1] - (width - 1) :], None
     assert l % state_stride == 0, f"state_stride {state_stride} must divide seqlen {l}"
     xp = torch.cat([initial_state.to(x.dtype), x], dim=1)  # history then inputs (b, w-1+l, d)
     # window k of xp starting at k·S holds inputs at k·S-w+1 .. k·S-1
     idx = torch.arange(0, l + 1, state_stride, device=x.device)[:, None] + torch.arange(
-        width - 1, device=x.device)                        # (K, w-1)
-    boundary = xp[:, idx]                                  # (b, K, w-1, d)
+        width - 1, device=x.device
+    )  # (K, w-1)
+    boundary = xp[:, idx]  # (b, K, w-1, d)
     return boundary[:, -1], boundary
 
 
-def conv_step(state, x_t, weight, bias=None, activation="silu") -> tuple[torch.Tensor, torch.Tensor]:
+def conv_step(
+    state, x_t, weight, bias=None, activation="silu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One decoding step. state (b, w-1, d), x_t (b, d) -> (y_t (b, d), new_state (b, w-1, d))."""
     cd = torch.promote_types(x_t.dtype, torch.float32)
     window = torch.cat([state.to(x_t.dtype), x_t[:, None]], dim=1)  # (b, w, d)

@@ -6,7 +6,6 @@ backbone must reproduce: normalise in fp32, cast back to the input dtype, then s
 `weight`. (mamba_ssm scales before the cast; in fp32 the two are identical.)
 """
 
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -35,8 +34,9 @@ def gated_rms_norm(x, weight, z=None, eps=1e-5, group_size=None, norm_before_gat
 class GatedRMSNorm(nn.Module):
     """RMSNormGated(hidden_size, eps, group_size, norm_before_gate) with a TP-sharded state dict."""
 
-    def __init__(self, hidden_size, eps=1e-5, group_size=None, norm_before_gate=True,
-                 device=None, dtype=None):
+    def __init__(
+        self, hidden_size, eps=1e-5, group_size=None, norm_before_gate=True, device=None, dtype=None
+    ):
         super().__init__()
         self.eps = eps
         self.group_size = group_size
@@ -50,8 +50,14 @@ class GatedRMSNorm(nn.Module):
         nn.init.ones_(self.weight)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        return gated_rms_norm(x, self.weight, z=z, eps=self.eps, group_size=self.group_size,
-                              norm_before_gate=self.norm_before_gate)
+        return gated_rms_norm(
+            x,
+            self.weight,
+            z=z,
+            eps=self.eps,
+            group_size=self.group_size,
+            norm_before_gate=self.norm_before_gate,
+        )
 
     def sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):
         """`weight` is split along dim 0 across tensor-parallel ranks (like ExtendedRMSNorm)."""
@@ -68,6 +74,10 @@ class GatedRMSNorm(nn.Module):
             tp_group = parallel_state.get_tensor_model_parallel_group()
         state_dict = self.state_dict(prefix="", keep_vars=True)
         return make_sharded_tensors_for_checkpoint(
-            state_dict, prefix, {"weight": 0}, sharded_offsets,
-            tp_group=tp_group, dp_cp_group=metadata["dp_cp_group"],
+            state_dict,
+            prefix,
+            {"weight": 0},
+            sharded_offsets,
+            tp_group=tp_group,
+            dp_cp_group=metadata["dp_cp_group"],
         )

@@ -35,7 +35,6 @@ __all__ = [
 ]
 
 
-
 def _pow2_at_most(n: int) -> int:
     """Largest power of two ≤ n: the Triton kernels tile a chunk with power-of-two blocks, and
     the chunk length changes only the summation order, never the result."""
@@ -52,8 +51,20 @@ def _chunk_starts(seqlen: int, chunk: int, stride: int | None) -> list[int]:
 
 
 def ssd_scan_varlen(
-    x, dt, A, B, C, chunk_size, *, D=None, z=None, dt_bias=None, dt_softplus=False,
-    dt_limit=NO_DT_LIMIT, initial_state=None, state_stride=None,
+    x,
+    dt,
+    A,
+    B,
+    C,
+    chunk_size,
+    *,
+    D=None,
+    z=None,
+    dt_bias=None,
+    dt_softplus=False,
+    dt_limit=NO_DT_LIMIT,
+    initial_state=None,
+    state_stride=None,
 ) -> SSDOutput:
     """Forward-only :func:`~twotower_train.ops.ssd.ssd_scan` on megatron-core's varlen kernel."""
     from megatron.core.ssm.ops.ssd_combined import mamba_chunk_scan_combined_varlen
@@ -115,8 +126,20 @@ def ssd_scan_varlen(
 
 
 def ssd_scan_differentiable(
-    x, dt, A, B, C, chunk_size, *, D=None, z=None, dt_bias=None, dt_softplus=False,
-    dt_limit=NO_DT_LIMIT, initial_state=None, state_stride=None,
+    x,
+    dt,
+    A,
+    B,
+    C,
+    chunk_size,
+    *,
+    D=None,
+    z=None,
+    dt_bias=None,
+    dt_softplus=False,
+    dt_limit=NO_DT_LIMIT,
+    initial_state=None,
+    state_stride=None,
 ) -> SSDOutput:
     """:func:`~twotower_train.ops.ssd.ssd_scan` with backward, on mamba_ssm's Triton kernels."""
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
@@ -124,15 +147,31 @@ def ssd_scan_differentiable(
     if state_stride is not None:
         raise NotImplementedError("mamba_ssm's scan returns no block-boundary states")
     y, final = mamba_chunk_scan_combined(
-        x, dt, A, B, C, _pow2_at_most(min(chunk_size, x.shape[1])), D=D, z=z, dt_bias=dt_bias,
-        initial_states=initial_state, dt_softplus=dt_softplus, dt_limit=dt_limit,
+        x,
+        dt,
+        A,
+        B,
+        C,
+        _pow2_at_most(min(chunk_size, x.shape[1])),
+        D=D,
+        z=z,
+        dt_bias=dt_bias,
+        initial_states=initial_state,
+        dt_softplus=dt_softplus,
+        dt_limit=dt_limit,
         return_final_states=True,
     )
     return SSDOutput(y=y, final_state=final.float())
 
 
 def causal_conv1d_cuda(
-    x, weight, bias=None, *, initial_state=None, activation="silu", state_stride=None,
+    x,
+    weight,
+    bias=None,
+    *,
+    initial_state=None,
+    activation="silu",
+    state_stride=None,
 ):
     """:func:`~twotower_train.ops.conv.causal_conv1d` on Dao-AILab's CUDA kernel."""
     from causal_conv1d import causal_conv1d_fn
@@ -150,15 +189,22 @@ def causal_conv1d_cuda(
 
 
 def causal_conv1d_varlen(
-    x, weight, bias=None, *, initial_state=None, activation="silu", state_stride=None,
+    x,
+    weight,
+    bias=None,
+    *,
+    initial_state=None,
+    activation="silu",
+    state_stride=None,
 ):
     """Forward-only :func:`~twotower_train.ops.conv.causal_conv1d` on megatron-core's Triton
     varlen conv (the batch packed end to end, one initial state per row)."""
     from megatron.core.ssm.ops.causal_conv1d_varlen import causal_conv1d_varlen_fn
 
     if activation not in ("silu", "swish"):
-        raise NotImplementedError("megatron's varlen conv applies SiLU; got activation="
-                                  f"{activation!r}")
+        raise NotImplementedError(
+            f"megatron's varlen conv applies SiLU; got activation={activation!r}"
+        )
     bsz, seqlen, dim = x.shape
     cu_seqlens = torch.arange(0, bsz * seqlen + 1, seqlen, device=x.device, dtype=torch.int32)
     y = causal_conv1d_varlen_fn(
@@ -167,9 +213,12 @@ def causal_conv1d_varlen(
         bias if bias is not None else weight.new_zeros(dim),
         cu_seqlens,
         initial_states=(
-            None if initial_state is None
+            None
+            if initial_state is None
             else initial_state.to(x.dtype).transpose(1, 2).contiguous()  # (b, d, w−1)
         ),
     )
-    return (y.reshape(bsz, seqlen, dim), *conv_states(x, initial_state, weight.shape[-1],
-                                                      state_stride))
+    return (
+        y.reshape(bsz, seqlen, dim),
+        *conv_states(x, initial_state, weight.shape[-1], state_stride),
+    )

@@ -100,15 +100,27 @@ def _prefix_states(seg_states, seg_log_decay, init):
     seg_states (N, K, g, r, p, n), seg_log_decay (N, K, g, r), init (N, g, r, p, n)
     -> (N, K+1, g, r, p, n). out[k] = exp(L_k) out[k-1] + seg_states[k-1], solved for all k at
     once with a segment sum over the K+1 entries [init, seg_states...]."""
-    src = torch.cat([init[:, None], seg_states], dim=1)       # (N, K+1, g, r, p, n)
-    L = F.pad(seg_log_decay, (0, 0, 0, 0, 1, 0))              # L_0 unused (N, K+1, g, r)
-    W = torch.exp(_segsum(L.permute(0, 2, 3, 1)))             # [k, m] (N, g, r, K+1, K+1)
+    src = torch.cat([init[:, None], seg_states], dim=1)  # (N, K+1, g, r, p, n)
+    L = F.pad(seg_log_decay, (0, 0, 0, 0, 1, 0))  # L_0 unused (N, K+1, g, r)
+    W = torch.exp(_segsum(L.permute(0, 2, 3, 1)))  # [k, m] (N, g, r, K+1, K+1)
     return torch.einsum("ngrkm,nmgrpq->nkgrpq", W, src)
 
 
 def ssd_scan(
-    x, dt, A, B, C, chunk_size, *, D=None, z=None, dt_bias=None, dt_softplus=False,
-    dt_limit=NO_DT_LIMIT, initial_state=None, state_stride=None,
+    x,
+    dt,
+    A,
+    B,
+    C,
+    chunk_size,
+    *,
+    D=None,
+    z=None,
+    dt_bias=None,
+    dt_softplus=False,
+    dt_limit=NO_DT_LIMIT,
+    initial_state=None,
+    state_stride=None,
 ) -> SSDOutput:
     """Chunked SSD scan: quadratic form inside chunks, state passing between them (a segment
     sum over chunk states, no Python loop over time or chunks). Differentiable.
@@ -139,27 +151,30 @@ def ssd_scan(
         Cf = F.pad(Cf, (0, 0, 0, 0, 0, pad))
 
     # split heads into (group, head-in-group) so B/C are never copied per head
-    xc = xf.reshape(bsz, nc, Q, g, r, p)                       # (b, c, Q, g, r, p)
-    dtc = dt.reshape(bsz, nc, Q, g, r)                         # (b, c, Q, g, r)
-    Bc = Bf.reshape(bsz, nc, Q, g, n)                          # (b, c, Q, g, n)
-    Cc = Cf.reshape(bsz, nc, Q, g, n)                          # (b, c, Q, g, n)
+    xc = xf.reshape(bsz, nc, Q, g, r, p)  # (b, c, Q, g, r, p)
+    dtc = dt.reshape(bsz, nc, Q, g, r)  # (b, c, Q, g, r)
+    Bc = Bf.reshape(bsz, nc, Q, g, n)  # (b, c, Q, g, n)
+    Cc = Cf.reshape(bsz, nc, Q, g, n)  # (b, c, Q, g, n)
     a = dtc.permute(0, 1, 3, 4, 2) * A.to(cd).reshape(g, r, 1)  # log decays (b, c, g, r, Q)
-    xdt = xc * dtc[..., None]                                  # dt_s x_s (b, c, Q, g, r, p)
+    xdt = xc * dtc[..., None]  # dt_s x_s (b, c, Q, g, r, p)
 
     # 1) intra-chunk (quadratic) output: y_t = sum_{s<=t} exp(seg[t,s]) (C_t.B_s) dt_s x_s
-    CB = torch.einsum("bctgn,bcsgn->bcgts", Cc, Bc)            # (b, c, g, Q, Q)
-    Lmat = torch.exp(_segsum(a)) * CB[:, :, :, None]           # (b, c, g, r, Q, Q)
-    y = torch.einsum("bcgrts,bcsgrp->bctgrp", Lmat, xdt)       # (b, c, Q, g, r, p)
+    CB = torch.einsum("bctgn,bcsgn->bcgts", Cc, Bc)  # (b, c, g, Q, Q)
+    Lmat = torch.exp(_segsum(a)) * CB[:, :, :, None]  # (b, c, g, r, Q, Q)
+    y = torch.einsum("bcgrts,bcsgrp->bctgrp", Lmat, xdt)  # (b, c, Q, g, r, p)
 
     # 2) chunk states, then 3) the state entering every chunk (index nc = final state)
-    chunk_states = _segment_states(xdt, Bc, a)                 # (b, c, g, r, p, n)
-    init = (xf.new_zeros(bsz, g, r, p, n) if initial_state is None
-            else initial_state.to(cd).reshape(bsz, g, r, p, n))
-    H = _prefix_states(chunk_states, a.sum(-1), init)          # (b, c+1, g, r, p, n)
+    chunk_states = _segment_states(xdt, Bc, a)  # (b, c, g, r, p, n)
+    init = (
+        xf.new_zeros(bsz, g, r, p, n)
+        if initial_state is None
+        else initial_state.to(cd).reshape(bsz, g, r, p, n)
+    )
+    H = _prefix_states(chunk_states, a.sum(-1), init)  # (b, c+1, g, r, p, n)
     H_start, final_state = H[:, :-1], H[:, -1].reshape(bsz, h, p, n)
 
     # 4) inter-chunk output: y_t += exp(sum_{r<=t} a_r) C_t . H_c
-    CH = torch.einsum("bctgn,bcgrpn->bctgrp", Cc, H_start)     # (b, c, Q, g, r, p)
+    CH = torch.einsum("bctgn,bcgrpn->bctgrp", Cc, H_start)  # (b, c, Q, g, r, p)
     y = y + CH * torch.exp(torch.cumsum(a, -1)).permute(0, 1, 4, 2, 3)[..., None]
     y = y.reshape(bsz, nc * Q, h, p)[:, :l]
     if D is not None:
@@ -187,18 +202,28 @@ def _boundary_states(S, Q, a, xdt, Bc, H_start):
     G = math.gcd(S, Q)
     J = Q // G
     a_sub = a.reshape(bsz, nc, g, r, J, G).permute(0, 1, 4, 2, 3, 5)  # (b, c, J, g, r, G)
-    xdt_sub = xdt.reshape(bsz, nc, J, G, g, r, p)                     # (b, c, J, G, g, r, p)
-    B_sub = Bc.reshape(bsz, nc, J, G, g, n)                           # (b, c, J, G, g, n)
-    sub_states = _segment_states(xdt_sub, B_sub, a_sub)               # (b, c, J, g, r, p, n)
+    xdt_sub = xdt.reshape(bsz, nc, J, G, g, r, p)  # (b, c, J, G, g, r, p)
+    B_sub = Bc.reshape(bsz, nc, J, G, g, n)  # (b, c, J, G, g, n)
+    sub_states = _segment_states(xdt_sub, B_sub, a_sub)  # (b, c, J, g, r, p, n)
     states = _prefix_states(
         sub_states.flatten(0, 1), a_sub.sum(-1).flatten(0, 1), H_start.flatten(0, 1)
-    )[:, :J]                                                          # (b·c, J, g, r, p, n)
-    states = states.reshape(bsz, nc * J, g * r, p, n)                 # positions 0, G, .., ncQ-G
+    )[:, :J]  # (b·c, J, g, r, p, n)
+    states = states.reshape(bsz, nc * J, g * r, p, n)  # positions 0, G, .., ncQ-G
     return states[:, :: S // G]
 
 
 def ssd_step(
-    state, x_t, dt_t, A, B_t, C_t, *, D=None, z_t=None, dt_bias=None, dt_softplus=False,
+    state,
+    x_t,
+    dt_t,
+    A,
+    B_t,
+    C_t,
+    *,
+    D=None,
+    z_t=None,
+    dt_bias=None,
+    dt_softplus=False,
     dt_limit=NO_DT_LIMIT,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One recurrence step for decoding. state (b, h, p, n); x_t (b, h, p); dt_t (b, h);
@@ -207,9 +232,9 @@ def ssd_step(
     r = h // B_t.shape[1]
     cd = _compute_dtype(x_t)
     dt = _discretize_dt(dt_t, dt_bias, dt_softplus, dt_limit, cd)  # (b, h)
-    Bh = B_t.to(cd).repeat_interleave(r, dim=1)                   # (b, h, n)
-    Ch = C_t.to(cd).repeat_interleave(r, dim=1)                   # (b, h, n)
-    decay = torch.exp(dt * A.to(cd))[..., None, None]             # (b, h, 1, 1)
+    Bh = B_t.to(cd).repeat_interleave(r, dim=1)  # (b, h, n)
+    Ch = C_t.to(cd).repeat_interleave(r, dim=1)  # (b, h, n)
+    decay = torch.exp(dt * A.to(cd))[..., None, None]  # (b, h, 1, 1)
     xf = x_t.to(cd)
     new_state = decay * state.to(cd) + (dt[..., None] * xf)[..., None] * Bh[:, :, None, :]
     y = torch.einsum("bhpn,bhn->bhp", new_state, Ch)
@@ -221,8 +246,20 @@ def ssd_step(
 
 
 def ssd_sequential(
-    x, dt, A, B, C, chunk_size=None, *, D=None, z=None, dt_bias=None, dt_softplus=False,
-    dt_limit=NO_DT_LIMIT, initial_state=None, state_stride=None,
+    x,
+    dt,
+    A,
+    B,
+    C,
+    chunk_size=None,
+    *,
+    D=None,
+    z=None,
+    dt_bias=None,
+    dt_softplus=False,
+    dt_limit=NO_DT_LIMIT,
+    initial_state=None,
+    state_stride=None,
 ) -> SSDOutput:
     """Naive per-time-step recurrence (the test oracle). chunk_size is accepted and ignored."""
     _check_shapes(x, dt, A, B, C, D, z)
@@ -246,7 +283,8 @@ def ssd_sequential(
             boundary.append(state)
         decay = torch.exp(dtf[:, t] * A.to(cd))  # (b, h)
         state = decay[..., None, None] * state + torch.einsum(
-            "bh,bhp,bhn->bhpn", dtf[:, t], x[:, t].to(cd), Bh[:, t])
+            "bh,bhp,bhn->bhpn", dtf[:, t], x[:, t].to(cd), Bh[:, t]
+        )
         y_t = torch.einsum("bhpn,bhn->bhp", state, Ch[:, t])
         if D is not None:
             Df = D.to(cd)
@@ -257,5 +295,6 @@ def ssd_sequential(
     if state_stride is not None:
         boundary.append(state)
     y = torch.stack(ys, dim=1).to(x.dtype) if ys else x.clone()
-    return SSDOutput(y=y, final_state=state,
-                     boundary_states=torch.stack(boundary, dim=1) if boundary else None)
+    return SSDOutput(
+        y=y, final_state=state, boundary_states=torch.stack(boundary, dim=1) if boundary else None
+    )

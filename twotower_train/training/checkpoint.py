@@ -85,6 +85,7 @@ __all__ = [
     "save_checkpoint",
 ]
 
+
 @dataclass
 class TrainState:
     """Where the run is: everything the curriculum and the data need to continue exactly."""
@@ -204,7 +205,7 @@ def _load_sharded(request: dict, path: Path) -> dict:
             ) from None
         found = _LOAD_DETAIL.search(text)
         lines = [line for line in text.splitlines() if line.strip()]
-        detail = (found.group(1) if found else lines[-1] if lines else type(error).__name__)
+        detail = found.group(1) if found else lines[-1] if lines else type(error).__name__
         raise CheckpointError(
             f"cannot load {path} into this model: {detail.strip()}; the checkpoint was saved for "
             "another model or objective (compare its recipe.yaml with this recipe)"

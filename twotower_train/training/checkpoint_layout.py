@@ -23,10 +23,8 @@ TRAINER_STATE_FILE = META
 """Written last into a complete checkpoint: step, objective name, layout, time (JSON)."""
 
 
-
 class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, incomplete or does not match the run."""
-
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
@@ -43,8 +41,11 @@ def find_latest(root: str | Path) -> Path | None:
     path = root / pointer.read_text().strip()
     if not (path / META).is_file():
         complete = complete_checkpoints(root)
-        fix = (f"point checkpoint.load_from at {complete[-1]}, the newest complete one"
-               if complete else "move the folder away to start a new run there")
+        fix = (
+            f"point checkpoint.load_from at {complete[-1]}, the newest complete one"
+            if complete
+            else "move the folder away to start a new run there"
+        )
         raise CheckpointError(
             f"{pointer} names {path.name}, which is not a complete checkpoint; {fix}"
         )
@@ -61,8 +62,11 @@ def describe_incomplete(path: Path) -> str:
     else:
         what, root = f"not a checkpoint (no `{LATEST}` file, no {META})", path
     complete = complete_checkpoints(root) if root.is_dir() else []
-    fix = (f"the newest complete checkpoint there is {complete[-1]}" if complete else
-           "point at a checkpoint folder (.../iter_XXXXXXX) or a root with a `latest` file")
+    fix = (
+        f"the newest complete checkpoint there is {complete[-1]}"
+        if complete
+        else "point at a checkpoint folder (.../iter_XXXXXXX) or a root with a `latest` file"
+    )
     return f"{path} is {what}; {fix}"
 
 

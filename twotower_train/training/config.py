@@ -183,8 +183,17 @@ class TrainConfig:
 
 
 _SECTIONS = {
-    "run_name", "output_dir", "model", "parallelism", "data", "curriculum", "objective",
-    "optimizer", "training", "checkpoint", "logging",
+    "run_name",
+    "output_dir",
+    "model",
+    "parallelism",
+    "data",
+    "curriculum",
+    "objective",
+    "optimizer",
+    "training",
+    "checkpoint",
+    "logging",
 }
 
 
@@ -213,7 +222,12 @@ def _check_batches(training: TrainingConfig, parallel: ParallelConfig) -> None:
             f"training.global_batch_size={training.global_batch_size} is not a multiple of "
             f"training.micro_batch_size={training.micro_batch_size}"
         )
-    for name in ("tensor_parallel", "expert_parallel", "expert_tensor_parallel", "pipeline_parallel"):
+    for name in (
+        "tensor_parallel",
+        "expert_parallel",
+        "expert_tensor_parallel",
+        "pipeline_parallel",
+    ):
         positive_int(getattr(parallel, name), f"parallelism.{name}")
     if parallel.pipeline_parallel != 1:
         raise ConfigError(
@@ -230,8 +244,8 @@ def check_optimizer(optimizer: OptimizerConfig, training: TrainingConfig) -> Non
         )
     if training.grad_sync is GradSync.ALLREDUCE:
         wanted = [
-            key for key in ("use_distributed_optimizer", "overlap_grad_reduce",
-                            "overlap_param_gather")
+            key
+            for key in ("use_distributed_optimizer", "overlap_grad_reduce", "overlap_param_gather")
             if getattr(optimizer, key)
         ]
         if wanted:

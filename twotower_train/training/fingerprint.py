@@ -48,9 +48,7 @@ def _local_fingerprint(path: Path) -> str:
     chunks = []
     for index, storage in metadata.storage_data.items():
         tensor = metadata.state_dict_metadata.get(index.fqn)
-        if isinstance(tensor, TensorStorageMetadata) and not index.fqn.startswith(
-            OPTIMIZER_PREFIX
-        ):
+        if isinstance(tensor, TensorStorageMetadata) and not index.fqn.startswith(OPTIMIZER_PREFIX):
             chunks.append((index.fqn, tuple(index.offset or ()), tensor, storage))
     chunks.sort(key=lambda c: (c[0], c[1]))
     digest = hashlib.sha256()

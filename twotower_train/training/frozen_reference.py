@@ -29,8 +29,12 @@ def _describe(reference: dict[str, Any]) -> str:
 
 
 def verify_frozen_reference(
-    path: Path, common: dict[str, Any], objective: Any, model: torch.nn.Module,
-    *, option: str | None = None,
+    path: Path,
+    common: dict[str, Any],
+    objective: Any,
+    model: torch.nn.Module,
+    *,
+    option: str | None = None,
 ) -> None:
     """The frozen weights a checkpoint was saved against (its common state) are this model's.
 

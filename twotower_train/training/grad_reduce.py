@@ -169,8 +169,12 @@ def update_expert_bias(model: torch.nn.Module) -> None:
 
 
 def build_grad_reducer(
-    choice: GradSync, model: torch.nn.Module, trainable: Sequence[torch.nn.Parameter],
-    *, ddp_config: Any, megatron_optimizer: bool,
+    choice: GradSync,
+    model: torch.nn.Module,
+    trainable: Sequence[torch.nn.Parameter],
+    *,
+    ddp_config: Any,
+    megatron_optimizer: bool,
 ) -> GradReducer:
     """Megatron DDP for ``auto`` and ``megatron_ddp`` (CUDA and CPU), the explicit all-reduce
     reference for ``allreduce`` (module docstring). ``megatron_optimizer``: Megatron's optimizer

@@ -69,7 +69,8 @@ def newest_intact(root: Path, *, before: Path | None = None) -> Path | None:
         return None
     candidates = sorted(
         (p for p in root.iterdir() if _ITER.match(p.name) and (p / META).is_file()),
-        key=lambda p: p.name, reverse=True,
+        key=lambda p: p.name,
+        reverse=True,
     )
     for path in candidates:
         if before is not None and path.name >= Path(before).name:
@@ -86,6 +87,9 @@ def damage_report(folder: Path) -> str | None:
     if problem is None:
         return None
     previous = newest_intact(Path(folder).parent, before=Path(folder))
-    fix = (f"the newest intact checkpoint there is {previous}; use that one" if previous else
-           "no intact checkpoint is left next to it; copy the folder again from its source")
+    fix = (
+        f"the newest intact checkpoint there is {previous}; use that one"
+        if previous
+        else "no intact checkpoint is left next to it; copy the folder again from its source"
+    )
     return f"checkpoint {folder} is damaged: {problem}; {fix}"

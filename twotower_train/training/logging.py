@@ -31,7 +31,11 @@ import torch
 from twotower_train.training.config import LoggingConfig, Precision, WandbMode
 
 __all__ = [
-    "MetricLogger", "default_peak_tflops", "format_progress", "mfu", "peak_tflops_by_name",
+    "MetricLogger",
+    "default_peak_tflops",
+    "format_progress",
+    "mfu",
+    "peak_tflops_by_name",
     "wandb_mode",
 ]
 
@@ -149,8 +153,8 @@ class MetricLogger:
             )
             where = Path(self._wandb.dir).parent
             self.message(
-                f"wandb: {mode} run in {where}" + (f" (upload: wandb sync {where})"
-                                                   if mode == "offline" else "")
+                f"wandb: {mode} run in {where}"
+                + (f" (upload: wandb sync {where})" if mode == "offline" else "")
             )
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -166,7 +170,8 @@ class MetricLogger:
         if console:
             self.message(format_progress(record, self.total_steps))
         numbers = {
-            k: v for k, v in record.items()
+            k: v
+            for k, v in record.items()
             if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
         }
         if self._wandb is not None:

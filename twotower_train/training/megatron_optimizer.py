@@ -96,7 +96,9 @@ class MegatronAdamW:
                 for p in group["params"]:
                     if not inner.state[p]:
                         inner.state[p] = {
-                            "step": torch.zeros((), dtype=torch.float32, device="cpu"),  # torch's place
+                            "step": torch.zeros(
+                                (), dtype=torch.float32, device="cpu"
+                            ),  # torch's place
                             "exp_avg": torch.zeros_like(p),
                             "exp_avg_sq": torch.zeros_like(p),
                         }

@@ -190,8 +190,13 @@ def megatron_configs(
 
 
 def build_optimizer(
-    cfg: OptimizerConfig, model: torch.nn.Module, trainable: Sequence[torch.nn.Parameter],
-    *, grad_sync: GradSync, peak_lr: float, min_lr: float,
+    cfg: OptimizerConfig,
+    model: torch.nn.Module,
+    trainable: Sequence[torch.nn.Parameter],
+    *,
+    grad_sync: GradSync,
+    peak_lr: float,
+    min_lr: float,
 ) -> Any:
     """:class:`MegatronAdamW` where :func:`uses_megatron_optimizer`, else :class:`TorchAdamW`.
 
@@ -201,6 +206,20 @@ def build_optimizer(
         return TorchAdamW(trainable, cfg)
     configs = megatron_configs(cfg, megatron_optimizer=True, peak_lr=peak_lr, min_lr=min_lr)
     return MegatronAdamW(configs.optimizer, model)
+
+
+def freeze_all_but(
+    module: torch.nn.Module, trainable: Iterable[torch.nn.Parameter]
+) -> list[torch.nn.Parameter]:
+    """Only ``trainable`` get gradients — and so optimizer state and DDP buckets; every other
+    parameter of ``module`` (a frozen tower) is frozen. Returns ``trainable`` as a list."""
+    trainable = list(trainable)
+    if not trainable:
+        raise ValueError("the objective named no trainable parameter")
+    chosen = {id(p) for p in trainable}
+    for p in module.parameters():
+        p.requires_grad_(id(p) in chosen)
+    return trainable
 
 
 def build_reducer_and_optimizer(
@@ -213,13 +232,19 @@ def build_reducer_and_optimizer(
     training = cfg.training
     megatron = uses_megatron_optimizer(training.grad_sync)
     reducer = build_grad_reducer(
-        training.grad_sync, model, trainable,
+        training.grad_sync,
+        model,
+        trainable,
         ddp_config=megatron_configs(cfg.optimizer, megatron_optimizer=megatron).ddp,
         megatron_optimizer=megatron,
     )
     first_lr = cfg.curriculum.phases[0].lr
     optimizer = build_optimizer(
-        cfg.optimizer, reducer.model, trainable, grad_sync=training.grad_sync,
-        peak_lr=first_lr.peak, min_lr=first_lr.min,
+        cfg.optimizer,
+        reducer.model,
+        trainable,
+        grad_sync=training.grad_sync,
+        peak_lr=first_lr.peak,
+        min_lr=first_lr.min,
     )
     return reducer, optimizer

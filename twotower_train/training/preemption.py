@@ -31,11 +31,15 @@ class PreemptionSignal:
     def _handle(self, signum, _frame) -> None:
         if signum == signal.SIGINT:
             if self.received == signal.SIGINT:  # unwinds now: cleanup runs, no new save
-                raise KeyboardInterrupt("aborted (second Ctrl-C); the last complete checkpoint "
-                                        "stays")
+                raise KeyboardInterrupt(
+                    "aborted (second Ctrl-C); the last complete checkpoint stays"
+                )
             if cli.is_rank_zero():
-                os.write(2, b"twotower-train: Ctrl-C: finishing this step, then a checkpoint and "
-                            b"the report (Ctrl-C again aborts now)\n")
+                os.write(
+                    2,
+                    b"twotower-train: Ctrl-C: finishing this step, then a checkpoint and "
+                    b"the report (Ctrl-C again aborts now)\n",
+                )
         if self.received is None or signum == signal.SIGINT:
             self.received = signum
 

@@ -22,8 +22,18 @@ __all__ = ["plot_losses", "read_metrics", "summarize", "write_report"]
 
 # Columns of every record that are not objective metrics (see training/logging.py).
 _STEP_COLUMNS = {
-    "step", "phase", "phase_index", "block_size", "consumed_samples", "loss", "lr", "grad_norm",
-    "step_time", "tokens_per_s", "mfu", "eval/loss",
+    "step",
+    "phase",
+    "phase_index",
+    "block_size",
+    "consumed_samples",
+    "loss",
+    "lr",
+    "grad_norm",
+    "step_time",
+    "tokens_per_s",
+    "mfu",
+    "eval/loss",
 }
 
 
@@ -54,8 +64,15 @@ def _finite(value: Any) -> bool:
 
 
 def summarize(
-    records: list[dict[str, Any]], *, outcome: str, steps_done: int, stop_step: int,
-    steps_this_start: int, wall_seconds: float, train_seconds: float, tokens: int,
+    records: list[dict[str, Any]],
+    *,
+    outcome: str,
+    steps_done: int,
+    stop_step: int,
+    steps_this_start: int,
+    wall_seconds: float,
+    train_seconds: float,
+    tokens: int,
 ) -> dict[str, Any]:
     """The numbers of ``summary.json`` (``final_*`` from the last logged step)."""
     last = records[-1] if records else {}
@@ -69,9 +86,7 @@ def summarize(
         "final_loss": last.get("loss"),  # of the last logged step (final_step)
         "final_eval_loss": evals[-1]["eval/loss"] if evals else None,
         "final_eval_step": evals[-1]["step"] + 1 if evals else None,
-        "final_metrics": {
-            k: v for k, v in last.items() if k not in _STEP_COLUMNS and _finite(v)
-        },
+        "final_metrics": {k: v for k, v in last.items() if k not in _STEP_COLUMNS and _finite(v)},
         "tokens_per_s": tokens / train_seconds if train_seconds > 0 else None,
         "train_time_s": train_seconds,
         "wall_time_s": wall_seconds,
@@ -89,13 +104,20 @@ def plot_losses(records: list[dict[str, Any]], path: str | Path, title: str = ""
     ax.plot(steps, [r["loss"] for r in records if _finite(r.get("loss"))], label="train loss")
     evals = [r for r in records if _finite(r.get("eval/loss"))]
     if evals:
-        ax.plot([r["step"] + 1 for r in evals], [r["eval/loss"] for r in evals], "o-",
-                label="eval loss")
+        ax.plot(
+            [r["step"] + 1 for r in evals], [r["eval/loss"] for r in evals], "o-", label="eval loss"
+        )
     for before, after in zip(records, records[1:]):
         if after.get("phase_index") != before.get("phase_index"):
             ax.axvline(after["step"] + 1, color="grey", linestyle="--", linewidth=0.8)
-            ax.annotate(f"{after['phase']} (S={after['block_size']})", (after["step"] + 1, 1.0),
-                        xycoords=("data", "axes fraction"), va="top", fontsize=8, rotation=90)
+            ax.annotate(
+                f"{after['phase']} (S={after['block_size']})",
+                (after["step"] + 1, 1.0),
+                xycoords=("data", "axes fraction"),
+                va="top",
+                fontsize=8,
+                rotation=90,
+            )
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats / token)")
     ax.set_title(title)
@@ -120,8 +142,11 @@ def write_report(run_dir: str | Path, summary: dict[str, Any], title: str = "") 
         plot_losses(records, run_dir / "loss_curve.png", title=title)
         outputs.append("loss_curve.png")
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in summary["final_metrics"].items())
-    eval_part = (f"eval loss {_fmt(summary['final_eval_loss'])} (step {summary['final_eval_step']})"
-                 if summary["final_eval_loss"] is not None else "no eval")
+    eval_part = (
+        f"eval loss {_fmt(summary['final_eval_loss'])} (step {summary['final_eval_step']})"
+        if summary["final_eval_loss"] is not None
+        else "no eval"
+    )
     return [
         f"summary: {summary['outcome']} at step {summary['steps_done']}/{summary['stop_step']} | "
         + _loss_part(summary)

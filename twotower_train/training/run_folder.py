@@ -101,8 +101,7 @@ def identity(recipe: dict[str, Any], trained_phases: int) -> dict[str, Any]:
     """The flattened keys of ``recipe`` that must match for a resume (module docstring)."""
     keys = _flat({"model": _model(recipe.get("model", {}))}, "")
     objective = {
-        k: v for k, v in (recipe.get("objective") or {}).items()
-        if k not in _NOT_COMPARED_OBJECTIVE
+        k: v for k, v in (recipe.get("objective") or {}).items() if k not in _NOT_COMPARED_OBJECTIVE
     }
     keys.update(_flat({"objective": objective}, ""))
     phases = (recipe.get("curriculum") or {}).get("phases") or []
@@ -145,10 +144,14 @@ def _check_recipe(path: Path, new: dict[str, Any], *, what: str, fix: str) -> li
     differ = _differences(identity(old, phases), identity(new, phases))
     if differ:
         more = f" (+{len(differ) - _SHOWN} more)" if len(differ) > _SHOWN else ""
-        if (old.get("objective") or {}).get("name") == "ar" != (new.get("objective") or {}).get(
-            "name"
+        if (
+            (old.get("objective") or {}).get("name")
+            == "ar"
+            != (new.get("objective") or {}).get("name")
         ):
-            fix += f" (A stage-1 checkpoint starts stage 2 as objective.backbone_checkpoint={path}.)"
+            fix += (
+                f" (A stage-1 checkpoint starts stage 2 as objective.backbone_checkpoint={path}.)"
+            )
         raise CheckpointError(
             f"{what} {path} was trained with a different recipe: "
             f"{'; '.join(differ[:_SHOWN])}{more}. {fix}"
@@ -197,9 +200,11 @@ def plan_run(output_dir: str, checkpoint: Any, recipe: dict[str, Any]) -> RunPla
     if checkpoint.load_from:
         source = _complete(checkpoint.load_from, "checkpoint.load_from")
         changes = _check_recipe(
-            source, recipe, what="checkpoint.load_from:",
+            source,
+            recipe,
+            what="checkpoint.load_from:",
             fix="Use the recipe it was trained with (recipe.yaml in its run folder), or drop "
-                "checkpoint.load_from for a new run.",
+            "checkpoint.load_from for a new run.",
         )
         return RunPlan(str(out), checkpoint.dir, str(source), _changes_note(source, changes))
     if ckpt_dir is not None and checkpoint.resume:
@@ -227,9 +232,14 @@ def plan_run(output_dir: str, checkpoint: Any, recipe: dict[str, Any]) -> RunPla
                     f"output_dir={out}; set checkpoint.dir to a new folder for a fresh run"
                 ) from None
     why = "checkpoint.resume=false" if checkpoint.resume is False else "no checkpoint to resume"
-    return RunPlan(str(fresh), new_ckpt, None, [
-        f"{why}: {out} already holds a run, so this fresh run goes to {fresh} (nothing is deleted)"
-    ])
+    return RunPlan(
+        str(fresh),
+        new_ckpt,
+        None,
+        [
+            f"{why}: {out} already holds a run, so this fresh run goes to {fresh} (nothing is deleted)"
+        ],
+    )
 
 
 def _latest_intact(ckpt_dir: Path, fallback: bool) -> tuple[Path | None, list[str]]:
@@ -259,8 +269,10 @@ def _latest_intact(ckpt_dir: Path, fallback: bool) -> tuple[Path | None, list[st
             f"{problem}; the newest intact one is {previous.name}: resume from it with "
             f"checkpoint.fallback=true (or checkpoint.load_from={previous})"
         )
-    return previous, [f"{problem}; resuming from the newest intact checkpoint {previous} "
-                      "(checkpoint.fallback=true)"]
+    return previous, [
+        f"{problem}; resuming from the newest intact checkpoint {previous} "
+        "(checkpoint.fallback=true)"
+    ]
 
 
 def _iter_dirs(path: Path) -> list[Path]:

@@ -31,7 +31,6 @@ CPU example (seconds; needs the demo data, see docs/training.md)::
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from twotower_train import backends, cli, distributed
 from twotower_train.diffusion import MetricSums
-from twotower_train.training.batches import PhaseData, build_phase_data, eval_batches, micro_batches
+from twotower_train.training.batches import PhaseData, build_phase_data, micro_batches
 from twotower_train.training.checkpoint import (
     TrainState,
     load_checkpoint,
@@ -61,12 +60,13 @@ from twotower_train.training.curriculum import (
 from twotower_train.training.grad_reduce import GradReducer
 from twotower_train.training.logging import MetricLogger, default_peak_tflops, mfu
 from twotower_train.training.objectives import Objective, build_objective
-from twotower_train.training.optimizer import build_reducer_and_optimizer
+from twotower_train.training.optimizer import build_reducer_and_optimizer, freeze_all_but
 from twotower_train.training.preemption import PreemptionSignal
 from twotower_train.training.report import read_metrics, summarize, write_report
 from twotower_train.training.run_folder import agreed_plan, write_recipe
+from twotower_train.training.step_loss import evaluate_loss, micro_batch_seed, reduce_step_loss
 
-__all__ = ["RunResult", "Trainer", "micro_batch_seed"]
+__all__ = ["RunResult", "Trainer"]
 
 ALREADY_DONE = "already_done"
 """Outcome of a start whose checkpoint is already at (or past) the step this recipe stops at."""
@@ -79,17 +79,6 @@ class RunResult:
     outcome: str  # finished | max_steps | preempted | interrupted (Ctrl-C) | already_done
     run_dir: Path
     checkpoint_dir: Path | None
-
-
-def micro_batch_seed(seed: int, step: int, offset: int) -> int:
-    """Seed of the trainer's generator for the micro-batch at sample ``offset`` of the global
-    batch of ``step`` (63 bits).
-
-    Keyed by the position in the global batch, not by the data-parallel rank, so a sample gets
-    the same corruption at any DP size (parity tests, resuming on another layout); only the
-    micro-batch size, which groups the samples of one draw, changes it."""
-    digest = hashlib.sha256(f"{seed}/{step}/{offset}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 class Trainer:
@@ -137,7 +126,8 @@ class Trainer:
         self.checkpoint_dir = self.plan.checkpoint_dir
         # The resolved recipe as this run uses it (saved in the run folder and in checkpoints).
         self.recipe = {
-            **cfg.raw, "output_dir": self.plan.output_dir,
+            **cfg.raw,
+            "output_dir": self.plan.output_dir,
             "checkpoint": {**cfg.raw.get("checkpoint", {}), "dir": self.checkpoint_dir},
         }
         self.objective = build_objective(cfg.objective_name, cfg.objective_options)
@@ -145,11 +135,15 @@ class Trainer:
         bf16 = cfg.optimizer.precision is Precision.BF16
         self.module = distributed.to_device(
             self.objective.build_model(
-                cfg.model, par, torch.bfloat16 if bf16 else torch.float32,
+                cfg.model,
+                par,
+                torch.bfloat16 if bf16 else torch.float32,
                 recompute=training.recompute,
             )
         )
-        self.trainable = self._freeze_all_but_trainable()
+        self.trainable = freeze_all_but(
+            self.module, self.objective.trainable_parameters(self.module)
+        )
         self.reducer, self.optimizer = build_reducer_and_optimizer(cfg, self.module, self.trainable)
         self.model = self.reducer.model
         self.generator = torch.Generator(device=distributed.device())
@@ -161,8 +155,12 @@ class Trainer:
         if dist.get_rank() == 0:
             write_recipe(self.run_dir, self.recipe)
         self.logger = MetricLogger(
-            cfg.logging, self.run_dir, cfg.run_name, self.recipe,
-            rank=dist.get_rank(), total_steps=self.stop_step,
+            cfg.logging,
+            self.run_dir,
+            cfg.run_name,
+            self.recipe,
+            rank=dist.get_rank(),
+            total_steps=self.stop_step,
         )
         for note in self.plan.notes:
             self.logger.message(note)
@@ -179,16 +177,6 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- building
 
-    def _freeze_all_but_trainable(self) -> list[torch.nn.Parameter]:
-        """Only the objective's trainable parameters get gradients, optimizer state and DDP."""
-        trainable = list(self.objective.trainable_parameters(self.module))
-        if not trainable:
-            raise ValueError(f"objective {self.cfg.objective_name!r} named no trainable parameter")
-        chosen = {id(p) for p in trainable}
-        for p in self.module.parameters():
-            p.requires_grad_(id(p) in chosen)
-        return trainable
-
     def _resume(self) -> None:
         if self.plan.resume_from is None:
             return
@@ -198,7 +186,10 @@ class Trainer:
             # Megatron's optimizer pairs saved and current param groups by their lr settings.
             prepare_param_groups(self.optimizer, self.curriculum.phases[saved_phase].lr)
         loaded = load_checkpoint(
-            path, objective=self.objective, model=self.module, optimizer=self.optimizer,
+            path,
+            objective=self.objective,
+            model=self.module,
+            optimizer=self.optimizer,
             generator=self.generator,
         )
         self.state = loaded.state
@@ -214,10 +205,12 @@ class Trainer:
         """New blend, fresh WSD scheduler (or the checkpoint's, when resuming mid-phase)."""
         training = self.cfg.training
         self.data = build_phase_data(
-            self.cfg.data, active,
+            self.cfg.data,
+            active,
             global_batch_size=training.global_batch_size,
             eval_samples=training.eval_iters * training.micro_batch_size * self.dp_size
-            if training.eval_interval else 0,
+            if training.eval_interval
+            else 0,
         )
         self.scheduler = build_phase_scheduler(self.optimizer, active.phase, active.num_steps)
         if self._saved_scheduler is not None:
@@ -236,8 +229,11 @@ class Trainer:
         """Run to the end of the curriculum (or ``training.max_steps``), then write the report."""
         stop = self.stop_step
         if self.state.step >= stop:
-            limit = ("the end of the curriculum" if stop == self.curriculum.total_steps
-                     else f"training.max_steps={stop}")
+            limit = (
+                "the end of the curriculum"
+                if stop == self.curriculum.total_steps
+                else f"training.max_steps={stop}"
+            )
             self.logger.message(
                 f"nothing to train: {self.plan.resume_from} is at step {self.state.step}, "
                 f"{limit}. For another run pass run_name=NAME or output_dir=DIR; to train on, "
@@ -277,10 +273,14 @@ class Trainer:
         """Write the run report (rank 0) and return the result."""
         if self.logger.enabled:
             summary = summarize(
-                read_metrics(self.run_dir / "metrics.jsonl"), outcome=outcome,
-                steps_done=self.state.step, stop_step=self.stop_step,
-                steps_this_start=self._steps_run, wall_seconds=time.perf_counter() - self._started,
-                train_seconds=self._train_seconds, tokens=self._tokens,
+                read_metrics(self.run_dir / "metrics.jsonl"),
+                outcome=outcome,
+                steps_done=self.state.step,
+                stop_step=self.stop_step,
+                steps_this_start=self._steps_run,
+                wall_seconds=time.perf_counter() - self._started,
+                train_seconds=self._train_seconds,
+                tokens=self._tokens,
             )
             for line in write_report(self.run_dir, summary, title=str(self.run_dir)):
                 self.logger.message(line)
@@ -298,12 +298,16 @@ class Trainer:
         sums: MetricSums | None = None
         consumed = state.consumed_samples.get(name, 0)
         last = training.global_batch_size // (training.micro_batch_size * self.dp_size) - 1
-        for m, (offset, batch) in enumerate(micro_batches(
-            self.data.train, consumed,
-            global_batch_size=training.global_batch_size,
-            micro_batch_size=training.micro_batch_size,
-            dp_rank=self.dp_rank, dp_size=self.dp_size,
-        )):
+        for m, (offset, batch) in enumerate(
+            micro_batches(
+                self.data.train,
+                consumed,
+                global_batch_size=training.global_batch_size,
+                micro_batch_size=training.micro_batch_size,
+                dp_rank=self.dp_rank,
+                dp_size=self.dp_size,
+            )
+        ):
             self.generator.manual_seed(micro_batch_seed(training.seed, step, offset))
             out, metrics = self.objective.loss(self.model, batch, active, self.generator)
             # Gradient reduction starts only in the last micro-batch's backward.
@@ -319,15 +323,16 @@ class Trainer:
         state.consumed_samples[name] = consumed + training.global_batch_size
         state.step += 1
         state.scheduler_phase = active.index
-        loss, summary = self._reduce_stats(numerator, denominator, sums)
+        loss, summary = reduce_step_loss(self.objective, numerator, denominator, sums)
         seconds = time.perf_counter() - start
         tokens = training.global_batch_size * self.cfg.data.seq_length
         self._train_seconds += seconds
         self._tokens += tokens
         self._steps_run += 1
         tokens_per_s = tokens / seconds
-        utilisation = mfu(tokens_per_s, self.flops_per_token, self.peak_tflops,
-                          dist.get_world_size())
+        utilisation = mfu(
+            tokens_per_s, self.flops_per_token, self.peak_tflops, dist.get_world_size()
+        )
         return {
             "step": step,
             "phase": name,
@@ -343,37 +348,23 @@ class Trainer:
             **summary,
         }
 
-    def _reduce_stats(
-        self, numerator: torch.Tensor, denominator: torch.Tensor, sums: MetricSums | None
-    ) -> tuple[float, dict[str, float]]:
-        """Exact step loss and objective metrics over micro-batches and data-parallel ranks."""
-        vector = torch.cat([
-            numerator.reshape(1), denominator.reshape(1), sums.to_tensor(numerator.device)
-        ])
-        dist.all_reduce(vector, group=parallel_state.get_data_parallel_group())
-        loss = float(vector[0] / vector[1].clamp(min=1.0))
-        return loss, self.objective.summarize(sums.from_tensor(vector[2:]))
-
-    @torch.no_grad()
     def evaluate(self, active: ActivePhase) -> float:
         """Loss on the phase's fixed valid micro-batches (same corruption seed every time)."""
         if self.data.valid is None:
             return float("nan")
         training = self.cfg.training
-        self.model.eval()
-        totals = torch.zeros(2, dtype=torch.float64, device=distributed.device())
-        for offset, batch in eval_batches(
-            self.data.valid, iters=training.eval_iters,
-            micro_batch_size=training.micro_batch_size, dp_rank=self.dp_rank, dp_size=self.dp_size,
-        ):
-            # Same corruption at every evaluation of the phase (a negative "step" per phase).
-            seed = micro_batch_seed(training.seed, -1 - active.index, offset)
-            self.generator.manual_seed(seed)
-            out, _ = self.objective.loss(self.model, batch, active, self.generator)
-            totals += torch.stack([out.numerator.double(), out.denominator.double()])
-        dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
-        self.model.train()
-        return float(totals[0] / totals[1].clamp(min=1.0))
+        return evaluate_loss(
+            self.model,
+            self.objective,
+            self.data.valid,
+            active,
+            self.generator,
+            seed=training.seed,
+            iters=training.eval_iters,
+            micro_batch_size=training.micro_batch_size,
+            dp_rank=self.dp_rank,
+            dp_size=self.dp_size,
+        )
 
     # ----------------------------------------------------------------------------- outputs
 
@@ -386,9 +377,14 @@ class Trainer:
         self.reducer.sync_params()
         path = save_checkpoint(
             self.checkpoint_dir,
-            objective=self.objective, model=self.module, optimizer=self.optimizer,
-            scheduler=self.scheduler, state=self.state, generator=self.generator,
-            config=self.recipe, keep_last=self.cfg.checkpoint.keep_last,
+            objective=self.objective,
+            model=self.module,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            state=self.state,
+            generator=self.generator,
+            config=self.recipe,
+            keep_last=self.cfg.checkpoint.keep_last,
         )
         self._last_saved_step = self.state.step
         self.logger.message(f"saved checkpoint {path}")

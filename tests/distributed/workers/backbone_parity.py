@@ -43,8 +43,10 @@ def main(ckpt_dir: str) -> None:
 
     for name, layout in LAYOUTS.items():
         distributed.initialize(
-            tensor_parallel=layout.tensor_parallel, expert_parallel=layout.expert_parallel,
-            expert_tensor_parallel=layout.expert_tensor_parallel, seed=99,
+            tensor_parallel=layout.tensor_parallel,
+            expert_parallel=layout.expert_parallel,
+            expert_tensor_parallel=layout.expert_tensor_parallel,
+            seed=99,
         )
         model = build_backbone(cfg, transformer_config(cfg, layout)).eval()
         model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), ckpt_dir))

@@ -26,9 +26,15 @@ from twotower_train.training.recipes import load_config
 from twotower_train.training.trainer import Trainer
 
 OVERRIDES = [
-    "model=tiny", "data.seq_length=64", "model.vocab_size=512", "training.global_batch_size=4",
-    "training.micro_batch_size=2", "training.log_interval=1", "training.eval_interval=0",
-    "logging.wandb_mode=disabled", "training.max_steps=2",
+    "model=tiny",
+    "data.seq_length=64",
+    "model.vocab_size=512",
+    "training.global_batch_size=4",
+    "training.micro_batch_size=2",
+    "training.log_interval=1",
+    "training.eval_interval=0",
+    "logging.wandb_mode=disabled",
+    "training.max_steps=2",
 ]
 BLOCK = 16
 
@@ -47,10 +53,17 @@ def main(data_root: str, hub: str, stage1: str, out: str) -> None:
     clean, noisy, t = inputs()
     for layout in ("tp2", "ep2"):
         run = out / layout
-        cfg = load_config("demo_twotower", [
-            f"data.root={data_root}", f"output_dir={run}", f"checkpoint.dir={run}/ck",
-            f"objective.backbone_checkpoint={stage1}", f"parallelism={layout}", *OVERRIDES,
-        ])
+        cfg = load_config(
+            "demo_twotower",
+            [
+                f"data.root={data_root}",
+                f"output_dir={run}",
+                f"checkpoint.dir={run}/ck",
+                f"objective.backbone_checkpoint={stage1}",
+                f"parallelism={layout}",
+                *OVERRIDES,
+            ],
+        )
         trainer = Trainer(cfg)
         trainer.train()
         trainer.close()

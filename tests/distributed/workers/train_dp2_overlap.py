@@ -12,18 +12,30 @@ from twotower_train.training.recipes import load_config
 from twotower_train.training.trainer import Trainer
 
 OVERRIDES = [
-    "model=tiny", "data.seq_length=64", "model.vocab_size=512", "training.global_batch_size=8",
-    "training.micro_batch_size=2", "training.log_interval=1", "logging.wandb_mode=disabled",
-    "curriculum.phases.0.steps=3", "curriculum.phases.0.lr.warmup_steps=0", "checkpoint.dir=null",
+    "model=tiny",
+    "data.seq_length=64",
+    "model.vocab_size=512",
+    "training.global_batch_size=8",
+    "training.micro_batch_size=2",
+    "training.log_interval=1",
+    "logging.wandb_mode=disabled",
+    "curriculum.phases.0.steps=3",
+    "curriculum.phases.0.lr.warmup_steps=0",
+    "checkpoint.dir=null",
 ]
 
 
 def main(data_root: str, run_dir: str) -> None:
     for overlap in ("false", "true"):
-        cfg = load_config("demo", [
-            f"data.root={data_root}", f"output_dir={run_dir}/{overlap}", *OVERRIDES,
-            f"optimizer.overlap_grad_reduce={overlap}",
-        ])
+        cfg = load_config(
+            "demo",
+            [
+                f"data.root={data_root}",
+                f"output_dir={run_dir}/{overlap}",
+                *OVERRIDES,
+                f"optimizer.overlap_grad_reduce={overlap}",
+            ],
+        )
         trainer = Trainer(cfg)
         trainer.train()
         trainer.close()

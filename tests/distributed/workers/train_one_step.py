@@ -19,9 +19,16 @@ def main(data_root: str, out: str, *args: str) -> None:
     for name in (a for a in args if "=" not in a):
         model, _, overrides = LAYOUTS[name]
         run_dir = Path(out) / name
-        cfg = load_config("demo_twotower", step_overrides(
-            model, Path(data_root), Path(backbones[model]), run_dir, overrides,
-        ))
+        cfg = load_config(
+            "demo_twotower",
+            step_overrides(
+                model,
+                Path(data_root),
+                Path(backbones[model]),
+                run_dir,
+                overrides,
+            ),
+        )
         run_step(cfg, run_dir)
     distributed.shutdown()
 

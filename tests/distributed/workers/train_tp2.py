@@ -15,14 +15,25 @@ from twotower_train import distributed
 from twotower_train.training.recipes import load_config
 from twotower_train.training.trainer import Trainer
 
-OVERRIDES = [*TINY_OVERRIDES, "checkpoint.save_interval=4", "checkpoint.keep_last=3", "parallelism=tp2"]
+OVERRIDES = [
+    *TINY_OVERRIDES,
+    "checkpoint.save_interval=4",
+    "checkpoint.keep_last=3",
+    "parallelism=tp2",
+]
 
 
 def main(data_root: str, run_dir: str, *overrides: str) -> None:
-    cfg = load_config("demo", [
-        f"data.root={data_root}", f"output_dir={run_dir}", f"checkpoint.dir={run_dir}/ck",
-        *OVERRIDES, *overrides,
-    ])
+    cfg = load_config(
+        "demo",
+        [
+            f"data.root={data_root}",
+            f"output_dir={run_dir}",
+            f"checkpoint.dir={run_dir}/ck",
+            *OVERRIDES,
+            *overrides,
+        ],
+    )
     trainer = Trainer(cfg)
     trainer.train()
     trainer.close()

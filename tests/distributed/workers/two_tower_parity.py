@@ -75,8 +75,9 @@ def check_masked_head(model, tokens, noisy, t, masked, reference, name) -> float
                 torch.distributed.all_reduce(
                     param.grad, group=parallel_state.get_tensor_model_parallel_group()
                 )
-        grads.append({n: p.grad.clone() for n, p in model.denoiser.named_parameters()
-                      if p.grad is not None})
+        grads.append(
+            {n: p.grad.clone() for n, p in model.denoiser.named_parameters() if p.grad is not None}
+        )
     diff = (selected.detach() - reference[masked]).abs().max().item()
     assert diff < 1e-4, f"{name}: masked head logits differ from TP1 by {diff}"
     assert grads[0].keys() == grads[1].keys() and grads[0], name
@@ -122,8 +123,10 @@ def main(ckpt_dir: str) -> None:
 
     for name, layout in LAYOUTS.items():
         distributed.initialize(
-            tensor_parallel=layout.tensor_parallel, expert_parallel=layout.expert_parallel,
-            expert_tensor_parallel=layout.expert_tensor_parallel, seed=99,
+            tensor_parallel=layout.tensor_parallel,
+            expert_parallel=layout.expert_parallel,
+            expert_tensor_parallel=layout.expert_tensor_parallel,
+            seed=99,
         )
         model = TwoTowerModel.build(cfg, layout)
         model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), ckpt_dir))

@@ -9,9 +9,7 @@ HERE = Path(__file__).parent
 
 
 def _load(name: str, **_metadata) -> datasets.DatasetDict:
-    return datasets.DatasetDict(
-        {"test": datasets.Dataset.from_json(str(HERE / f"{name}.jsonl"))}
-    )
+    return datasets.DatasetDict({"test": datasets.Dataset.from_json(str(HERE / f"{name}.jsonl"))})
 
 
 def load_mc(**metadata) -> datasets.DatasetDict:

@@ -54,18 +54,26 @@ def mamba_mixer(
     window = torch.cat([history, xbc], dim=1)  # (b, w − 1 + s, conv_dim): conv inputs, oldest first
     # The conv runs over history ⊕ new inputs; the first w − 1 outputs (zero-padded) are dropped.
     conv = causal_conv1d_fn(
-        window.transpose(1, 2), mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias,
+        window.transpose(1, 2),
+        mixer.conv1d.weight.squeeze(1),
+        mixer.conv1d.bias,
         activation=mixer.activation,
-    )[:, :, width - 1:]  # (b, conv_dim, s)
+    )[:, :, width - 1 :]  # (b, conv_dim, s)
     x, B, C = conv.transpose(1, 2).split([d_inner, groups * d_state, groups * d_state], dim=-1)
     x = x.reshape(b, s, heads, head_dim)
     B = B.reshape(b, s, groups, d_state)
     A = -torch.exp(mixer.A_log.float())  # (heads,)
     y, ssm = mamba2_chunk_scan(
-        x, dt, A, B, C.reshape(b, s, groups, d_state),
-        chunk_size=mixer.chunk_size, D=mixer.D,
+        x,
+        dt,
+        A,
+        B,
+        C.reshape(b, s, groups, d_state),
+        chunk_size=mixer.chunk_size,
+        D=mixer.D,
         initial_states=None if initial is None else initial.ssm,
-        dt_softplus=False, return_final_states=True,
+        dt_softplus=False,
+        return_final_states=True,
     )  # y (b, s, heads, head_dim), ssm (b, heads, head_dim, d_state)
     y = mixer.norm(y.reshape(b, s, d_inner), gate)  # gated RMSNorm: norm(y · silu(gate))
     out = mixer.out_proj(y.to(hidden.dtype))
@@ -73,8 +81,10 @@ def mamba_mixer(
     per_position = None
     if position_states:
         # Conv state after new position k = the w − 1 inputs ending at k: window[k + 1 : k + w].
-        index = torch.arange(s, device=hidden.device)[:, None] + 1 + torch.arange(
-            width - 1, device=hidden.device
+        index = (
+            torch.arange(s, device=hidden.device)[:, None]
+            + 1
+            + torch.arange(width - 1, device=hidden.device)
         )  # (s, w − 1)
         per_position = MambaStates(
             conv=window[:, index],  # (b, s, w − 1, conv_dim)

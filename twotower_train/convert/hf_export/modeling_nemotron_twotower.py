@@ -104,7 +104,6 @@ class NemotronTwoTowerDenoiser(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
 
-
 class NemotronTwoTowerForCausalLM(NemotronHForCausalLM):
     """Both towers and adaLN-single; the card's ``place_towers_on_devices`` and
     ``generate_mask_diffusion`` / ``generate_mock_ar`` / ``generate_ar``.
@@ -254,41 +253,94 @@ class NemotronTwoTowerForCausalLM(NemotronHForCausalLM):
     # (b, P + new) ids like generate(), rows that stopped early padded with pad_token_id.
 
     def generate_mask_diffusion(
-        self, input_ids, max_new_tokens=128, block_size=None, steps_per_block=None,
-        mask_token_id=None, temperature=0.0, confidence_threshold=0.8, eos_token_id=None,
-        attention_mask=None, top_k=None, top_p=None, pad_token_id=None, generator=None,
+        self,
+        input_ids,
+        max_new_tokens=128,
+        block_size=None,
+        steps_per_block=None,
+        mask_token_id=None,
+        temperature=0.0,
+        confidence_threshold=0.8,
+        eos_token_id=None,
+        attention_mask=None,
+        top_k=None,
+        top_p=None,
+        pad_token_id=None,
+        generator=None,
     ) -> torch.LongTensor:
         """Block-wise mask diffusion with confidence unmasking (the card's default mode)."""
         block_size = block_size or self.config.block_size
         return self._run_sampler(
-            generate_mask_diffusion, MaskDiffusionConfig, input_ids, attention_mask,
-            temperature, top_k, top_p, eos_token_id, pad_token_id, generator,
-            max_new_tokens=max_new_tokens, block_size=block_size,
+            generate_mask_diffusion,
+            MaskDiffusionConfig,
+            input_ids,
+            attention_mask,
+            temperature,
+            top_k,
+            top_p,
+            eos_token_id,
+            pad_token_id,
+            generator,
+            max_new_tokens=max_new_tokens,
+            block_size=block_size,
             steps_per_block=steps_per_block or block_size,
             mask_token_id=self._mask_id(mask_token_id),
             confidence_threshold=confidence_threshold,
         )
 
     def generate_mock_ar(
-        self, input_ids, max_new_tokens=128, temperature=0.0, eos_token_id=None,
-        attention_mask=None, mask_token_id=None, top_k=None, top_p=None, pad_token_id=None,
+        self,
+        input_ids,
+        max_new_tokens=128,
+        temperature=0.0,
+        eos_token_id=None,
+        attention_mask=None,
+        mask_token_id=None,
+        top_k=None,
+        top_p=None,
+        pad_token_id=None,
         generator=None,
     ) -> torch.LongTensor:
         """Two-tower AR: the denoiser predicts one [MASK] after the context, token by token."""
         return self._run_sampler(
-            generate_mock_ar, MockARConfig, input_ids, attention_mask,
-            temperature, top_k, top_p, eos_token_id, pad_token_id, generator,
-            max_new_tokens=max_new_tokens, mask_token_id=self._mask_id(mask_token_id),
+            generate_mock_ar,
+            MockARConfig,
+            input_ids,
+            attention_mask,
+            temperature,
+            top_k,
+            top_p,
+            eos_token_id,
+            pad_token_id,
+            generator,
+            max_new_tokens=max_new_tokens,
+            mask_token_id=self._mask_id(mask_token_id),
         )
 
     def generate_ar(
-        self, input_ids, max_new_tokens=128, temperature=0.0, eos_token_id=None,
-        attention_mask=None, top_k=None, top_p=None, pad_token_id=None, generator=None,
+        self,
+        input_ids,
+        max_new_tokens=128,
+        temperature=0.0,
+        eos_token_id=None,
+        attention_mask=None,
+        top_k=None,
+        top_p=None,
+        pad_token_id=None,
+        generator=None,
     ) -> torch.LongTensor:
         """Standard cached AR decoding with the context tower alone."""
         return self._run_sampler(
-            generate_ar, ARConfig, input_ids, attention_mask,
-            temperature, top_k, top_p, eos_token_id, pad_token_id, generator,
+            generate_ar,
+            ARConfig,
+            input_ids,
+            attention_mask,
+            temperature,
+            top_k,
+            top_p,
+            eos_token_id,
+            pad_token_id,
+            generator,
             max_new_tokens=max_new_tokens,
         )
 
@@ -296,8 +348,18 @@ class NemotronTwoTowerForCausalLM(NemotronHForCausalLM):
         return self.config.mask_token_id if mask_token_id is None else mask_token_id
 
     def _run_sampler(
-        self, sampler, config_class, input_ids, attention_mask, temperature, top_k, top_p,
-        eos_token_id, pad_token_id, generator, **options,
+        self,
+        sampler,
+        config_class,
+        input_ids,
+        attention_mask,
+        temperature,
+        top_k,
+        top_p,
+        eos_token_id,
+        pad_token_id,
+        generator,
+        **options,
     ) -> torch.LongTensor:
         """``eos_token_id`` / ``pad_token_id`` default to the config's; ``temperature`` 0 is
         greedy; ``generator`` seeds sampling."""
@@ -309,7 +371,9 @@ class NemotronTwoTowerForCausalLM(NemotronHForCausalLM):
             pad_token_id = self.config.pad_token_id
         config = config_class(
             choice=TokenChoice(temperature=temperature, top_k=top_k, top_p=top_p),
-            eos_token_id=eos_token_id, pad_token_id=pad_token_id, **options,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            **options,
         )
         out = sampler(self, prompts_of(input_ids, attention_mask), config, generator=generator)
         width = max(len(row) for row in out.tokens)

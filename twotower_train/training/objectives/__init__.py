@@ -43,8 +43,9 @@ two-tower model)."""
 def objective_class(name: str) -> type:
     """The objective class registered under ``name`` (error names ``objective.name``)."""
     if name not in OBJECTIVES:
-        raise ConfigError(f"objective.name={name!r} is not registered; choose one of "
-                          f"{sorted(OBJECTIVES)}")
+        raise ConfigError(
+            f"objective.name={name!r} is not registered; choose one of {sorted(OBJECTIVES)}"
+        )
     module, cls = OBJECTIVES[name].split(":")
     return getattr(importlib.import_module(module), cls)
 

@@ -113,7 +113,8 @@ class DiffusionObjective(ObjectiveBase):
     def check_model(self, model_cfg: BackboneConfig) -> None:
         self.shift = model_cfg.denoiser_shift
         self.mask_id = (
-            model_cfg.mask_token_id if self.config.mask_token_id is None
+            model_cfg.mask_token_id
+            if self.config.mask_token_id is None
             else self.config.mask_token_id
         )
         if not 0 <= self.mask_id < model_cfg.vocab_size:
@@ -160,17 +161,19 @@ class DiffusionObjective(ObjectiveBase):
         tokens = batch["tokens"]  # (b, L) clean
         block_size = phase.phase.block_size
         corruption = corrupt_blocks(
-            tokens, block_size, self.mask_id, eps=self.config.eps,
-            sampling=self.time_sampling, generator=generator,
+            tokens,
+            block_size,
+            self.mask_id,
+            eps=self.config.eps,
+            sampling=self.time_sampling,
+            generator=generator,
         )
         masked = corruption.masked  # (b, L) bool: the only positions that carry loss
         heads = masked  # where the outputs that score them are
         if self.shift:  # the output at i scores token i + 1
             masked, heads = shifted_loss_positions(masked, block_size)
         # Final norm, LM head and cross-entropy over the loss positions only: (n, V/TP).
-        logits = model(
-            tokens, corruption.noisy, corruption.t_realised, block_size, positions=heads
-        )
+        logits = model(tokens, corruption.noisy, corruption.t_realised, block_size, positions=heads)
         nll = backends.vocab_parallel_cross_entropy(logits.dtype)(logits, tokens[masked])  # (n,)
         # Back to (b, L) with zeros off the mask, which the reductions below never read.
         token_nll = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
@@ -182,7 +185,11 @@ class DiffusionObjective(ObjectiveBase):
             token_nll, masked, corruption.t_sampled, weighting=self.loss_weighting
         )
         sums = diffusion_step_sums(
-            token_nll, predictions, tokens, masked, corruption.t_realised,
+            token_nll,
+            predictions,
+            tokens,
+            masked,
+            corruption.t_realised,
             num_t_buckets=self.config.num_t_buckets,
         )
         return out, sums
@@ -205,7 +212,7 @@ class DiffusionObjective(ObjectiveBase):
         if self.backbone is None:
             model.load_state_dict(state)
             return
-        denoiser = {k[len(DENOISER_PREFIX):]: v for k, v in state.items()}
+        denoiser = {k[len(DENOISER_PREFIX) :]: v for k, v in state.items()}
         model.denoiser.load_state_dict(denoiser)
 
     def frozen_reference(self, model: TwoTowerModel) -> dict[str, Any]:
@@ -214,9 +221,7 @@ class DiffusionObjective(ObjectiveBase):
         if self.backbone is None:
             return {}
         if self._frozen_reference is None:
-            self._frozen_reference = _reference(
-                resolve_backbone_checkpoint(self.backbone)
-            )
+            self._frozen_reference = _reference(resolve_backbone_checkpoint(self.backbone))
         return self._frozen_reference
 
 

@@ -1,5 +1,5 @@
 """The reproduction's results: the markdown table and page, and the γ trade-off plot with the
-model card's operating point marked. Input is the report :mod:`twotower_train.eval.reproduce`
+model card's operating point marked. Input is the report :mod:`twotower_train.reproduce.pipeline`
 writes as ``results.json``."""
 
 from __future__ import annotations
@@ -91,15 +91,31 @@ def plot_tradeoff(report: dict, path: Path) -> None:
     y = [100 * (r["retained"] or 0.0) for r in rows]
     ax.plot(x, y, "o-", label="mask diffusion (γ), S=16")
     for r, xi, yi in zip(rows, x, y):
-        ax.annotate(f"γ={r['config']['confidence_threshold']:g}", (xi, yi),
-                    textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.annotate(
+            f"γ={r['config']['confidence_threshold']:g}",
+            (xi, yi),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=8,
+        )
     for r in report["modes"]:
         # A mode without denoiser forwards (mock-AR of a shifted denoiser is AR) has no x.
         if r["mode"] in ("mock_ar", "speculative") and r["tokens_per_denoiser_forward"]:
-            ax.plot(r["tokens_per_denoiser_forward"], 100 * (r["retained"] or 0.0),
-                    "s" if r["mode"] == "mock_ar" else "^", markersize=9, label=r["name"])
-    ax.plot(CARD_TOKENS_PER_FORWARD, 100 * CARD_RETAINED, "*", markersize=14, color="red",
-            label="model card (γ=0.8: 98.7 %, 2.42× AR)")
+            ax.plot(
+                r["tokens_per_denoiser_forward"],
+                100 * (r["retained"] or 0.0),
+                "s" if r["mode"] == "mock_ar" else "^",
+                markersize=9,
+                label=r["name"],
+            )
+    ax.plot(
+        CARD_TOKENS_PER_FORWARD,
+        100 * CARD_RETAINED,
+        "*",
+        markersize=14,
+        color="red",
+        label="model card (γ=0.8: 98.7 %, 2.42× AR)",
+    )
     ax.axhline(100, color="grey", lw=0.8, ls="--")
     ax.axhline(95, color="grey", lw=0.8, ls=":", label="95 % of AR")
     ax.set_xlabel("generated tokens per denoiser forward (card: × AR throughput)")

@@ -4,7 +4,7 @@
     .venv/bin/twotower-demo --seed 1 --threads 1   # another seed (runs/demo_seed1/), 1 thread
     .venv/bin/twotower-demo --fast --check  # the short variant CI runs, held to its thresholds
 
-It is ``twotower-reproduce`` (:mod:`twotower_train.eval.reproduce`) with settings sized for a
+It is ``twotower-reproduce`` (:mod:`twotower_train.reproduce`) with settings sized for a
 few minutes on a 2-core CPU (:data:`DEMO_SETTINGS`; ``--fast``: :data:`FAST_SETTINGS`): a
 small reasoning task (two-step sums up to 15) mixed with real text, a tiny backbone
 (``model=tiny`` widths, pattern M*E*: Mamba-2, attention, MoE), stage-1 AR pretraining, the
@@ -32,9 +32,24 @@ from twotower_train.cli import add_debug_flag, run_tool
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")  # megatron's jit_fuser would compile on CPU
 
-TASK = ["--task", "min_steps=2", "--task", "max_steps=2", "--task", "max_start=12",
-        "--task", "max_amount=5", "--task", "max_value=15", "--task", "heldout_percent=20",
-        "--train-problems", "20000", "--heldout-problems", "150"]
+TASK = [
+    "--task",
+    "min_steps=2",
+    "--task",
+    "max_steps=2",
+    "--task",
+    "max_start=12",
+    "--task",
+    "max_amount=5",
+    "--task",
+    "max_value=15",
+    "--task",
+    "heldout_percent=20",
+    "--train-problems",
+    "20000",
+    "--heldout-problems",
+    "150",
+]
 """A task small enough for minutes of CPU training: 2 steps, totals ≤ 15 (188 held-out chains)."""
 
 TASK_HEAVY = [
@@ -67,14 +82,28 @@ class Settings:
 
 
 DEMO_SETTINGS = Settings(
-    stage1_steps=1600, stage1_lr=3e-3, stage2_steps=(100, 100, 1200), stage2_lr=2e-4,
-    eval_problems=150, gammas="0.5,0.7,0.8,0.9,0.95", log_interval=100,
-    min_ar_exact_match=0.95, min_kept=0.95, min_tokens_per_forward=2.0,
+    stage1_steps=1600,
+    stage1_lr=3e-3,
+    stage2_steps=(100, 100, 1200),
+    stage2_lr=2e-4,
+    eval_problems=150,
+    gammas="0.5,0.7,0.8,0.9,0.95",
+    log_interval=100,
+    min_ar_exact_match=0.95,
+    min_kept=0.95,
+    min_tokens_per_forward=2.0,
 )
 FAST_SETTINGS = Settings(
-    stage1_steps=500, stage1_lr=3e-3, stage2_steps=(20, 20, 200), stage2_lr=2e-4,
-    eval_problems=60, gammas="0.8", log_interval=50,
-    min_ar_exact_match=0.6, min_kept=0.7, min_tokens_per_forward=1.3,
+    stage1_steps=500,
+    stage1_lr=3e-3,
+    stage2_steps=(20, 20, 200),
+    stage2_lr=2e-4,
+    eval_problems=60,
+    gammas="0.8",
+    log_interval=50,
+    min_ar_exact_match=0.6,
+    min_kept=0.7,
+    min_tokens_per_forward=1.3,
 )
 GAMMA = 0.8
 """The γ of the README's claim (and of the card's headline)."""
@@ -85,10 +114,16 @@ def _phase(stage: str, index: int, steps: int, peak: float, warmup: int) -> list
     phase) and a 20 % anneal that always fit it — a WSD schedule needs warmup + anneal ≤
     steps − 1, which the recipes' fixed warmups break for short phases."""
     key = f"curriculum.phases.{index}"
-    return [item for value in (
-        f"{key}.steps={steps}", f"{key}.lr.peak={peak}",
-        f"{key}.lr.warmup_steps={min(warmup, steps // 10)}", f"{key}.lr.decay_fraction=0.2",
-    ) for item in (f"--{stage}-set", value)]
+    return [
+        item
+        for value in (
+            f"{key}.steps={steps}",
+            f"{key}.lr.peak={peak}",
+            f"{key}.lr.warmup_steps={min(warmup, steps // 10)}",
+            f"{key}.lr.decay_fraction=0.2",
+        )
+        for item in (f"--{stage}-set", value)
+    ]
 
 
 def pipeline_arguments(settings: Settings, seed: int) -> list[str]:
@@ -96,15 +131,29 @@ def pipeline_arguments(settings: Settings, seed: int) -> list[str]:
     order, masking)."""
     return [
         # Tiny widths; two attention layers (M*E*) copy the operands far better than M*E-.
-        "--set", "model=tiny", "--set", "model.pattern=M*E*",
-        "--set", f"training.seed={seed}", "--set", f"data.seed={seed}",
-        "--set", f"training.log_interval={settings.log_interval}", *TASK,
+        "--set",
+        "model=tiny",
+        "--set",
+        "model.pattern=M*E*",
+        "--set",
+        f"training.seed={seed}",
+        "--set",
+        f"data.seed={seed}",
+        "--set",
+        f"training.log_interval={settings.log_interval}",
+        *TASK,
         *[item for blend in TASK_HEAVY for item in ("--set", blend)],
         *_phase("stage1", 0, settings.stage1_steps, settings.stage1_lr, warmup=50),
         # A low stage-2 lr keeps the AR skill the shifted denoiser starts with (docs/results.md).
-        *[item for index, steps in enumerate(settings.stage2_steps)
-          for item in _phase("stage2", index, steps, settings.stage2_lr, warmup=10)],
-        "--eval-problems", str(settings.eval_problems), "--gammas", settings.gammas,
+        *[
+            item
+            for index, steps in enumerate(settings.stage2_steps)
+            for item in _phase("stage2", index, steps, settings.stage2_lr, warmup=10)
+        ],
+        "--eval-problems",
+        str(settings.eval_problems),
+        "--gammas",
+        settings.gammas,
     ]
 
 
@@ -119,8 +168,7 @@ def check(report: dict, settings: Settings) -> str | None:
     for name, value, threshold in (
         ("AR exact match", ar, settings.min_ar_exact_match),
         (f"γ={GAMMA:g} quality kept (exact match / AR's)", kept, settings.min_kept),
-        (f"γ={GAMMA:g} tokens per denoiser forward", per_forward,
-         settings.min_tokens_per_forward),
+        (f"γ={GAMMA:g} tokens per denoiser forward", per_forward, settings.min_tokens_per_forward),
     ):
         if value < threshold:
             return f"{name} {value:.3f} is below the threshold {threshold:g}"
@@ -161,15 +209,19 @@ def _run_card(out: Path) -> None:
         eos_token_id=tokenizer.eos_token_id,
     )
     print("\n=== card: mask diffusion ===")
-    print(tokenizer.decode(outputs[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+    print(tokenizer.decode(outputs[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True))
     outputs = model.generate_mock_ar(
-        inputs["input_ids"], max_new_tokens=128, temperature=0.0,
+        inputs["input_ids"],
+        max_new_tokens=128,
+        temperature=0.0,
         eos_token_id=tokenizer.eos_token_id,
     )
     print("=== card: mock-AR ===")
     print(tokenizer.decode(outputs[0], skip_special_tokens=True))
     outputs = model.generate_ar(
-        inputs["input_ids"], max_new_tokens=128, temperature=0.0,
+        inputs["input_ids"],
+        max_new_tokens=128,
+        temperature=0.0,
         eos_token_id=tokenizer.eos_token_id,
     )
     print("=== card: AR ===")
@@ -181,26 +233,39 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str] | None) -> None:
-    parser = argparse.ArgumentParser(description="twotower-train end-to-end CPU demo")
-    parser.add_argument("--out", help="run folders and results (default runs/demo, runs/demo_fast "
-                        "with --fast, _seedN added for --seed N ≠ 0: a run folder never mixes "
-                        "two settings)")
-    parser.add_argument("--fast", action="store_true", help="a short version (its own, lower "
-                        "thresholds)")
-    parser.add_argument("--seed", type=int, default=0, help="model init, data order and masking "
-                        "(default 0)")
+    parser = argparse.ArgumentParser(
+        prog="twotower-demo", description="twotower-train end-to-end CPU demo"
+    )
+    parser.add_argument(
+        "--out",
+        help="run folders and results (default runs/demo, runs/demo_fast "
+        "with --fast, _seedN added for --seed N ≠ 0: a run folder never mixes "
+        "two settings)",
+    )
+    parser.add_argument(
+        "--fast", action="store_true", help="a short version (its own, lower thresholds)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="model init, data order and masking (default 0)"
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--check", action="store_true", help="exit 1 with one line when a "
-                        "threshold of the variant is missed (AR exact match; at γ=0.8 the "
-                        "quality kept and tokens per denoiser forward)")
-    parser.add_argument("--results-page", help="also write the results page here "
-                        "(twotower-reproduce --results-page)")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 with one line when a "
+        "threshold of the variant is missed (AR exact match; at γ=0.8 the "
+        "quality kept and tokens per denoiser forward)",
+    )
+    parser.add_argument(
+        "--results-page",
+        help="also write the results page here (twotower-reproduce --results-page)",
+    )
     add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.seed < 0 or (args.threads is not None and args.threads < 1):
         parser.error("--seed must be >= 0 and --threads >= 1")
 
-    from twotower_train.eval import reproduce
+    from twotower_train.reproduce import pipeline
 
     settings = FAST_SETTINGS if args.fast else DEMO_SETTINGS
     default_out = "runs/demo_fast" if args.fast else "runs/demo"
@@ -208,11 +273,18 @@ def _main(argv: list[str] | None) -> None:
     start = time.perf_counter()
     extra = ["--results-page", args.results_page] if args.results_page else []
     extra += ["--threads", str(args.threads)] if args.threads else []
-    command = " ".join(["twotower-demo", *(["--fast"] if args.fast else []),
-                        *([f"--seed {args.seed}"] if args.seed else []),
-                        *([f"--out {args.out}"] if args.out else []), *extra])
-    report = reproduce.pipeline(["--out", str(out), *pipeline_arguments(settings, args.seed),
-                                 *extra], command=command)
+    command = " ".join(
+        [
+            "twotower-demo",
+            *(["--fast"] if args.fast else []),
+            *([f"--seed {args.seed}"] if args.seed else []),
+            *([f"--out {args.out}"] if args.out else []),
+            *extra,
+        ]
+    )
+    report = pipeline.pipeline(
+        ["--out", str(out), *pipeline_arguments(settings, args.seed), *extra], command=command
+    )
     _run_card(out / "hf")
     print(
         f"\n[demo] done in {time.perf_counter() - start:.0f}s\n"
@@ -230,10 +302,8 @@ def _main(argv: list[str] | None) -> None:
         if missed:
             print(f"twotower-demo --check: {missed} ({out / 'results.json'})", file=sys.stderr)
             raise SystemExit(1)
-        print(f"[demo] --check: every threshold holds (AR exact match ≥ "
-              f"{settings.min_ar_exact_match:g}; γ={GAMMA:g} keeps ≥ {settings.min_kept:.0%} "
-              f"of AR at ≥ {settings.min_tokens_per_forward:g} tokens per denoiser forward)")
-
-
-if __name__ == "__main__":
-    main()
+        print(
+            f"[demo] --check: every threshold holds (AR exact match ≥ "
+            f"{settings.min_ar_exact_match:g}; γ={GAMMA:g} keeps ≥ {settings.min_kept:.0%} "
+            f"of AR at ≥ {settings.min_tokens_per_forward:g} tokens per denoiser forward)"
+        )

@@ -1,7 +1,22 @@
-"""``twotower-train``'s command line before Hydra runs: the help text and one-line override errors.
+"""``twotower-train``: compose a Hydra recipe, build the trainer, train, close.
 
-Both read only recipe files (no torch / Megatron import), so ``twotower-train --help`` and a
-misspelled key answer in about a second:
+Examples (CPU; the demo data comes from ``python -m data_tools.demo_corpus --out runs/demo_data``)::
+
+    .venv/bin/twotower-train --help                            # recipes, groups, common keys
+    .venv/bin/twotower-train                                   # recipes/demo.yaml (stage-1 AR)
+    .venv/bin/twotower-train training.max_steps=20 optimizer.clip_grad=0.5
+    .venv/bin/twotower-train --config-name nano_30b_a3b --cfg job   # print a composed recipe
+    .venv/bin/python -m twotower_train.training run_name=try1 checkpoint.save_interval=10
+
+Every user error — a misspelled key, a recipe value, a checkpoint that does not match the
+recipe, a world size that does not fit the parallel sizes — prints one line
+``twotower-train: error: ...`` (rank 0) and exits with code 2; ``--debug`` shows tracebacks.
+SIGTERM / SIGUSR1 checkpoint and exit 0 (see docs/launch.md for SLURM requeueing); Ctrl-C
+(SIGINT) finishes the step, checkpoints, writes summary.json and exits 130; a second Ctrl-C
+aborts at once.
+
+Before Hydra runs, the command line is checked against the recipe files alone (no torch /
+Megatron import), so ``--help`` and a misspelled key answer in about a second:
 
 * :func:`help_text` — the recipes, the config groups and the common overrides;
 * :func:`check_command_line` — composes the requested recipe with Hydra's compose API (the
@@ -9,15 +24,24 @@ misspelled key answer in about a second:
   :class:`~twotower_train.errors.ConfigError` line, e.g. ``training.max_step=5`` →
   "did you mean training.max_steps=5?" instead of Hydra's "use +training.max_step=5", which
   would add the typo.
+
+:func:`main` is the command (``twotower-train``, ``python -m twotower_train.training``);
+:func:`run` trains one validated recipe (the reproduction pipeline and the tests call it).
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import sys
 from collections.abc import Sequence
 from typing import Any
 
+import hydra
+from omegaconf import DictConfig
+
+from twotower_train import cli
 from twotower_train.errors import ConfigError
 from twotower_train.model.config import BackboneConfig
 from twotower_train.training.recipes import (
@@ -47,8 +71,15 @@ COMMON_OVERRIDES = {
 }
 
 # Hydra's own flags that make it do something else than one training run: left to Hydra.
-_HYDRA_ONLY = ("config_dir", "config_path", "multirun", "hydra_help", "info",
-               "shell_completion", "experimental_rerun")
+_HYDRA_ONLY = (
+    "config_dir",
+    "config_path",
+    "multirun",
+    "hydra_help",
+    "info",
+    "shell_completion",
+    "experimental_rerun",
+)
 
 
 def help_text() -> str:
@@ -77,8 +108,19 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
-_VALUE_FLAGS = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd", "--cfg",
-                "-c", "--package", "-p", "--experimental-rerun")
+_VALUE_FLAGS = (
+    "--config-name",
+    "-cn",
+    "--config-path",
+    "-cp",
+    "--config-dir",
+    "-cd",
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--experimental-rerun",
+)
 
 
 def flags_first(argv: Sequence[str]) -> list[str]:
@@ -104,8 +146,13 @@ def wants_help(argv: Sequence[str]) -> bool:
 
 def _flatten(node: Any, prefix: str = "") -> list[str]:
     keys = []
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(
-        node, list) else ()
+    items = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if isinstance(node, list)
+        else ()
+    )
     for key, value in items:
         if key == "hydra" and not prefix:
             continue
@@ -140,8 +187,10 @@ def _unknown_key(key: str, recipe: str, overrides: Sequence[str]) -> str:
     known = _flatten(OmegaConf.to_container(_compose(recipe, [])))
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     hint = f"did you mean {close[0]}={value}? " if close else ""
-    return (f"{key} is not a key of recipe {recipe!r}; {hint}({TOOL} --help lists the common "
-            f"keys, `{TOOL} --cfg job` prints the whole recipe)")
+    return (
+        f"{key} is not a key of recipe {recipe!r}; {hint}({TOOL} --help lists the common "
+        f"keys, `{TOOL} --cfg job` prints the whole recipe)"
+    )
 
 
 def _explain(error: Exception, recipe: str, overrides: Sequence[str]) -> str:
@@ -184,3 +233,51 @@ def check_command_line(argv: Sequence[str]) -> None:
         _compose(recipe, args.overrides)
     except (HydraException, OmegaConfBaseException) as hydra_error:
         raise ConfigError(_explain(hydra_error, recipe, args.overrides)) from None
+
+
+def run(cfg):
+    """Train one recipe (a :class:`~twotower_train.training.config.TrainConfig`); returns the
+    trainer's :class:`~twotower_train.training.trainer.RunResult` (outcome, run folder,
+    checkpoint folder)."""
+    from twotower_train.training.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()
+
+
+def _train(recipe: DictConfig) -> None:
+    from twotower_train import distributed
+    from twotower_train.training.recipes import from_omegaconf
+
+    try:
+        result = run(from_omegaconf(recipe))
+    finally:
+        distributed.shutdown()
+    if cli.is_rank_zero():
+        print(f"{TOOL}: {result.outcome.replace('_', ' ')} at {result.run_dir}", flush=True)
+    if result.outcome == "interrupted":
+        raise SystemExit(cli.INTERRUPTED_EXIT)  # Ctrl-C: the shell's convention, 128 + SIGINT
+
+
+@hydra.main(config_path=str(RECIPES_DIR), config_name=DEFAULT_RECIPE, version_base=None)
+def _hydra_entry(recipe: DictConfig) -> None:
+    # Inside the task function: Hydra would turn an exception into its own multi-line report.
+    cli.run_tool(TOOL, _train, recipe)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point (``twotower-train``, ``python -m twotower_train.training``); ``argv``
+    defaults to ``sys.argv[1:]``."""
+    argv = flags_first(cli.pop_debug_flag(sys.argv[1:] if argv is None else argv))
+    cli.quiet_startup()
+    if cli.debug_enabled():
+        os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra's report with the whole traceback
+    if wants_help(argv):
+        print(help_text())
+        return
+    cli.run_tool(TOOL, check_command_line, argv)
+    sys.argv = [sys.argv[0], *argv]
+    _hydra_entry()

@@ -1,6 +1,8 @@
-"""Running generation modes over a prompt set and measuring them: shared by the generation
-benchmark (``benchmarks/generation.py``) and the reproduction pipeline
-(``twotower_train.eval.reproduce``), so both count forwards and score quality the same way."""
+"""Comparing the generation modes on one prompt set: the rows (AR, mock-AR, mask diffusion per
+γ, speculative), a timed batched run of each with its forward counts, agreement with AR and the
+AR tower's NLL of the continuations. Shared by the generation benchmark
+(``benchmarks/generation.py``) and the reproduction pipeline (``twotower_train.reproduce``), so
+both count forwards and score quality the same way."""
 
 from __future__ import annotations
 
@@ -14,8 +16,12 @@ GAMMAS = (0.5, 0.7, 0.8, 0.9, 0.95)
 
 
 def mode_rows(
-    ids: dict, mask_token_id: int, max_new_tokens: int, gammas=GAMMAS,
-    block_size: int | None = None, steps_per_block: int | None = None,
+    ids: dict,
+    mask_token_id: int,
+    max_new_tokens: int,
+    gammas=GAMMAS,
+    block_size: int | None = None,
+    steps_per_block: int | None = None,
     speculative: dict | None = None,
 ) -> dict[str, tuple[str, dict]]:
     """Row name → (mode, knobs): AR, mock-AR, mask diffusion per γ, speculative. Mask diffusion
@@ -26,9 +32,14 @@ def mode_rows(
     rows = {"AR": ("ar", ids), "mock-AR": ("mock_ar", masked)}
     blocks = {"block_size": block_size, "steps_per_block": steps_per_block or block_size}
     for gamma in gammas:
-        rows[f"diffusion γ={gamma:g}"] = ("mask_diffusion", {
-            **masked, **blocks, "confidence_threshold": gamma,
-        })
+        rows[f"diffusion γ={gamma:g}"] = (
+            "mask_diffusion",
+            {
+                **masked,
+                **blocks,
+                "confidence_threshold": gamma,
+            },
+        )
     rows["speculative"] = ("speculative", {**masked, **(speculative or {})})
     return rows
 
