@@ -353,7 +353,7 @@ def samplers_main(checkpoint: str, new_tokens: int) -> None:
             model, prompts, s.MaskDiffusionConfig(max_new_tokens=new_tokens, mask_token_id=mask)
         ),
         "mock-AR": lambda: s.generate_mock_ar(
-            model, prompts, s.MockARConfig(max_new_tokens=new_tokens, mask_token_id=mask)
+            model, prompts, s.MockARConfig(max_new_tokens=new_tokens)
         ),
         "AR": lambda: s.generate_ar(model, prompts, s.ARConfig(max_new_tokens=new_tokens)),
     }

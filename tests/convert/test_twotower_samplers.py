@@ -73,7 +73,7 @@ def test_mock_ar_and_ar_token_identical(pair):
     model, hf, _ = pair
     ids, mask = left_padded(PROMPTS)
     for megatron, config_cls, card, extra in (
-        (generate_mock_ar, MockARConfig, hf.generate_mock_ar, {"mask_token_id": MASK}),
+        (generate_mock_ar, MockARConfig, hf.generate_mock_ar, {}),
         (generate_ar, ARConfig, hf.generate_ar, {}),
     ):
         free = megatron(model, PROMPTS, config_cls(max_new_tokens=NEW, **extra))
@@ -90,7 +90,8 @@ def test_ar_equals_transformers_generate(pair):
     _, hf, _ = pair
     ids = torch.tensor([PROMPTS[0]])
     expected = hf.generate(ids, max_new_tokens=8, do_sample=False)  # EOS: the config's, both
-    assert torch.equal(hf.generate_ar(ids, max_new_tokens=8), expected)
+    eos = hf.config.eos_token_id
+    assert torch.equal(hf.generate_ar(ids, max_new_tokens=8, eos_token_id=eos), expected)
 
 
 def test_sampling_is_seeded_and_right_padding_is_refused(pair):

@@ -154,10 +154,7 @@ def test_mock_ar_scorer_and_diffusion_sampler_run_the_tasks(lm, tasks):
     for sample in results["samples"]["twotower_tiny_mc"]:
         pairs = [lm._encode_pair(sample["doc"]["question"], c) for c in sample["doc"]["choices"]]
         got = [float(r[0]) for r in sample["filtered_resps"]]
-        mock = [
-            s
-            for s, _ in score_mock_ar(lm.model, pairs, lm.loaded.mask_token_id, ids["pad_token_id"])
-        ]
+        mock = [s for s, _ in score_mock_ar(lm.model, pairs, ids["pad_token_id"])]
         assert got == pytest.approx(mock, abs=1e-4)
         assert got != pytest.approx([s for s, _ in score_ar(lm.model, pairs)], abs=1e-4)
     config = modes.build_config(

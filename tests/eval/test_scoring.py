@@ -10,7 +10,6 @@ from twotower_train.eval.scoring import score_ar, score_mock_ar
 from twotower_train.model.backbone import forward_logits
 from twotower_train.model.two_tower import TwoTowerModel
 
-MASK = 3
 # Different context and continuation lengths (left padding, right padding, a 1-token context
 # and a 1-token continuation).
 PAIRS = [
@@ -49,23 +48,42 @@ def test_ar_greedy_flag(model):
     assert greedy and not not_greedy
 
 
-@pytest.mark.parametrize("query_block_size", [1, 4])
-def test_mock_ar_scores_equal_fresh_prefills(model, query_block_size):
-    """Reference: for every continuation token j, a fresh prefill of context + cont[:j] and one
-    denoiser query — no rollback, no batching."""
-    scores = score_mock_ar(model, PAIRS, MASK, query_block_size=query_block_size)
+def _fresh_cache(model, prefix: list[int]):
+    """A fresh prefill of ``prefix`` (an empty prefix: one padding position)."""
+    if not prefix:
+        return model.prefill(torch.zeros(1, 1, dtype=torch.long), valid=torch.zeros(1, 1).bool())
+    tokens, valid = left_pad([prefix], 0)
+    return model.prefill(tokens, valid=valid, logits="none")
+
+
+def test_mock_ar_scores_are_the_released_mock_ar_in_one_denoiser_forward(model):
+    """Reference: for every continuation token j, a fresh prefill of everything before the token
+    in front of it, then the unmodulated denoiser on that one token — no batching, no position
+    states. The scorer makes one denoiser forward for the whole batch."""
+    calls = []
+    denoise = model.denoise_block
+
+    def counted(cache, block, t, **kw):
+        calls.append((block.shape, t))
+        return denoise(cache, block, t, **kw)
+
+    model.denoise_block = counted
+    scores = score_mock_ar(model, PAIRS)
+    widest = max(len(cont) for _, cont in PAIRS)
+    assert calls == [((len(PAIRS) * widest, 1), None)]
+    model.denoise_block = denoise
     for (ctx, cont), (logprob, greedy) in zip(PAIRS, scores):
-        total, all_greedy = 0.0, True
+        seq, total, all_greedy = ctx + cont, 0.0, True
         for j, token in enumerate(cont):
-            tokens, valid = left_pad([ctx + cont[:j]], 0)
-            cache = model.prefill(tokens, valid=valid, logits="none").cache
-            query = torch.full((1, query_block_size), MASK)
-            logits = model.denoise_block(cache, query, torch.ones(1))[0, 0].float()
-            logits[MASK] = float("-inf")
+            p = len(ctx) + j  # the position token j sits at
+            cache = _fresh_cache(model, seq[: p - 1]).cache
+            logits = model.denoise_block(cache, torch.tensor([[seq[p - 1]]]), None)[0, 0].float()
             total += float(logits.log_softmax(-1)[token])
             all_greedy &= int(logits.argmax()) == token
         assert logprob == pytest.approx(total, abs=1e-4)
         assert greedy == all_greedy
+    ar = score_ar(model, PAIRS)
+    assert all(abs(a[0] - m[0]) > 1e-3 for a, m in zip(ar, scores))  # never the AR scores
 
 
 def test_empty_pairs_are_refused(model):

@@ -68,13 +68,17 @@ def test_whole_block_commit_is_the_denoisers_argmax(model):
             assert new[start : start + S] == logits[0].argmax(-1).tolist()
 
 
-def test_mask_diffusion_with_unit_blocks_is_mock_ar(model):
-    diffusion = generate_mask_diffusion(
-        model, PROMPTS, MaskDiffusionConfig(max_new_tokens=5, block_size=1, steps_per_block=1)
-    )
-    mock = generate_mock_ar(model, PROMPTS, MockARConfig(max_new_tokens=5, query_block_size=1))
-    assert diffusion.tokens == mock.tokens
-    assert mock.tokens_per_forward == 1.0 and diffusion.tokens_per_forward == 1.0
+def test_mock_ar_equals_fresh_prefills(model):
+    """Left-padded batch: token p of every row is the argmax of the unmodulated denoiser on
+    token p − 1 after a fresh prefill of the tokens before it (released mock-AR)."""
+    mock = generate_mock_ar(model, PROMPTS, MockARConfig(max_new_tokens=5))
+    assert mock.tokens_per_forward == 1.0 and mock.denoiser_forwards == 5
+    for prompt, new in zip(PROMPTS, mock.tokens):
+        seq = prompt + new
+        for p in range(len(prompt), len(seq)):
+            cache = model.prefill(torch.tensor([seq[: p - 1]]), logits="none").cache
+            logits = model.denoise_block(cache, torch.tensor([[seq[p - 1]]]), None)
+            assert seq[p] == int(logits[0, -1].argmax())
 
 
 @pytest.mark.parametrize("threshold, expected_per_forward", [(1e-9, 8.0), (1.0, 2.0)])

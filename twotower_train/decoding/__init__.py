@@ -7,4 +7,11 @@ it): the Hugging Face export ships verbatim copies of exactly the modules in
 (:mod:`twotower_train.model`) implements their ``DecodingModel`` interface.
 """
 
-PORTABLE_MODULES: tuple[str, ...] = ("cache", "sampling", "samplers", "speculative")
+PORTABLE_MODULES: tuple[str, ...] = (
+    "cache",
+    "sampling",
+    "batching",
+    "samplers",
+    "speculative",
+    "card",
+)

@@ -1,10 +1,16 @@
 """The three generation modes of the model card (docs/inference.md), on token ids only.
 
 * :func:`generate_mask_diffusion` — block-wise confidence unmasking with the denoiser;
-* :func:`generate_mock_ar` — one next token at a time, predicted by the denoiser from an
-  all-[MASK] query block (a shifted denoiser, ``denoiser_shift``, leaves that token to the
-  context tower: AR decoding);
+* :func:`generate_mock_ar` — one next token at a time: the unmodulated denoiser on the last
+  committed token, with the context cache one position short (the released semantics);
 * :func:`generate_ar` — the context tower alone, standard cached decoding.
+
+The semantics are the released remote code's (DESIGN.md §5; docs/inference.md): for a batch of
+one, greedy outputs are token-identical to it on the same weights. Two differences on purpose:
+a batch's rows each get their own diffusion time t (the released code uses the batch mean —
+identical at batch 1), and a row ends at its first EOS or at ``max_new_tokens`` (any count, not
+only whole blocks) — its tokens after EOS are dropped, where the released code returns the rest
+of the block and of the batch's blocks.
 
 (:mod:`.speculative` adds self-speculative decoding on the same pieces.) They drive any model
 with the incremental interface of :mod:`.cache` (``prefill``, ``denoise_block``, ``advance``;
@@ -13,7 +19,8 @@ the Hugging Face export, which ships a verbatim copy of this module (it imports 
 and its siblings). Prompts of different lengths are left-padded into one batch. Each returns a
 :class:`Generation` with the new tokens and what they cost (tokens per denoiser forward is the
 card's figure). An ``on_commit`` callback sees every committed block as it lands (streaming; it
-can also end a row, e.g. at a stop sequence).
+can also end a row, e.g. at a stop sequence); mask diffusion's ``step_callback`` sees every
+denoising step (:data:`StepCallback`, the released hook).
 
 Example (CPU, untrained tiny model — the tokens are noise, the mechanics are real)::
 
@@ -31,39 +38,27 @@ Example (CPU, untrained tiny model — the tokens are noise, the mechanics are r
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable  # noqa: UP035  (the export's copies import only what tests/inference/test_samplers.py allows)
 
 import torch
 
-from .sampling import TokenChoice, choose_tokens
+from .batching import (
+    Collector,
+    DecodeConfig,
+    Generation,
+    OnCommit,
+    left_pad,
+    prefill_prompts,
+)
+from .cache import ContextCache
+from .sampling import choose_block_tokens, choose_tokens
 
-QUERY_BLOCK_SIZE = 1
-"""Mock-AR's default query block (:attr:`MockARConfig.query_block_size`): a lone [MASK] — on the
-demo model it predicts the next token as well as the first position of a 16- or 32-wide
-all-[MASK] block, at 1/S of the denoiser work (docs/inference.md)."""
-
-OnCommit = Callable[[int, list[int], list[int]], bool]
-"""``on_commit(row, new_tokens, row_tokens) -> bool``: called after each committed block for
-every row that gained tokens (``row_tokens`` is everything the row generated so far); returning
-True ends that row (stop sequences)."""
-
-
-@dataclass
-class DecodeConfig:
-    """What every sampler takes."""
-
-    max_new_tokens: int = 128
-    choice: TokenChoice = field(default_factory=TokenChoice)
-    """Temperature / top-k / top-p; greedy by default."""
-    eos_token_id: int | None = None
-    pad_token_id: int = 0
-    """Left padding of prompts of different lengths."""
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens <= 0:
-            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be positive")
+StepCallback = Callable[..., None]
+"""``step_callback(step, steps_per_block, xt, t=, logits=, block_idx=)``, the released hook: once
+when a block starts (step 0, ``xt`` all [MASK], ``t=1.0``, ``logits=None``), then after each
+denoising step with the block ``xt`` (b, S) the denoiser read, ``t`` (the batch's mean masked
+fraction, a float; each row's own at batch 1) and the logits (b, S, V) it returned."""
 
 
 @dataclass
@@ -73,16 +68,7 @@ class ARConfig(DecodeConfig):
 
 @dataclass
 class MockARConfig(DecodeConfig):
-    mask_token_id: int = 3
-    query_block_size: int = QUERY_BLOCK_SIZE
-    """Width of the all-[MASK] block whose first position predicts the next token: 1 is a lone
-    [MASK]; S is the block shape training shows (docs/inference.md has the measurement that
-    chose the default)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.query_block_size <= 0:
-            raise ValueError(f"query_block_size={self.query_block_size} must be positive")
+    """Mock-AR: the unmodulated denoiser predicts each next token (no [MASK] involved)."""
 
 
 @dataclass
@@ -92,8 +78,9 @@ class MaskDiffusionConfig(DecodeConfig):
     """Tokens generated per block (S; the released model samples at 16)."""
     steps_per_block: int = 16
     """Denoising iterations per block at most; a floor guarantees the block completes."""
-    confidence_threshold: float = 0.8
-    """γ: every masked position whose chosen token has at least this probability is committed."""
+    confidence_threshold: float = 0.9
+    """γ: every masked position whose chosen token's untempered probability exceeds this is
+    committed (the released default 0.9; the card's operating point is 0.8)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -103,118 +90,6 @@ class MaskDiffusionConfig(DecodeConfig):
             raise ValueError(f"steps_per_block={self.steps_per_block} must be positive")
         if not 0 < self.confidence_threshold <= 1:
             raise ValueError(f"confidence_threshold={self.confidence_threshold} must be in (0, 1]")
-
-
-@dataclass
-class Generation:
-    """New tokens per prompt and what they cost.
-
-    Forwards are counted twice: batched calls (``*_forwards``, each runs every row) and row
-    forwards (``row_*_forwards``: per forward, the rows still generating — a row stops counting
-    once its output is complete, even though the batch keeps computing it). The per-token rates
-    use row forwards, so a row that stops early is charged only for the forwards it needed.
-    """
-
-    tokens: list[list[int]]
-    """New tokens per prompt (up to and including EOS)."""
-    denoiser_forwards: int = 0
-    context_forwards: int = 0
-    """Batched context-tower forwards, the prefill included."""
-    row_denoiser_forwards: int = 0
-    row_context_forwards: int = 0
-
-    @property
-    def generated(self) -> int:
-        return sum(len(row) for row in self.tokens)
-
-    @property
-    def tokens_per_forward(self) -> float:
-        """Generated tokens per denoiser forward of a row: 1.0 for mock-AR, up to S for mask
-        diffusion (the card's "tokens / step")."""
-        forwards = self.row_denoiser_forwards
-        return self.generated / forwards if forwards else math.nan
-
-    @property
-    def tokens_per_context_forward(self) -> float:
-        """Generated tokens per context-tower forward of a row, the prefill included (AR: 1.0)."""
-        forwards = self.row_context_forwards
-        return self.generated / forwards if forwards else math.nan
-
-    @property
-    def tokens_per_model_forward(self) -> float:
-        """Generated tokens per (context + denoiser) forward of a row, the prefill included."""
-        forwards = self.row_context_forwards + self.row_denoiser_forwards
-        return self.generated / forwards if forwards else math.nan
-
-
-def left_pad(
-    prompts: list[list[int]], pad_id: int, device=None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts of different lengths → (tokens (b, P), valid (b, P)), left-padded."""
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
-    width = max(len(p) for p in prompts)
-    tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
-    valid = torch.zeros(len(prompts), width, dtype=torch.bool, device=device)
-    for row, prompt in enumerate(prompts):
-        tokens[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-        valid[row, width - len(prompt) :] = True
-    return tokens, valid
-
-
-class Collector:
-    """Collects new tokens per row; a row ends at its first EOS, at ``max_new`` tokens, or when
-    ``on_commit`` says so."""
-
-    def __init__(self, batch: int, max_new: int, eos: int | None, on_commit: OnCommit | None):
-        self.rows: list[list[int]] = [[] for _ in range(batch)]
-        self.done = [False] * batch
-        self.max_new, self.eos, self.on_commit = max_new, eos, on_commit
-
-    def extend(self, new: list[list[int]]) -> None:
-        for row, ids in enumerate(new):
-            if self.done[row]:
-                continue
-            start = len(self.rows[row])
-            for token in ids:
-                self.rows[row].append(token)
-                if token == self.eos or len(self.rows[row]) >= self.max_new:
-                    self.done[row] = True
-                    break
-            added = self.rows[row][start:]
-            if added and self.on_commit is not None and self.on_commit(row, added, self.rows[row]):
-                self.done[row] = True
-
-    def remaining(self, device) -> torch.Tensor:
-        """(b,) tokens each row may still add (0 once it is done)."""
-        return torch.tensor(
-            [0 if done else self.max_new - len(row) for row, done in zip(self.rows, self.done)],
-            dtype=torch.long,
-            device=device,
-        )
-
-    @property
-    def active(self) -> int:
-        return self.done.count(False)
-
-    @property
-    def finished(self) -> bool:
-        return all(self.done)
-
-
-def prefill_prompts(
-    model,
-    prompts: list[list[int]],
-    config: DecodeConfig,
-    logits: str,
-    on_commit: OnCommit | None,
-    stats_type: type[Generation] = Generation,
-):
-    """Left-pad the prompts and prefill the context tower → (collector, stats, prefill)."""
-    tokens, valid = left_pad(prompts, config.pad_token_id, model.context_device)
-    out = Collector(tokens.shape[0], config.max_new_tokens, config.eos_token_id, on_commit)
-    stats = stats_type(tokens=out.rows, context_forwards=1, row_context_forwards=len(prompts))
-    return out, stats, model.prefill(tokens, valid=valid, logits=logits)
 
 
 def shifted(model) -> bool:
@@ -260,13 +135,18 @@ def unmask_block(
     stats: Generation,
     generator: torch.Generator | None,
     first: torch.Tensor | None = None,
+    step_callback: StepCallback | None = None,
+    block_idx: int = 0,
 ) -> torch.Tensor:
     """Confidence unmasking of ``block`` (b, S) after ``cache`` (both on the denoiser's device);
-    ``decoded`` (b, S) marks the positions already fixed. Steps until every row is settled
-    (:func:`_settled`; ``needed`` (b,) = positions of this block the row's output can still
-    use) or the steps run out; the floor guarantees that every position is decoded by then.
-    Stopping once every row is settled skips only forwards whose commits would be discarded,
-    so the tokens are those of running all the steps. ``first``: :func:`block_logits`."""
+    ``decoded`` (b, S) marks the positions already fixed. Per step, of the m masked positions
+    of a row, the k most confident are committed (confidence: the untempered probability of the
+    chosen token, :func:`~.sampling.choose_block_tokens`), k = min(m, max(#above γ or 1 if none,
+    ⌈m / steps left⌉)) — everything on the last step — and the rest stay masked. Steps until
+    every row is settled (:func:`_settled`; ``needed`` (b,) = positions of this block the row's
+    output can still use) or the steps run out. Stopping once every row is settled skips only
+    forwards whose commits would be discarded, so the tokens are those of running all the
+    steps. ``first``: :func:`block_logits`; ``step_callback``: :data:`StepCallback`."""
     S = block.shape[1]
     decoded = decoded.clone()
     for step in range(config.steps_per_block):
@@ -274,22 +154,28 @@ def unmask_block(
         if settled.all():
             break
         masked = ~decoded
-        t = masked.float().mean(-1)  # (b,) the block's masked fraction
+        t = masked.float().mean(-1)  # (b,) the block's masked fraction, per row
         logits = block_logits(model, cache, block, t, first)  # (b, S, V)
         stats.denoiser_forwards += 1
         stats.row_denoiser_forwards += int((~settled).sum())
-        proposal, confidence = choose_tokens(
-            logits, config.choice, forbid=config.mask_token_id, generator=generator
+        proposal, confidence = choose_block_tokens(
+            logits, config.choice, config.mask_token_id, generator
         )
-        confidence = confidence.masked_fill(~masked, -1.0)  # decoded positions stay fixed
-        commit = masked & (confidence >= config.confidence_threshold)
-        # Floor: enough of the most confident positions to finish within the steps left.
-        floor = torch.ceil(masked.sum(-1) / (config.steps_per_block - step)).long()  # (b,)
-        order = confidence.argsort(dim=-1, descending=True)
+        confidence = confidence.masked_fill(decoded, -1.0)  # decoded rank last
+        remaining = masked.sum(-1)  # (b,)
+        above = (masked & (confidence > config.confidence_threshold)).sum(-1).clamp(min=1)
+        floor = torch.ceil(remaining / (config.steps_per_block - step)).long()  # finish in time
+        count = torch.minimum(torch.maximum(above, floor), remaining)  # (b,)
+        order = confidence.argsort(dim=-1, descending=True, stable=True)
         rank = torch.empty_like(order).scatter_(
             -1, order, torch.arange(S, device=order.device).expand_as(order)
         )
-        commit |= masked & (rank < floor.unsqueeze(-1))
+        commit = masked & (rank < count.unsqueeze(-1))
+        if step_callback is not None:
+            mean_t = float(t.mean())
+            step_callback(
+                step, config.steps_per_block, block, t=mean_t, logits=logits, block_idx=block_idx
+            )
         block = torch.where(commit, proposal, block)
         decoded |= commit
     return block
@@ -302,17 +188,21 @@ def generate_mask_diffusion(
     config: MaskDiffusionConfig,
     generator: torch.Generator | None = None,
     on_commit: OnCommit | None = None,
+    step_callback: StepCallback | None = None,
 ) -> Generation:
     """Block-wise mask diffusion with confidence unmasking (module docstring; card §"How mask
-    diffusion works")."""
+    diffusion works"; :func:`unmask_block`)."""
     # A shifted denoiser scores each block's first position with the context tower's last logits.
     context_logits = "last" if shifted(model) else "none"
     out, stats, prefill = prefill_prompts(model, prompts, config, context_logits, on_commit)
     cache, first, batch, S = prefill.cache, prefill.logits, len(prompts), config.block_size
     device = model.denoiser_device
+    block_idx = 0
     while not out.finished:
         block = torch.full((batch, S), config.mask_token_id, dtype=torch.long, device=device)
         decoded = torch.zeros(batch, S, dtype=torch.bool, device=device)
+        if step_callback is not None:
+            step_callback(0, config.steps_per_block, block, t=1.0, logits=None, block_idx=block_idx)
         # Towers on two devices: the denoiser reads a copy of the cache on its own device.
         block = unmask_block(
             model,
@@ -324,7 +214,10 @@ def generate_mask_diffusion(
             stats,
             generator,
             None if first is None else first.to(device),
+            step_callback,
+            block_idx,
         )
+        block_idx += 1
         out.extend(block.tolist())
         if out.finished:
             break
@@ -335,6 +228,17 @@ def generate_mask_diffusion(
     return stats
 
 
+def one_short(before: ContextCache, after: ContextCache) -> ContextCache:
+    """The cache one position short of ``after`` (= ``before`` advanced by one token): its K/V
+    minus the last position (views) and ``before``'s Mamba states — mock-AR's denoiser cache."""
+    return ContextCache(
+        keys={i: k[:, :, :-1] for i, k in after.keys.items()},
+        values={i: v[:, :, :-1] for i, v in after.values.items()},
+        mamba=before.mamba,
+        valid=after.valid[:, :-1],
+    )
+
+
 @torch.no_grad()
 def generate_mock_ar(
     model,
@@ -343,30 +247,33 @@ def generate_mock_ar(
     generator: torch.Generator | None = None,
     on_commit: OnCommit | None = None,
 ) -> Generation:
-    """Two-tower AR: the context tower builds the cache, the denoiser predicts the next token as
-    the first position of an all-[MASK] block of ``query_block_size`` positions (t = 1).
-
-    With ``denoiser_shift`` the next token after the cache is scored by the context tower
-    itself (:func:`block_logits`), so this is AR decoding and runs no denoiser forward."""
-    if shifted(model):
-        return generate_ar(model, prompts, config, generator, on_commit)
-    out, stats, prefill = prefill_prompts(model, prompts, config, "none", on_commit)
-    cache, batch, device = prefill.cache, len(prompts), model.denoiser_device
-    shape = (batch, config.query_block_size)
-    masked = torch.full(shape, config.mask_token_id, dtype=torch.long, device=device)
-    t = torch.ones(batch, device=device)
+    """Two-tower AR as released: token p is predicted by the denoiser, unmodulated (``t=None``),
+    run on the last committed token p − 1 with the context cache of the positions before it
+    (attention K/V of positions < p − 1, Mamba conv/SSM states before p − 1). The context tower
+    advances one token at a time; its prefill runs in two passes (all prompt tokens but the
+    last, then the last) to keep the states before the last token."""
+    tokens, valid = left_pad(prompts, config.pad_token_id, model.context_device)
+    out = Collector(tokens.shape[0], config.max_new_tokens, config.eos_token_id, on_commit)
+    stats = Generation(tokens=out.rows, context_forwards=2, row_context_forwards=2 * len(prompts))
+    if tokens.shape[1] == 1:  # one-token prompts: an empty prefix, as one padding column
+        tokens = torch.cat([torch.full_like(tokens, config.pad_token_id), tokens], dim=1)
+        valid = torch.cat([torch.zeros_like(valid), valid], dim=1)
+    short = model.prefill(tokens[:, :-1], valid=valid[:, :-1], logits="none").cache
+    last = tokens[:, -1:]  # (b, 1) the last committed token
+    cache = model.advance(short, last, logits="none").cache
+    device = model.denoiser_device
     while not out.finished:
-        logits = model.denoise_block(cache.to(device), masked, t)[:, :1]  # (b, 1, V)
+        logits = model.denoise_block(short.to(device), last.to(device), None)  # (b, 1, V)
         stats.denoiser_forwards += 1
         stats.row_denoiser_forwards += out.active
-        new, _ = choose_tokens(
-            logits, config.choice, forbid=config.mask_token_id, generator=generator
-        )
+        new, _ = choose_tokens(logits, config.choice, generator=generator)
         out.extend(new.tolist())
         if out.finished:
             break
         stats.row_context_forwards += out.active
-        cache = model.advance(cache, new.to(model.context_device), logits="none").cache
+        last = new.to(model.context_device)
+        advanced = model.advance(cache, last, logits="none").cache
+        short, cache = one_short(cache, advanced), advanced
         stats.context_forwards += 1
     return stats
 

@@ -11,12 +11,13 @@ line with it registered::
 
 * ``pretrained`` — a two-tower trainer checkpoint or a Hugging Face export folder;
   ``tokenizer`` — optional tokenizer folder (default: the run's / the export's);
-* ``scorer`` — ``ar`` (context tower, exact; default) or ``mock_ar`` (the denoiser predicts each
-  continuation token from a [MASK] query after the clean context) for ``loglikelihood`` and
-  ``loglikelihood_rolling``;
+* ``scorer`` — ``ar`` (context tower, exact; default) or ``mock_ar`` (the released mock-AR's
+  scores: the unmodulated denoiser on each previous token with the context cache one position
+  short, one denoiser forward per batch; :func:`~twotower_train.eval.scoring.score_mock_ar`)
+  for ``loglikelihood`` and ``loglikelihood_rolling``;
 * ``sampler`` — ``mask_diffusion`` (default) | ``mock_ar`` | ``ar`` | ``speculative`` for
   ``generate_until``, with that mode's knobs (``block_size``, ``steps_per_block``,
-  ``confidence_threshold``, ``query_block_size``; :mod:`twotower_train.inference.modes`);
+  ``confidence_threshold``; :mod:`twotower_train.inference.modes`);
   mask diffusion's ``block_size`` and ``steps_per_block`` default to the block size the model
   trained at (``LoadedModel.block_size``), as in ``twotower-generate``;
 * ``batch_size`` (lm-eval's ``--batch_size``), ``max_length``, ``max_gen_toks`` (default 256).
@@ -37,7 +38,6 @@ from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from twotower_train.decoding.samplers import QUERY_BLOCK_SIZE
 from twotower_train.errors import UserError
 from twotower_train.eval.scoring import score_ar, score_mock_ar
 from twotower_train.inference import modes
@@ -78,8 +78,6 @@ class TwoTowerLM(TemplateLM):
         self.loaded = loaded or load_for_decoding(pretrained, tokenizer)
         self.model, self.tokenizer = self.loaded.model, self.loaded.tokenizer
         self.scorer, self.sampler = scorer, sampler
-        # The query shape is shared by the mock-AR scorer and the mock-AR sampler.
-        self.query_block_size = knobs.pop("query_block_size", None)
         self.knobs = knobs
         self.batch_size = int(batch_size)
         self._max_length = int(max_length or self.loaded.max_length)
@@ -122,13 +120,7 @@ class TwoTowerLM(TemplateLM):
             if self.scorer == "ar":
                 scores = score_ar(self.model, pairs, self.loaded.pad_token_id)
             else:
-                scores = score_mock_ar(
-                    self.model,
-                    pairs,
-                    self.loaded.mask_token_id,
-                    self.loaded.pad_token_id,
-                    self.query_block_size or QUERY_BLOCK_SIZE,
-                )
+                scores = score_mock_ar(self.model, pairs, self.loaded.pad_token_id)
             for (request, _, _), score in zip(chunk, scores):
                 results.append(score)
                 if request is not None:
@@ -168,8 +160,6 @@ class TwoTowerLM(TemplateLM):
         takes = modes.knobs(self.sampler)
         if "mask_token_id" in takes:
             knobs.setdefault("mask_token_id", self.loaded.mask_token_id)
-        if "query_block_size" in takes:
-            knobs["query_block_size"] = self.query_block_size
         knobs["max_new_tokens"] = request.get("max_gen_toks", self.max_gen_toks)
         return modes.build_config(self.sampler, **knobs)
 

@@ -29,7 +29,7 @@ def mode_rows(
     None: the sampler config's default) with ``steps_per_block`` steps (default: S)."""
     ids = {**ids, "max_new_tokens": max_new_tokens}
     masked = {**ids, "mask_token_id": mask_token_id}
-    rows = {"AR": ("ar", ids), "mock-AR": ("mock_ar", masked)}
+    rows = {"AR": ("ar", ids), "mock-AR": ("mock_ar", ids)}
     blocks = {"block_size": block_size, "steps_per_block": steps_per_block or block_size}
     for gamma in gammas:
         rows[f"diffusion γ={gamma:g}"] = (

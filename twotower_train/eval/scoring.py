@@ -2,15 +2,17 @@
 
 * :func:`score_ar` — the context tower (exact): the prefill of the context predicts the first
   continuation token, one more forward over the continuation (minus its last token) the rest.
-* :func:`score_mock_ar` — the denoiser: each continuation token j is predicted as the first
-  position of an all-[MASK] query block (mock-AR's input shape, t = 1) after the clean context
-  plus continuation tokens < j. The context caches for every j come from ONE context forward
-  over the continuation (``position_states``) rolled back to each length, so the cost is one
-  denoiser forward per continuation position, batched over requests.
+* :func:`score_mock_ar` — the denoiser as the released mock-AR decodes
+  (:func:`~twotower_train.decoding.samplers.generate_mock_ar`): token p is predicted by the
+  unmodulated denoiser (t = None) run on token p − 1 with the context cache of the positions
+  before it. The context tower runs twice (the context minus its last token; then that token
+  and the continuation minus its last, keeping the Mamba states after every position); ONE
+  denoiser forward then scores every continuation token of every pair, as a batch of one-token
+  rows, row (pair, j) with the K/V of its first positions and the states before its token.
+  Whatever the model's ``denoiser_shift``, these are the denoiser's scores, never the AR tower's.
 
-Both take a batch of (context ids, continuation ids) pairs and return (sum of log-probs,
-whether every continuation token is the greedy choice) per pair; the mask token is excluded
-from the denoiser's distribution, as the samplers never emit it. Any
+Both take a batch of (context ids, continuation ids) pairs and return (sum of log-probs over
+the full vocabulary, whether every continuation token is the greedy choice) per pair. Any
 :class:`~twotower_train.decoding.cache.DecodingModel` works.
 """
 
@@ -18,7 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from twotower_train.decoding.samplers import QUERY_BLOCK_SIZE, left_pad, shifted
+from twotower_train.decoding.cache import ContextCache, MambaStates
+from twotower_train.decoding.samplers import left_pad
 
 Pair = tuple[list[int], list[int]]
 
@@ -58,35 +61,45 @@ def score_ar(model, pairs: list[Pair], pad_id: int = 0) -> list[tuple[float, boo
     return _sum(logprobs, continuation, lengths)
 
 
+def _prefix_and_queries(tokens, valid, continuation, pad_id: int):
+    """The context minus its last token (one padding column when it is empty) and mock-AR's
+    query tokens (b, N): the context's last token, then the continuation minus its last."""
+    if tokens.shape[1] == 1:
+        tokens = torch.cat([torch.full_like(tokens, pad_id), tokens], dim=1)
+        valid = torch.cat([torch.zeros_like(valid), valid], dim=1)
+    queries = torch.cat([tokens[:, -1:], continuation[:, :-1]], dim=1)
+    return tokens[:, :-1], valid[:, :-1], queries
+
+
 @torch.no_grad()
-def score_mock_ar(
-    model,
-    pairs: list[Pair],
-    mask_id: int,
-    pad_id: int = 0,
-    query_block_size: int = QUERY_BLOCK_SIZE,
-) -> list[tuple[float, bool]]:
-    """Denoiser log p(continuation | context) per pair, one [MASK] query per token. A shifted
-    denoiser (``denoiser_shift``) leaves the token after the context to the context tower, so
-    mock-AR scores are the AR scores (as ``generate_mock_ar`` decodes like ``generate_ar``)."""
-    if shifted(model):
-        return score_ar(model, pairs, pad_id)
+def score_mock_ar(model, pairs: list[Pair], pad_id: int = 0) -> list[tuple[float, bool]]:
+    """The released mock-AR's log p(continuation | context) per pair (module docstring): every
+    continuation token of every pair in ONE denoiser forward over (pairs × tokens) one-token rows,
+    each with its own context cache one position short."""
     tokens, valid, continuation, lengths = _prepare(model, pairs, pad_id)
-    context = model.prefill(tokens, valid=valid, logits="none").cache
-    batch, width = continuation.shape
-    advanced = None
-    if width > 1:
-        advanced = model.advance(context, continuation[:, :-1], logits="none", position_states=True)
+    prefix, prefix_valid, queries = _prefix_and_queries(tokens, valid, continuation, pad_id)
+    short = model.prefill(prefix, valid=prefix_valid, logits="none").cache  # (b, W) positions
+    out = model.advance(short, queries, logits="none", position_states=True)
+    batch, width, known = queries.shape[0], queries.shape[1], prefix.shape[1]
+    # Query j of a row reads the cache of its first known + j positions: K/V masked beyond them,
+    # the Mamba states after position known + j − 1 (the prefill's own for j = 0).
+    length = known + width - 1  # the last query reads no position of its own
+    seen = torch.arange(length, device=short.valid.device) < (
+        known + torch.arange(width, device=short.valid.device)
+    ).unsqueeze(-1)  # (N, length)
+    rows = ContextCache(valid=(out.cache.valid[:, None, :length] & seen).flatten(0, 1))
+    for i, k in out.cache.keys.items():  # (b, kv, total, hd) → (b·N, kv, length, hd)
+        rows.keys[i] = k[:, None, :, :length].expand(-1, width, -1, -1, -1).flatten(0, 1)
+        rows.values[i] = out.cache.values[i][:, None, :, :length]
+        rows.values[i] = rows.values[i].expand(-1, width, -1, -1, -1).flatten(0, 1)
+    for i, before in short.mamba.items():
+        after = out.position_states[i]  # (b, N, …) states after each query position
+        conv, ssm = (
+            torch.cat([b.unsqueeze(1).to(a.dtype), a[:, : width - 1]], dim=1).flatten(0, 1)
+            for b, a in ((before.conv, after.conv), (before.ssm, after.ssm))
+        )
+        rows.mamba[i] = MambaStates(conv=conv, ssm=ssm)
     device = model.denoiser_device
-    query = torch.full((batch, query_block_size), mask_id, dtype=torch.long, device=device)
-    t = torch.ones(batch, device=device)
-    limit = torch.tensor(lengths, device=model.context_device) - 1  # (b,) tokens a row can keep
-    logits = []
-    for j in range(width):
-        # The cache after the context + continuation tokens < j (rows shorter than j + 1 keep
-        # all theirs; their position j is never read).
-        cache = context if j == 0 else advanced.rollback(context, limit.clamp(max=j))
-        logits.append(model.denoise_block(cache.to(device), query, t)[:, :1].float())
-    logits = torch.cat(logits, dim=1)  # (b, N, V)
-    logits[..., mask_id] = float("-inf")
-    return _sum(logits.log_softmax(-1), continuation.to(device), lengths)
+    logits = model.denoise_block(rows.to(device), queries.reshape(-1, 1).to(device), None)
+    logprobs = logits.float().reshape(batch, width, -1).log_softmax(-1)  # (b, N, V)
+    return _sum(logprobs, continuation.to(device), lengths)

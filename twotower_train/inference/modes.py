@@ -6,7 +6,7 @@
     out = generate(model, prompts, "mask_diffusion", config)
 
 A knob is a field of the mode's config dataclass (``block_size``, ``steps_per_block``,
-``confidence_threshold``, ``query_block_size``, ``mask_token_id``, ``eos_token_id``, …) or one of
+``confidence_threshold``, ``mask_token_id``, ``eos_token_id``, …) or one of
 the token-choice knobs ``temperature``, ``top_k``, ``top_p``. An unknown mode, a knob the mode does
 not take, or a value out of range is a :class:`~twotower_train.errors.UserError` naming it.
 """

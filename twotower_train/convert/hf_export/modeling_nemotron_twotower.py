@@ -38,6 +38,7 @@ from transformers.models.nemotron_h.modeling_nemotron_h import (
 )
 
 from .cache import ContextCache, ContextOutput
+from .card import CardGeneration
 from .configuration_nemotron_twotower import NemotronTwoTowerConfig
 from .mixers_nemotron_twotower import (
     attention_out,
@@ -46,15 +47,6 @@ from .mixers_nemotron_twotower import (
     causal_attention,
     mamba_mixer,
 )
-from .samplers import (
-    ARConfig,
-    MaskDiffusionConfig,
-    MockARConfig,
-    generate_ar,
-    generate_mask_diffusion,
-    generate_mock_ar,
-)
-from .sampling import TokenChoice
 
 MAMBA, ATTENTION = "linear_attention", "full_attention"
 
@@ -104,9 +96,11 @@ class NemotronTwoTowerDenoiser(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
 
-class NemotronTwoTowerForCausalLM(NemotronHForCausalLM):
-    """Both towers and adaLN-single; the card's ``place_towers_on_devices`` and
-    ``generate_mask_diffusion`` / ``generate_mock_ar`` / ``generate_ar``.
+class NemotronTwoTowerForCausalLM(CardGeneration, NemotronHForCausalLM):
+    """Both towers and adaLN-single; the card's ``place_towers_on_devices`` and (from
+    ``card.py``, shared with the training repository) ``generate_mask_diffusion`` /
+    ``generate_mock_ar`` / ``generate_ar``, the forward counts of the last call in
+    ``last_generation`` / ``_last_nfe``.
 
     ``self.model`` / ``self.lm_head`` are the context tower (what ``forward()`` runs),
     ``self.denoiser`` is the denoiser tower, ``self.t_embedder`` / ``self.t_block`` /
@@ -247,154 +241,3 @@ class NemotronTwoTowerForCausalLM(NemotronHForCausalLM):
                 mixed = block.mixer(normed)
             hidden = hidden + (mixed if t_emb is None else gate * mixed)
         return tower.lm_head(tower.norm_f(hidden)).float()
-
-    # --- the model card's generation API ----------------------------------------------------------
-    # Thin wrappers: (b, P) ids + left-padding attention_mask → one of the shared samplers →
-    # (b, P + new) ids like generate(), rows that stopped early padded with pad_token_id.
-
-    def generate_mask_diffusion(
-        self,
-        input_ids,
-        max_new_tokens=128,
-        block_size=None,
-        steps_per_block=None,
-        mask_token_id=None,
-        temperature=0.0,
-        confidence_threshold=0.8,
-        eos_token_id=None,
-        attention_mask=None,
-        top_k=None,
-        top_p=None,
-        pad_token_id=None,
-        generator=None,
-    ) -> torch.LongTensor:
-        """Block-wise mask diffusion with confidence unmasking (the card's default mode)."""
-        block_size = block_size or self.config.block_size
-        return self._run_sampler(
-            generate_mask_diffusion,
-            MaskDiffusionConfig,
-            input_ids,
-            attention_mask,
-            temperature,
-            top_k,
-            top_p,
-            eos_token_id,
-            pad_token_id,
-            generator,
-            max_new_tokens=max_new_tokens,
-            block_size=block_size,
-            steps_per_block=steps_per_block or block_size,
-            mask_token_id=self._mask_id(mask_token_id),
-            confidence_threshold=confidence_threshold,
-        )
-
-    def generate_mock_ar(
-        self,
-        input_ids,
-        max_new_tokens=128,
-        temperature=0.0,
-        eos_token_id=None,
-        attention_mask=None,
-        mask_token_id=None,
-        top_k=None,
-        top_p=None,
-        pad_token_id=None,
-        generator=None,
-    ) -> torch.LongTensor:
-        """Two-tower AR: the denoiser predicts one [MASK] after the context, token by token."""
-        return self._run_sampler(
-            generate_mock_ar,
-            MockARConfig,
-            input_ids,
-            attention_mask,
-            temperature,
-            top_k,
-            top_p,
-            eos_token_id,
-            pad_token_id,
-            generator,
-            max_new_tokens=max_new_tokens,
-            mask_token_id=self._mask_id(mask_token_id),
-        )
-
-    def generate_ar(
-        self,
-        input_ids,
-        max_new_tokens=128,
-        temperature=0.0,
-        eos_token_id=None,
-        attention_mask=None,
-        top_k=None,
-        top_p=None,
-        pad_token_id=None,
-        generator=None,
-    ) -> torch.LongTensor:
-        """Standard cached AR decoding with the context tower alone."""
-        return self._run_sampler(
-            generate_ar,
-            ARConfig,
-            input_ids,
-            attention_mask,
-            temperature,
-            top_k,
-            top_p,
-            eos_token_id,
-            pad_token_id,
-            generator,
-            max_new_tokens=max_new_tokens,
-        )
-
-    def _mask_id(self, mask_token_id):
-        return self.config.mask_token_id if mask_token_id is None else mask_token_id
-
-    def _run_sampler(
-        self,
-        sampler,
-        config_class,
-        input_ids,
-        attention_mask,
-        temperature,
-        top_k,
-        top_p,
-        eos_token_id,
-        pad_token_id,
-        generator,
-        **options,
-    ) -> torch.LongTensor:
-        """``eos_token_id`` / ``pad_token_id`` default to the config's; ``temperature`` 0 is
-        greedy; ``generator`` seeds sampling."""
-        if eos_token_id is None:
-            eos_token_id = self.config.eos_token_id
-        if isinstance(eos_token_id, (list, tuple)):
-            eos_token_id = eos_token_id[0]
-        if pad_token_id is None:
-            pad_token_id = self.config.pad_token_id
-        config = config_class(
-            choice=TokenChoice(temperature=temperature, top_k=top_k, top_p=top_p),
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-            **options,
-        )
-        out = sampler(self, prompts_of(input_ids, attention_mask), config, generator=generator)
-        width = max(len(row) for row in out.tokens)
-        new = torch.full(
-            (len(out.tokens), width), pad_token_id, dtype=torch.long, device=input_ids.device
-        )  # (b, longest continuation)
-        for row, tokens in enumerate(out.tokens):
-            new[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        return torch.cat([input_ids, new], dim=1)  # (b, P + new)
-
-
-def prompts_of(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[list[int]]:
-    """Left-padded ids (b, P) and their attention mask → the token list of each prompt."""
-    if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
-    if attention_mask is None:
-        return input_ids.tolist()
-    mask = attention_mask.to(torch.bool)
-    if bool((mask[:, :-1] & ~mask[:, 1:]).any()):
-        raise ValueError(
-            "attention_mask has padding after a real token; pad prompts on the left "
-            "(tokenizer.padding_side = 'left')"
-        )
-    return [row[keep].tolist() for row, keep in zip(input_ids, mask)]

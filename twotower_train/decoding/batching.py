@@ -1,0 +1,148 @@
+"""What every sampler shares: the common config, prompts left-padded into one batch, the
+per-row collector of new tokens, and the :class:`Generation` statistics.
+
+Torch-only, like its siblings (the Hugging Face export ships it verbatim).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable  # noqa: UP035  (the export's copies import only what tests/inference/test_samplers.py allows)
+
+import torch
+
+from .sampling import TokenChoice
+
+OnCommit = Callable[[int, list[int], list[int]], bool]
+"""``on_commit(row, new_tokens, row_tokens) -> bool``: called after each committed block for
+every row that gained tokens (``row_tokens`` is everything the row generated so far); returning
+True ends that row (stop sequences)."""
+
+
+@dataclass
+class DecodeConfig:
+    """What every sampler takes."""
+
+    max_new_tokens: int = 128
+    choice: TokenChoice = field(default_factory=TokenChoice)
+    """Temperature / top-k / top-p; greedy by default."""
+    eos_token_id: int | None = None
+    pad_token_id: int = 0
+    """Left padding of prompts of different lengths."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be positive")
+
+
+@dataclass
+class Generation:
+    """New tokens per prompt and what they cost.
+
+    Forwards are counted twice: batched calls (``*_forwards``, each runs every row) and row
+    forwards (``row_*_forwards``: per forward, the rows still generating — a row stops counting
+    once its output is complete, even though the batch keeps computing it). The per-token rates
+    use row forwards, so a row that stops early is charged only for the forwards it needed.
+    """
+
+    tokens: list[list[int]]
+    """New tokens per prompt (up to and including EOS)."""
+    denoiser_forwards: int = 0
+    context_forwards: int = 0
+    """Batched context-tower forwards, the prefill included."""
+    row_denoiser_forwards: int = 0
+    row_context_forwards: int = 0
+
+    @property
+    def generated(self) -> int:
+        return sum(len(row) for row in self.tokens)
+
+    @property
+    def tokens_per_forward(self) -> float:
+        """Generated tokens per denoiser forward of a row: 1.0 for mock-AR, up to S for mask
+        diffusion (the card's "tokens / step")."""
+        forwards = self.row_denoiser_forwards
+        return self.generated / forwards if forwards else math.nan
+
+    @property
+    def tokens_per_context_forward(self) -> float:
+        """Generated tokens per context-tower forward of a row, the prefill included (AR: 1.0)."""
+        forwards = self.row_context_forwards
+        return self.generated / forwards if forwards else math.nan
+
+    @property
+    def tokens_per_model_forward(self) -> float:
+        """Generated tokens per (context + denoiser) forward of a row, the prefill included."""
+        forwards = self.row_context_forwards + self.row_denoiser_forwards
+        return self.generated / forwards if forwards else math.nan
+
+
+def left_pad(
+    prompts: list[list[int]], pad_id: int, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths → (tokens (b, P), valid (b, P)), left-padded."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    width = max(len(p) for p in prompts)
+    tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
+    valid = torch.zeros(len(prompts), width, dtype=torch.bool, device=device)
+    for row, prompt in enumerate(prompts):
+        tokens[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        valid[row, width - len(prompt) :] = True
+    return tokens, valid
+
+
+class Collector:
+    """Collects new tokens per row; a row ends at its first EOS, at ``max_new`` tokens, or when
+    ``on_commit`` says so."""
+
+    def __init__(self, batch: int, max_new: int, eos: int | None, on_commit: OnCommit | None):
+        self.rows: list[list[int]] = [[] for _ in range(batch)]
+        self.done = [False] * batch
+        self.max_new, self.eos, self.on_commit = max_new, eos, on_commit
+
+    def extend(self, new: list[list[int]]) -> None:
+        for row, ids in enumerate(new):
+            if self.done[row]:
+                continue
+            start = len(self.rows[row])
+            for token in ids:
+                self.rows[row].append(token)
+                if token == self.eos or len(self.rows[row]) >= self.max_new:
+                    self.done[row] = True
+                    break
+            added = self.rows[row][start:]
+            if added and self.on_commit is not None and self.on_commit(row, added, self.rows[row]):
+                self.done[row] = True
+
+    def remaining(self, device) -> torch.Tensor:
+        """(b,) tokens each row may still add (0 once it is done)."""
+        return torch.tensor(
+            [0 if done else self.max_new - len(row) for row, done in zip(self.rows, self.done)],
+            dtype=torch.long,
+            device=device,
+        )
+
+    @property
+    def active(self) -> int:
+        return self.done.count(False)
+
+    @property
+    def finished(self) -> bool:
+        return all(self.done)
+
+
+def prefill_prompts(
+    model,
+    prompts: list[list[int]],
+    config: DecodeConfig,
+    logits: str,
+    on_commit: OnCommit | None,
+    stats_type: type[Generation] = Generation,
+):
+    """Left-pad the prompts and prefill the context tower → (collector, stats, prefill)."""
+    tokens, valid = left_pad(prompts, config.pad_token_id, model.context_device)
+    out = Collector(tokens.shape[0], config.max_new_tokens, config.eos_token_id, on_commit)
+    stats = stats_type(tokens=out.rows, context_forwards=1, row_context_forwards=len(prompts))
+    return out, stats, model.prefill(tokens, valid=valid, logits=logits)
