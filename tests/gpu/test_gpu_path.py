@@ -107,9 +107,7 @@ def _samplers(model, mask):
                 max_new_tokens=16, block_size=8, steps_per_block=4, mask_token_id=mask
             ),
         ),
-        "mock_ar": lambda: generate_mock_ar(
-            model, PROMPTS, MockARConfig(max_new_tokens=6, mask_token_id=mask)
-        ),
+        "mock_ar": lambda: generate_mock_ar(model, PROMPTS, MockARConfig(max_new_tokens=6)),
         "ar": lambda: generate_ar(model, PROMPTS, ARConfig(max_new_tokens=6)),
     }
 
