@@ -10,6 +10,8 @@
   denoiser forward then scores every continuation token of every pair, as a batch of one-token
   rows, row (pair, j) with the K/V of its first positions and the states before its token.
   Whatever the model's ``denoiser_shift``, these are the denoiser's scores, never the AR tower's.
+  Memory: the attention K/V are repeated per row, b · N copies of (context + N) positions for
+  b pairs of continuations up to N tokens (lm-eval batches of long rolling windows add up).
 
 Both take a batch of (context ids, continuation ids) pairs and return (sum of log-probs over
 the full vocabulary, whether every continuation token is the greedy choice) per pair. Any
