@@ -224,3 +224,47 @@ def test_one_token_prompt_mock_ar(pair):
     mask = (torch.arange(len(PROMPT)) >= torch.tensor([[len(PROMPT) - 1], [0]])).long()
     theirs = hf.generate_mock_ar(ids, max_new_tokens=6, attention_mask=mask)
     assert theirs[:, len(PROMPT) :].tolist() == ours
+
+
+def test_the_model_cards_code_runs_as_written(pair, tokenizer_dir, tmp_path):
+    """seeds/model_card.txt's "Use it with Transformers" calls, devices set to the CPU."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_name = str(export(pair[0], tmp_path / "hf", AutoTokenizer.from_pretrained(tokenizer_dir)))
+    tokenizer = AutoTokenizer.from_pretrained(model_name)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_name,
+        torch_dtype=torch.bfloat16,
+        trust_remote_code=True,
+    )
+    model.place_towers_on_devices("cpu", "cpu")
+    model.eval()
+    prompt = "France is a country "
+    inputs = tokenizer(prompt, return_tensors="pt").to("cpu")
+    outputs = model.generate_mask_diffusion(
+        inputs["input_ids"],
+        max_new_tokens=128,
+        block_size=16,  # tokens generated per block
+        steps_per_block=16,  # denoising iterations per block
+        mask_token_id=3,  # [MASK]
+        temperature=0.1,
+        confidence_threshold=0.8,  # commit positions above this confidence each step
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    texts = [tokenizer.decode(outputs[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)]
+    assert 0 < model._last_nfe <= 128
+    outputs = model.generate_mock_ar(
+        inputs["input_ids"],
+        max_new_tokens=128,
+        temperature=0.0,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    texts.append(tokenizer.decode(outputs[0], skip_special_tokens=True))
+    outputs = model.generate_ar(
+        inputs["input_ids"],
+        max_new_tokens=128,
+        temperature=0.0,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    texts.append(tokenizer.decode(outputs[0], skip_special_tokens=True))
+    assert all(isinstance(text, str) for text in texts)
