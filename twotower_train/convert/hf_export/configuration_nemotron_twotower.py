@@ -15,7 +15,8 @@ from transformers.models.nemotron_h.configuration_nemotron_h import NemotronHCon
 
 class NemotronTwoTowerConfig(NemotronHConfig):
     block_size: int = 16
-    """Default sampling block size S of ``generate_mask_diffusion`` (the released model: 16)."""
+    """The block size S the model was trained at (the released model: 16): the default of
+    ``twotower-generate`` and lm-eval; the card API keeps the released default 16."""
     mask_token_id: int = 3
     """The diffusion [MASK] id the denoiser was trained with."""
     denoiser_shift: bool = False
