@@ -59,8 +59,8 @@ def test_fp64_router_routes_in_fp64(single_process):
 
 
 def test_denoiser_scan_runs_in_the_configured_dtype(single_process, monkeypatch):
-    """bf16 activations: with ``fp32`` the denoiser's scans get fp32 x/B/C/z and its output keeps
-    bf16; with ``activation`` they get bf16. The context tower's scans stay bf16 either way."""
+    """bf16 activations: with ``fp32`` the denoiser's scans get fp32 x/B/C/z and seeds (held in
+    bf16) and its output keeps bf16; with ``activation`` they get bf16. The context tower's scans stay bf16 either way."""
     seen = []
     real = mixers.backends.mamba_scan
 
@@ -68,7 +68,11 @@ def test_denoiser_scan_runs_in_the_configured_dtype(single_process, monkeypatch)
         impl = real(device, needs_grad=needs_grad, state_stride=state_stride)
 
         def scan(x, dt, A, B, C, *args, **kw):
-            seen.append((state_stride is None, {x.dtype, B.dtype, C.dtype, kw["z"].dtype}))
+            seed = kw["initial_state"]
+            dtypes = {x.dtype, B.dtype, C.dtype, kw["z"].dtype}
+            seen.append(
+                (state_stride is None, dtypes | ({seed.dtype} if seed is not None else set()))
+            )
             return impl(x, dt, A, B, C, *args, **kw)
 
         return scan
