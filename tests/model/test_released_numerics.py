@@ -39,7 +39,7 @@ def test_bad_dtype_is_one_config_error(field, value):
 
 def test_fp64_router_routes_in_fp64(single_process):
     """Megatron's router computes its logits in the configured dtype: fp64 logits equal an fp64
-    reference matmul of the same inputs, and differ from the fp32 router's."""
+    reference matmul of the same inputs, and differ from the fp32 router's; backward runs."""
     cfg = preset("tiny", moe_router_dtype="fp64")
     model = TwoTowerModel.build(cfg)
     router = next(m for n, m in model.denoiser.named_modules() if n.endswith("mlp.router"))
@@ -49,12 +49,12 @@ def test_fp64_router_routes_in_fp64(single_process):
     original = router.gating
     router.gating = lambda x: logits.append((x, original(x))) or logits[-1][1]
     tokens = torch.randint(4, cfg.vocab_size, (1, 16))
-    with torch.no_grad():
-        model(tokens, tokens, torch.full((1, 2), 0.5), 8)
+    model(tokens, tokens, torch.full((1, 2), 0.5), 8).float().square().mean().backward()
+    assert router.weight.grad is not None and router.weight.grad.isfinite().all()
     (x, got), probs = logits[0], seen[0][0]
     assert got.dtype == torch.float64 and probs.dtype == torch.float64
     ref = x.double() @ router.weight.double().t()
-    torch.testing.assert_close(got, ref.reshape(got.shape), rtol=0, atol=1e-12)
+    torch.testing.assert_close(got.detach(), ref.detach().reshape(got.shape), rtol=0, atol=1e-12)
     assert (x.float() @ router.weight.float().t() - ref).abs().max() > 0  # fp32 would differ
 
 
