@@ -3,8 +3,9 @@
 recurrence: the released code's GPU defect (a seeded chunk scan with S < chunk gave garbage)
 must not be ours. The worker and its tolerances: :mod:`tests.kernels.seeded_scan_nano`.
 
-* under the Triton interpreter (marker ``triton_interpreter``; ~N s, so also ``slow`` and out of
-  the default run: ``bash scripts/test.sh -m triton_interpreter tests/kernels``): the kernels
+* under the Triton interpreter (marker ``triton_interpreter``; ~41 s of CPU, as much as all
+  the other interpreter cases together, so also ``slow`` and out of the default run:
+  ``bash scripts/test.sh -m triton_interpreter tests/kernels``): the kernels
   ``backends`` picks on a GPU — mamba_ssm's differentiable chunk scan (training) and
   megatron-core's forward-only varlen scan (sampling), both with initial states;
 * in this process: the CPU path (the pure-torch scan) at the same sizes;
