@@ -160,7 +160,9 @@ def failures(report: dict) -> list[str]:
             bad.append(f"{key}: backends picked {e['impl']}, not the kernel {KERNEL_IMPLS[path]}")
         tol = TOLERANCE[(device, name)]
         if not e["max_abs_diff"] <= tol * e["ref_max_abs"]:
-            bad.append(f"{key}: |Δ|max {e['max_abs_diff']:.3e} > {tol:g} · {e['ref_max_abs']:.3e}")
+            bad.append(
+                f"{key}: max abs diff {e['max_abs_diff']:.3e} > {tol:g} · {e['ref_max_abs']:.3e}"
+            )
     return bad
 
 
@@ -173,11 +175,14 @@ def summary(report: dict) -> str:
             name = key.split(".")[2]
             worst[name] = max(worst.get(name, 0.0), e["max_abs_diff"] / e["ref_max_abs"])
             impls.add(e["impl"])
-    errors = ", ".join(f"{name} scan {err:.1e}" for name, err in worst.items())
+    errors = ", ".join(
+        f"{name} scan {err:.1e}" for name, err in worst.items()
+    )  # no "|": a table cell
     verdict = "FAIL: " + "; ".join(report["failures"]) if report["failures"] else "ok"
     return (
         f"S={'/'.join(map(str, BLOCK_SIZES))} < chunk {CHUNK}, {HEADS}x{HEAD_DIM} heads, state "
-        f"{STATE}, {GROUPS} groups on {report['device']}: max |dy|/max|y| vs fp64 recurrence "
+        f"{STATE}, {GROUPS} groups on {report['device']}: max abs error / max abs y vs an fp64 "
+        "recurrence: "
         f"{errors} ({', '.join(sorted(impls))}): {verdict}"
     )
 

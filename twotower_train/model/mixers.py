@@ -155,8 +155,9 @@ def ssd_in_dtype(
     already discretised) on the implementation :func:`backends.mamba_scan` picks.
 
     ``scan_dtype`` (e.g. fp32 for bf16 activations): x, B, C, z and the seed are cast to it
-    first, so the kernel multiplies and accumulates in it, and ``y`` comes back in it. The chunk length is the
-    mixer's chunk size capped at the sequence length (a block of S < Q is one chunk of S)."""
+    first, so the kernel multiplies and accumulates in it, and ``y`` comes back in it. The
+    chunk length is the mixer's chunk size capped at the sequence length (a block of S < Q is
+    one chunk of S)."""
     if scan_dtype is not None:
         x, B, C = x.to(scan_dtype), B.to(scan_dtype), C.to(scan_dtype)
         z = None if z is None else z.to(scan_dtype)
