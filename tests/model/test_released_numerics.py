@@ -60,7 +60,8 @@ def test_fp64_router_routes_in_fp64(single_process):
 
 def test_denoiser_scan_runs_in_the_configured_dtype(single_process, monkeypatch):
     """bf16 activations: with ``fp32`` the denoiser's scans get fp32 x/B/C/z and seeds (held in
-    bf16) and its output keeps bf16; with ``activation`` they get bf16. The context tower's scans stay bf16 either way."""
+    bf16) and its output keeps bf16, in training (forward and backward) and in sampling; with
+    ``activation`` they get bf16. The context tower's scans stay bf16 either way."""
     seen = []
     real = mixers.backends.mamba_scan
 
@@ -69,10 +70,8 @@ def test_denoiser_scan_runs_in_the_configured_dtype(single_process, monkeypatch)
 
         def scan(x, dt, A, B, C, *args, **kw):
             seed = kw["initial_state"]
-            dtypes = {x.dtype, B.dtype, C.dtype, kw["z"].dtype}
-            seen.append(
-                (state_stride is None, dtypes | ({seed.dtype} if seed is not None else set()))
-            )
+            activations = {x.dtype, B.dtype, C.dtype, kw["z"].dtype}
+            seen.append((state_stride is None, activations, seed is None or seed.dtype))
             return impl(x, dt, A, B, C, *args, **kw)
 
         return scan
@@ -86,10 +85,24 @@ def test_denoiser_scan_runs_in_the_configured_dtype(single_process, monkeypatch)
         )
         logits = model(tokens, tokens, torch.full((1, 2), 0.5), 8)
         assert logits.dtype == torch.bfloat16
-        denoiser = [d for is_denoiser, d in seen if is_denoiser]
-        context = [d for is_denoiser, d in seen if not is_denoiser]
-        assert denoiser and all(d == {dtype} for d in denoiser), (choice, seen)
-        assert context and all(d == {torch.bfloat16} for d in context), (choice, seen)
+        logits.float().square().mean().backward()
+        grads = [p.grad for n, p in model.denoiser.named_parameters() if "mixer.in_proj" in n]
+        assert grads and all(g is not None and g.isfinite().all() for g in grads)
+        training = list(seen)
+        # Sampling: the denoiser's block scans (seeded from the cache) follow the choice too.
+        seen.clear()
+        model.eval()
+        with torch.no_grad():
+            cache = model.prefill(tokens).cache
+            model.denoise_block(cache, torch.full((1, 8), 3), torch.full((1,), 1.0))
+        sampling = seen[-1:]  # the last scan is the denoiser's (prefill's are the context's)
+        for calls in (training, sampling):
+            denoiser = [(a, seed) for is_denoiser, a, seed in calls if is_denoiser]
+            assert denoiser and all(a == {dtype} for a, _ in denoiser), (choice, calls)
+            if choice == "fp32":  # seeds too (activation: as handed in, bf16 or fp32)
+                assert all(seed is torch.float32 for _, seed in denoiser), (choice, calls)
+        context = [a for is_denoiser, a, _ in training if not is_denoiser]
+        assert context and all(a == {torch.bfloat16} for a in context), (choice, training)
 
 
 def test_fp32_seeded_scan_of_bf16_inputs_is_closer_to_fp64():
