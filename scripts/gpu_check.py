@@ -14,7 +14,11 @@ the wheels of ``scripts/fetch_gpu_wheels.sh``). Steps, each a row of the table:
    resumed steps' losses against run 4 (the first one must be equal);
 6. the three samplers on the stage-2 checkpoint in bf16 on the GPU, then again with the towers
    placed on two handles of the device (``cuda:0``, ``cuda:0``): same tokens;
-7. the kernel benchmarks of the GPU-kernel issue (:data:`KERNEL_BENCHMARKS`).
+7. the kernel checks (:data:`KERNEL_CHECKS`): the denoiser's seeded scan at the Nano's real
+   Mamba sizes with S < chunk against a per-token fp64 recurrence (the released code's GPU
+   defect; ``tests/kernels/seeded_scan_nano.py``: on CUDA the Triton kernels, fp32 and bf16
+   scans; on a CPU the pure-torch scan, which the dry run below checks);
+8. the kernel benchmarks of the GPU-kernel issue (:data:`KERNEL_BENCHMARKS`).
 
 The orchestrator uses the standard library only (it runs before anything is installed); each
 step is a subprocess whose output goes to ``OUT/logs/<step>.log``. A CPU dry run of the
@@ -56,6 +60,15 @@ class Check:
     name: str
     command: list[str]
     timeout: float = 120.0
+
+
+KERNEL_CHECKS: list[Check] = [
+    Check(
+        "seeded scan, S < chunk, Nano sizes",
+        [sys.executable, "-m", "tests.kernels.seeded_scan_nano"],
+        timeout=300,
+    ),
+]
 
 
 # ---- GPU-kernel issue (benchmarks/step_time.py, benchmarks/attention.py, the generation
@@ -471,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         ):
             if step_kill_and_resume(ctx, stage2, backbone):
                 step_samplers(ctx, ctx.out / "stage2_killed" / "checkpoints")
-    for check in KERNEL_BENCHMARKS:
+    for check in (*KERNEL_CHECKS, *KERNEL_BENCHMARKS):
         start = time.perf_counter()
         rc, tail = _run(
             ctx, check.name.split(":")[0].replace(" ", "_"), check.command, check.timeout

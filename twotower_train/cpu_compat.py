@@ -173,7 +173,7 @@ def _tile_size(config) -> float:
     return size
 
 
-def enable_triton_interpreter() -> None:
+def enable_triton_interpreter(tiles: str = "smallest") -> None:
     """Run the Mamba Triton kernels on the CPU under the Triton interpreter (tests only).
 
     ``TRITON_INTERPRET=1`` must be in the environment before the process imports triton (it is
@@ -185,8 +185,11 @@ def enable_triton_interpreter() -> None:
     2. ``torch.cuda.get_device_properties`` (mamba_ssm's backward sizes a grid by the SM
        count) → an object with a small ``multi_processor_count``;
     3. triton's autotuner times every config through the GPU driver → its per-config benchmark
-       returns the config's tile size instead, so it takes the smallest tiles (every config
-       computes the same result; small tiles are what the interpreter runs fastest);
+       returns the config's tile size instead, so it takes the ``smallest`` tiles (every config
+       computes the same result; on tiny shapes small tiles are what the interpreter runs
+       fastest), or with ``tiles="largest"`` the largest: the interpreter pays per program, and
+       at real sizes (the Nano's 64 heads × 64 × state 128) the smallest tiles' grids have
+       thousands of programs per head, the largest ones' tens of times fewer;
     4. ``import mamba_ssm`` imports the Mamba-1 CUDA extension ``selective_scan_cuda``, which
        the SSD kernels never use → an empty module of that name.
 
@@ -210,6 +213,9 @@ def enable_triton_interpreter() -> None:
     torch.cuda.get_device_properties = lambda *_a, **_k: types.SimpleNamespace(
         name="cpu (triton interpreter)", multi_processor_count=2
     )
-    autotuner.Autotuner._bench = lambda self, *_a, config, **_k: [_tile_size(config)] * 3
+    if tiles not in ("smallest", "largest"):
+        raise ValueError(f"tiles={tiles!r}; use 'smallest' or 'largest'")
+    power = 1.0 if tiles == "smallest" else -1.0  # the "time" is the tile size or its inverse
+    autotuner.Autotuner._bench = lambda self, *_a, config, **_k: [_tile_size(config) ** power] * 3
     sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
     _TRITON_INTERPRETER = True

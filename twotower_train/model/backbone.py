@@ -98,7 +98,7 @@ def transformer_config(
         moe_router_enable_expert_bias=has_moe,
         moe_router_bias_update_rate=cfg.moe_router_bias_update_rate,
         moe_router_topk_scaling_factor=cfg.moe_topk_scaling_factor,
-        moe_router_dtype="fp32",
+        moe_router_dtype=cfg.moe_router_dtype,
         moe_router_load_balancing_type="none",
         moe_aux_loss_coeff=0.0,
         moe_token_dispatcher_type=cfg.moe_token_dispatcher,

@@ -16,6 +16,12 @@ from dataclasses import dataclass
 from twotower_train.errors import ConfigError
 
 LAYER_SYMBOLS = {"M": "mamba", "*": "attention", "E": "moe", "-": "mlp"}
+MOE_ROUTER_DTYPES = ("fp32", "fp64")
+"""``model.moe_router_dtype``: the values of Megatron-Core's ``TransformerConfig.moe_router_dtype``
+this backbone offers (Megatron's third, None, routes in the activation dtype: bf16 on GPUs)."""
+DENOISER_SCAN_DTYPES = ("fp32", "activation")
+"""``model.denoiser_scan_dtype``: the denoiser's seeded SSD scan in fp32, or in the activation
+dtype (bf16 under bf16 training; the same as fp32 when the activations are fp32)."""
 
 
 @dataclass
@@ -48,6 +54,9 @@ class BackboneConfig:
     moe_topk_scaling_factor: float = 2.5
     moe_router_bias_update_rate: float = 1e-3
     moe_token_dispatcher: str = "allgather"
+    moe_router_dtype: str = "fp32"
+    """Megatron's ``moe_router_dtype``: router logits, top-k scores and the weighted sum of the
+    experts' outputs in fp32 or fp64 (the released model: fp64)."""
     # Dense MLP layers ('-').
     ffn_hidden_size: int = 128
     norm_eps: float = 1e-5
@@ -64,6 +73,13 @@ class BackboneConfig:
     reading, so the denoiser starts as a working AR model (docs/diffusion.md §"Shifted
     prediction") — and a block's first position is scored by the context tower's output at
     the position before the block."""
+
+    denoiser_scan_dtype: str = "activation"
+    """The denoiser's seeded Mamba scan (the one that starts from the context tower's states):
+    ``fp32`` casts its inputs to fp32 and keeps its output in fp32 up to the gated norm (the
+    released model: its bf16 scan overflowed with long contexts); ``activation`` scans in the
+    activation dtype. Equal when the activations are fp32 (CPU training); only the denoiser's
+    scan (training and sampling) is affected, not the context tower's (docs/gpu_kernels.md)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -101,6 +117,15 @@ class BackboneConfig:
                 f"model.moe_top_k={self.moe_top_k} must be in [1, model.num_experts="
                 f"{self.num_experts}]"
             )
+        for name, allowed in (
+            ("moe_router_dtype", MOE_ROUTER_DTYPES),
+            ("denoiser_scan_dtype", DENOISER_SCAN_DTYPES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"model.{name}={getattr(self, name)!r} is not one of {list(allowed)}; "
+                    f"set model.{name}={allowed[0]}"
+                )
         for name in ("pad_token_id", "bos_token_id", "eos_token_id", "mask_token_id"):
             if not 0 <= getattr(self, name) < self.vocab_size:
                 raise ConfigError(
@@ -150,6 +175,9 @@ _NANO_30B_A3B = BackboneConfig(
     moe_token_dispatcher="alltoall",
     ffn_hidden_size=1856,
     init_std=0.02,
+    # The released model's numerics (docs/gpu_kernels.md): fp64 router, fp32 denoiser scan.
+    moe_router_dtype="fp64",
+    denoiser_scan_dtype="fp32",
 )
 
 PRESETS: dict[str, BackboneConfig] = {

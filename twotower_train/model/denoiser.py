@@ -115,10 +115,14 @@ Conditioning = BlockwiseConditioning | CacheConditioning
 class Denoiser(MegatronModule):
     """Backbone layers + adaLN-single, conditioned on the context tower."""
 
-    def __init__(self, backbone: HybridModel, adaln: AdaLNSingle):
+    def __init__(
+        self, backbone: HybridModel, adaln: AdaLNSingle, *, scan_dtype: torch.dtype | None = None
+    ):
         super().__init__(config=backbone.config)
         self.backbone = backbone
         self.adaln = adaln
+        self.scan_dtype = scan_dtype
+        """The seeded Mamba scans' dtype (``model.denoiser_scan_dtype``); None: activations'."""
 
     def forward(
         self,
@@ -178,6 +182,7 @@ class Denoiser(MegatronModule):
                 normed,
                 initial=conditioning.mamba_seed(i),
                 blocks=conditioning.blocks,
+                scan_dtype=self.scan_dtype,
             ).out
         elif kind is LayerKind.ATTENTION:
             q, k, v = attention_qkv(layer.self_attention, normed)

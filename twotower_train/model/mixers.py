@@ -30,6 +30,7 @@ from megatron.core.transformer.attention import SelfAttention
 
 from twotower_train import backends
 from twotower_train.decoding.cache import MambaStates
+from twotower_train.ops.ssd import SSDOutput
 
 
 @dataclass
@@ -47,6 +48,7 @@ def mamba_forward(
     blocks: int = 1,
     state_stride: int | None = None,
     valid: torch.Tensor | None = None,
+    scan_dtype: torch.dtype | None = None,
 ) -> MambaOutput:
     """Mamba-2 mixer over ``hidden`` (s, b, d) with seeded / returned states.
 
@@ -59,6 +61,9 @@ def mamba_forward(
             (the context tower's block boundaries); needs ``blocks == 1``.
         valid: (b, s) bool, False at left-padding positions, which then leave every state
             unchanged (their conv input and step size are zeroed).
+        scan_dtype: run the SSD scan in this dtype (:func:`ssd_in_dtype`); its output stays
+            in it through the gated norm, whose output goes back to the activation dtype.
+            None: the activation dtype (``model.denoiser_scan_dtype``).
     """
     if mixer.cp.cp_size != 1:
         raise NotImplementedError("two-tower Mamba layers do not support context parallelism")
@@ -94,7 +99,7 @@ def mamba_forward(
     # The implementations for this call (kernels or the pure-torch reference), with the
     # signatures of ops.conv.causal_conv1d and ops.ssd.ssd_scan.
     causal_conv1d = backends.mamba_conv(xbc.device, needs_grad=needs_grad)
-    ssd_scan = backends.mamba_scan(xbc.device, needs_grad=needs_grad, state_stride=state_stride)
+    activation_dtype = xbc.dtype
     xbc, conv_final, conv_bounds = causal_conv1d(
         xbc,
         conv_weight,
@@ -105,29 +110,72 @@ def mamba_forward(
     )
     x, B, C = torch.split(xbc, [d_inner, groups * d_state, groups * d_state], dim=-1)
     D = mixer.D.float()
-    scan = ssd_scan(
+    scan = ssd_in_dtype(
         rearrange(x, "b s (h p) -> b s h p", p=head_dim),
         dt,
         -torch.exp(mixer.A_log.float()),
         rearrange(B, "b s (g n) -> b s g n", g=groups),
         rearrange(C, "b s (g n) -> b s g n", g=groups),
-        min(mixer.chunk_size, x.shape[1]),
+        mixer.chunk_size,
         D=rearrange(D, "(h p) -> h p", p=head_dim) if mixer.D_has_hdim else D,
         z=rearrange(z, "b s (h p) -> b s h p", p=head_dim),
-        dt_softplus=False,
         initial_state=None if initial is None else initial.ssm,
         state_stride=state_stride,
+        needs_grad=needs_grad,
+        scan_dtype=scan_dtype,
     )
     y = rearrange(scan.y, "b s h p -> b s (h p)")
     if blocks > 1:
         y = rearrange(y, "(b n) s p -> b (n s) p", n=blocks)
     y = mixer.norm(rearrange(y, "b s p -> s b p").contiguous())  # gated norm; gate already in y
-    out, _ = mixer.out_proj(y)
+    out, _ = mixer.out_proj(y.to(activation_dtype))
     boundaries = None
     if state_stride is not None:
         boundaries = MambaStates(conv=conv_bounds, ssm=scan.boundary_states)
     final = MambaStates(conv=conv_final, ssm=scan.final_state)
     return MambaOutput(out=out, final=final, boundaries=boundaries)
+
+
+def ssd_in_dtype(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int,
+    *,
+    D: torch.Tensor,
+    z: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+    state_stride: int | None = None,
+    needs_grad: bool,
+    scan_dtype: torch.dtype | None = None,
+) -> SSDOutput:
+    """One mixer call's SSD scan (:func:`twotower_train.ops.ssd.ssd_scan`'s tensors; ``dt``
+    already discretised) on the implementation :func:`backends.mamba_scan` picks.
+
+    ``scan_dtype`` (e.g. fp32 for bf16 activations): x, B, C, z and the seed are cast to it
+    first, so the kernel multiplies and accumulates in it, and ``y`` comes back in it. The
+    chunk length is the mixer's chunk size capped at the sequence length (a block of S < Q is
+    one chunk of S)."""
+    if scan_dtype is not None:
+        x, B, C = x.to(scan_dtype), B.to(scan_dtype), C.to(scan_dtype)
+        z = None if z is None else z.to(scan_dtype)
+        initial_state = None if initial_state is None else initial_state.to(scan_dtype)
+    ssd_scan = backends.mamba_scan(x.device, needs_grad=needs_grad, state_stride=state_stride)
+    return ssd_scan(
+        x,
+        dt,
+        A,
+        B,
+        C,
+        min(chunk_size, x.shape[1]),
+        D=D,
+        z=z,
+        dt_softplus=False,
+        initial_state=initial_state,
+        state_stride=state_stride,
+    )
 
 
 def attention_qkv(

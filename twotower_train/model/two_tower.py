@@ -44,6 +44,11 @@ from twotower_train.model.context_tower import ContextTower
 from twotower_train.model.denoiser import BlockwiseConditioning, CacheConditioning, Denoiser
 
 
+def denoiser_scan_dtype(cfg: BackboneConfig) -> torch.dtype | None:
+    """The torch dtype of ``model.denoiser_scan_dtype`` (None: the activation dtype)."""
+    return torch.float32 if cfg.denoiser_scan_dtype == "fp32" else None
+
+
 class TwoTowerModel(MegatronModule):
     def __init__(
         self, cfg: BackboneConfig, config: TransformerConfig, *, use_te: bool | None = None
@@ -61,7 +66,7 @@ class TwoTowerModel(MegatronModule):
             sequence_parallel=config.sequence_parallel,
             dtype=config.params_dtype,
         )
-        self.denoiser = Denoiser(denoiser_backbone, adaln)
+        self.denoiser = Denoiser(denoiser_backbone, adaln, scan_dtype=denoiser_scan_dtype(cfg))
         self._check_towers_agree()
         self._freeze_context_tower()
 
