@@ -10,4 +10,4 @@ if [ $# -gt 0 ]; then
     names=$(printf ' or %s' "$@")
     select="test_page_commands and (${names# or })"
 fi
-exec bash scripts/test.sh -m slow tests/docs/test_docs_commands.py -k "$select" -v
+exec bash scripts/test.sh -m slow tests/docs/test_docs_commands.py -k "$select" -rA

@@ -1,8 +1,10 @@
 """Where the docs' commands run: one sandbox folder per test session that links every top-level
-entry that git tracks, and ``.venv`` (``scripts``, ``recipes``, ...), so the pages'
-relative paths (``.venv/bin/python``, ``runs/demo_data``) work as written and whatever they
-write lands in the sandbox. A command that already ran in this session (same text, comments
-aside) is not run again: its output is reused, as its files are still there.
+entry that git tracks, and ``.venv`` (``scripts``, ``recipes``, ...), so the pages' relative
+paths (``.venv/bin/python``, ``runs/demo_data``) work as written and whatever they write lands
+in the sandbox, with ``docs_test_logs/`` (every command's output) and ``docs_test_report.txt``
+(the commands, their exit codes and the numbers read). A command that already ran in this
+session (same text, comments aside) is not run again: its output is reused, as its files are
+still there.
 
 ``TWOTOWER_DOCS_DEMO=DIR`` links an existing ``twotower-demo`` output folder (what ``runs/demo``
 holds after the demo) instead of training one, for the pages that only read the demo model.
@@ -56,6 +58,7 @@ class Sandbox:
         for name in sorted({path.split("/")[0] for path in tracked} | {".venv"}):
             (root / name).symlink_to(REPO / name)
         (root / "runs").mkdir()
+        (root / "docs_test_logs").mkdir()  # every command's output, numbered in run order
         demo = os.environ.get(DEMO_ENV)
         if demo:
             (root / "runs" / "demo").symlink_to(Path(demo).resolve())
@@ -93,7 +96,17 @@ class Sandbox:
             text = partial.decode(errors="replace") if isinstance(partial, bytes) else partial
             ran = Ran(command, -1, text + f"\n[docs test: timed out after {timeout:.0f} s]")
         self.ran[key] = ran
+        log = self.root / "docs_test_logs" / f"{len(self.ran):03d}.log"
+        log.write_text(f"$ {command}\n[exit code {ran.returncode}]\n{ran.output}")
+        self.note(f"{log}: exit code {ran.returncode}: {command.splitlines()[0][:100]}")
         return ran
+
+    def note(self, *lines: str) -> None:
+        """Lines for the session's report (``docs_test_report.txt``, and stdout: ``-rA``)."""
+        with open(self.root / "docs_test_report.txt", "a") as report:
+            for line in lines:
+                print(line)
+                report.write(line + "\n")
 
     def provide(self, need: str) -> None:
         if need not in NEEDS:

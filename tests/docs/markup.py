@@ -265,9 +265,12 @@ def read_page(page: Path, text: str | None = None) -> tuple[list[Block], str]:
     return blocks, re.sub(r"<!--.*?-->", "", "\n".join(visible), flags=re.S)
 
 
-def check_values(checks: list[Check], outputs: dict[int, str]) -> list[str]:
+def check_values(
+    checks: list[Check], outputs: dict[int, str], measured: list[str] | None = None
+) -> list[str]:
     """Each check against its match in the output of the block's commands (``outputs``: command
-    number → what it printed, in block order): the list of what drifted or is missing."""
+    number → what it printed, in block order): the list of what drifted or is missing. Every
+    number read is added to ``measured`` (when given) as "check: printed N"."""
     problems: list[str] = []
     seen: dict[tuple[int | None, str], int] = {}
     for check in checks:
@@ -289,7 +292,9 @@ def check_values(checks: list[Check], outputs: dict[int, str]) -> list[str]:
         except ValueError:
             problems.append(f"{check.describe()}: printed {printed!r}, not a number")
             continue
+        shown = printed if check.scale == 1 else f"{printed} (× {check.scale:g} = {value:g})"
+        if measured is not None:
+            measured.append(f"{check.describe()}: printed {shown}")
         if not check.verify(value):
-            shown = printed if check.scale == 1 else f"{printed} (× {check.scale:g} = {value:g})"
             problems.append(f"{check.describe()}: printed {shown}")
     return problems

@@ -47,12 +47,14 @@ def test_markup(page):
                 )
             elif command.kind == "gpu" and not _gpu_stated(block):
                 problems.append(
-                    f"{block.where}: command {command.index} is gpu, but neither it nor the paragraph above says so"
+                    f"{block.where}: command {command.index} is gpu, but neither the block nor "
+                    "the paragraph above it says so"
                 )
         for check in block.checks:
             if check.written not in visible:
                 problems.append(
-                    f"{block.where}: docs-check {check.describe()}: the page does not state {check.written}"
+                    f"{block.where}: docs-check {check.describe()}: "
+                    f"the page does not state {check.written}"
                 )
         if block.checks and not any(c.kind in ("run", "slow") for c in block.commands):
             problems.append(f"{block.where}: docs-check on a block that does not run")
@@ -88,7 +90,9 @@ def _run_block(sandbox, block: Block, kinds: tuple[str, ...], previous_python: s
         and not problems
         and all(c.kind in kinds for c in block.commands if c.kind in ("run", "slow"))
     ):
-        problems += [f"{block.where}: {p}" for p in check_values(block.checks, outputs)]
+        measured: list[str] = []
+        problems += [f"{block.where}: {p}" for p in check_values(block.checks, outputs, measured)]
+        sandbox.note(*(f"{block.where}: {m}" for m in measured))
     return problems
 
 
