@@ -6,8 +6,9 @@ in the sandbox, with ``docs_test_logs/`` (every command's output) and ``docs_tes
 session (same text, comments aside) is not run again: its output is reused, as its files are
 still there.
 
-``TWOTOWER_DOCS_DEMO=DIR`` links an existing ``twotower-demo`` output folder (what ``runs/demo``
-holds after the demo) instead of training one, for the pages that only read the demo model.
+``TWOTOWER_DOCS_DEMO=DIR`` links the entries of an existing ``twotower-demo`` output folder (what
+``runs/demo`` holds after the demo) into the sandbox's ``runs/demo`` instead of training one, for
+the pages that only read the demo model (nothing is written into DIR).
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ class Sandbox:
         (root / "runs").mkdir()
         (root / "docs_test_logs").mkdir()  # every command's output, numbered in run order
         demo = os.environ.get(DEMO_ENV)
-        if demo:
-            (root / "runs" / "demo").symlink_to(Path(demo).resolve())
+        if demo:  # its entries linked one by one: what the pages write next to them stays here
+            (root / "runs" / "demo").mkdir()
+            for entry in Path(demo).resolve().iterdir():
+                (root / "runs" / "demo" / entry.name).symlink_to(entry)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in (*RENDEZVOUS, "TWOTOWER_DEBUG")}
@@ -111,7 +114,7 @@ class Sandbox:
     def provide(self, need: str) -> None:
         if need not in NEEDS:
             raise pytest.UsageError(f"docs markup needs={need}: not one of {sorted(NEEDS)}")
-        if need == "demo" and (self.root / "runs" / "demo").is_symlink():
+        if need == "demo" and os.environ.get(DEMO_ENV):
             return
         for command in NEEDS[need]:
             ran = self.run(command, timeout=4 * 3600)
