@@ -208,7 +208,13 @@ def run(config: ReproduceConfig, command: str) -> dict:
 
 
 def _publish(report: dict, out: Path, results_page: str | None) -> None:
-    from twotower_train.reproduce.results import markdown_table, page, plot_tradeoff
+    from twotower_train.reproduce.results import (
+        card_point,
+        markdown_table,
+        masked_accuracy_line,
+        page,
+        plot_tradeoff,
+    )
 
     with atomic_path(out / "tradeoff.png", keep_suffix=True) as tmp:
         plot_tradeoff(report, tmp)
@@ -220,7 +226,7 @@ def _publish(report: dict, out: Path, results_page: str | None) -> None:
             plot_tradeoff(report, tmp)
         text = target.read_text(encoding="utf-8") if target.exists() else ""
         write_text(target, _splice(text, page(report, plot.name)))
-    print(markdown_table(report))
+    print(f"{masked_accuracy_line(report)}\n\n{markdown_table(report)}\n\n{card_point(report)}")
     print(
         f"[reproduce] results: {out / 'results.json'}, {out / 'results.md'}, {out / 'tradeoff.png'}"
     )

@@ -48,9 +48,18 @@ def card_point(report: dict) -> str:
     )
 
 
+def masked_accuracy_line(report: dict) -> str:
+    acc = report["masked_accuracy"]
+    return (
+        f"Denoiser masked-token accuracy on held-out answers (S = {acc['block_size']}, "
+        f"mask ratio {acc['mask_ratio']}): {acc['accuracy']:.3f} vs the unigram baseline "
+        f"{acc['unigram']:.3f} ({acc['masked']} masked positions)."
+    )
+
+
 def page(report: dict, plot_name: str | None = "tradeoff.png") -> str:
     """The results page: command, machine, wall times, masked accuracy, table, plot."""
-    m, acc = report["machine"], report["masked_accuracy"]
+    m = report["machine"]
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in report["wall_seconds"].items())
     out = [
         f"Command: `{report['command']}`",
@@ -65,9 +74,7 @@ def page(report: dict, plot_name: str | None = "tradeoff.png") -> str:
         "AR exact match; AR-tower NLL = mean NLL per token of the mode's continuation under the "
         "context tower.",
         "",
-        f"Denoiser masked-token accuracy on held-out answers (S = {acc['block_size']}, "
-        f"mask ratio {acc['mask_ratio']}): {acc['accuracy']:.3f} vs the unigram baseline "
-        f"{acc['unigram']:.3f} ({acc['masked']} masked positions).",
+        masked_accuracy_line(report),
         "",
         markdown_table(report),
         "",
