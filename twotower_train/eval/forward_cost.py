@@ -1,0 +1,162 @@
+"""What one model forward of each decoding kind costs, and how many MoE experts it touches.
+
+The generation benchmark (``benchmarks/generation.py``) reports tokens/s per mode; these figures
+say where that time goes. On any :class:`~twotower_train.decoding.cache.DecodingModel` (a
+trainer checkpoint's ``TwoTowerModel`` or an HF export), after a prefill of the prompts:
+
+* ``ar_step`` — ``advance`` over one token, last logits (an AR step; mock-AR's context half);
+* ``denoiser_block`` — ``denoise_block`` over S ``[MASK]`` positions (one mask-diffusion step);
+* ``context_advance`` — ``advance`` over a committed block of S tokens (mask diffusion);
+* ``verify`` — ``advance`` over S tokens with all logits and per-position states (speculative).
+
+Each is timed from the same cache, kinds interleaved within each repeat, and the median is
+reported in milliseconds. :func:`experts_touched` counts, per MoE layer, the distinct experts the
+router picks during one forward (mean over layers): a block of S tokens routes to more experts
+than one token, and per-expert loops pay for each.
+
+:func:`compiled` wraps the three methods in ``torch.compile`` (dynamic shapes: the cache grows).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from twotower_train.decoding.samplers import left_pad, shifted
+
+KINDS = ("ar_step", "denoiser_block", "context_advance", "verify")
+
+
+def _sync(model) -> None:
+    for device in {model.context_device, model.denoiser_device}:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+
+def forward_calls(
+    model, prompts: list[list[int]], block_size: int, mask_token_id: int, pad_token_id: int
+) -> dict[str, Callable[[], object]]:
+    """Kind → a call running one forward of that kind after the prefill of ``prompts``."""
+    ctx, den = model.context_device, model.denoiser_device
+    tokens, valid = left_pad(prompts, pad_token_id, ctx)
+    cache = model.prefill(tokens, valid).cache
+    batch = len(prompts)
+    one = tokens[:, -1:]
+    clean = tokens[:, -1:].expand(batch, block_size).contiguous()  # any committed block
+    block = torch.full((batch, block_size), mask_token_id, dtype=torch.long, device=den)
+    t = torch.ones(batch, device=den)
+    den_cache = cache.to(den)
+    committed = "last" if shifted(model) else "none"  # what mask diffusion's advance asks for
+    return {
+        "ar_step": lambda: model.advance(cache, one, logits="last"),
+        "denoiser_block": lambda: model.denoise_block(den_cache, block, t),
+        "context_advance": lambda: model.advance(cache, clean, logits=committed),
+        "verify": lambda: model.advance(cache, clean, logits="all", position_states=True),
+    }
+
+
+def forward_costs(
+    model,
+    prompts: list[list[int]],
+    block_size: int,
+    mask_token_id: int,
+    pad_token_id: int,
+    repeats: int = 20,
+) -> dict[str, float]:
+    """Kind → median milliseconds of one forward (``repeats`` rounds, kinds interleaved)."""
+    calls = forward_calls(model, prompts, block_size, mask_token_id, pad_token_id)
+    for call in calls.values():  # warm-up (and compilation, for a compiled model)
+        call()
+    times: dict[str, list[float]] = {kind: [] for kind in calls}
+    for _ in range(repeats):
+        for kind, call in calls.items():
+            _sync(model)
+            start = time.perf_counter()
+            call()
+            _sync(model)
+            times[kind].append(time.perf_counter() - start)
+    return {kind: 1000 * statistics.median(values) for kind, values in times.items()}
+
+
+def _routers(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The MoE routers of ``module``: Megatron's ``TopKRouter`` and transformers' Nemotron-H
+    router (a module whose class name ends in ``Router`` or ``TopkRouter``)."""
+    return [m for m in module.modules() if type(m).__name__.lower().endswith("router")]
+
+
+def _chosen(output, experts: int) -> torch.Tensor | None:
+    """(tokens, experts) bool of the experts a router output picks, or None if not found.
+
+    Megatron's router returns (probs, routing_map (tokens, E) bool); transformers' returns
+    (top-k indices (tokens, k) int, weights) or a (tokens, E) logits tensor is not a choice."""
+    parts = output if isinstance(output, tuple) else (output,)
+    for part in parts:
+        if not isinstance(part, torch.Tensor):
+            continue
+        if part.dtype == torch.bool and part.shape[-1] == experts:
+            return part.reshape(-1, experts)
+        if not part.is_floating_point() and part.dtype != torch.bool:
+            flat = part.reshape(-1, part.shape[-1]).long()
+            picked = torch.zeros(flat.shape[0], experts, dtype=torch.bool, device=part.device)
+            return picked.scatter_(1, flat, True)
+    return None
+
+
+def _expert_count(router: torch.nn.Module) -> int | None:
+    for name in ("num_experts", "n_routed_experts"):
+        value = getattr(router, name, None) or getattr(getattr(router, "config", None), name, None)
+        if isinstance(value, int):
+            return value
+    weight = getattr(router, "weight", None)
+    return weight.shape[0] if isinstance(weight, torch.Tensor) else None
+
+
+def experts_touched(
+    model, prompts: list[list[int]], block_size: int, mask_token_id: int, pad_token_id: int
+) -> dict[str, float] | None:
+    """Kind → distinct experts chosen per MoE layer in one forward (mean over the layers that
+    ran); None for a model without routers."""
+    routers = [(r, _expert_count(r)) for r in _routers(model)]
+    routers = [(r, n) for r, n in routers if n]
+    if not routers:
+        return None
+    calls = forward_calls(model, prompts, block_size, mask_token_id, pad_token_id)
+    seen: list[int] = []
+
+    def hook(experts):
+        def record(_module, _inputs, output):
+            chosen = _chosen(output, experts)
+            if chosen is not None:
+                seen.append(int(chosen.any(0).sum()))
+
+        return record
+
+    handles = [r.register_forward_hook(hook(n)) for r, n in routers]
+    try:
+        counts = {}
+        for kind, call in calls.items():
+            seen.clear()
+            call()
+            counts[kind] = sum(seen) / len(seen) if seen else float("nan")
+    finally:
+        for handle in handles:
+            handle.remove()
+    return counts
+
+
+class compiled:  # noqa: N801 — reads as a function: compiled(model)
+    """``model`` with ``prefill`` / ``advance`` / ``denoise_block`` under ``torch.compile``
+    (dynamic shapes); every other attribute is the model's."""
+
+    def __init__(self, model, **options):
+        self._model = model
+        options = {"dynamic": True, **options}
+        self.prefill = torch.compile(model.prefill, **options)
+        self.advance = torch.compile(model.advance, **options)
+        self.denoise_block = torch.compile(model.denoise_block, **options)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
