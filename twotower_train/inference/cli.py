@@ -52,6 +52,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="for temperature > 0")
+    p.add_argument(
+        "--device", help="where the model runs, e.g. cuda, cuda:1 or cpu (default: as loaded)"
+    )
+    p.add_argument(
+        "--denoiser-device",
+        help="put the denoiser tower there instead (two GPUs: --device cuda:0 "
+        "--denoiser-device cuda:1)",
+    )
+    p.add_argument(
+        "--context-only",
+        action="store_true",
+        help="load only the context tower and its head (--mode ar on one GPU)",
+    )
     knobs = p.add_argument_group(
         "mode knobs (defaults: the mode's config; mask diffusion's block size and steps: the "
         "block size the model was trained at)"
@@ -130,8 +143,16 @@ def _main(argv: list[str] | None) -> None:
     knobs = {name: value for name, value in knobs.items() if value is not None}
     modes.build_config(args.mode, **knobs)  # bad knobs fail before the model loads
     prompts = _read_prompts(args)
+    if args.context_only and args.mode != "ar":
+        raise UserError(f"--context-only runs --mode ar only, not --mode {args.mode}")
     loaded = load_for_decoding(
-        args.model, args.tokenizer, backbone=args.backbone, options=("--tokenizer ", "--backbone ")
+        args.model,
+        args.tokenizer,
+        backbone=args.backbone,
+        device=args.device,
+        denoiser_device=args.denoiser_device,
+        context_only=args.context_only,
+        options=("--tokenizer ", "--backbone "),
     )
     knobs = {
         **loaded.sampler_ids(),
@@ -141,7 +162,8 @@ def _main(argv: list[str] | None) -> None:
     if "mask_token_id" in modes.knobs(args.mode):
         knobs["mask_token_id"] = loaded.mask_token_id
     config = modes.build_config(args.mode, **knobs)
-    generator = torch.Generator(loaded.model.context_device).manual_seed(args.seed)
+    generator = torch.Generator(modes.sampling_device(loaded.model, args.mode))
+    generator.manual_seed(args.seed)
     ids = [loaded.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     if any(not i for i in ids):
         raise UserError("a prompt encodes to no tokens; give non-empty prompts")
