@@ -14,7 +14,9 @@ the wheels of ``scripts/fetch_gpu_wheels.sh``). Steps, each a row of the table:
    resumed steps' losses against run 4 (the first one must be equal);
 6. the three samplers on the stage-2 checkpoint in bf16 on the GPU, then again with the towers
    placed on two handles of the device (``cuda:0``, ``cuda:0``): same tokens;
-7. the kernel benchmarks of the GPU-kernel issue (:data:`KERNEL_BENCHMARKS`).
+7. batch-1 decoding tok/s (AR, mask diffusion γ = 0.8, speculative; eager and compiled) on the
+   trained demo model(s) of ``--demo-model`` (``scripts/gpu_check_decoding.py``);
+8. the kernel benchmarks of the GPU-kernel issue (:data:`KERNEL_BENCHMARKS`).
 
 The orchestrator uses the standard library only (it runs before anything is installed); each
 step is a subprocess whose output goes to ``OUT/logs/<step>.log``. A CPU dry run of the
@@ -384,6 +386,24 @@ def samplers_main(checkpoint: str, new_tokens: int) -> None:
     print(json.dumps({"placed": placed, "modes": results}))
 
 
+def step_decoding(ctx: Context, cuda: bool) -> None:
+    """Batch-1 decoding tok/s on the demo model(s), eager vs compiled (gpu_check_decoding.py)."""
+    import gpu_check_decoding as decoding
+
+    found = decoding.models(ctx.args.demo_model, REPO)
+    if not found:
+        ctx.rows.append(
+            Row("decoding tok/s (demo model)", "SKIP", 0.0, "no runs/demo/hf; pass --demo-model")
+        )
+    for i, model in enumerate(found):
+        start, out = time.perf_counter(), ctx.out / f"decoding_{i}"
+        name = f"decoding tok/s, batch 1: {model.name}"
+        command = decoding.command(model, out, cuda, ctx.args.new_tokens)
+        rc, tail = _run(ctx, f"decoding_{i}", command, ctx.args.stage_timeout)
+        detail = decoding.summary(out / "result.json") if rc == 0 else f"exit {rc}"
+        _record(ctx, name, rc == 0, start, detail if rc == 0 else f"{detail}: {tail[-200:]}")
+
+
 def table(ctx: Context, environment: str) -> str:
     lines = [
         f"twotower-train GPU check - {environment}",
@@ -411,6 +431,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume-rtol", type=float, default=1e-3)
     p.add_argument("--stage-timeout", type=float, default=240)
     p.add_argument("--pytest-timeout", type=float, default=240)
+    p.add_argument(
+        "--demo-model",
+        action="append",
+        help="trained demo model (HF export or stage-2 checkpoint) for the decoding tok/s rows "
+        "(repeatable; default runs/demo/hf if present)",
+    )
     p.add_argument("--samplers", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.samplers:
@@ -471,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         ):
             if step_kill_and_resume(ctx, stage2, backbone):
                 step_samplers(ctx, ctx.out / "stage2_killed" / "checkpoints")
+    step_decoding(ctx, cuda)
     for check in KERNEL_BENCHMARKS:
         start = time.perf_counter()
         rc, tail = _run(
