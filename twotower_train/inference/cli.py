@@ -132,6 +132,10 @@ def _main(argv: list[str] | None) -> None:
     args = _parser().parse_args(argv)
     if args.batch_size <= 0:
         raise UserError(f"--batch-size={args.batch_size} must be positive")
+    if args.context_only and args.mode != "ar":
+        raise UserError(f"--context-only runs --mode ar only, not --mode {args.mode}")
+    if args.context_only and args.denoiser_device:
+        raise UserError("--context-only loads no denoiser; drop --denoiser-device")
 
     import torch
 
@@ -143,8 +147,6 @@ def _main(argv: list[str] | None) -> None:
     knobs = {name: value for name, value in knobs.items() if value is not None}
     modes.build_config(args.mode, **knobs)  # bad knobs fail before the model loads
     prompts = _read_prompts(args)
-    if args.context_only and args.mode != "ar":
-        raise UserError(f"--context-only runs --mode ar only, not --mode {args.mode}")
     loaded = load_for_decoding(
         args.model,
         args.tokenizer,
