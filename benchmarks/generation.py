@@ -261,7 +261,8 @@ def table(report: dict) -> str:
     )
     lines = [
         f"{report['machine']}, {report['device']}, {report['threads']} thread(s), load average "
-        f"{report['load_average']:.2f}; median of {report['repeats']} (modes interleaved)",
+        f"{report['load_average_start']:.2f} → {report['load_average']:.2f}; median of "
+        f"{report['repeats']} (modes interleaved)",
         head,
         "-" * len(head),
     ]
@@ -366,7 +367,8 @@ def main(argv: list[str] | None = None) -> dict:
             lines = [json.loads(line)["prompt"] for line in lines]
         lines = lines[: args.num_prompts]
         prompts = [loaded.tokenizer(line, add_special_tokens=False)["input_ids"] for line in lines]
-    report = measure(args, loaded, prompts)
+    load_before = os.getloadavg()[0]
+    report = {**measure(args, loaded, prompts), "load_average_start": load_before}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     line = json.dumps(report)
