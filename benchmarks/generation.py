@@ -247,6 +247,7 @@ def measure(args, loaded, prompts) -> dict:
         "forward_ms": costs,
         "experts_touched": experts,
         "compile_error": compile_error,
+        "compile_stats": forward_cost.compile_stats() if "compiled" in variants else None,
         "results": results,
     }
 
@@ -283,30 +284,7 @@ def table(report: dict) -> str:
                 else f"{'-':>9}"
             )
         )
-    return "\n".join(lines + ["", cost_table(report)])
-
-
-def cost_table(report: dict) -> str:
-    """ms per forward of each kind (median of ``cost_repeats``), per variant and batch size,
-    with the denoiser block's cost over an AR step's, and the experts each forward touches."""
-    kinds = forward_cost.KINDS
-    head = f"{'forward (ms)':<20}" + "".join(f"{k:>16}" for k in kinds) + f"{'den/AR':>8}"
-    lines = [f"S = {report['block_size']}", head, "-" * len(head)]
-    for variant, by_batch in report["forward_ms"].items():
-        for batch, ms in by_batch.items():
-            lines.append(
-                f"{f'{variant} {batch}':<20}"
-                + "".join(f"{ms[k]:>16.2f}" for k in kinds)
-                + f"{ms['denoiser_block'] / ms['ar_step']:>8.2f}"
-            )
-    if report["experts_touched"]:
-        touched = report["experts_touched"]
-        lines.append(
-            f"{'experts / MoE layer':<20}" + "".join(f"{touched[k]:>16.1f}" for k in kinds)
-        )
-    if report["compile_error"]:
-        lines.append(f"torch.compile failed: {report['compile_error']}")
-    return "\n".join(lines)
+    return "\n".join(lines + ["", forward_cost.cost_table(report)])
 
 
 def plot(report: dict, path: Path) -> None:

@@ -14,7 +14,9 @@ reported in milliseconds. :func:`experts_touched` counts, per MoE layer, the dis
 router picks during one forward (mean over layers): a block of S tokens routes to more experts
 than one token, and per-expert loops pay for each.
 
-:func:`compiled` wraps the three methods in ``torch.compile`` (dynamic shapes: the cache grows).
+:func:`compiled` wraps the three methods in ``torch.compile`` (dynamic shapes: the cache grows);
+:func:`compile_stats` says how many graphs dynamo compiled and where it broke them;
+:func:`cost_table` prints a benchmark report's figures.
 """
 
 from __future__ import annotations
@@ -145,6 +147,46 @@ def experts_touched(
         for handle in handles:
             handle.remove()
     return counts
+
+
+def compile_stats() -> dict:
+    """What dynamo did over the whole run: graphs compiled (a recompile per new shape or guard
+    adds one) and graph breaks (code it left to Python: host syncs, data-dependent branches)."""
+    from torch._dynamo.utils import counters
+
+    return {
+        "unique_graphs": counters["stats"]["unique_graphs"],
+        "graph_breaks": sum(counters["graph_break"].values()),
+        "break_reasons": sorted(counters["graph_break"], key=counters["graph_break"].get)[-5:],
+    }
+
+
+def cost_table(report: dict) -> str:
+    """ms per forward of each kind (median of ``cost_repeats``), per variant and batch size,
+    with the denoiser block's cost over an AR step's, and the experts each forward touches."""
+    kinds = KINDS
+    head = f"{'forward (ms)':<20}" + "".join(f"{k:>16}" for k in kinds) + f"{'den/AR':>8}"
+    lines = [f"S = {report['block_size']}", head, "-" * len(head)]
+    for variant, by_batch in report["forward_ms"].items():
+        for batch, ms in by_batch.items():
+            lines.append(
+                f"{f'{variant} {batch}':<20}"
+                + "".join(f"{ms[k]:>16.2f}" for k in kinds)
+                + f"{ms['denoiser_block'] / ms['ar_step']:>8.2f}"
+            )
+    if report["experts_touched"]:
+        touched = report["experts_touched"]
+        lines.append(
+            f"{'experts / MoE layer':<20}" + "".join(f"{touched[k]:>16.1f}" for k in kinds)
+        )
+    if report["compile_error"]:
+        lines.append(f"torch.compile failed: {report['compile_error']}")
+    if report["compile_stats"]:
+        stats = report["compile_stats"]
+        lines.append(
+            f"torch.compile: {stats['unique_graphs']} graphs, {stats['graph_breaks']} graph breaks"
+        )
+    return "\n".join(lines)
 
 
 class compiled:  # noqa: N801 — reads as a function: compiled(model)
