@@ -4,15 +4,17 @@ The generation benchmark (``benchmarks/generation.py``) reports tokens/s per mod
 say where that time goes. On any :class:`~twotower_train.decoding.cache.DecodingModel` (a
 trainer checkpoint's ``TwoTowerModel`` or an HF export), after a prefill of the prompts:
 
-* ``ar_step`` — ``advance`` over one token, last logits (an AR step; mock-AR's context half);
+* ``ar_step`` — ``advance`` over one token, last logits (an AR step; mock-AR's context half),
+  each from the cache the previous step returned (so the Mamba states are ones a step made, as
+  in decoding: a step from a prefill's states alone can cost a different amount);
 * ``denoiser_block`` — ``denoise_block`` over S ``[MASK]`` positions (one mask-diffusion step);
 * ``context_advance`` — ``advance`` over a committed block of S tokens (mask diffusion);
 * ``verify`` — ``advance`` over S tokens with all logits and per-position states (speculative).
 
-Each is timed from the same cache, kinds interleaved within each repeat, and the median is
-reported in milliseconds. :func:`experts_touched` counts, per MoE layer, the distinct experts the
-router picks during one forward (mean over layers): a block of S tokens routes to more experts
-than one token, and per-expert loops pay for each.
+The others are timed from the prefill's cache, kinds interleaved within each repeat, and the
+median is reported in milliseconds. :func:`experts_touched` counts, per MoE layer, the distinct
+experts the router picks during one forward (mean over layers): a block of S tokens routes to
+more experts than one token, and per-expert loops pay for each.
 
 :func:`compiled` wraps the three methods in ``torch.compile`` (dynamic shapes: the cache grows);
 :func:`compile_stats` says how many graphs dynamo compiled and where it broke them;
@@ -52,8 +54,13 @@ def forward_calls(
     t = torch.ones(batch, device=den)
     den_cache = cache.to(den)
     committed = "last" if shifted(model) else "none"  # what mask diffusion's advance asks for
+    grown = {"cache": cache}
+
+    def ar_step():  # from the state the previous step left, as AR decoding runs
+        grown["cache"] = model.advance(grown["cache"], one, logits="last").cache
+
     return {
-        "ar_step": lambda: model.advance(cache, one, logits="last"),
+        "ar_step": ar_step,
         "denoiser_block": lambda: model.denoise_block(den_cache, block, t),
         "context_advance": lambda: model.advance(cache, clean, logits=committed),
         "verify": lambda: model.advance(cache, clean, logits="all", position_states=True),
