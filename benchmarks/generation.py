@@ -9,14 +9,24 @@ and speculative decoding, one run measures:
   accepted draft tokens per verification forward;
 * agreement with AR greedy: prompts whose whole continuation equals AR's, and the fraction of
   AR's tokens matched position by position;
-* the AR (context) tower's mean NLL per token of each mode's continuation — a quality proxy.
+* the AR (context) tower's mean NLL per token of each mode's continuation — a quality proxy;
+* wall-clock speed-up over AR per batch size (tokens/s ÷ AR's tokens/s, same variant);
+* the cost of one forward of each kind (:mod:`twotower_train.eval.forward_cost`): ms per AR
+  step, per denoiser block forward, per context advance over a block and per speculative
+  verify, at each batch size (median of ``--cost-repeats``, kinds interleaved), and for an MoE
+  model the experts each forward touches per MoE layer;
+* with ``--compile``, all of it again with the model's ``prefill`` / ``advance`` /
+  ``denoise_block`` under ``torch.compile`` (rows marked ``[compiled]``); a model that does not
+  compile says why in the report (``compile_error``) and runs eager only.
 
-It prints a console table and ONE JSON line (machine, threads, load average included) and
-writes a PNG of the γ trade-off (quality proxy vs tokens per forward, speculative, AR and
-mock-AR as points)::
+It prints a console table (machine, device, threads and load average in its first line) with
+the per-forward costs under it, then ONE JSON line, and writes a PNG of the γ trade-off
+(quality proxy vs tokens per forward, speculative, AR and mock-AR as points)::
 
-    .venv/bin/python benchmarks/generation.py --model runs/demo/stage2/checkpoints \\
-        --out runs/demo/generation_benchmark
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/generation.py \\
+        --model runs/demo/stage2/checkpoints --prompts runs/demo/data/task_heldout.jsonl \\
+        --num-prompts 12 --max-new-tokens 32 --gammas 0.8 --repeats 5 --threads 1 \\
+        --out runs/demo/generation_benchmark          # --model runs/demo/hf: the export
     .venv/bin/python benchmarks/generation.py --smoke --out /tmp/gen_bench   # tiny, seconds
 
 ``--smoke`` uses a random tiny model and random prompt ids: it checks the mechanics only.
@@ -38,9 +48,10 @@ import torch  # noqa: E402
 from twotower_train import distributed  # noqa: E402
 from twotower_train.atomic_write import atomic_path, write_text
 from twotower_train.decoding.samplers import MaskDiffusionConfig  # noqa: E402
+from twotower_train.eval import forward_cost  # noqa: E402
 from twotower_train.eval.mode_comparison import agreement, ar_nll, mode_rows, run_mode  # noqa: E402
 from twotower_train.inference import modes  # noqa: E402
-from twotower_train.inference.load import LoadedModel, load_for_decoding  # noqa: E402
+from twotower_train.inference.load import LoadedModel, load_for_decoding, place  # noqa: E402
 
 PROMPTS = Path(__file__).with_name("prompts.txt")
 
@@ -48,7 +59,13 @@ PROMPTS = Path(__file__).with_name("prompts.txt")
 def _arguments(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="two-tower checkpoint or HF export folder")
-    p.add_argument("--prompts", default=str(PROMPTS), help="one prompt per line")
+    p.add_argument(
+        "--prompts",
+        default=str(PROMPTS),
+        help="one prompt per line, or a .jsonl whose lines have a 'prompt' (the demo's held-out "
+        "task problems: runs/demo/data/task_heldout.jsonl)",
+    )
+    p.add_argument("--num-prompts", type=int, help="use the first N prompts (default: all)")
     p.add_argument("--smoke", action="store_true", help="random tiny model, few tokens")
     p.add_argument("--out", required=True, help="folder for generation.png and result.json")
     p.add_argument("--max-new-tokens", type=int, help="default 64 (--smoke: 8)")
@@ -60,6 +77,14 @@ def _arguments(argv):
     p.add_argument("--speculative-threshold", type=float)
     p.add_argument("--batch-sizes", default="1,8")
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also measure every mode and forward with the model's methods under torch.compile",
+    )
+    p.add_argument("--cost-repeats", type=int, default=20, help="timed rounds per forward kind")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--device", help="where the model runs, e.g. cuda or cpu (default: as loaded)")
     args = p.parse_args(argv)
     if args.smoke == bool(args.model):
         p.error("give exactly one of --model PATH and --smoke")
@@ -105,53 +130,106 @@ def _modes(args, loaded: LoadedModel) -> dict[str, tuple[str, dict]]:
     )
 
 
+def _variants(args, loaded) -> tuple[dict, str | None]:
+    """Variant name → model ("eager", and "compiled" with ``--compile``), and why compiling
+    failed (None if it did not)."""
+    variants = {"eager": loaded.model}
+    if not args.compile:
+        return variants, None
+    torch._dynamo.config.disable = False  # this script disables dynamo unless asked to compile
+    model = forward_cost.compiled(loaded.model)
+    try:  # compile (and check) every method once on a short run of each kind
+        forward_cost.forward_costs(
+            model, [[loaded.pad_token_id + 1] * 3], 4, loaded.mask_token_id, loaded.pad_token_id, 1
+        )
+    except Exception as error:  # noqa: BLE001 — any compiler failure is reported, not raised
+        return variants, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    variants["compiled"] = model
+    return variants, None
+
+
+def _batch_prompts(prompts, batch):
+    return (prompts * batch)[:batch]
+
+
+def _row(name, variant, mode, config, generated, seconds, stats, agree, nll) -> dict:
+    forwards = stats["context"] + stats["denoiser"]
+    return {
+        "name": name,
+        "variant": variant,
+        "mode": mode,
+        "config": {k: v for k, v in vars(config).items() if k != "choice"},
+        **{f"tokens_per_s_batch{b}": generated[b] / seconds[b] for b in generated},
+        "forwards_per_token": forwards / stats["generated"],
+        "tokens_per_forward": stats["generated"] / forwards,
+        "tokens_per_context_forward": stats["generated"] / stats["context"],
+        "accepted_per_verify": stats["accepted"] / stats["verify"] if stats["verify"] else None,
+        "tokens_per_denoiser_forward": (
+            stats["generated"] / stats["denoiser"] if stats["denoiser"] else None
+        ),
+        "exact_match_ar": agree[0],
+        "token_agreement_ar": agree[1],
+        "ar_nll": nll,
+        "generated": stats["generated"],
+    }
+
+
 def measure(args, loaded, prompts) -> dict:
     rows = _modes(args, loaded)
     configs = {name: modes.build_config(mode, **knobs) for name, (mode, knobs) in rows.items()}
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    for name, (mode, _) in rows.items():  # warm-up: one short generation per mode
-        warm = modes.build_config(mode, **{**rows[name][1], "max_new_tokens": 4})
-        modes.generate(loaded.model, prompts[:1], mode, warm)
-    seconds = {(name, b): [] for name in rows for b in batches}
+    variants, compile_error = _variants(args, loaded)
+    S = args.block_size or loaded.block_size
+    ids = (S, loaded.mask_token_id, loaded.pad_token_id)
+    costs = {
+        variant: {
+            f"batch{b}": forward_cost.forward_costs(
+                model, _batch_prompts(prompts, b), *ids, repeats=args.cost_repeats
+            )
+            for b in batches
+        }
+        for variant, model in variants.items()
+    }
+    experts = forward_cost.experts_touched(loaded.model, prompts[:1], *ids)
+    for model in variants.values():
+        for name, (mode, _) in rows.items():  # warm-up: one short generation per mode
+            warm = modes.build_config(mode, **{**rows[name][1], "max_new_tokens": 4})
+            modes.generate(model, prompts[:1], mode, warm)
+    keys = [(v, name, b) for v in variants for name in rows for b in batches]
+    seconds = {key: [] for key in keys}
     first = {}
     # Modes interleaved within each repeat, so a shared machine's load drift hits all alike.
     for _ in range(args.repeats):
         for batch in batches:
-            for name, (mode, _) in rows.items():
-                tokens, stats, took = run_mode(loaded.model, prompts, mode, configs[name], batch)
-                seconds[name, batch].append(took)
-                first.setdefault((name, batch), (tokens, stats))
-    reference = first["AR", batches[0]][0]
+            for variant, model in variants.items():
+                for name, (mode, _) in rows.items():
+                    tokens, stats, took = run_mode(model, prompts, mode, configs[name], batch)
+                    seconds[variant, name, batch].append(took)
+                    first.setdefault((variant, name, batch), (tokens, stats))
+    reference = first["eager", "AR", batches[0]][0]
     results = []
-    for name, (mode, _) in rows.items():
-        tokens, stats = first[name, batches[0]]
-        exact, per_token = agreement(tokens, reference)
-        forwards = stats["context"] + stats["denoiser"]
-        results.append(
-            {
-                "name": name,
-                "mode": mode,
-                "config": {k: v for k, v in vars(configs[name]).items() if k != "choice"},
-                **{
-                    f"tokens_per_s_batch{b}": first[name, b][1]["generated"]
-                    / statistics.median(seconds[name, b])
-                    for b in batches
-                },
-                "forwards_per_token": forwards / stats["generated"],
-                "tokens_per_forward": stats["generated"] / forwards,
-                "tokens_per_context_forward": stats["generated"] / stats["context"],
-                "accepted_per_verify": (
-                    stats["accepted"] / stats["verify"] if stats["verify"] else None
-                ),
-                "tokens_per_denoiser_forward": (
-                    stats["generated"] / stats["denoiser"] if stats["denoiser"] else None
-                ),
-                "exact_match_ar": exact,
-                "token_agreement_ar": per_token,
-                "ar_nll": ar_nll(loaded.model, prompts, tokens, loaded.pad_token_id),
-                "generated": stats["generated"],
-            }
-        )
+    for variant in variants:
+        for name, (mode, _) in rows.items():
+            tokens, stats = first[variant, name, batches[0]]
+            results.append(
+                _row(
+                    name if variant == "eager" else f"{name} [{variant}]",
+                    variant,
+                    mode,
+                    configs[name],
+                    {b: first[variant, name, b][1]["generated"] for b in batches},
+                    {b: statistics.median(seconds[variant, name, b]) for b in batches},
+                    stats,
+                    agreement(tokens, reference),
+                    ar_nll(loaded.model, prompts, tokens, loaded.pad_token_id),
+                )
+            )
+        ar = next(r for r in results if r["variant"] == variant and r["mode"] == "ar")
+        for r in results:  # wall-clock speed-up over this variant's AR
+            if r["variant"] == variant:
+                for b in batches:
+                    key = f"tokens_per_s_batch{b}"
+                    r[f"speedup_vs_ar_batch{b}"] = r[key] / ar[key]
     return {
         "benchmark": "generation",
         "model": args.model or "smoke:tiny",
@@ -164,6 +242,12 @@ def measure(args, loaded, prompts) -> dict:
         "max_new_tokens": args.max_new_tokens,
         "batch_sizes": batches,
         "repeats": args.repeats,
+        "cost_repeats": args.cost_repeats,
+        "block_size": S,
+        "forward_ms": costs,
+        "experts_touched": experts,
+        "compile_error": compile_error,
+        "compile_stats": forward_cost.compile_stats() if "compiled" in variants else None,
         "results": results,
     }
 
@@ -171,17 +255,26 @@ def measure(args, loaded, prompts) -> dict:
 def table(report: dict) -> str:
     batches = report["batch_sizes"]
     head = (
-        f"{'mode':<20}"
-        + "".join(f"{f'tok/s b{b}':>10}" for b in batches)
+        f"{'mode':<32}"
+        + "".join(f"{f'tok/s b{b}':>10}{f'×AR b{b}':>8}" for b in batches)
         + f"{'fwd/tok':>9}{'tok/ctx':>9}{'tok/den':>9}{'exact':>7}{'agree':>7}{'AR NLL':>8}"
         f"{'acc/ver':>9}"
     )
-    lines = [head, "-" * len(head)]
+    lines = [
+        f"{report['machine']}, {report['device']}, {report['threads']} thread(s), load average "
+        f"{report['load_average_start']:.2f} → {report['load_average']:.2f}; median of "
+        f"{report['repeats']} (modes interleaved)",
+        head,
+        "-" * len(head),
+    ]
     for r in report["results"]:
         per_den = r["tokens_per_denoiser_forward"]
         lines.append(
-            f"{r['name']:<20}"
-            + "".join(f"{r[f'tokens_per_s_batch{b}']:>10.1f}" for b in batches)
+            f"{r['name']:<32}"
+            + "".join(
+                f"{r[f'tokens_per_s_batch{b}']:>10.1f}{r[f'speedup_vs_ar_batch{b}']:>8.2f}"
+                for b in batches
+            )
             + f"{r['forwards_per_token']:>9.2f}{r['tokens_per_context_forward']:>9.2f}"
             + (f"{per_den:>9.2f}" if per_den else f"{'-':>9}")
             + f"{r['exact_match_ar']:>7.2f}{r['token_agreement_ar']:>7.2f}{r['ar_nll']:>8.3f}"
@@ -191,7 +284,7 @@ def table(report: dict) -> str:
                 else f"{'-':>9}"
             )
         )
-    return "\n".join(lines)
+    return "\n".join(lines + ["", forward_cost.cost_table(report)])
 
 
 def plot(report: dict, path: Path) -> None:
@@ -205,7 +298,8 @@ def plot(report: dict, path: Path) -> None:
         (axes[0], "ar_nll", "AR-tower NLL / token (lower is better)"),
         (axes[1], "token_agreement_ar", "token agreement with AR greedy"),
     ):
-        diffusion = [r for r in report["results"] if r["mode"] == "mask_diffusion"]
+        eager = [r for r in report["results"] if r["variant"] == "eager"]
+        diffusion = [r for r in eager if r["mode"] == "mask_diffusion"]
         ax.plot(
             [r["tokens_per_forward"] for r in diffusion],
             [r[key] for r in diffusion],
@@ -220,9 +314,7 @@ def plot(report: dict, path: Path) -> None:
                 xytext=(4, 4),
                 fontsize=8,
             )
-        for r, marker in zip(
-            [r for r in report["results"] if r["mode"] != "mask_diffusion"], ("s", "^", "*")
-        ):
+        for r, marker in zip([r for r in eager if r["mode"] != "mask_diffusion"], ("s", "^", "*")):
             ax.plot(r["tokens_per_forward"], r[key], marker, markersize=10, label=r["name"])
         ax.set_xlabel("generated tokens per (context + denoiser) forward")
         ax.set_ylabel(label)
@@ -240,17 +332,21 @@ def plot(report: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = _arguments(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.smoke:
         loaded, prompts = _smoke_model()
+        loaded.model = place(loaded.model, args.device)
     else:
-        loaded = load_for_decoding(args.model)
+        loaded = load_for_decoding(args.model, device=args.device)
         lines = Path(args.prompts).read_text(encoding="utf-8").splitlines()
-        prompts = [
-            loaded.tokenizer(line, add_special_tokens=False)["input_ids"]
-            for line in lines
-            if line.strip()
-        ]
-    report = measure(args, loaded, prompts)
+        lines = [line for line in lines if line.strip()]
+        if args.prompts.endswith(".jsonl"):  # e.g. the demo's data/task_heldout.jsonl
+            lines = [json.loads(line)["prompt"] for line in lines]
+        lines = lines[: args.num_prompts]
+        prompts = [loaded.tokenizer(line, add_special_tokens=False)["input_ids"] for line in lines]
+    load_before = os.getloadavg()[0]
+    report = {**measure(args, loaded, prompts), "load_average_start": load_before}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     line = json.dumps(report)

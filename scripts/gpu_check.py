@@ -18,7 +18,9 @@ the wheels of ``scripts/fetch_gpu_wheels.sh``). Steps, each a row of the table:
    Mamba sizes with S < chunk against a per-token fp64 recurrence (the released code's GPU
    defect; ``tests/kernels/seeded_scan_nano.py``: on CUDA the Triton kernels, fp32 and bf16
    scans; on a CPU the pure-torch scan, which the dry run below checks);
-8. the kernel benchmarks of the GPU-kernel issue (:data:`KERNEL_BENCHMARKS`).
+8. batch-1 decoding tok/s (AR, mask diffusion γ = 0.8, speculative; eager and compiled) on the
+   trained demo model(s) of ``--demo-model`` (``scripts/gpu_check_decoding.py``);
+9. the kernel benchmarks of the GPU-kernel issue (:data:`KERNEL_BENCHMARKS`).
 
 The orchestrator uses the standard library only (it runs before anything is installed); each
 step is a subprocess whose output goes to ``OUT/logs/<step>.log``. A CPU dry run of the
@@ -397,6 +399,24 @@ def samplers_main(checkpoint: str, new_tokens: int) -> None:
     print(json.dumps({"placed": placed, "modes": results}))
 
 
+def step_decoding(ctx: Context, cuda: bool) -> None:
+    """Batch-1 decoding tok/s on the demo model(s), eager vs compiled (gpu_check_decoding.py)."""
+    import gpu_check_decoding as decoding
+
+    found = decoding.models(ctx.args.demo_model, REPO)
+    if not found:
+        ctx.rows.append(
+            Row("decoding tok/s (demo model)", "SKIP", 0.0, "no runs/demo/hf; pass --demo-model")
+        )
+    for i, model in enumerate(found):
+        start, out = time.perf_counter(), ctx.out / f"decoding_{i}"
+        name = f"decoding tok/s, batch 1: {model.name}"
+        command = decoding.command(model, out, cuda, ctx.args.new_tokens)
+        rc, tail = _run(ctx, f"decoding_{i}", command, ctx.args.stage_timeout)
+        detail = decoding.summary(out / "result.json") if rc == 0 else f"exit {rc}"
+        _record(ctx, name, rc == 0, start, detail if rc == 0 else f"{detail}: {tail[-200:]}")
+
+
 def table(ctx: Context, environment: str) -> str:
     lines = [
         f"twotower-train GPU check - {environment}",
@@ -409,6 +429,16 @@ def table(ctx: Context, environment: str) -> str:
     verdict = "FAIL" if any(r.status == "FAIL" for r in ctx.rows) else "PASS"
     lines.append(f"| **all** | **{verdict}** | {total:.0f} | logs: {ctx.out / 'logs'} |")
     return "\n".join(lines)
+
+
+def run_checks(ctx, checks) -> None:
+    """Each check's command as one step, its last output line in the report."""
+    for check in checks:
+        start = time.perf_counter()
+        rc, tail = _run(
+            ctx, check.name.split(":")[0].replace(" ", "_"), check.command, check.timeout
+        )
+        _record(ctx, check.name, rc == 0, start, tail.splitlines()[-1] if tail else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -424,6 +454,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume-rtol", type=float, default=1e-3)
     p.add_argument("--stage-timeout", type=float, default=240)
     p.add_argument("--pytest-timeout", type=float, default=240)
+    p.add_argument(
+        "--demo-model",
+        action="append",
+        help="trained demo model (HF export or stage-2 checkpoint) for the decoding tok/s rows "
+        "(repeatable; default runs/demo/hf if present)",
+    )
     p.add_argument("--samplers", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.samplers:
@@ -484,12 +520,9 @@ def main(argv: list[str] | None = None) -> int:
         ):
             if step_kill_and_resume(ctx, stage2, backbone):
                 step_samplers(ctx, ctx.out / "stage2_killed" / "checkpoints")
-    for check in (*KERNEL_CHECKS, *KERNEL_BENCHMARKS):
-        start = time.perf_counter()
-        rc, tail = _run(
-            ctx, check.name.split(":")[0].replace(" ", "_"), check.command, check.timeout
-        )
-        _record(ctx, check.name, rc == 0, start, tail.splitlines()[-1] if tail else "")
+    run_checks(ctx, KERNEL_CHECKS)
+    step_decoding(ctx, cuda)
+    run_checks(ctx, KERNEL_BENCHMARKS)
     report = table(ctx, environment)
     (ctx.out / "summary.md").write_text(report + "\n")
     print("\n" + report, flush=True)

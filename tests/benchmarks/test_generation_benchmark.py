@@ -37,7 +37,26 @@ def test_smoke_run(single_process, tmp_path, capsys):
     assert by_name["speculative"]["accepted_per_verify"] is not None
     for r in report["results"]:
         assert r["tokens_per_s_batch1"] > 0 and r["tokens_per_s_batch4"] > 0
+        assert r["variant"] == "eager"
+    assert by_name["AR"]["speedup_vs_ar_batch1"] == 1.0
+    # Per-forward cost: every kind timed at both batch sizes.
+    assert report["forward_ms"].keys() == {"eager"}
+    for batch in ("batch1", "batch4"):
+        costs = report["forward_ms"]["eager"][batch]
+        assert set(costs) == {"ar_step", "denoiser_block", "context_advance", "verify"}
+        assert all(ms > 0 for ms in costs.values())
+    # Experts per MoE layer (pattern M*E: one MoE layer per tower): one token routes to at most
+    # top-k experts, a block of S tokens to at least as many, never more than exist.
+    from twotower_train.model.config import preset
+
+    cfg = preset("tiny", pattern="M*E")
+    touched = report["experts_touched"]
+    assert 1 <= touched["ar_step"] <= cfg.moe_top_k
+    assert touched["ar_step"] <= touched["denoiser_block"] <= cfg.num_experts
+    assert report["compile_error"] is None
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(lines[-1]) == json.loads((tmp_path / "result.json").read_text())
-    assert lines[0].split()[0] == "mode" and len(lines) == 2 + len(names) + 1
+    assert "thread(s)" in lines[0] and lines[1].split()[0] == "mode"
+    assert lines[3 + len(names)] == "" and lines[4 + len(names)] == "S = 16"
+    assert lines[-2].startswith("experts / MoE layer")
     assert (tmp_path / "generation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

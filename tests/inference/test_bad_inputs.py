@@ -81,6 +81,21 @@ def test_non_utf8_prompts_file_and_stdin(tmp_path):
     )
 
 
+def test_context_only_takes_ar_alone(tmp_path):
+    one_line(
+        generate(
+            "--model", tmp_path, "--context-only", "--mode", "mask_diffusion", "--prompt", "a"
+        ),
+        "twotower-generate",
+        "--context-only runs --mode ar only, not --mode mask_diffusion",
+    )
+    one_line(
+        generate("--model", tmp_path, "--context-only", "--mode", "ar", "--denoiser-device", "cpu"),
+        "twotower-generate",
+        "--context-only loads no denoiser; drop --denoiser-device",
+    )
+
+
 def test_prompt_longer_than_the_context_is_refused_or_truncated_on_request(two_tower_checkpoint):
     long_prompt = "the river runs to the sea " * 1000  # > 4,096 tokens of the test tokenizer
     line = one_line(

@@ -107,3 +107,39 @@ def test_caches_live_with_the_tower_that_reads_them(single_process, tiny_cfg):
     assert logits.device == meta and logits.shape == (2, 8, cfg.vocab_size)
     step = model.advance(out.cache, torch.tensor([[4] * 8, [5] * 8]), logits="all")
     assert cache_devices(step.cache) == {cpu} and step.logits.device == cpu
+
+
+def test_context_only_placement_decodes_ar_and_refuses_the_denoiser(single_process, tiny_cfg):
+    """``place(..., context_only=True)`` (what ``load_for_decoding(context_only=True)`` and
+    ``twotower-generate --context-only`` do): the denoiser's weights leave for the meta device,
+    AR decodes exactly as before, a mode that needs the denoiser is refused by name, and each
+    mode's generator belongs on the device it samples on."""
+    from twotower_train.errors import UserError
+    from twotower_train.inference import modes
+    from twotower_train.inference.load import load_for_decoding, place
+    from twotower_train.model.two_tower import TwoTowerModel
+
+    cfg = tiny_cfg.replace(pattern="M*-")
+    model = TwoTowerModel.build(cfg).eval()
+    assert place(model) is model and model.denoiser_device == torch.device("cpu")
+    assert modes.sampling_device(model, "mask_diffusion") == torch.device("cpu")
+    config = modes.build_config("ar", max_new_tokens=6)
+    reference = modes.generate(model, PROMPTS, "ar", config).tokens
+    place(model, "cpu", context_only=True)
+    assert tensor_devices(model, TOWERS) == {
+        "context": {torch.device("cpu")},
+        "denoiser": {torch.device("meta")},
+    }
+    assert modes.generate(model, PROMPTS, "ar", config).tokens == reference
+    diffusion = modes.build_config("mask_diffusion", max_new_tokens=6)
+    with pytest.raises(modes.SamplerError, match="loaded context-only"):
+        modes.generate(model, PROMPTS, "mask_diffusion", diffusion)
+    assert modes.sampling_device(model, "ar") == torch.device("cpu")
+    assert modes.sampling_device(model, "mask_diffusion") == torch.device("meta")
+    apart = place(TwoTowerModel.build(cfg).eval(), "meta", "cpu")  # place_towers_on_devices
+    assert (apart.context_device, apart.denoiser_device) == (
+        torch.device("meta"),
+        torch.device("cpu"),
+    )
+    with pytest.raises(UserError, match="context_only keeps no denoiser"):
+        load_for_decoding("nowhere", context_only=True, denoiser_device="cpu")

@@ -176,3 +176,29 @@ def test_flex_block_sparse_path_equals_dense(model, tokens, tiny_cfg):
         with forced_backend(AttentionBackend.FLEX):
             flex = model(tokens, noisy, t, 8)
     torch.testing.assert_close(flex, dense, rtol=0, atol=ATOL)
+
+
+def test_single_token_steps_equal_one_chunked_forward(model, tokens, tiny_cfg):
+    """AR steps (one token each: the Mamba layers take the single-state update of
+    ``ops.ssd.ssd_step`` / ``ops.conv.conv_step``, not the chunked scan) give the logits and the
+    caches of one chunked forward over the same tokens; so does a lone mock-AR query, against
+    the first position of a causal block (its Mamba layers see only that position)."""
+    randomise_adaln(model)
+    prompt = 20
+    full = model.prefill(tokens, logits="all")
+    step = model.prefill(tokens[:, :1])  # a one-token prefill steps from empty states
+    torch.testing.assert_close(step.logits[:, 0], full.logits[:, 0], rtol=0, atol=ATOL)
+    step = model.advance(step.cache, tokens[:, 1:prompt])
+    for j in range(prompt, LENGTH):
+        step = model.advance(step.cache, tokens[:, j : j + 1])
+        torch.testing.assert_close(step.logits[:, 0], full.logits[:, j], rtol=0, atol=ATOL)
+    assert step.cache.mamba.keys() == full.cache.mamba.keys() and step.cache.mamba
+    for i, states in full.cache.mamba.items():
+        torch.testing.assert_close(step.cache.mamba[i].conv, states.conv, rtol=0, atol=ATOL)
+        torch.testing.assert_close(step.cache.mamba[i].ssm, states.ssm, rtol=0, atol=ATOL)
+    cache = model.prefill(tokens[:, :prompt]).cache
+    block = noisy_version(tokens, tiny_cfg.mask_token_id)[:, prompt : prompt + 8]
+    t = torch.tensor([0.4, 1.0])
+    causal = model.denoise_block(cache, block, t, causal_in_block=True)
+    lone = model.denoise_block(cache, block[:, :1], t)
+    torch.testing.assert_close(lone[:, 0], causal[:, 0], rtol=0, atol=ATOL)

@@ -65,9 +65,10 @@ class TwoTowerLM(TemplateLM):
         max_batch_size: int | None = None,
         **knobs: Any,
     ):
-        """``loaded`` passes an already-loaded model (programmatic use); ``device`` and
-        ``max_batch_size`` are lm-eval's generic arguments: the model stays where it was loaded
-        (``distributed.device()`` / the export's placement) and batches are ``batch_size``."""
+        """``loaded`` passes an already-loaded model (programmatic use); ``device`` (lm-eval's
+        ``--device``) is where the model goes (default: where it loads, ``distributed.device()``
+        / the export's placement); ``max_batch_size`` is lm-eval's too: batches are
+        ``batch_size``."""
         super().__init__()
         if (pretrained is None) == (loaded is None):
             raise UserError("twotower: give model_args pretrained=<checkpoint or export folder>")
@@ -75,7 +76,7 @@ class TwoTowerLM(TemplateLM):
             raise UserError(f"twotower: scorer={scorer!r}; choose one of {', '.join(SCORERS)}")
         if not str(batch_size).isdigit() or int(batch_size) <= 0:
             raise UserError(f"twotower: batch_size={batch_size!r} must be a positive integer")
-        self.loaded = loaded or load_for_decoding(pretrained, tokenizer)
+        self.loaded = loaded or load_for_decoding(pretrained, tokenizer, device=device)
         self.model, self.tokenizer = self.loaded.model, self.loaded.tokenizer
         self.scorer, self.sampler = scorer, sampler
         self.knobs = knobs

@@ -52,6 +52,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="for temperature > 0")
+    p.add_argument(
+        "--device", help="where the model runs, e.g. cuda, cuda:1 or cpu (default: as loaded)"
+    )
+    p.add_argument(
+        "--denoiser-device",
+        help="put the denoiser tower there instead (two GPUs: --device cuda:0 "
+        "--denoiser-device cuda:1)",
+    )
+    p.add_argument(
+        "--context-only",
+        action="store_true",
+        help="load only the context tower and its head (--mode ar on one GPU)",
+    )
     knobs = p.add_argument_group(
         "mode knobs (defaults: the mode's config; mask diffusion's block size and steps: the "
         "block size the model was trained at)"
@@ -119,6 +132,10 @@ def _main(argv: list[str] | None) -> None:
     args = _parser().parse_args(argv)
     if args.batch_size <= 0:
         raise UserError(f"--batch-size={args.batch_size} must be positive")
+    if args.context_only and args.mode != "ar":
+        raise UserError(f"--context-only runs --mode ar only, not --mode {args.mode}")
+    if args.context_only and args.denoiser_device:
+        raise UserError("--context-only loads no denoiser; drop --denoiser-device")
 
     import torch
 
@@ -131,7 +148,13 @@ def _main(argv: list[str] | None) -> None:
     modes.build_config(args.mode, **knobs)  # bad knobs fail before the model loads
     prompts = _read_prompts(args)
     loaded = load_for_decoding(
-        args.model, args.tokenizer, backbone=args.backbone, options=("--tokenizer ", "--backbone ")
+        args.model,
+        args.tokenizer,
+        backbone=args.backbone,
+        device=args.device,
+        denoiser_device=args.denoiser_device,
+        context_only=args.context_only,
+        options=("--tokenizer ", "--backbone "),
     )
     knobs = {
         **loaded.sampler_ids(),
@@ -141,7 +164,8 @@ def _main(argv: list[str] | None) -> None:
     if "mask_token_id" in modes.knobs(args.mode):
         knobs["mask_token_id"] = loaded.mask_token_id
     config = modes.build_config(args.mode, **knobs)
-    generator = torch.Generator(loaded.model.context_device).manual_seed(args.seed)
+    generator = torch.Generator(modes.sampling_device(loaded.model, args.mode))
+    generator.manual_seed(args.seed)
     ids = [loaded.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     if any(not i for i in ids):
         raise UserError("a prompt encodes to no tokens; give non-empty prompts")

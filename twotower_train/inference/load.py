@@ -140,11 +140,34 @@ def run_tokenizer(path: str | Path, cfg: TrainConfig, *, option: str) -> Path:
     )
 
 
+def place(
+    model,
+    device: torch.device | str | None = None,
+    denoiser_device: torch.device | str | None = None,
+    context_only: bool = False,
+):
+    """``model`` (a :class:`~twotower_train.decoding.cache.DecodingModel`) with its context
+    tower on ``device`` (default: where it is) and its denoiser on ``denoiser_device`` (default:
+    with the context tower; ``context_only``: nowhere — its weights go to the ``meta`` device
+    and free their memory). Nothing moves when nothing is asked."""
+    if device is None and denoiser_device is None and not context_only:
+        return model
+    context = torch.device(device) if device is not None else model.context_device
+    if context_only:
+        denoiser = torch.device("meta")
+    else:
+        denoiser = torch.device(denoiser_device) if denoiser_device is not None else context
+    return model.place_towers_on_devices(context, denoiser)
+
+
 def load_for_decoding(
     path: str | Path,
     tokenizer: str | Path | None = None,
     *,
     backbone: str | Path | None = None,
+    device: torch.device | str | None = None,
+    denoiser_device: torch.device | str | None = None,
+    context_only: bool = False,
     options: tuple[str, str] = ("tokenizer=", "backbone_checkpoint="),
 ) -> LoadedModel:
     """A two-tower trainer checkpoint or a Hugging Face export folder, with its tokenizer.
@@ -154,7 +177,16 @@ def load_for_decoding(
     one process when nothing has yet. ``backbone``: where a stage-2 checkpoint's frozen
     backbone is now (default: where it recorded it). ``options``: how the caller spells the
     tokenizer and backbone options in its messages.
+
+    Placement (:func:`place`): ``device`` — where the model goes (default: a checkpoint on
+    ``distributed.device()``, an export where ``from_pretrained`` put it, the CPU);
+    ``denoiser_device`` — the denoiser (and its adaLN) there instead, through the model's
+    ``place_towers_on_devices``; ``context_only`` — keep only the context tower and its head
+    (AR decoding on one GPU): the denoiser's weights are dropped, only ``mode="ar"`` runs.
     """
+    if context_only and denoiser_device is not None:
+        raise UserError("context_only keeps no denoiser; drop the denoiser device")
+    split = context_only or denoiser_device is not None
     from twotower_train.data.tokenizer import load_tokenizer
 
     path = Path(path)
@@ -162,13 +194,18 @@ def load_for_decoding(
         if not parallel_state.model_parallel_is_initialized():
             distributed.initialize(seed=0)
         model, cfg = load_trained_model(
-            path, backbone_checkpoint=backbone, backbone_option=options[1]
+            path,
+            backbone_checkpoint=backbone,
+            backbone_option=options[1],
+            device="cpu" if split else device,  # towers apart: each moves once, from the CPU
         )
         if not hasattr(model, "denoise_block"):
             raise UserError(
                 f"{path} is a {cfg.objective_name!r} (single-tower) checkpoint; decoding needs a "
                 "two-tower checkpoint (a stage-2 run, objective=diffusion)"
             )
+        if split:
+            model = place(model, device, denoiser_device, context_only)
         ids, max_length = cfg.model, cfg.model.max_sequence_length
         block_size = cfg.trained_block_size
         tokenizer = load_tokenizer(
@@ -185,6 +222,7 @@ def load_for_decoding(
         model = AutoModelForCausalLM.from_pretrained(
             str(path), trust_remote_code=True, local_files_only=True
         ).eval()
+        model = place(model, device, denoiser_device, context_only)
         ids, train_config = model.config, None
         max_length = ids.max_position_embeddings
         block_size = ids.block_size

@@ -109,6 +109,16 @@ def build_config(mode: str, **values: Any) -> DecodeConfig:
         raise SamplerError(f"mode {mode!r}: {error}") from None
 
 
+def sampling_device(model, mode: str) -> torch.device:
+    """Where ``mode`` draws its tokens on ``model`` — the device a ``torch.Generator`` for it
+    must live on: the denoiser's, except for AR (and a shifted denoiser's mock-AR, which is AR
+    decoding) on the context tower's."""
+    _mode(mode)
+    if mode == "ar" or (mode == "mock_ar" and getattr(model, "denoiser_shift", False)):
+        return torch.device(model.context_device)
+    return torch.device(model.denoiser_device)
+
+
 def generate(
     model,
     prompts: list[list[int]],
@@ -117,6 +127,13 @@ def generate(
     generator: torch.Generator | None = None,
     on_commit: OnCommit | None = None,
 ) -> Generation:
-    """Run ``mode`` with ``config`` (from :func:`build_config`)."""
+    """Run ``mode`` with ``config`` (from :func:`build_config`). A model loaded context-only
+    (its denoiser on the ``meta`` device, ``load_for_decoding(context_only=True)``) runs AR
+    only."""
     function, _ = _mode(mode)
+    if mode != "ar" and torch.device(model.denoiser_device).type == "meta":
+        raise SamplerError(
+            f"mode {mode!r} needs the denoiser, and this model was loaded context-only; use "
+            "mode 'ar' or load it without context_only"
+        )
     return function(model, prompts, config, generator=generator, on_commit=on_commit)

@@ -31,6 +31,8 @@ from megatron.core.transformer.attention import SelfAttention
 from twotower_train import backends
 from twotower_train.decoding.cache import MambaStates
 from twotower_train.ops.ssd import SSDOutput
+from twotower_train.ops.conv import conv_step
+from twotower_train.ops.ssd import ssd_step
 
 
 @dataclass
@@ -85,6 +87,8 @@ def mamba_forward(
         # (b, blocks·S, ·) → (b·blocks, S, ·): each block scans from its own seed.
         z, xbc, dt = (rearrange(t, "b (n s) p -> (b n) s p", n=blocks) for t in (z, xbc, dt))
     conv_weight = rearrange(mixer.conv1d_weight, "d 1 w -> d w")
+    if xbc.shape[1] == 1 and blocks == 1 and state_stride is None and not torch.is_grad_enabled():
+        return _mamba_step(mixer, z, xbc, dt, conv_weight, initial)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad
         for t in (
@@ -176,6 +180,37 @@ def ssd_in_dtype(
         initial_state=initial_state,
         state_stride=state_stride,
     )
+
+
+def _mamba_step(mixer, z, xbc, dt, conv_weight, initial: MambaStates | None) -> MambaOutput:
+    """One position (an AR step, a mock-AR query) as the recurrence itself — the conv window
+    and one SSM state update (``ops.conv.conv_step``, ``ops.ssd.ssd_step``) — instead of a
+    chunked scan over a sequence of one. z, xbc, dt: (b, 1, ·)."""
+    d_inner, groups, d_state = mixer.d_inner_local_tp, mixer.ngroups_local_tp, mixer.d_state
+    heads, head_dim = mixer.nheads_local_tp, mixer.headdim
+    bsz, width = xbc.shape[0], conv_weight.shape[-1]
+    conv = initial.conv if initial is not None else xbc.new_zeros(bsz, width - 1, xbc.shape[-1])
+    xbc_t, conv_state = conv_step(conv, xbc[:, 0], conv_weight, mixer.conv1d_bias, "silu")
+    x, B, C = torch.split(xbc_t, [d_inner, groups * d_state, groups * d_state], dim=-1)
+    ssm = (
+        initial.ssm
+        if initial is not None
+        else x.new_zeros(bsz, heads, head_dim, d_state, dtype=torch.float32)
+    )
+    D = mixer.D.float()
+    y, ssm_state = ssd_step(
+        ssm,
+        x.reshape(bsz, heads, head_dim),
+        dt[:, 0],
+        -torch.exp(mixer.A_log.float()),
+        B.reshape(bsz, groups, d_state),
+        C.reshape(bsz, groups, d_state),
+        D=rearrange(D, "(h p) -> h p", p=head_dim) if mixer.D_has_hdim else D,
+        z_t=z[:, 0].reshape(bsz, heads, head_dim),
+    )
+    y = mixer.norm(y.reshape(1, bsz, heads * head_dim))  # gated norm; gate already in y
+    out, _ = mixer.out_proj(y.to(xbc.dtype))
+    return MambaOutput(out=out, final=MambaStates(conv=conv_state, ssm=ssm_state))
 
 
 def attention_qkv(

@@ -22,6 +22,9 @@ checked that they load.
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import torch
 
 from twotower_train.ops.conv import conv_states
@@ -50,6 +53,53 @@ def _chunk_starts(seqlen: int, chunk: int, stride: int | None) -> list[int]:
     return sorted(starts)
 
 
+class VarlenLayout(NamedTuple):
+    """Index tensors of one packed varlen scan, on the scan's device."""
+
+    chunks: int
+    """Chunks per sequence."""
+    tile: int
+    cu_chunks: torch.Tensor
+    """(b·chunks + 1,) int32 chunk boundaries of the packed batch."""
+    seq_idx: torch.Tensor
+    """(b·chunks,) int32 sequence of each chunk."""
+    last_chunk: torch.Tensor
+    """(b,) each sequence's last chunk."""
+    boundary_chunks: torch.Tensor | None
+    """(seqlen / state_stride,) the chunk ending at each block end (with a state stride)."""
+
+
+@functools.lru_cache(maxsize=256)
+def _varlen_layout(
+    bsz: int, seqlen: int, chunk: int, stride: int | None, device: torch.device
+) -> VarlenLayout:
+    """The packed layout for (bsz, seqlen) under ``chunk`` and ``stride``, built once per shape
+    and device: its host lists reach the device in one copy per tensor the first time, and
+    later calls (every Mamba layer, every decoding step) reuse them — no host→device copy, so
+    no host sync, per call (and nothing that breaks CUDA-graph capture)."""
+    starts = _chunk_starts(seqlen, chunk, stride)
+    ends = starts[1:] + [seqlen]
+    nc = len(starts)
+    # Tiles as long as the longest chunk, not Q: S=16 blocks under Q=128 need 16-wide tiles.
+    # (At least 16, the smallest tile the kernels' dot products take.)
+    tile = max(16, 1 << (max(e - s for s, e in zip(starts, ends)) - 1).bit_length())
+    packed = [b * seqlen + start for b in range(bsz) for start in starts] + [bsz * seqlen]
+    boundary = None
+    if stride is not None:
+        # raw[c] is the state after chunk c; the block ends k·S are chunk ends by construction.
+        chunk_of_end = {end: c for c, end in enumerate(ends)}
+        boundary = [chunk_of_end[p] for p in range(stride, seqlen + 1, stride)]
+        boundary = torch.tensor(boundary, device=device)
+    return VarlenLayout(
+        chunks=nc,
+        tile=tile,
+        cu_chunks=torch.tensor(packed, dtype=torch.int32, device=device),
+        seq_idx=torch.arange(bsz, dtype=torch.int32, device=device).repeat_interleave(nc),
+        last_chunk=torch.arange(1, bsz + 1, device=device) * nc - 1,
+        boundary_chunks=boundary,
+    )
+
+
 def ssd_scan_varlen(
     x,
     dt,
@@ -73,19 +123,10 @@ def ssd_scan_varlen(
     groups, d_state = B.shape[-2:]
     if state_stride is not None and seqlen % state_stride:
         raise ValueError(f"state_stride {state_stride} must divide seqlen {seqlen}")
-    starts = _chunk_starts(seqlen, _pow2_at_most(min(chunk_size, seqlen)), state_stride)
-    ends = starts[1:] + [seqlen]
-    nc = len(starts)
-    # Tiles as long as the longest chunk, not Q: S=16 blocks under Q=128 need 16-wide tiles.
-    # (At least 16, the smallest tile the kernels' dot products take.)
-    tile = max(16, 1 << (max(e - s for s, e in zip(starts, ends)) - 1).bit_length())
-    grid = torch.tensor(starts, device=x.device)
-    offsets = torch.arange(bsz, device=x.device).unsqueeze(1) * seqlen  # (b, 1)
-    cu_chunks = torch.cat(
-        [(offsets + grid).flatten(), torch.tensor([bsz * seqlen], device=x.device)]
-    ).to(torch.int32)  # (b·nc + 1,) chunk boundaries of the packed batch
-    seq_idx = torch.arange(bsz, device=x.device, dtype=torch.int32).repeat_interleave(nc)
-    last_chunk = torch.arange(1, bsz + 1, device=x.device) * nc - 1  # (b,)
+    layout = _varlen_layout(
+        bsz, seqlen, _pow2_at_most(min(chunk_size, seqlen)), state_stride, x.device
+    )
+    nc = layout.chunks
     y = torch.empty(bsz * seqlen, heads, head_dim, device=x.device, dtype=x.dtype)
     final, raw = mamba_chunk_scan_combined_varlen(
         x.reshape(bsz * seqlen, heads, head_dim),  # (b·l, h, p): the batch packed end to end
@@ -93,10 +134,10 @@ def ssd_scan_varlen(
         A,
         B.reshape(bsz * seqlen, groups, d_state),
         C.reshape(bsz * seqlen, groups, d_state),
-        tile,
-        cu_chunks,
-        last_chunk,
-        seq_idx,
+        layout.tile,
+        layout.cu_chunks,
+        layout.last_chunk,
+        layout.seq_idx,
         y,
         D=D,
         z=None if z is None else z.reshape(bsz * seqlen, heads, head_dim),
@@ -109,12 +150,7 @@ def ssd_scan_varlen(
     )
     boundary = None
     if state_stride is not None:
-        # raw[c] is the state after chunk c; the block ends k·S are chunk ends by construction.
-        chunk_of_end = {end: c for c, end in enumerate(ends)}
-        picks = torch.tensor(
-            [chunk_of_end[p] for p in range(state_stride, seqlen + 1, state_stride)],
-            device=x.device,
-        )
+        picks = layout.boundary_chunks
         after = raw.reshape(bsz, nc, heads, head_dim, d_state)[:, picks]  # (b, l/S, h, p, n)
         first = (
             torch.zeros_like(final) if initial_state is None else initial_state.float()

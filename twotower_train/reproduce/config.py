@@ -41,6 +41,8 @@ class ReproduceConfig:
     gammas: list[float]
     results_page: str | None
     threads: int | None
+    device: str | None = None
+    """Where the evaluation decodes (``--device``; default: where the export loads, the CPU)."""
 
     @classmethod
     def from_argv(cls, argv: list[str] | None = None) -> ReproduceConfig:
@@ -69,6 +71,7 @@ class ReproduceConfig:
             gammas=gammas,
             results_page=args.results_page,
             threads=args.threads,
+            device=args.device,
         )
 
 
@@ -103,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gammas", default="0.5,0.7,0.8,0.9,0.95")
     p.add_argument("--results-page", help="also write the results page here (plot beside it)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--device", help="where the evaluation decodes, e.g. cuda (default: the CPU)")
     add_debug_flag(p)
     return p
 

@@ -68,7 +68,7 @@ def _masked_accuracy(loaded, rows, train_rows, block_size: int) -> dict:
 
 def evaluate(model_dir: Path, data, settings: ReproduceConfig) -> dict:
     """The evaluation section of ``results.json`` for the export at ``model_dir``."""
-    loaded = load_for_decoding(model_dir)
+    loaded = load_for_decoding(model_dir, device=settings.device)
     tok = loaded.tokenizer
     rows = [json.loads(line) for line in Path(data.heldout).read_text().splitlines()]
     rows = rows[: settings.eval_problems]
