@@ -131,13 +131,6 @@ def test_exported_checkpoint_computes_the_megatron_model(stage2, tokenizer_dir, 
     torch.testing.assert_close(theirs, ours, rtol=0, atol=LOGIT_ATOL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "issue 22: export-hf casts every tensor to one dtype; it must write each tensor in the "
-        "dtype the model holds it in (a bf16 model keeps A_log and D in fp32)"
-    ),
-)
 def test_bf16_export_keeps_what_a_bf16_model_holds_in_fp32(stage2, tokenizer_dir, tmp_path):
     _, run = stage2
     bf16, _ = load_trained_model(run / "checkpoints", dtype=torch.bfloat16)

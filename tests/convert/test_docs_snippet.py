@@ -17,10 +17,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "hf_interop.md"
+RELEASED_DOC = REPO / "docs" / "released_model.md"
 
 
-def _section(title: str) -> str:
-    text = DOC.read_text()
+def _section(title: str, doc: Path = DOC) -> str:
+    text = doc.read_text()
     start = text.index(f"\n## {title}")
     end = text.find("\n## ", start + 1)
     return text[start : end if end != -1 else None]
@@ -35,10 +36,9 @@ def test_import_snippet_runs(single_process):
     exec(compile(block, str(DOC), "exec"), {"__name__": "hf_interop_snippet"})
 
 
-@pytest.mark.slow
-def test_walkthrough_runs(tmp_path, monkeypatch):
-    blocks = _blocks(_section("Walkthrough"))
-    assert [lang for lang, _ in blocks] == ["bash", "python", "bash", "python", "python"]
+def _run_blocks(blocks, tmp_path, monkeypatch) -> None:
+    """The blocks in order from a scratch copy of the repository root (.venv linked in), the
+    Python blocks in one session."""
     (tmp_path / ".venv").symlink_to(REPO / ".venv")
     env = {
         k: v
@@ -60,4 +60,23 @@ def test_walkthrough_runs(tmp_path, monkeypatch):
             assert proc.returncode == 0, f"{code}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         else:
             exec(compile(code, str(DOC), "exec"), namespace)
+
+
+@pytest.mark.slow
+def test_walkthrough_runs(tmp_path, monkeypatch):
+    blocks = _blocks(_section("Walkthrough"))
+    assert [lang for lang, _ in blocks] == ["bash", "python", "bash", "python", "python"]
+    _run_blocks(blocks, tmp_path, monkeypatch)
     assert (tmp_path / "runs/hf_walkthrough/hf/modeling_nemotron_twotower.py").is_file()
+
+
+@pytest.mark.slow
+def test_released_finetune_walkthrough_runs(tmp_path, monkeypatch):
+    """docs/released_model.md: stand-in folder → import-twotower → a new phase → export-hf →
+    the card's code; the export is again the released layout."""
+    blocks = _blocks(_section("Fine-tune walk-through", RELEASED_DOC))
+    assert [lang for lang, _ in blocks] == ["bash", "python"]
+    (tmp_path / "scripts").symlink_to(REPO / "scripts")
+    _run_blocks(blocks, tmp_path, monkeypatch)
+    config = (tmp_path / "runs/released/hf/config.json").read_text()
+    assert '"NemotronHTwoTowerForCausalLM"' in config

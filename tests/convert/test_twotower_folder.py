@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, NemotronHForCausalLM, pipeline
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from tests.convert.models import LOGIT_ATOL
 from tests.convert.two_tower_models import export, load_export, random_two_tower
@@ -61,7 +61,7 @@ def test_folder_contents(exported):
         assert (folder / file.name).read_bytes() == file.read_bytes()
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "nemotron_h"
-    assert config["architectures"] == ["NemotronTwoTowerForCausalLM"]
+    assert config["architectures"] == ["NemotronHTwoTowerForCausalLM"]
     assert config["auto_map"]["AutoModelForCausalLM"].startswith("modeling_nemotron_twotower.")
     assert (config["block_size"], config["mask_token_id"]) == (8, 3)
     assert not [key for key in config if key.startswith("adaln")]  # the released config has none
@@ -137,16 +137,19 @@ def test_save_pretrained_keeps_the_layout(exported, tmp_path):
     assert all(torch.equal(again[k], ours[k]) for k in ours)
 
 
-def test_stock_transformers_loads_the_context_tower(exported):
-    """Without trust_remote_code, transformers' own NemotronH loads the context tower (the AR
-    model) from the same folder."""
+def test_export_class_loads_the_released_layout_exactly(exported):
+    """Our modeling class holds the released module names: loading the folder reports no
+    missing or unexpected key, and forward() is the context tower's causal LM."""
     model, folder = exported
-    stock = AutoModelForCausalLM.from_pretrained(folder).eval()
-    assert type(stock) is NemotronHForCausalLM
+    hf, info = AutoModelForCausalLM.from_pretrained(
+        folder, trust_remote_code=True, output_loading_info=True
+    )
+    assert not any(info.values()), info
+    assert type(hf).__name__ == "NemotronHTwoTowerForCausalLM"
     tokens = torch.randint(4, 4096, (2, 19), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(
-            stock(input_ids=tokens).logits,
+            hf.eval()(input_ids=tokens).logits,
             forward_logits(model.backbone, tokens),
             rtol=0,
             atol=LOGIT_ATOL,
@@ -184,9 +187,9 @@ def _edit_shard(folder: Path, edit) -> None:
 def test_missing_and_unexpected_tensors_are_named(exported, tmp_path):
     model, _ = exported
     folder = export(model, tmp_path / "hf")
-    _edit_shard(folder, lambda t: t.pop("denoiser.layers.1.mixer.k_proj.weight"))
+    _edit_shard(folder, lambda t: t.pop("denoiser_tower.layers.1.mixer.k_proj.weight"))
     with pytest.raises(
-        ConversionError, match=r"'denoiser.layers.1.mixer.k_proj.weight' is missing"
+        ConversionError, match=r"'denoiser_tower.layers.1.mixer.k_proj.weight' is missing"
     ):
         load_twotower_folder(folder)
     folder = export(model, tmp_path / "hf", overwrite=True)
@@ -200,7 +203,7 @@ def test_released_adaln_names_and_old_formulation_refused(exported, tmp_path):
     d, n = model.cfg.hidden_size, len(model.cfg.pattern)
     index = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
     shard = load_file(folder / "model-00001-of-00001.safetensors")
-    time_names = {k for k in index if not k.startswith(("model.", "lm_head.", "denoiser."))}
+    time_names = {k for k in index if k.startswith(("t_", "scale_shift_tables."))}
     assert {k: tuple(shard[k].shape) for k in time_names} == {
         "t_embedder.mlp.0.weight": (d, 256),
         "t_embedder.mlp.0.bias": (d,),

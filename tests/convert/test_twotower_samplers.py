@@ -116,7 +116,7 @@ def test_sampling_is_seeded_and_right_padding_is_refused(pair):
 def test_bf16_load_generates(pair):
     _, _, folder = pair
     hf = load_export(folder, torch_dtype=torch.bfloat16)  # the card's call
-    assert hf.model.embeddings.weight.dtype == torch.bfloat16
+    assert hf.context_tower.embeddings.weight.dtype == torch.bfloat16
     hf.place_towers_on_devices("cpu", "cpu")
     ids, mask = left_padded(PROMPTS)
     for out in (
@@ -145,9 +145,10 @@ def test_place_towers_on_devices_puts_each_tower_on_its_device(pair, context, de
     hf = load_export(folder)  # a fresh copy: weights moved to meta are gone
     assert hf.place_towers_on_devices(context, denoiser) is hf
     towers = {
-        "model.": "context",
-        "lm_head.": "context",
-        "denoiser.": "denoiser",
+        "context_tower.": "context",
+        "context_lm_head.": "context",
+        "denoiser_tower.": "denoiser",
+        "lm_head.": "denoiser",
         "t_embedder.": "denoiser",
         "t_block.": "denoiser",
         "scale_shift_tables.": "denoiser",

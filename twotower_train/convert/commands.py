@@ -39,7 +39,8 @@ from twotower_train.convert.hf_files import (
     publish,
 )
 from twotower_train.convert.nemotron_h import load_hf_folder, load_megatron_state, save_hf_folder
-from twotower_train.convert.two_tower import load_twotower_folder, save_twotower_folder
+from twotower_train.convert.released_layout import stream_into_model
+from twotower_train.convert.two_tower import read_twotower_folder, save_twotower_folder
 from twotower_train.errors import ConfigError
 from twotower_train.model.config import BackboneConfig, ParallelConfig
 
@@ -76,16 +77,24 @@ def import_twotower(
     recipe: str = "demo_twotower",
     overwrite: bool = False,
 ) -> Path:
-    """A two-tower export folder → a self-contained stage-2 run folder ``out``."""
+    """A two-tower folder (the released layout as NVIDIA ships it, or one of our exports) → a
+    self-contained stage-2 run folder ``out``. The folder is read shard by shard straight into
+    the model (:func:`~twotower_train.convert.released_layout.stream_into_model`): a process
+    holds the two towers once, plus one tensor of the folder at a time."""
     out = Path(out)
     check_output(out, overwrite)
-    cfg, state, config = load_twotower_folder(hf_dir)
+    hf_dir = Path(hf_dir)
+    cfg, config, files, old_layout = read_twotower_folder(hf_dir)
     objective = {
         "name": "diffusion",
         "backbone_checkpoint": None,
-        "mask_token_id": config.mask_token_id,
+        "mask_token_id": config.mask_token_id,  # 3 (the released code's) when the folder has none
     }
-    return write_trainer_checkpoint(out, cfg, state, objective, tp=tp, ep=ep, recipe=recipe)
+
+    def fill(model: torch.nn.Module) -> None:
+        stream_into_model(model, hf_dir, files, cfg, old_layout=old_layout)
+
+    return write_trainer_checkpoint(out, cfg, fill, objective, tp=tp, ep=ep, recipe=recipe)
 
 
 def imported_recipe(
@@ -131,16 +140,17 @@ def _parallel(cfg: BackboneConfig, tp: int, ep: int) -> ParallelConfig:
 def write_trainer_checkpoint(
     out: Path,
     cfg: BackboneConfig,
-    state: dict[str, torch.Tensor],
+    state: dict[str, torch.Tensor] | Callable[[torch.nn.Module], None],
     objective_values: dict,
     *,
     tp: int,
     ep: int,
     recipe: str,
 ) -> Path:
-    """Write ``state`` (whole tensors, Megatron names of the objective's model) as a step-0
-    trainer checkpoint of run folder ``out`` (``out/checkpoints``) at layout ``tp``/``ep``;
-    ``objective_values`` is the recipe's ``objective`` section."""
+    """Write ``state`` (whole tensors, Megatron names of the objective's model; or a function
+    that fills the TP=1 model in place) as a step-0 trainer checkpoint of run folder ``out``
+    (``out/checkpoints``) at layout ``tp``/``ep``; ``objective_values`` is the recipe's
+    ``objective`` section."""
     from twotower_train.training import checkpoint
     from twotower_train.training.config import Precision, from_container
     from twotower_train.training.objectives import build_objective
@@ -154,7 +164,10 @@ def write_trainer_checkpoint(
     bf16 = train_cfg.optimizer.precision is Precision.BF16
     dtype = torch.bfloat16 if bf16 else torch.float32
     model = objective.build_model(cfg, ParallelConfig(), dtype)
-    load_megatron_state(model, state)
+    if callable(state):
+        state(model)
+    else:
+        load_megatron_state(model, state)
     tmp = out.with_name(f".{out.name}.partial")  # the same name on every rank
     _on_rank_zero(lambda: (shutil.rmtree(tmp, ignore_errors=True), tmp.mkdir(parents=True)))
     try:
@@ -164,6 +177,7 @@ def write_trainer_checkpoint(
             dist_checkpointing.save({"model": objective.checkpoint_state(model)}, str(resharding))
             # Rank 0 writes the metadata last; no rank reads before it is there.
             _on_rank_zero(lambda: None)
+            model = None  # the whole TP=1 model goes before the sharded one is built
             distributed.initialize(
                 tensor_parallel=tp, expert_parallel=ep, seed=train_cfg.training.seed
             )
@@ -173,6 +187,7 @@ def write_trainer_checkpoint(
                 {"model": objective.checkpoint_state(model)}, str(resharding)
             )["model"]
             objective.load_checkpoint_state(model, loaded)
+            _on_rank_zero(lambda: None)  # every rank has read it before rank 0 removes it
             _on_rank_zero(lambda: shutil.rmtree(resharding))
         trainable = freeze_all_but(model, objective.trainable_parameters(model))  # as trained
         _, optimizer = build_reducer_and_optimizer(train_cfg, model, trainable)
@@ -222,7 +237,6 @@ def export_checkpoint(
     phase's; ``backbone`` (stage 2) to where the checkpoint recorded its frozen backbone."""
     from twotower_train.inference.load import load_trained_model, run_tokenizer
     from twotower_train.model.two_tower import TwoTowerModel
-    from twotower_train.training.config import Precision
 
     out = Path(out)
     if block_size is not None and block_size < 1:
@@ -235,9 +249,16 @@ def export_checkpoint(
             "export-hf runs in one process (it loads a checkpoint of any TP/EP at TP=1); "
             "run it without torchrun"
         )
+    if dtype is not None and dtype not in DTYPES:
+        raise ConversionError(f"--dtype {dtype}; choose one of {sorted(DTYPES)}")
     distributed.initialize(seed=0)
+    # Built in --dtype (default: the training precision), as Megatron holds each tensor in it:
+    # a bf16 model keeps e.g. the Mamba A_log / D in fp32, and the export writes them so.
     model, train_cfg = load_trained_model(
-        checkpoint_dir, backbone_checkpoint=backbone, backbone_option="--backbone "
+        checkpoint_dir,
+        backbone_checkpoint=backbone,
+        backbone_option="--backbone ",
+        dtype=DTYPES[dtype] if dtype else None,
     )
     cfg = train_cfg.model
     mask = train_cfg.objective_options.get("mask_token_id")
@@ -248,13 +269,9 @@ def export_checkpoint(
         cfg,
         explicit=tokenizer is not None,
     )
-    if dtype is None:
-        dtype = "bfloat16" if train_cfg.optimizer.precision is Precision.BF16 else "float32"
-    if dtype not in DTYPES:
-        raise ConversionError(f"--dtype {dtype}; choose one of {sorted(DTYPES)}")
-    # Whole tensors on the CPU, where the safetensors writer reads them.
+    # Whole tensors on the CPU, where the safetensors writer reads them, in the dtype held.
     state = {
-        k: v.detach().to("cpu", DTYPES[dtype])
+        k: v.detach().to("cpu")
         for k, v in model.state_dict().items()
         if not k.endswith("_extra_state")
     }

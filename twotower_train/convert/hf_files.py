@@ -95,6 +95,19 @@ def write_shards(
     tensor_files(folder)  # what was written reads back whole (before the folder is published)
 
 
+def save_config(config, folder: Path, *, drop: tuple[str, ...] = ()) -> None:
+    """``config.save_pretrained(folder)``, its ``config.json`` as NVIDIA's Nemotron-H configs
+    write it: with ``hybrid_override_pattern`` (the layer pattern string their remote code
+    reads), without the keys in ``drop``."""
+    config.save_pretrained(folder)
+    file = folder / "config.json"
+    values = json.loads(file.read_text())
+    values["hybrid_override_pattern"] = config.hybrid_override_pattern
+    for key in drop:
+        values.pop(key, None)
+    file.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+
 def check_output(path: Path, overwrite: bool) -> None:
     """An existing output is only ever replaced on request."""
     if path.exists() and not overwrite:

@@ -248,17 +248,11 @@ def module_layout(
     return out
 
 
-# ---- two-tower prefix rules ---------------------------------------------------------------------
-# Megatron ``TwoTowerModel`` state-dict prefix → {transformers module-name prefix of the backbone
-# (``model.…``, ``lm_head.…``, stacked experts; :func:`module_layout`) → export prefix}. The
-# context tower is the export's own causal LM (``model.``, ``lm_head.``); the denoiser is the
-# plain module ``denoiser`` (its blocks directly under it). adaLN-single keeps the released
-# names (``t_embedder.*``, ``t_block.*``, ``scale_shift_tables.*``) at the top of the export.
+# ---- two-tower names ---------------------------------------------------------------------------
+# The two-tower folder's layout (the released checkpoint's) is convert/released_layout.py's;
+# adaLN-single keeps the released names (``t_embedder.*``, ``t_block.*``,
+# ``scale_shift_tables.*``) at the top of it.
 
-TOWER_PREFIXES: tuple[tuple[str, dict[str, str]], ...] = (
-    ("context_tower.backbone.", {"model.": "model.", "lm_head.": "lm_head."}),
-    ("denoiser.backbone.", {"model.": "denoiser.", "lm_head.": "denoiser.lm_head."}),
-)
 ADALN_PREFIX = "denoiser.adaln."
 """Where ``TwoTowerModel`` holds adaLN-single; the export drops the prefix."""
 OLD_ADALN_TENSOR = "adaln.mlp.0.weight"

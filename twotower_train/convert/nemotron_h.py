@@ -40,6 +40,7 @@ from twotower_train.convert.hf_files import (
     atomic_folder,
     listing,
     read_tensors,
+    save_config,
     tensor_files,
     write_shards,
 )
@@ -365,8 +366,8 @@ def save_hf_folder(
     path = Path(path)
     hf_state = megatron_to_hf_state(state, cfg)
     with atomic_folder(path, overwrite=overwrite) as tmp:
-        dtype = next(iter(hf_state.values())).dtype
-        hf_config_from_backbone(cfg, dtype=str(dtype).removeprefix("torch.")).save_pretrained(tmp)
+        dtype = hf_state["backbone.embeddings.weight"].dtype  # that of (nearly) every tensor
+        save_config(hf_config_from_backbone(cfg, dtype=str(dtype).removeprefix("torch.")), tmp)
         generation_config(cfg).save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

@@ -1,21 +1,24 @@
-"""Megatron ``TwoTowerModel`` ↔ the self-contained Hugging Face two-tower folder.
+"""Megatron ``TwoTowerModel`` ↔ the Hugging Face two-tower folder, in the released layout.
 
 The folder loads offline with ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``:
 
-* ``config.json`` — :class:`NemotronTwoTowerConfig` (the backbone's ``nemotron_h`` fields, the
-  default block size, ``mask_token_id``, ``auto_map``);
+* ``config.json`` — :class:`NemotronTwoTowerConfig`: the released one's fields
+  (``architectures: ["NemotronHTwoTowerForCausalLM"]``, ``model_type: "nemotron_h"``, the
+  backbone's ``nemotron_h`` fields, ``hybrid_override_pattern`` too) plus ``mask_token_id``, the
+  default ``block_size``, ``denoiser_shift`` when set, and our ``auto_map``;
 * ``generation_config.json``, the tokenizer files;
-* safetensors shards + ``model.safetensors.index.json`` with both towers and the adaLN, named as
-  the export's modules hold them (no transformers name conversion applies to remote code);
-* the modeling code (the template files in ``hf_export/``) and verbatim copies of the torch-only decoding modules
-  :data:`twotower_train.decoding.PORTABLE_MODULES` — the samplers the modeling code calls, so the
-  export decodes exactly like Megatron.
+* safetensors shards + ``model.safetensors.index.json`` named as NVIDIA's released checkpoint
+  (:mod:`~twotower_train.convert.released_layout`: ``context_tower.*``,
+  ``context_lm_head.weight``, ``denoiser_tower.*``, ``lm_head.weight`` — the denoiser's head —,
+  ``t_embedder.*``, ``t_block.*``, ``scale_shift_tables.*``, one tensor per expert), each tensor
+  in the dtype it is given (a bf16 model's fp32 Mamba ``A_log`` / ``D`` stay fp32);
+* the modeling code (the template files in ``hf_export/``) and verbatim copies of the torch-only
+  decoding modules :data:`twotower_train.decoding.PORTABLE_MODULES` — the samplers the modeling
+  code calls, so the export decodes exactly like Megatron.
 
-Names: the backbone table of :mod:`~twotower_train.convert.hf_names` per tower plus its prefix
-rules (``TOWER_PREFIXES``, ``ADALN_PREFIX``): the context tower as transformers names a
-``NemotronHForCausalLM`` (``model.…``, ``lm_head.weight``, stacked experts), the denoiser under
-``denoiser.`` and adaLN-single under the released names (``t_embedder.*``, ``t_block.*``,
-``scale_shift_tables.*``). Exports of the pre-release adaLN formulation are refused. All functions here take and return whole (TP=1)
+Reading accepts that layout as NVIDIA ships it (no ``mask_token_id`` in config.json: 3, the
+released code's default; no ``block_size``: 16) and our exports' former layout. Exports of the
+pre-release adaLN formulation are refused. All functions here take and return whole (TP=1)
 tensors; loading a checkpoint saved at another TP/EP into TP=1 is dist_checkpointing's job.
 """
 
@@ -36,29 +39,28 @@ from twotower_train.convert.hf_files import (
     ConversionError,
     atomic_folder,
     listing,
-    read_tensors,
+    save_config,
     tensor_files,
     write_shards,
 )
-from twotower_train.convert.hf_names import (
-    ADALN_PREFIX,
-    OLD_ADALN_TENSOR,
-    TOWER_PREFIXES,
-    adaln_names,
-    module_layout,
-    resolve,
-)
+from twotower_train.convert.hf_names import ADALN_PREFIX, OLD_ADALN_TENSOR
 from twotower_train.convert.nemotron_h import (
     backbone_config_from_hf,
     generation_config,
     hf_config_values,
-    hf_to_megatron_state,
-    megatron_to_hf_state,
     read_hf_config,
+)
+from twotower_train.convert.released_layout import (
+    from_old_layout,
+    is_old_export_layout,
+    megatron_to_released_state,
+    released_table,
+    released_tensors,
+    released_to_megatron_state,
 )
 from twotower_train.model.config import BackboneConfig
 
-ARCHITECTURE = "NemotronTwoTowerForCausalLM"
+ARCHITECTURE = "NemotronHTwoTowerForCausalLM"
 AUTO_MAP = {
     "AutoConfig": "configuration_nemotron_twotower.NemotronTwoTowerConfig",
     "AutoModel": f"modeling_nemotron_twotower.{ARCHITECTURE}",
@@ -98,89 +100,32 @@ def twotower_config(
 # ---- state dicts ------------------------------------------------------------------------------
 
 
-def _rename(name: str, renames: dict[str, str]) -> str:
-    old = next(prefix for prefix in renames if name.startswith(prefix))
-    return renames[old] + name[len(old) :]
-
-
-def _export_prefixes() -> list[tuple[str, str, str]]:
-    """(export prefix, Megatron tower prefix, module-name prefix), longest export prefix first."""
-    rules = [
-        (export, tower, module)
-        for tower, renames in TOWER_PREFIXES
-        for module, export in renames.items()
-    ]
-    return sorted(rules, key=lambda rule: -len(rule[0]))
-
-
 def megatron_to_export_state(
     state: dict[str, torch.Tensor], cfg: BackboneConfig
 ) -> dict[str, torch.Tensor]:
-    """``TwoTowerModel`` state (TE or local names; ``_extra_state`` ignored) → export tensors."""
+    """``TwoTowerModel`` state (TE or local names; ``_extra_state`` ignored) → the released
+    layout's tensors, each in its own dtype."""
     if ADALN_PREFIX + "tables" in state:
         raise ConversionError(
             "the checkpoint holds the pre-release adaLN-single (denoiser.adaln.tables); this "
             "version trains and exports only the released formulation — retrain stage 2"
         )
-    state = {k: v for k, v in state.items() if not k.endswith("_extra_state")}
-    out, used = {}, set()
-    for megatron_prefix, renames in TOWER_PREFIXES:
-        tower = {
-            k[len(megatron_prefix) :]: v for k, v in state.items() if k.startswith(megatron_prefix)
-        }
-        used.update(megatron_prefix + k for k in tower)
-        try:
-            modules = module_layout(megatron_to_hf_state(tower, cfg), cfg)
-        except ConversionError as error:
-            raise ConversionError(f"{megatron_prefix}*: {error}") from None
-        out.update({_rename(k, renames): v for k, v in modules.items()})
-    for name in adaln_names(len(cfg.pattern)):
-        if ADALN_PREFIX + name not in state:
-            raise ConversionError(f"Megatron tensor {ADALN_PREFIX + name!r} is missing")
-        out[name] = state[ADALN_PREFIX + name]
-        used.add(ADALN_PREFIX + name)
-    leftovers = sorted(set(state) - used)
-    if leftovers:
-        raise ConversionError(
-            f"{len(leftovers)} Megatron tensor(s) have no export counterpart: "
-            f"{', '.join(leftovers[:5])}"
-        )
-    return out
+    return megatron_to_released_state(state, cfg)
 
 
 def export_names(cfg: BackboneConfig) -> set[str]:
-    """Every tensor name of the export of a model described by ``cfg``."""
-    backbone = dict.fromkeys((n for m in resolve(cfg) for n in m.hf), torch.empty(0))
-    modules = set(module_layout(backbone, cfg))
-    out = {_rename(n, renames) for _, renames in TOWER_PREFIXES for n in modules}
-    return out | set(adaln_names(len(cfg.pattern)))
+    """Every tensor name of the export (the released layout) of a model described by ``cfg``."""
+    return set(released_table(cfg, "te"))
 
 
 def export_to_megatron_state(
     state: dict[str, torch.Tensor], cfg: BackboneConfig, *, naming: str | None = None
 ) -> dict[str, torch.Tensor]:
-    """Export tensors → ``TwoTowerModel`` state in ``naming`` (default: what this process
-    builds). Inverse of :func:`megatron_to_export_state`."""
-    adaln = set(adaln_names(len(cfg.pattern)))
-    rules = _export_prefixes()
-    towers: dict[str, dict[str, torch.Tensor]] = {tower: {} for tower, _ in TOWER_PREFIXES}
-    out = {}
-    for name, tensor in state.items():
-        if name in adaln:
-            out[ADALN_PREFIX + name] = tensor
-            continue
-        rule = next((r for r in rules if name.startswith(r[0])), None)
-        if rule is None:
-            raise ConversionError(f"export tensor {name!r} belongs to neither tower nor the adaLN")
-        export, tower, module = rule
-        towers[tower][module + name[len(export) :]] = tensor
-    for megatron_prefix, tower in towers.items():
-        try:
-            converted = hf_to_megatron_state(tower, cfg, naming=naming)
-        except ConversionError as error:
-            raise ConversionError(f"{megatron_prefix}*: {error}") from None
-        out.update({megatron_prefix + k: v for k, v in converted.items()})
-    return out
+    """Export tensors (released layout, or our former one) → ``TwoTowerModel`` state in
+    ``naming`` (default: what this process builds). Inverse of :func:`megatron_to_export_state`."""
+    if is_old_export_layout(state):
+        state = dict(pair for item in state.items() for pair in from_old_layout(*item))
+    return released_to_megatron_state(state, cfg, naming=naming)
 
 
 # ---- folders -----------------------------------------------------------------------------------
@@ -200,9 +145,10 @@ def save_twotower_folder(
     atomically; ``tokenizer`` (a loaded HF tokenizer) is saved into it."""
     path = Path(path)
     tensors = megatron_to_export_state(state, cfg)
-    config = twotower_config(cfg, block_size=block_size, dtype=next(iter(tensors.values())).dtype)
+    dtype = tensors["context_tower.embeddings.weight"].dtype  # the dtype of (nearly) everything
+    config = twotower_config(cfg, block_size=block_size, dtype=dtype)
     with atomic_folder(path, overwrite=overwrite) as tmp:
-        config.save_pretrained(tmp)
+        save_config(config, tmp, drop=() if cfg.denoiser_shift else ("denoiser_shift",))
         generation_config(cfg).save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -212,10 +158,11 @@ def save_twotower_folder(
     return path
 
 
-def load_twotower_folder(
-    path: str | os.PathLike, *, naming: str | None = None
-) -> tuple[BackboneConfig, dict[str, torch.Tensor], NemotronTwoTowerConfig]:
-    """An export folder → (backbone config, ``TwoTowerModel`` state, the export's config)."""
+def read_twotower_folder(
+    path: str | os.PathLike,
+) -> tuple[BackboneConfig, NemotronTwoTowerConfig, dict[str, str], bool]:
+    """A two-tower folder's (backbone config, config, tensor name → shard, whether it is our
+    former layout), its tensor names checked against the config (nothing read yet)."""
     path = Path(path)
     config = read_hf_config(
         path,
@@ -231,15 +178,28 @@ def load_twotower_folder(
             "version reads only the released formulation (t_embedder / t_block / "
             "scale_shift_tables) — retrain stage 2 from its backbone"
         )
+    old_layout = is_old_export_layout(files)
+    present = set(files)
+    if old_layout:  # the names it provides: a stand-in of each stacked-expert tensor's size
+        stand_in = torch.empty(cfg.num_experts)
+        present = {new for name in files for new, _ in from_old_layout(name, stand_in)}
     expected = export_names(cfg)
-    missing = sorted(expected - set(files))
+    missing = sorted(expected - set(present))
     if missing:
         raise ConversionError(f"tensor {missing[0]!r} is missing from {listing(path)}")
-    unexpected = sorted(set(files) - expected)
+    unexpected = sorted(set(present) - expected)
     if unexpected:
         raise ConversionError(
             f"{len(unexpected)} tensor(s) in {listing(path)} have no counterpart in a two-tower "
             f"model of pattern {cfg.pattern!r}: {', '.join(unexpected[:5])}"
         )
-    tensors = read_tensors(path, files, files)
-    return cfg, export_to_megatron_state(tensors, cfg, naming=naming), config
+    return cfg, config, files, old_layout
+
+
+def load_twotower_folder(
+    path: str | os.PathLike, *, naming: str | None = None
+) -> tuple[BackboneConfig, dict[str, torch.Tensor], NemotronTwoTowerConfig]:
+    """A two-tower folder → (backbone config, ``TwoTowerModel`` state, the folder's config)."""
+    cfg, config, files, old_layout = read_twotower_folder(path)
+    tensors = dict(released_tensors(Path(path), files, old_layout=old_layout))
+    return cfg, released_to_megatron_state(tensors, cfg, naming=naming), config

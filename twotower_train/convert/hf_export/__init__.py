@@ -14,4 +14,5 @@ MODELING_FILES: tuple[str, ...] = (
     "configuration_nemotron_twotower.py",
     "modeling_nemotron_twotower.py",
     "mixers_nemotron_twotower.py",
+    "adaln_nemotron_twotower.py",
 )

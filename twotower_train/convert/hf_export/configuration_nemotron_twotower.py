@@ -2,11 +2,11 @@
 
 Written into every export folder by ``twotower-convert export-hf``; imports only transformers.
 The backbone fields are ``NemotronHConfig``'s (both towers are the same Nemotron-H stack), and so
-is ``model_type``: ``nemotron_h``, as NVIDIA's remote-code Nemotron-H folders do. Tokenizers and
-configs then load without remote code, and stock transformers without ``trust_remote_code``
-loads the folder's context tower as a plain ``NemotronHForCausalLM`` (the AR model);
-``architectures`` and ``auto_map`` name the two-tower classes. The fields below are the
-two-tower additions; transformers ≥ 5 turns annotated class attributes into config fields
+is ``model_type``: ``nemotron_h``, as in NVIDIA's released two-tower config (tokenizers and
+configs then load without remote code); ``architectures`` (the released
+``NemotronHTwoTowerForCausalLM``) and ``auto_map`` name the two-tower classes. The fields below
+are the two-tower additions, with the released code's defaults (its config.json has none of
+them); transformers ≥ 5 turns annotated class attributes into config fields
 (``PreTrainedConfig.__init_subclass__``).
 """
 

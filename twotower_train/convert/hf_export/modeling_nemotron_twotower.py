@@ -1,42 +1,36 @@
 """Nemotron-TwoTower for transformers (``trust_remote_code``): a frozen causal context tower and
-a denoiser tower over the Nemotron-H hybrid Mamba-2 / attention / MoE backbone.
+a denoiser tower over the Nemotron-H hybrid Mamba-2 / attention / MoE backbone, under the module
+names of NVIDIA's released ``NemotronHTwoTowerForCausalLM`` (so the released layout loads with
+no missing or unexpected keys). Written into the export folder by ``twotower-convert export-hf``
+next to verbatim copies of the training repository's samplers (``cache.py``, ``samplers.py``, …
+— torch only); this file implements the interface they drive (``prefill``, ``advance``,
+``denoise_block``) on transformers' ``nemotron_h`` modules (stateful mixer forwards:
+``mixers_nemotron_twotower.py``), so the export and Megatron decode with one algorithm.
 
-Written into the export folder by ``twotower-convert export-hf``, next to verbatim copies of the
-training repository's samplers (``cache.py``, ``sampling.py``, ``samplers.py``, … — they import
-only torch). This file implements the small interface those samplers drive (``prefill``,
-``advance``, ``denoise_block``; full-vocabulary logits) on transformers' own ``nemotron_h``
-modules (the stateful mixer forwards are in ``mixers_nemotron_twotower.py``), so the export and
-Megatron decode with one algorithm.
-
-What each tower computes (the model card):
-
-* context tower (``self.model`` + ``self.lm_head``, a stock ``NemotronHForCausalLM``): causal
-  over the clean tokens; exposes per attention layer K/V of every position and per Mamba layer
-  the conv / SSM states after the last position. ``forward()`` is its causal-LM forward, so
-  ``generate()``, ``pipeline("text-generation")`` and log-likelihood scoring use it unchanged.
-* denoiser tower (``self.denoiser``: the same blocks, norm and head; its own weights; a plain
-  module, so no transformers checkpoint renaming ever applies to it): one block of S noisy
-  tokens right after the context; attention layer i attends to context layer i's K/V (positions
-  before the block) and bidirectionally inside the block; Mamba layer i starts from context
-  layer i's states; every layer is modulated by adaLN-single with the diffusion time t:
-  ``t_emb = t_block(t_embedder(t))``, (shift, scale, gate) = ``scale_shift_tables[i]`` +
-  ``t_emb`` viewed as (3, d); Mamba and attention layers ``x + gate · mixer(norm(x · (1 + scale)
-  + shift))``, MoE and MLP layers ``x + gate · mixer(norm(x) · (1 + scale) + shift)``. With
-  ``t=None`` the denoiser runs unmodulated, ``x + mixer(norm(x))``.
+* context tower (``context_tower``, a stock ``NemotronHModel``, + ``context_lm_head``): causal
+  over the clean tokens; exposes per attention layer K/V and per Mamba layer the conv / SSM
+  states. ``forward()`` is its causal-LM forward (``generate()``, pipelines, scoring).
+* denoiser tower (``denoiser_tower``, another ``NemotronHModel``, + ``lm_head``, the denoiser's
+  head as released): one block of S noisy tokens after the context; attention layer i attends to
+  context layer i's K/V and bidirectionally inside the block; Mamba layer i starts from context
+  layer i's states; adaLN-single with the diffusion time t (``adaln_nemotron_twotower.py``):
+  Mamba and attention layers ``x + gate · mixer(norm(x · (1 + scale) + shift))``, MoE and MLP
+  layers ``x + gate · mixer(norm(x) · (1 + scale) + shift)``; ``t=None``: unmodulated.
 
 Layouts: hidden states (b, s, d); the caches as ``cache.py`` describes them.
 """
 
-import math
-
 import torch
 from torch import nn
+from transformers.modeling_outputs import MoeCausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.nemotron_h.modeling_nemotron_h import (
-    NemotronHBlock,
     NemotronHForCausalLM,
-    NemotronHRMSNorm,
+    NemotronHModel,
+    NemotronHPreTrainedModel,
 )
 
+from .adaln_nemotron_twotower import TimestepEmbedder, scale_shift_tables, time_block
 from .cache import ContextCache, ContextOutput
 from .configuration_nemotron_twotower import NemotronTwoTowerConfig
 from .mixers_nemotron_twotower import (
@@ -59,80 +53,31 @@ from .sampling import TokenChoice
 MAMBA, ATTENTION = "linear_attention", "full_attention"
 
 
-# ---- adaLN-single time conditioning (the released formulation) --------------------------------
-
-FREQUENCY_DIM = 256
-
-
-def timestep_features(t: torch.Tensor, dim: int = FREQUENCY_DIM, max_period: float = 10_000.0):
-    """Sinusoidal features [cos, sin] of 1000·t, t ∈ [0, 1] → (..., dim), fp32."""
-    half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
-    )  # (half,)
-    angles = (t.float() * 1000.0).unsqueeze(-1) * freqs  # (..., half)
-    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
-
-
-class TimestepEmbedder(nn.Module):
-    """t → 256 sinusoidal features → Linear(256, d) → SiLU → Linear(d, d)."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(FREQUENCY_DIM, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
-        )
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_features(t).to(self.mlp[0].weight.dtype))
-
-
-# ---- the model ---------------------------------------------------------------------------------
-
-
-class NemotronTwoTowerDenoiser(nn.Module):
-    """The denoiser tower's weights: a Nemotron-H stack of transformers' ``NemotronHBlock`` s with
-    its final norm and LM head (run by :meth:`NemotronTwoTowerForCausalLM.denoise_block`)."""
-
-    def __init__(self, config: NemotronTwoTowerConfig):
-        super().__init__()
-        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(
-            [NemotronHBlock(config, layer_idx=i) for i in range(config.num_hidden_layers)]
-        )
-        self.norm_f = NemotronHRMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-
-
-class NemotronTwoTowerForCausalLM(NemotronHForCausalLM):
-    """Both towers and adaLN-single; the card's ``place_towers_on_devices`` and
-    ``generate_mask_diffusion`` / ``generate_mock_ar`` / ``generate_ar``.
-
-    ``self.model`` / ``self.lm_head`` are the context tower (what ``forward()`` runs),
-    ``self.denoiser`` is the denoiser tower, ``self.t_embedder`` / ``self.t_block`` /
-    ``self.scale_shift_tables`` its time conditioning (the released names). ``.to()`` /
-    ``.cuda()`` move both towers (AR-only use on one device).
-    """
+class NemotronHTwoTowerForCausalLM(NemotronHForCausalLM):
+    """Both towers and adaLN-single (the released module names, module docstring); the card's
+    ``place_towers_on_devices`` and ``generate_mask_diffusion`` / ``generate_mock_ar`` /
+    ``generate_ar``. Generation plumbing is ``NemotronHForCausalLM``'s."""
 
     config_class = NemotronTwoTowerConfig
 
     def __init__(self, config: NemotronTwoTowerConfig):
-        super().__init__(config)
-        self.denoiser = NemotronTwoTowerDenoiser(config)
+        NemotronHPreTrainedModel.__init__(self, config)  # not the parent's single tower
         d = config.hidden_size
+        self.vocab_size = config.vocab_size
+        self.context_tower = NemotronHModel(config)
+        self.context_lm_head = nn.Linear(d, config.vocab_size, bias=False)
+        self.denoiser_tower = NemotronHModel(config)
+        self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
         self.t_embedder = TimestepEmbedder(d)
-        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(d, 3 * d))
-        self.scale_shift_tables = nn.ParameterList(
-            [nn.Parameter(torch.zeros(3, d)) for _ in range(config.num_hidden_layers)]
-        )
+        self.t_block = time_block(d)
+        self.scale_shift_tables = scale_shift_tables(d, config.num_hidden_layers)
         self.post_init()
 
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
         # The identity modulation, so the denoiser starts as the backbone: the last t_block
-        # Linear zero, the tables' gate rows 1 and their shift / scale rows 0. (The parent's
-        # __init__ already initialises, before these modules exist.)
+        # Linear zero, the tables' gate rows 1 and their shift / scale rows 0.
         t_block = getattr(self, "t_block", None)
         if t_block is not None and module is t_block[1]:
             nn.init.zeros_(module.weight)
@@ -142,14 +87,64 @@ class NemotronTwoTowerForCausalLM(NemotronHForCausalLM):
                 table.zero_()
                 table[2] = 1.0
 
+    def get_input_embeddings(self):
+        return self.context_tower.embeddings
+
+    def set_input_embeddings(self, value):
+        self.context_tower.embeddings = value
+
+    def get_output_embeddings(self):
+        return self.context_lm_head
+
+    def set_output_embeddings(self, value):
+        self.context_lm_head = value
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        cache=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        logits_to_keep=0,
+        **kwargs,
+    ):
+        """The context tower's causal-LM forward (what ``generate()`` and pipelines run)."""
+        outputs = self.context_tower(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=kwargs.pop("past_key_values", cache),
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        logits = self.context_lm_head(slice_logits_to_keep(outputs[0], logits_to_keep)).float()
+        loss = None if labels is None else self.loss_function(logits, labels, self.vocab_size)
+        return MoeCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
     # --- devices --------------------------------------------------------------------------------
 
     def place_towers_on_devices(self, context_device, denoiser_device):
         """Context tower on ``context_device``, denoiser + adaLN on ``denoiser_device``; the
         samplers move the caches and tokens between them."""
-        self.model.to(context_device)
-        self.lm_head.to(context_device)
-        for module in (self.denoiser, self.t_embedder, self.t_block, self.scale_shift_tables):
+        self.context_tower.to(context_device)
+        self.context_lm_head.to(context_device)
+        for module in (
+            self.denoiser_tower,
+            self.lm_head,
+            self.t_embedder,
+            self.t_block,
+            self.scale_shift_tables,
+        ):
             module.to(denoiser_device)
         return self
 
@@ -161,11 +156,11 @@ class NemotronTwoTowerForCausalLM(NemotronHForCausalLM):
 
     @property
     def context_device(self) -> torch.device:
-        return self.model.embeddings.weight.device
+        return self.context_tower.embeddings.weight.device
 
     @property
     def denoiser_device(self) -> torch.device:
-        return self.denoiser.embeddings.weight.device
+        return self.denoiser_tower.embeddings.weight.device
 
     # --- the samplers' interface (cache.DecodingModel) ------------------------------------------
 
@@ -188,8 +183,9 @@ class NemotronTwoTowerForCausalLM(NemotronHForCausalLM):
         padded = not bool(new.valid.all())  # unmasked fast paths unless some position is padding
         key_valid, valid = (new.valid, valid) if padded else (None, None)
         out = ContextOutput(cache=new, logits=None)
-        hidden = self.model.embeddings(tokens)  # (b, s, d)
-        for i, block in enumerate(self.model.layers):
+        tower = self.context_tower
+        hidden = tower.embeddings(tokens)  # (b, s, d)
+        for i, block in enumerate(tower.layers):
             normed = block.norm(hidden)
             if block.block_type == MAMBA:
                 mixed, new.mamba[i], per_position = mamba_mixer(
@@ -208,9 +204,9 @@ class NemotronTwoTowerForCausalLM(NemotronHForCausalLM):
                 mixed = block.mixer(normed)
             hidden = hidden + mixed
         if logits == "all":
-            out.logits = self.lm_head(self.model.norm_f(hidden)).float()  # (b, s, V)
+            out.logits = self.context_lm_head(tower.norm_f(hidden)).float()  # (b, s, V)
         elif logits == "last":
-            out.logits = self.lm_head(self.model.norm_f(hidden[:, -1:])).float()  # (b, 1, V)
+            out.logits = self.context_lm_head(tower.norm_f(hidden[:, -1:])).float()  # (b, 1, V)
         elif logits != "none":
             raise ValueError(f"logits={logits!r}; use 'all', 'last' or 'none'")
         return out
@@ -220,7 +216,7 @@ class NemotronTwoTowerForCausalLM(NemotronHForCausalLM):
         """Denoiser logits (b, S, V) for the block of S tokens right after ``cache`` (an empty
         cache: the first block of a sequence) at diffusion time ``t`` (b,); ``t=None`` runs the
         denoiser unmodulated."""
-        tower = self.denoiser
+        tower = self.denoiser_tower
         d = self.config.hidden_size
         t_emb = None
         if t is not None:
@@ -246,7 +242,7 @@ class NemotronTwoTowerForCausalLM(NemotronHForCausalLM):
             else:
                 mixed = block.mixer(normed)
             hidden = hidden + (mixed if t_emb is None else gate * mixed)
-        return tower.lm_head(tower.norm_f(hidden)).float()
+        return self.lm_head(tower.norm_f(hidden)).float()
 
     # --- the model card's generation API ----------------------------------------------------------
     # Thin wrappers: (b, P) ids + left-padding attention_mask → one of the shared samplers →
