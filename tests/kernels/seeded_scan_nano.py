@@ -15,8 +15,13 @@ fp32 step sizes, decays, D and seed states (what ``mamba_forward`` hands it), tw
   Triton varlen scan with initial states;
 * both without kernels (CPU, no interpreter): the pure-torch ``ops/ssd.py`` scan.
 
+Where the kernels run, the report also gives (``released_call``, diagnosis only, no tolerance)
+mamba_ssm's scan called as the released code calls it: chunk 128 on S = 16, uncapped.
+
 Each at ``scan_dtype`` fp32 (``model.denoiser_scan_dtype=fp32``, the released numerics and the
-Nano recipe's) and, on CUDA only, bf16 (``activation``; the interpreter cannot run bf16 tiles).
+Nano recipe's) and, on CUDA only, bf16 (``activation``: under the interpreter both kernel
+families' bf16 scans are off by ~6e9 × max |y|, alike, which points at the interpreter's
+handling of bf16 memory rather than at the kernels).
 
     TRITON_INTERPRET=1 python -m tests.kernels.seeded_scan_nano   # CPU, the Triton kernels
     python -m tests.kernels.seeded_scan_nano                      # CPU torch path, or CUDA
@@ -143,7 +148,27 @@ def run(device: torch.device, scan_dtypes: list[str]) -> dict:
                 report["cases"][f"{key}.final_state"] = _entry(
                     impl, out.final_state.detach(), final_ref, seconds
                 )
+    if kernels and backends.have_mamba_ssm():
+        report["released_call"] = released_call(device)
     return report
+
+
+def released_call(device: torch.device) -> dict:
+    """For diagnosis only (no tolerance): mamba_ssm's seeded scan called as the released code
+    calls it — fp32 inputs, chunk 128 on a block of S = 16, no cap — relative to the recurrence.
+    (Under the interpreter it is exact too, so the released defect is not reproduced there.)"""
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+    t = nano_inputs(16, seed=16, device=device)
+    y_ref, final_ref = recurrence(t)
+    y, final = mamba_chunk_scan_combined(
+        t["x"].float(), t["dt"], t["A"], t["B"].float(), t["C"].float(), CHUNK,
+        D=t["D"], z=t["z"].float(), initial_states=t["init"], return_final_states=True,
+    )  # fmt: skip
+    return {
+        name: (got.double() - ref).abs().max().item() / ref.abs().max().item()
+        for name, got, ref in (("y", y, y_ref), ("final_state", final, final_ref))
+    }
 
 
 def failures(report: dict) -> list[str]:
@@ -179,6 +204,8 @@ def summary(report: dict) -> str:
         f"{name} scan {err:.1e}" for name, err in worst.items()
     )  # no "|": a table cell
     verdict = "FAIL: " + "; ".join(report["failures"]) if report["failures"] else "ok"
+    if "released_call" in report:  # not checked: the released code's own call, for diagnosis
+        verdict += f" (released call, chunk {CHUNK} on S=16: y {report['released_call']['y']:.1e})"
     return (
         f"S={'/'.join(map(str, BLOCK_SIZES))} < chunk {CHUNK}, {HEADS}x{HEAD_DIM} heads, state "
         f"{STATE}, {GROUPS} groups on {report['device']}: max abs error / max abs y vs an fp64 "
