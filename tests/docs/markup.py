@@ -4,21 +4,20 @@ Every fenced ``bash``/``sh``/``python`` block of README.md and docs/*.md is a li
 (a ``python`` block is one command: the snippet). HTML comments on the lines right above the
 fence (invisible on the rendered page) say what the docs test does with them:
 
-``<!-- docs-test: slow; needs=demo -->``
-    ``docs-test:`` parts separated by ``;``. A part is a class — ``run`` (the default test
-    suite), ``slow`` (``-m slow``), ``gpu`` (not run on a CPU; the command's comment or the
-    paragraph above the block must say it needs a GPU / CUDA) or ``skip`` (not run; a reason in
-    parentheses is required) — followed by the 1-based numbers of the commands it covers
-    (``1-2,4``; none: every command not named by another part), or an option: ``needs=a,b``
-    (what the slow commands need made first: ``NEEDS`` in conftest.py; a ``run`` command needs
-    nothing), ``timeout=SECONDS`` (per
-    command), ``continues`` (a python block that runs after the previous python block of the
-    page, in one process).
-``<!-- docs-check: `REGEX` = 0.65 ± 0.11 -->`` or ``<!-- docs-check: `REGEX` in 6–54 -->``
-    A number the block's commands print: the regex's first group (commas dropped) of its next
-    match in their output (stdout and stderr, commands in order; checks with the same regex take
-    successive matches) must lie within the stated variation (``= V`` alone: exactly V). The
-    number as written (``0.65``, ``6–54``) must appear on the page itself, outside comments.
+``<!-- docs-test: run 1; slow 2-3; gpu 4; skip 5 (why); needs=demo -->``
+    Parts separated by ``;``: a class — ``run`` (the default suite), ``slow`` (``-m slow``),
+    ``gpu`` (not run on a CPU; the block or the paragraph above it must name a GPU / CUDA) or
+    ``skip`` (not run; the reason in parentheses required) — with the 1-based numbers of the
+    commands it covers (none: every command no other part names), or an option: ``needs=a,b``
+    (made before the slow commands: ``NEEDS`` in conftest.py; a ``run`` command needs
+    nothing), ``timeout=SECONDS`` (per command), ``continues`` (a python block that goes on
+    from the page's previous python block, in one process).
+``<!-- docs-check: [N] `REGEX` [* F | / F] = V [± T] -->`` or ``... in A–B -->``
+    A number that command N (or the whole block) prints: the regex's first group (commas
+    dropped) of its next match in the output (stdout and stderr; checks with one regex take
+    successive matches), times or divided by F, must lie within V ± T, within A–B, or round to
+    V as written (``= 1.000``: 0.9995–1.0005). The number as written (``0.65``, ``6–54``) must
+    appear on the page itself, outside comments.
 """
 
 from __future__ import annotations
