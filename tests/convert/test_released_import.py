@@ -52,7 +52,9 @@ def test_import_then_export_is_the_released_folder(released, tokenizer_dir, tmp_
         checkpoints.import_twotower(released, tmp_path / "run")
     distributed.initialize(seed=0)
     model, cfg = load_trained_model(tmp_path / "run" / "checkpoints")
-    assert cfg.objective_options["mask_token_id"] == 3  # the released code's default
+    assert cfg.model.mask_token_id == 3  # the released code's default (config.json has none)
+    assert cfg.objective_options["mask_token_id"] in (None, 3)
+    assert cfg.objective_options["eps"] == 1e-3  # the recipe's options are kept
     assert cfg.objective_options["backbone_checkpoint"] is None  # self-contained
     assert not any(p.requires_grad for p in model.context_tower.parameters())
     assert cfg.model == parity_config()

@@ -84,12 +84,10 @@ def import_twotower(
     out = Path(out)
     check_output(out, overwrite)
     hf_dir = Path(hf_dir)
-    cfg, config, files, old_layout = read_twotower_folder(hf_dir)
-    objective = {
-        "name": "diffusion",
-        "backbone_checkpoint": None,
-        "mask_token_id": config.mask_token_id,  # 3 (the released code's) when the folder has none
-    }
+    cfg, _, files, old_layout = read_twotower_folder(hf_dir)
+    # The mask id is the model's (config.json's mask_token_id; 3, the released code's, when the
+    # folder has none, as NVIDIA's has not): cfg.mask_token_id, which the recipe's null means.
+    objective = {"name": "diffusion", "backbone_checkpoint": None}
 
     def fill(model: torch.nn.Module) -> None:
         stream_into_model(model, hf_dir, files, cfg, old_layout=old_layout)
@@ -114,7 +112,10 @@ def imported_recipe(
     values["model"] = {"preset": values["model"]["preset"], **cfg.to_dict()}
     values["checkpoint"] = {**values.get("checkpoint", {}), "dir": str(out / CHECKPOINTS)}
     values["parallelism"] = {**values.get("parallelism", {}), **vars(parallel)}
-    values["objective"] = objective
+    recorded = values.get("objective") or {}
+    if recorded.get("name") == objective["name"]:  # the recipe's options, the import's choices
+        objective = {**recorded, **objective}
+    values["objective"] = objective  # training resumes with the same recipe: nothing differs
     return check_run(from_container(values, check_data=False)).raw
 
 
@@ -191,6 +192,10 @@ def write_trainer_checkpoint(
             _on_rank_zero(lambda: shutil.rmtree(resharding))
         trainable = freeze_all_but(model, objective.trainable_parameters(model))  # as trained
         _, optimizer = build_reducer_and_optimizer(train_cfg, model, trainable)
+        # A fresh optimizer has no moments before its first step: create them (zero, step 0 —
+        # what that step starts from) as loading does, so the checkpoint holds what resuming
+        # reads.
+        optimizer.sharded_state_dict(objective.checkpoint_state(model), is_loading=True)
         checkpoint.save_checkpoint(
             tmp / CHECKPOINTS,
             objective=objective,
