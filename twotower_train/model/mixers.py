@@ -30,9 +30,8 @@ from megatron.core.transformer.attention import SelfAttention
 
 from twotower_train import backends
 from twotower_train.decoding.cache import MambaStates
-from twotower_train.ops.ssd import SSDOutput
 from twotower_train.ops.conv import conv_step
-from twotower_train.ops.ssd import ssd_step
+from twotower_train.ops.ssd import SSDOutput, ssd_step
 
 
 @dataclass
