@@ -139,3 +139,25 @@ def test_stand_in_of_the_released_class_loads_it(model, tmp_path):
             assert torch.equal(tensor, released[key]), key
     loaded.save_pretrained(tmp_path / "resaved")
     assert set(load_file(tmp_path / "resaved" / "model.safetensors")) == set(released)
+
+
+def test_nano_export_key_list_is_the_released_one():
+    """scripts/released_key_list.py on the meta device: the export class's tensors, the names
+    export-hf writes and the released list agree for the Nano; one tower with its head is the
+    Nano's 31.578 B parameters (the notes), adaLN-single 30.0 M."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "released_key_list.py"
+    spec = importlib.util.spec_from_file_location("released_key_list", script)
+    key_list = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(key_list)
+    agree, released, counts = key_list.compare("nano_30b_a3b")
+    assert agree
+    assert len(released) == 12_544
+    assert counts["context_tower"] + counts["context_lm_head"] == 31_577_940_288
+    assert counts["denoiser_tower"] + counts["lm_head"] == 31_577_940_288
+    d = 2688
+    assert counts["t_embedder"] == 256 * d + d + d * d + d
+    assert counts["t_block"] == 3 * d * d + 3 * d
+    assert counts["scale_shift_tables"] == 52 * 3 * d
