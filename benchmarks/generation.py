@@ -136,7 +136,9 @@ def _variants(args, loaded) -> tuple[dict, str | None]:
     variants = {"eager": loaded.model}
     if not args.compile:
         return variants, None
-    torch._dynamo.config.disable = False  # this script disables dynamo unless asked to compile
+    # This script disables dynamo unless asked to compile; torch.compile reads the variable itself.
+    os.environ.pop("TORCHDYNAMO_DISABLE", None)
+    torch._dynamo.config.disable = False
     model = forward_cost.compiled(loaded.model)
     try:  # compile (and check) every method once on a short run of each kind
         forward_cost.forward_costs(
@@ -144,6 +146,8 @@ def _variants(args, loaded) -> tuple[dict, str | None]:
         )
     except Exception as error:  # noqa: BLE001 — any compiler failure is reported, not raised
         return variants, f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    if not forward_cost.compile_stats()["unique_graphs"]:
+        return variants, "torch.compile captured no graph (dynamo disabled?)"
     variants["compiled"] = model
     return variants, None
 

@@ -161,10 +161,12 @@ def compile_stats() -> dict:
     adds one) and graph breaks (code it left to Python: host syncs, data-dependent branches)."""
     from torch._dynamo.utils import counters
 
+    # Older torch counts breaks under "graph_break", newer under "unimplemented" (by reason).
+    breaks = counters["graph_break"] or counters["unimplemented"]
     return {
         "unique_graphs": counters["stats"]["unique_graphs"],
-        "graph_breaks": sum(counters["graph_break"].values()),
-        "break_reasons": sorted(counters["graph_break"], key=counters["graph_break"].get)[-5:],
+        "graph_breaks": sum(breaks.values()),
+        "break_reasons": [r.splitlines()[0][:120] for r in sorted(breaks, key=breaks.get)[-5:]],
     }
 
 
