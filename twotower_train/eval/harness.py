@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_kwargs
@@ -45,6 +46,11 @@ from twotower_train.inference.load import LoadedModel, load_for_decoding
 
 SCORERS = ("ar", "mock_ar")
 REQUEST_KNOBS = ("until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p")
+
+
+LM_EVAL_DEFAULT_DEVICE = "cuda:0"
+"""What lm-eval 0.4 passes as ``device`` when ``--device`` is not given (its EvaluatorConfig
+default) — on a CPU-only host that means "no choice made", not a request for CUDA."""
 
 
 @register_model("twotower")
@@ -76,6 +82,8 @@ class TwoTowerLM(TemplateLM):
             raise UserError(f"twotower: scorer={scorer!r}; choose one of {', '.join(SCORERS)}")
         if not str(batch_size).isdigit() or int(batch_size) <= 0:
             raise UserError(f"twotower: batch_size={batch_size!r} must be a positive integer")
+        if device == LM_EVAL_DEFAULT_DEVICE and not torch.cuda.is_available():
+            device = None  # lm-eval's own default, not the user's choice: place as loaded
         self.loaded = loaded or load_for_decoding(pretrained, tokenizer, device=device)
         self.model, self.tokenizer = self.loaded.model, self.loaded.tokenizer
         self.scorer, self.sampler = scorer, sampler
