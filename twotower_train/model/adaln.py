@@ -84,6 +84,16 @@ class TimestepEmbedder(nn.Module):
             nn.Linear(hidden_size, hidden_size, dtype=dtype),
         )
 
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """nn.Linear's default init (U(±1/sqrt(fan_in)) for weight and bias) drawn from
+        ``generator``: every rank of every layout draws the same values, whatever the modules
+        built before it took from the global RNG (local experts differ under EP, shards under TP)."""
+        for linear in (self.mlp[0], self.mlp[2]):
+            bound = 1.0 / math.sqrt(linear.in_features)
+            nn.init.uniform_(linear.weight, -bound, bound, generator=generator)
+            nn.init.uniform_(linear.bias, -bound, bound, generator=generator)
+
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return self.mlp(timestep_features(t).to(self.mlp[0].weight.dtype))
 
@@ -102,6 +112,9 @@ class AdaLNSingle(nn.Module):
         super().__init__()
         self.hidden_size = hidden_size
         self.t_embedder = TimestepEmbedder(hidden_size, dtype=dtype)
+        # Seeded from the process's seed (the training seed; equal on every rank), not from the
+        # global RNG's current state, which depends on what each rank built before.
+        self.t_embedder.reset_parameters(torch.Generator().manual_seed(torch.initial_seed()))
         self.t_block = nn.Sequential(
             nn.SiLU(), nn.Linear(hidden_size, 3 * hidden_size, dtype=dtype)
         )
