@@ -95,6 +95,10 @@ def import_twotower(
     return write_trainer_checkpoint(out, cfg, fill, objective, tp=tp, ep=ep, recipe=recipe)
 
 
+TRAINING_NUMERICS = ("moe_router_dtype", "denoiser_scan_dtype")
+"""Model fields an import takes from the recipe, not from the folder's config."""
+
+
 def imported_recipe(
     recipe: str, cfg: BackboneConfig, out: Path, parallel: ParallelConfig, objective: dict
 ) -> dict[str, Any]:
@@ -109,7 +113,10 @@ def imported_recipe(
     composed.output_dir = str(out)  # before resolving: checkpoint.dir interpolates it
     values = OmegaConf.to_container(composed, resolve=True)
     values.pop("hydra", None)
-    values["model"] = {"preset": values["model"]["preset"], **cfg.to_dict()}
+    # The folder gives the architecture; how it computes (router / scan dtypes, which no HF
+    # config holds) is the recipe's training choice.
+    numerics = {k: values["model"][k] for k in TRAINING_NUMERICS if k in values["model"]}
+    values["model"] = {"preset": values["model"]["preset"], **cfg.to_dict(), **numerics}
     values["checkpoint"] = {**values.get("checkpoint", {}), "dir": str(out / CHECKPOINTS)}
     values["parallelism"] = {**values.get("parallelism", {}), **vars(parallel)}
     recorded = values.get("objective") or {}
