@@ -68,10 +68,7 @@ class CardGeneration:
     ) -> torch.LongTensor:
         """Block-wise mask diffusion with confidence unmasking (the card's default mode)."""
         config = MaskDiffusionConfig(
-            max_new_tokens=max_new_tokens,
-            choice=TokenChoice(temperature=temperature, top_k=top_k, top_p=top_p),
-            eos_token_id=eos_token_id,
-            pad_token_id=self._pad_id(pad_token_id),
+            **self._shared(max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id),
             mask_token_id=mask_token_id,
             block_size=block_size,
             steps_per_block=steps_per_block,
@@ -101,10 +98,7 @@ class CardGeneration:
     ) -> torch.LongTensor:
         """Two-tower AR: the unmodulated denoiser on the last committed token predicts the next."""
         config = MockARConfig(
-            max_new_tokens=max_new_tokens,
-            choice=TokenChoice(temperature=temperature, top_k=top_k, top_p=top_p),
-            eos_token_id=eos_token_id,
-            pad_token_id=self._pad_id(pad_token_id),
+            **self._shared(max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id)
         )
         return self._run(generate_mock_ar, config, input_ids, attention_mask, generator=generator)
 
@@ -123,18 +117,20 @@ class CardGeneration:
     ) -> torch.LongTensor:
         """Standard cached AR decoding with the context tower alone."""
         config = ARConfig(
-            max_new_tokens=max_new_tokens,
-            choice=TokenChoice(temperature=temperature, top_k=top_k, top_p=top_p),
-            eos_token_id=eos_token_id,
-            pad_token_id=self._pad_id(pad_token_id),
+            **self._shared(max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id)
         )
         return self._run(generate_ar, config, input_ids, attention_mask, generator=generator)
 
-    def _pad_id(self, pad_token_id) -> int:
-        if pad_token_id is not None:
-            return pad_token_id
-        configured = getattr(self.config, "pad_token_id", None)
-        return 0 if configured is None else configured
+    def _shared(self, max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id):
+        """The config fields every mode takes; ``pad_token_id`` defaults to the config's (or 0)."""
+        if pad_token_id is None:
+            pad_token_id = getattr(self.config, "pad_token_id", None)
+        return {
+            "max_new_tokens": max_new_tokens,
+            "choice": TokenChoice(temperature=temperature, top_k=top_k, top_p=top_p),
+            "eos_token_id": eos_token_id,
+            "pad_token_id": 0 if pad_token_id is None else pad_token_id,
+        }
 
     def _run(self, sampler, config, input_ids, attention_mask, **options) -> torch.LongTensor:
         self.last_generation = None
