@@ -1,7 +1,8 @@
 """The modeling code of the Hugging Face two-tower export (a template copied into every export
 folder by :func:`twotower_train.convert.two_tower.save_twotower_folder`).
 
-``configuration_nemotron_twotower.py`` imports only transformers and is importable from here;
+``configuration_nemotron_twotower.py`` and ``moe_nemotron_twotower.py`` import only torch /
+transformers and are importable from here;
 ``modeling_nemotron_twotower.py`` and ``mixers_nemotron_twotower.py`` import the export folder's
 copies of the portable decoding modules (``from .samplers import …``) and so run only inside an
 export folder, loaded by ``from_pretrained(..., trust_remote_code=True)``.
@@ -15,4 +16,5 @@ MODELING_FILES: tuple[str, ...] = (
     "modeling_nemotron_twotower.py",
     "mixers_nemotron_twotower.py",
     "adaln_nemotron_twotower.py",
+    "moe_nemotron_twotower.py",
 )

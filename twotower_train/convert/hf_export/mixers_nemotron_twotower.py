@@ -6,7 +6,7 @@ transformers cache; the two towers need it in the open: the context tower hands 
 and Mamba conv / SSM states to the denoiser, which seeds its scans and attends to them. These
 functions reuse the modules' projections and parameters, and transformers' ``causal_conv1d_fn``
 / ``mamba2_chunk_scan`` (the causal-conv1d / mamba-ssm kernels where installed, PyTorch
-otherwise).
+otherwise); a single new position (an AR or mock-AR step) takes the recurrence directly.
 
 Layouts: hidden states (b, s, d); attention tensors (b, heads, s, head_dim); Mamba conv state
 (b, conv_kernel − 1, conv_dim), SSM state (b, mamba_heads, mamba_head_dim, ssm_state), fp32.
@@ -15,6 +15,7 @@ Layouts: hidden states (b, s, d); attention tensors (b, heads, s, head_dim); Mam
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.activations import ACT2FN
 from transformers.models.nemotron_h.modeling_nemotron_h import (
     causal_conv1d_fn,
     mamba2_chunk_scan,
@@ -52,6 +53,9 @@ def mamba_mixer(
     else:
         history = initial.conv.to(xbc.dtype)
     window = torch.cat([history, xbc], dim=1)  # (b, w − 1 + s, conv_dim): conv inputs, oldest first
+    if s == 1 and valid is None and not position_states:
+        out, ssm = _mamba_step(mixer, hidden, gate, window, dt, initial)
+        return out, MambaStates(conv=window[:, 1:], ssm=ssm), None
     # The conv runs over history ⊕ new inputs; the first w − 1 outputs (zero-padded) are dropped.
     conv = causal_conv1d_fn(
         window.transpose(1, 2),
@@ -91,6 +95,34 @@ def mamba_mixer(
             ssm=ssm_after_each_position(x, dt, A, B, None if initial is None else initial.ssm),
         )
     return out, final, per_position
+
+
+def _mamba_step(mixer, hidden, gate, window, dt, initial):
+    """One new position (s = 1) by the recurrence itself — the conv as one dot product over the
+    window, then h = exp(dt·A)·h + dt·x ⊗ B, y = C·h + D·x — instead of the chunked conv and
+    scan (dozens of ops each). → (output (b, 1, d), SSM state (b, heads, head_dim, d_state))."""
+    b = hidden.shape[0]
+    groups, d_state, d_inner = mixer.n_groups, mixer.ssm_state_size, mixer.intermediate_size
+    weight = mixer.conv1d.weight.squeeze(1)  # (conv_dim, w)
+    conv = torch.einsum("bwc,cw->bc", window.to(weight.dtype), weight)  # (b, conv_dim)
+    if mixer.conv1d.bias is not None:
+        conv = conv + mixer.conv1d.bias
+    conv = ACT2FN[mixer.activation](conv).to(window.dtype)
+    x, B, C = conv.float().split([d_inner, groups * d_state, groups * d_state], dim=-1)
+    # Heads in groups: (b, groups, heads per group, …) shares B / C without copying them.
+    x = x.view(b, groups, -1, mixer.head_dim)  # (b, g, h/g, head_dim)
+    B, C = B.view(b, groups, 1, 1, d_state), C.view(b, groups, 1, d_state)
+    dt = dt.view(b, groups, -1, 1)  # (b, g, h/g, 1)
+    A = -torch.exp(mixer.A_log.float()).view(groups, -1, 1)  # (g, h/g, 1)
+    state = (dt * x).unsqueeze(-1) * B  # (b, g, h/g, head_dim, d_state): dt·x ⊗ B
+    if initial is not None:
+        h0 = initial.ssm.float().view(state.shape)
+        state = state + torch.exp(dt * A).unsqueeze(-1) * h0
+    y = (state @ C.unsqueeze(-1)).squeeze(-1) + mixer.D.view(groups, -1, 1) * x  # (b, g, h/g, hd)
+    y = mixer.norm(y.reshape(b, 1, d_inner), gate)  # gated RMSNorm: norm(y · silu(gate))
+    return mixer.out_proj(y.to(hidden.dtype)), state.view(
+        b, mixer.num_heads, mixer.head_dim, d_state
+    )
 
 
 def ssm_after_each_position(

@@ -41,8 +41,9 @@ from .mixers_nemotron_twotower import (
     causal_attention,
     mamba_mixer,
 )
+from .moe_nemotron_twotower import moe_forward
 
-MAMBA, ATTENTION = "linear_attention", "full_attention"
+MAMBA, ATTENTION, MOE = "linear_attention", "full_attention", "moe"
 
 
 class NemotronHTwoTowerForCausalLM(CardGeneration, NemotronHForCausalLM):
@@ -194,6 +195,8 @@ class NemotronHTwoTowerForCausalLM(CardGeneration, NemotronHForCausalLM):
                     v = torch.cat([cache.values[i], v], dim=2)
                 new.keys[i], new.values[i] = k, v
                 mixed = attention_out(block.mixer, causal_attention(q, k, v, key_valid))
+            elif block.block_type == MOE:  # routed experts without a per-expert loop
+                mixed = moe_forward(block.mixer, normed)
             else:
                 mixed = block.mixer(normed)
             hidden = hidden + mixed
@@ -233,6 +236,8 @@ class NemotronHTwoTowerForCausalLM(CardGeneration, NemotronHForCausalLM):
                 q, k, v = attention_qkv(block.mixer, normed)
                 attended = block_attention(q, k, v, cache, i, causal_in_block)
                 mixed = attention_out(block.mixer, attended)
+            elif block.block_type == MOE:  # routed experts without a per-expert loop
+                mixed = moe_forward(block.mixer, normed)
             else:
                 mixed = block.mixer(normed)
             hidden = hidden + (mixed if t_emb is None else gate * mixed)
