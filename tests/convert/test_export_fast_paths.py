@@ -1,6 +1,7 @@
 """The export's decoding fast paths against transformers' modules and the chunked scan (fp32,
-CPU, seeded): the loop-free MoE forward (``moe_nemotron_twotower.py``) and the single-token
-Mamba step (``mixers_nemotron_twotower.mamba_mixer`` with s = 1)."""
+CPU, seeded): the loop-free MoE forward (``moe_nemotron_twotower.py``), and in
+``mixers_nemotron_twotower.mamba_mixer`` the single-token Mamba step (s = 1) and the one-chunk
+quadratic form (s ≤ chunk_size)."""
 
 from __future__ import annotations
 
@@ -96,26 +97,63 @@ def mamba():
     return next(b.mixer for b in model.model.layers if b.block_type == "linear_attention")
 
 
+def chunked(mixers, mamba, *args, **kw):
+    """``mamba_mixer`` through transformers' ``mamba2_chunk_scan`` over chunks of 4 positions
+    (s > chunk_size: neither fast path) — the reference for the fast paths."""
+    saved, mamba.chunk_size = mamba.chunk_size, 4
+    try:
+        return mixers.mamba_mixer(mamba, *args, **kw)
+    finally:
+        mamba.chunk_size = saved
+
+
+def assert_states_close(got, expected):
+    torch.testing.assert_close(got.conv, expected.conv, atol=ATOL, rtol=0)
+    torch.testing.assert_close(got.ssm, expected.ssm, atol=ATOL, rtol=0)
+    assert got.ssm.dtype == torch.float32
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("seeded", [False, True])
+@torch.no_grad()
+def test_one_chunk_mamba_equals_the_chunked_scan(mixers, mamba, seeded, padded):
+    batch, prefill, s = 3, 5, 12  # 12 ≤ chunk_size 16: one chunk
+    g = torch.Generator().manual_seed(4)
+    hidden = torch.randn(batch, prefill + s, mamba.hidden_size, generator=g)
+    initial = mixers.mamba_mixer(mamba, hidden[:, :prefill], None)[1] if seeded else None
+    valid = None
+    if padded:  # left padding: rows 1 and 2 start late
+        valid = torch.ones(batch, s, dtype=torch.bool)
+        valid[1, :3], valid[2, :7] = False, False
+    new = hidden[:, prefill:]
+    out, final, each = mixers.mamba_mixer(mamba, new, initial, valid, position_states=True)
+    ref_out, ref_final, ref_each = chunked(mixers, mamba, new, initial, valid, position_states=True)
+    torch.testing.assert_close(out, ref_out, atol=ATOL, rtol=0)
+    assert_states_close(final, ref_final)
+    assert_states_close(each, ref_each)
+    assert_states_close(mixers.mamba_mixer(mamba, new, initial, valid)[1], ref_final)
+    if not seeded and not padded:  # and transformers' own mixer forward from zero states
+        torch.testing.assert_close(out, mamba(new), atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("prefill", [0, 5])
 @torch.no_grad()
 def test_single_token_mamba_steps_equal_the_chunked_scan(mixers, mamba, prefill):
     batch, steps = 3, 4
-    d = mamba.hidden_size
-    hidden = torch.randn(batch, prefill + steps, d, generator=torch.Generator().manual_seed(2))
-    # Reference: the chunked conv + scan over the whole sequence at once.
-    expected, final, each = mixers.mamba_mixer(mamba, hidden, None, position_states=True)
+    hidden = torch.randn(
+        batch, prefill + steps, mamba.hidden_size, generator=torch.Generator().manual_seed(2)
+    )
+    expected, final, each = chunked(mixers, mamba, hidden, None, position_states=True)
+    torch.testing.assert_close(expected, mamba(hidden), atol=ATOL, rtol=0)  # transformers' forward
     states = None
     if prefill:
-        _, states, _ = mixers.mamba_mixer(mamba, hidden[:, :prefill], None)
+        _, states, _ = chunked(mixers, mamba, hidden[:, :prefill], None)
     for k in range(prefill, prefill + steps):
         out, states, per_position = mixers.mamba_mixer(mamba, hidden[:, k : k + 1], states)
         assert per_position is None
         torch.testing.assert_close(out, expected[:, k : k + 1], atol=ATOL, rtol=0)
-        torch.testing.assert_close(states.conv, each.conv[:, k], atol=ATOL, rtol=0)
-        torch.testing.assert_close(states.ssm, each.ssm[:, k], atol=ATOL, rtol=0)
-        assert states.ssm.dtype == torch.float32
-    torch.testing.assert_close(states.ssm, final.ssm, atol=ATOL, rtol=0)
-    torch.testing.assert_close(states.conv, final.conv, atol=ATOL, rtol=0)
+        assert_states_close(states, type(states)(conv=each.conv[:, k], ssm=each.ssm[:, k]))
+    assert_states_close(states, final)
 
 
 @torch.no_grad()

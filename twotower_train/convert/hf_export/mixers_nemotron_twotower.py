@@ -65,20 +65,26 @@ def mamba_mixer(
     )[:, :, width - 1 :]  # (b, conv_dim, s)
     x, B, C = conv.transpose(1, 2).split([d_inner, groups * d_state, groups * d_state], dim=-1)
     x = x.reshape(b, s, heads, head_dim)
-    B = B.reshape(b, s, groups, d_state)
+    B, C = B.reshape(b, s, groups, d_state), C.reshape(b, s, groups, d_state)
     A = -torch.exp(mixer.A_log.float())  # (heads,)
-    y, ssm = mamba2_chunk_scan(
-        x,
-        dt,
-        A,
-        B,
-        C.reshape(b, s, groups, d_state),
-        chunk_size=mixer.chunk_size,
-        D=mixer.D,
-        initial_states=None if initial is None else initial.ssm,
-        dt_softplus=False,
-        return_final_states=True,
-    )  # y (b, s, heads, head_dim), ssm (b, heads, head_dim, d_state)
+    h0 = None if initial is None else initial.ssm
+    each = None  # SSM states after every position, (b, s, heads, head_dim, d_state)
+    if s <= mixer.chunk_size:  # one chunk: its quadratic form directly, not the chunk machinery
+        y, states = ssd_one_chunk(x, dt, A, B, C, mixer.D, h0, position_states)
+        each, ssm = (states, states[:, -1]) if position_states else (None, states)
+    else:
+        y, ssm = mamba2_chunk_scan(
+            x,
+            dt,
+            A,
+            B,
+            C,
+            chunk_size=mixer.chunk_size,
+            D=mixer.D,
+            initial_states=h0,
+            dt_softplus=False,
+            return_final_states=True,
+        )  # y (b, s, heads, head_dim), ssm (b, heads, head_dim, d_state)
     y = mixer.norm(y.reshape(b, s, d_inner), gate)  # gated RMSNorm: norm(y · silu(gate))
     out = mixer.out_proj(y.to(hidden.dtype))
     final = MambaStates(conv=window[:, s:], ssm=ssm.float())
@@ -92,7 +98,7 @@ def mamba_mixer(
         )  # (s, w − 1)
         per_position = MambaStates(
             conv=window[:, index],  # (b, s, w − 1, conv_dim)
-            ssm=ssm_after_each_position(x, dt, A, B, None if initial is None else initial.ssm),
+            ssm=each if each is not None else ssm_after_each_position(x, dt, A, B, h0),
         )
     return out, final, per_position
 
@@ -123,6 +129,42 @@ def _mamba_step(mixer, hidden, gate, window, dt, initial):
     return mixer.out_proj(y.to(hidden.dtype)), state.view(
         b, mixer.num_heads, mixer.head_dim, d_state
     )
+
+
+def ssd_one_chunk(x, dt, A, B, C, D, h0, every_position: bool):
+    """The SSD scan of s ≤ chunk_size positions in one chunk's quadratic form — what
+    ``mamba2_chunk_scan`` computes for a single chunk, without its padding and inter-chunk
+    bookkeeping. With cum_i = Σ_{k ≤ i} dt_k·A (per head) and decay(j → i) = exp(cum_i − cum_j):
+    h_i = exp(cum_i)·h0 + Σ_{j ≤ i} decay(j → i)·dt_j·x_j ⊗ B_j and
+    y_i = C_i·h_i + D·x_i = exp(cum_i)·C_i·h0 + Σ_{j ≤ i} decay(j → i)·(C_i·B_j)·dt_j·x_j + D·x_i.
+
+    x (b, s, heads, hd), dt (b, s, heads) fp32, A (heads,), B / C (b, s, groups, n), h0
+    (b, heads, hd, n) or None → y (b, s, heads, hd) and the states, fp32: h_i for every position
+    (b, s, heads, hd, n) with ``every_position``, else the last one (b, heads, hd, n). Heads are
+    viewed as (groups, heads per group) so that B / C are shared, not copied."""
+    b, s, heads, hd = x.shape
+    g, n = B.shape[2], B.shape[3]
+    x = x.float().view(b, s, g, heads // g, hd)
+    B, C = B.float(), C.float()
+    cum = torch.cumsum(dt * A, dim=1).view(b, s, g, heads // g)  # (b, s, g, r)
+    causal = torch.ones(s, s, dtype=torch.bool, device=x.device).tril()[:, :, None, None]
+    gap = (cum[:, :, None] - cum[:, None]).masked_fill(~causal, float("-inf"))
+    decay = gap.exp()  # (b, i, j, g, r): decay(j → i), 0 for j > i
+    xdt = x * dt.view(b, s, g, heads // g, 1)  # (b, s, g, r, hd): dt_j·x_j
+    scores = torch.einsum("bign,bjgn->bijg", C, B).unsqueeze(-1) * decay  # (b, i, j, g, r)
+    y = torch.einsum("bijgr,bjgrp->bigrp", scores, xdt) + D.view(g, -1, 1) * x
+    if every_position:
+        h = torch.einsum("bijgr,bjgrp,bjgn->bigrpn", decay, xdt, B)  # (b, s, g, r, hd, n)
+        start = cum.exp()[..., None, None]  # (b, s, g, r, 1, 1): decay from the start to i
+    else:  # only the last position's: decay(j → s − 1) = decay[:, -1]
+        h = torch.einsum("bjgr,bjgrp,bjgn->bgrpn", decay[:, -1], xdt, B)  # (b, g, r, hd, n)
+        start = cum[:, -1].exp()[..., None, None]  # (b, g, r, 1, 1)
+    if h0 is not None:
+        h0 = h0.float().view(b, g, heads // g, hd, n)
+        y = y + torch.einsum("bign,bgrpn->bigrp", C, h0) * cum.exp().unsqueeze(-1)
+        h = h + start * (h0.unsqueeze(1) if every_position else h0)
+    h = h.reshape(b, s, heads, hd, n) if every_position else h.reshape(b, heads, hd, n)
+    return y.reshape(b, s, heads, hd), h
 
 
 def ssm_after_each_position(
