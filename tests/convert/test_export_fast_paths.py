@@ -169,6 +169,11 @@ def test_single_token_mamba_steps_equal_the_chunked_scan(mixers, mamba, prefill)
         torch.testing.assert_close(out, expected[:, k : k + 1], atol=ATOL, rtol=0)
         assert_states_close(states, type(states)(conv=each.conv[:, k], ssm=each.ssm[:, k]))
     assert_states_close(states, final)
+    # From a rolled-back state (speculative decoding keeps the per-position states: views).
+    k = prefill + 1
+    rolled_back = type(states)(conv=each.conv[:, k - 1], ssm=each.ssm[:, k - 1])
+    out, _, _ = mixers.mamba_mixer(mamba, hidden[:, k : k + 1], rolled_back)
+    torch.testing.assert_close(out, expected[:, k : k + 1], atol=ATOL, rtol=0)
 
 
 @torch.no_grad()

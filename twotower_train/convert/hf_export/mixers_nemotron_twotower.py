@@ -122,7 +122,7 @@ def _mamba_step(mixer, hidden, gate, window, dt, initial):
     A = -torch.exp(mixer.A_log.float()).view(groups, -1, 1)  # (g, h/g, 1)
     state = (dt * x).unsqueeze(-1) * B  # (b, g, h/g, head_dim, d_state): dt·x ⊗ B
     if initial is not None:
-        h0 = initial.ssm.float().view(state.shape)
+        h0 = initial.ssm.float().reshape(state.shape)  # a rolled-back state may be a strided view
         state = state + torch.exp(dt * A).unsqueeze(-1) * h0
     y = (state @ C.unsqueeze(-1)).squeeze(-1) + mixer.D.view(groups, -1, 1) * x  # (b, g, h/g, hd)
     y = mixer.norm(y.reshape(b, 1, d_inner), gate)  # gated RMSNorm: norm(y · silu(gate))
@@ -160,7 +160,7 @@ def ssd_one_chunk(x, dt, A, B, C, D, h0, every_position: bool):
         h = torch.einsum("bjgr,bjgrp,bjgn->bgrpn", decay[:, -1], xdt, B)  # (b, g, r, hd, n)
         start = cum[:, -1].exp()[..., None, None]  # (b, g, r, 1, 1)
     if h0 is not None:
-        h0 = h0.float().view(b, g, heads // g, hd, n)
+        h0 = h0.float().reshape(b, g, heads // g, hd, n)
         y = y + torch.einsum("bign,bgrpn->bigrp", C, h0) * cum.exp().unsqueeze(-1)
         h = h + start * (h0.unsqueeze(1) if every_position else h0)
     h = h.reshape(b, s, heads, hd, n) if every_position else h.reshape(b, heads, hd, n)
