@@ -56,20 +56,23 @@ def mamba_mixer(
     if s == 1 and valid is None and not position_states:
         out, ssm = _mamba_step(mixer, hidden, gate, window, dt, initial)
         return out, MambaStates(conv=window[:, 1:], ssm=ssm), None
-    # The conv runs over history ⊕ new inputs; the first w − 1 outputs (zero-padded) are dropped.
-    conv = causal_conv1d_fn(
-        window.transpose(1, 2),
-        mixer.conv1d.weight.squeeze(1),
-        mixer.conv1d.bias,
-        activation=mixer.activation,
-    )[:, :, width - 1 :]  # (b, conv_dim, s)
-    x, B, C = conv.transpose(1, 2).split([d_inner, groups * d_state, groups * d_state], dim=-1)
+    one_chunk = s <= mixer.chunk_size  # a decoding call: direct forms, not the kernels' fallbacks
+    if one_chunk:  # each output is one dot product over its w inputs (oneDNN's conv costs more)
+        conv = _conv_windows(mixer, window)  # (b, s, conv_dim)
+    else:  # the conv runs over history ⊕ new inputs; the first w − 1 (zero-padded) outputs drop
+        conv = causal_conv1d_fn(
+            window.transpose(1, 2),
+            mixer.conv1d.weight.squeeze(1),
+            mixer.conv1d.bias,
+            activation=mixer.activation,
+        )[:, :, width - 1 :].transpose(1, 2)  # (b, s, conv_dim)
+    x, B, C = conv.split([d_inner, groups * d_state, groups * d_state], dim=-1)
     x = x.reshape(b, s, heads, head_dim)
     B, C = B.reshape(b, s, groups, d_state), C.reshape(b, s, groups, d_state)
     A = -torch.exp(mixer.A_log.float())  # (heads,)
     h0 = None if initial is None else initial.ssm
     each = None  # SSM states after every position, (b, s, heads, head_dim, d_state)
-    if s <= mixer.chunk_size:  # one chunk: its quadratic form directly, not the chunk machinery
+    if one_chunk:  # one chunk: its quadratic form directly, not the chunk machinery
         y, states = ssd_one_chunk(x, dt, A, B, C, mixer.D, h0, position_states)
         each, ssm = (states, states[:, -1]) if position_states else (None, states)
     else:
@@ -109,11 +112,7 @@ def _mamba_step(mixer, hidden, gate, window, dt, initial):
     scan (dozens of ops each). → (output (b, 1, d), SSM state (b, heads, head_dim, d_state))."""
     b = hidden.shape[0]
     groups, d_state, d_inner = mixer.n_groups, mixer.ssm_state_size, mixer.intermediate_size
-    weight = mixer.conv1d.weight.squeeze(1)  # (conv_dim, w)
-    conv = torch.einsum("bwc,cw->bc", window.to(weight.dtype), weight)  # (b, conv_dim)
-    if mixer.conv1d.bias is not None:
-        conv = conv + mixer.conv1d.bias
-    conv = ACT2FN[mixer.activation](conv).to(window.dtype)
+    conv = _conv_windows(mixer, window)[:, 0]  # (b, conv_dim)
     x, B, C = conv.float().split([d_inner, groups * d_state, groups * d_state], dim=-1)
     # Heads in groups: (b, groups, heads per group, …) shares B / C without copying them.
     x = x.view(b, groups, -1, mixer.head_dim)  # (b, g, h/g, head_dim)
@@ -129,6 +128,19 @@ def _mamba_step(mixer, hidden, gate, window, dt, initial):
     return mixer.out_proj(y.to(hidden.dtype)), state.view(
         b, mixer.num_heads, mixer.head_dim, d_state
     )
+
+
+def _conv_windows(mixer, window):
+    """The causal depthwise conv + activation at the s newest of the inputs ``window``
+    (b, w − 1 + s, conv_dim): output k is the dot product of the mixer's kernel with
+    window[k : k + w] → (b, s, conv_dim), as ``causal_conv1d_fn`` computes it (in the weight's
+    dtype, the result in the window's)."""
+    weight = mixer.conv1d.weight.squeeze(1)  # (conv_dim, w)
+    windows = window.to(weight.dtype).unfold(1, weight.shape[1], 1)  # (b, s, conv_dim, w) view
+    conv = torch.einsum("bscw,cw->bsc", windows, weight)
+    if mixer.conv1d.bias is not None:
+        conv = conv + mixer.conv1d.bias
+    return ACT2FN[mixer.activation](conv).to(window.dtype)
 
 
 def ssd_one_chunk(x, dt, A, B, C, D, h0, every_position: bool):
