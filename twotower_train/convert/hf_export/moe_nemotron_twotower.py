@@ -4,9 +4,8 @@ export; see ``modeling_nemotron_twotower.py``).
 transformers' eager ``NemotronHExperts`` loops over the experts a batch touches, finding each
 one's tokens with ``nonzero`` / ``where`` — a host sync and a data-dependent shape per expert (a
 16-token block at Nano scale touches ~69 of 128 experts). :func:`moe_forward` computes the same
-output with a fixed number of ops and no host sync: the module's router on its own parameters
-(sigmoid scores, ``e_score_correction_bias``, group-limited top-k, ``norm_topk_prob``,
-``routed_scaling_factor``; the group stage skipped where it keeps every group),
+output with a fixed number of ops and no host sync: the module's own router (sigmoid scores,
+``e_score_correction_bias``, group-limited top-k, ``norm_topk_prob``, ``routed_scaling_factor``),
 then the chosen experts of every (token, k) pair as one grouped GEMM per projection
 (``grouped_mm`` over the pairs sorted by expert, group ends computed on the device) — or, where
 ``grouped_mm`` cannot run (no kernel for the device, or a non-bf16 dtype under ``torch.compile``),
@@ -26,31 +25,12 @@ def moe_forward(moe: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """``moe(hidden)`` for a ``NemotronHMoE``: routed experts + shared experts, hidden (…, d) →
     (…, d), with no host sync and no data-dependent shape."""
     flat = hidden.reshape(-1, hidden.shape[-1])  # (T, d)
-    weights, chosen = route(moe.gate, flat)  # (T, k) fp32 routing weights, (T, k) expert ids
+    # The router module itself, so that its hooks run (router-logit capture, experts counts).
+    _, weights, chosen = moe.gate(flat)  # (T, k) fp32 routing weights, (T, k) expert ids
     routed = moe.fc2_latent_proj(
         routed_experts(moe.experts, moe.fc1_latent_proj(flat), chosen, weights)
     )
     return routed.view(hidden.shape) + moe.shared_experts(hidden)
-
-
-def route(gate: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A ``NemotronHTopkRouter``'s choice for x (T, d) → (weights (T, k) fp32, expert ids (T, k)):
-    sigmoid scores in fp32; the choice ranks score + ``e_score_correction_bias`` among the experts
-    of the ``topk_group`` best groups (a group's rank: the sum of its two best), the weights are
-    the chosen experts' scores, normalised to sum 1 with ``norm_topk_prob``, times
-    ``routed_scaling_factor``. The group stage is skipped where it keeps every group."""
-    scores = F.linear(x.float(), gate.weight.float()).sigmoid()  # (T, E)
-    choice = scores + gate.e_score_correction_bias
-    if gate.topk_group < gate.num_group:
-        grouped = choice.view(x.shape[0], gate.num_group, -1)  # (T, G, E / G)
-        best = grouped.topk(2, dim=-1)[0].sum(dim=-1).topk(gate.topk_group, dim=-1, sorted=False)[1]
-        kept = torch.zeros_like(grouped[..., 0], dtype=torch.bool).scatter_(1, best, True)  # (T, G)
-        choice = grouped.masked_fill(~kept.unsqueeze(-1), float("-inf")).view_as(choice)
-    chosen = choice.topk(gate.top_k, dim=-1, sorted=False)[1]  # (T, k)
-    weights = scores.gather(1, chosen)
-    if gate.norm_topk_prob:
-        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
-    return weights * gate.routed_scaling_factor, chosen
 
 
 def routed_experts(
