@@ -65,6 +65,17 @@ def test_moe_forward_equals_the_stock_module(router, batch, tokens, grouped_mm, 
 
 
 @torch.no_grad()
+def test_moe_forward_runs_the_router_module_and_its_hooks():
+    # forward_cost.experts_touched (the generation benchmark) and transformers' router-logit
+    # capture observe the router through forward hooks.
+    moe = random_moe(experts=4, top_k=2)
+    seen = []
+    moe.gate.register_forward_hook(lambda module, inputs, output: seen.append(output[2]))
+    moe_code.moe_forward(moe, torch.randn(1, 5, moe.config.hidden_size))
+    assert len(seen) == 1 and seen[0].shape == (5, 2)
+
+
+@torch.no_grad()
 def test_moe_forward_has_no_graph_break(monkeypatch):
     monkeypatch.setenv("TORCHDYNAMO_DISABLE", "0")  # the suite disables dynamo (tests/conftest.py)
     moe = random_moe(experts=4, top_k=2)
