@@ -133,8 +133,7 @@ def test_rollback_equals_fresh_prefill(model):
     kept = [p + new[r, : int(keep[r])].tolist() for r, p in enumerate(prompts)]
     fresh = model.prefill(*left_pad(kept, 0), logits="none").cache
     for r, seq in enumerate(kept):
-        assert int(rolled.valid[r].sum()) == len(seq)
-        assert rolled.valid[r, -len(seq) :].all()  # still left-padded
+        assert int(rolled.valid[r].sum()) == len(seq)  # rejected positions are holes
         for i in fresh.keys:
             for ours, theirs in ((rolled.keys, fresh.keys), (rolled.values, fresh.values)):
                 a = ours[i][r][:, rolled.valid[r]]

@@ -141,8 +141,14 @@ def prefill_prompts(
     on_commit: OnCommit | None,
     stats_type: type[Generation] = Generation,
 ):
-    """Left-pad the prompts and prefill the context tower → (collector, stats, prefill)."""
+    """Left-pad the prompts and prefill the context tower → (collector, stats, prefill).
+
+    The prefill's cache gets room for every new token and one block more
+    (:meth:`~.cache.ContextCache.reserve`), so decoding writes it in place."""
     tokens, valid = left_pad(prompts, config.pad_token_id, model.context_device)
     out = Collector(tokens.shape[0], config.max_new_tokens, config.eos_token_id, on_commit)
     stats = stats_type(tokens=out.rows, context_forwards=1, row_context_forwards=len(prompts))
-    return out, stats, model.prefill(tokens, valid=valid, logits=logits)
+    prefill = model.prefill(tokens, valid=valid, logits=logits)
+    room = config.max_new_tokens + getattr(config, "block_size", 1)
+    prefill.cache = prefill.cache.reserve(room)
+    return out, stats, prefill

@@ -67,8 +67,7 @@ class ContextTower(MegatronModule):
         stride = 1 if position_states else state_stride
         if valid is None:
             valid = torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device)
-        past = cache.valid if cache.valid is not None else valid[:, :0]
-        new = ContextCache(valid=torch.cat([past, valid], dim=1))  # (b, P + s)
+        new = cache.extend(valid)  # valid (b, P + s); K/V written per layer below
         # Padding masks only where some position is padding; otherwise the unmasked fast paths.
         padded = not bool(new.valid.all())
         key_valid, valid = (new.valid, valid) if padded else (None, None)
@@ -100,10 +99,7 @@ class ContextTower(MegatronModule):
                 hidden = hidden + result.out
             elif kind is LayerKind.ATTENTION:
                 q, k, v = attention_qkv(layer.self_attention, normed)
-                if i in cache.keys:  # (b, kv_heads, P + s, hd): cached keys, then the new ones
-                    k = torch.cat([cache.keys[i], k], dim=2)
-                    v = torch.cat([cache.values[i], v], dim=2)
-                new.keys[i], new.values[i] = k, v
+                k, v = new.write_kv(i, k, v)  # (b, kv_heads, P + s, hd): cached, then new
                 attended = causal_attention(q, k, v, key_valid=key_valid)
                 hidden = hidden + attention_out(layer.self_attention, attended)
             else:
