@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.inference.live_rows import follow_live_rows
 from twotower_train.decoding.samplers import (
     ARConfig,
     MaskDiffusionConfig,
@@ -41,12 +42,28 @@ class ScriptedDenoiser:
         self.context_device = self.denoiser_device = model.context_device
         self.prefill, self.advance = model.prefill, model.advance
         self.calls = 0
+        self.live = list(range(len(tokens)))  # follow_live_rows keeps it current
 
     def denoise_block(self, cache, block, t):
         self.calls += 1
+        tokens, rank = self.tokens[self.live], self.rank[self.live]
         logits = torch.zeros(*block.shape, self.vocab)
-        logits.scatter_(-1, self.tokens.unsqueeze(-1), (5.0 + self.rank).unsqueeze(-1))
+        logits.scatter_(-1, tokens.unsqueeze(-1), (5.0 + rank).unsqueeze(-1))
         return logits
+
+
+@pytest.fixture(autouse=True)
+def _live_rows(monkeypatch):
+    """Every ScriptedDenoiser built in a test follows the rows that stay in the batch."""
+    built = []
+    init = ScriptedDenoiser.__init__
+
+    def tracking_init(self, *args):
+        init(self, *args)
+        built.append(self)
+
+    monkeypatch.setattr(ScriptedDenoiser, "__init__", tracking_init)
+    follow_live_rows(built, monkeypatch)
 
 
 def _floor_only(**kw) -> MaskDiffusionConfig:

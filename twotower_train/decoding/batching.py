@@ -95,15 +95,31 @@ def left_pad(
 
 class Collector:
     """Collects new tokens per row; a row ends at its first EOS, at ``max_new`` tokens, or when
-    ``on_commit`` says so."""
+    ``on_commit`` says so.
+
+    Finished rows leave the batch: ``live`` lists the prompts (by index) the samplers' batch
+    still holds, in order; :meth:`extend` and :meth:`remaining` speak of those rows, and
+    :meth:`leave` drops the finished ones (the samplers then select the same rows of their
+    tensors), so no forward runs for a row whose output is complete."""
 
     def __init__(self, batch: int, max_new: int, eos: int | None, on_commit: OnCommit | None):
         self.rows: list[list[int]] = [[] for _ in range(batch)]
         self.done = [False] * batch
+        self.live = list(range(batch))
         self.max_new, self.eos, self.on_commit = max_new, eos, on_commit
 
+    def leave(self) -> list[int] | None:
+        """Drop the finished rows from ``live`` → the batch positions that stay (None when all
+        do, so nothing needs selecting)."""
+        stay = [i for i, row in enumerate(self.live) if not self.done[row]]
+        if len(stay) == len(self.live):
+            return None
+        self.live = [self.live[i] for i in stay]
+        return stay
+
     def extend(self, new: list[list[int]]) -> None:
-        for row, ids in enumerate(new):
+        """``new``: tokens per row of the current batch (``live``)."""
+        for row, ids in zip(self.live, new):
             if self.done[row]:
                 continue
             start = len(self.rows[row])
@@ -119,7 +135,7 @@ class Collector:
     def remaining(self, device) -> torch.Tensor:
         """(b,) tokens each row may still add (0 once it is done)."""
         return torch.tensor(
-            [0 if done else self.max_new - len(row) for row, done in zip(self.rows, self.done)],
+            [0 if self.done[r] else self.max_new - len(self.rows[r]) for r in self.live],
             dtype=torch.long,
             device=device,
         )

@@ -96,6 +96,26 @@ class ContextCache:
             valid=self.valid.to(device),
         )
 
+    def select(self, rows: torch.Tensor) -> ContextCache:
+        """The cache of batch rows ``rows`` (a long index), in that order — finished rows
+        leave the batch (one gather of what the kept rows hold, buffers included)."""
+        out = ContextCache(
+            mamba={
+                i: MambaStates(conv=m.conv[rows], ssm=m.ssm[rows]) for i, m in self.mamba.items()
+            },
+            valid=None if self.valid is None else self.valid[rows],
+        )
+        if self.valid_buffer is not None:
+            out.valid_buffer = self.valid_buffer[rows]
+            out.valid = out.valid_buffer[:, : self.length]
+        for i, k in self.keys.items():
+            if i in self.buffers:
+                out.buffers[i] = tuple(t[rows] for t in self.buffers[i])
+                out.keys[i], out.values[i] = (t[:, :, : self.length] for t in out.buffers[i])
+            else:
+                out.keys[i], out.values[i] = k[rows], self.values[i][rows]
+        return out
+
     def reserve(self, room: int) -> ContextCache:
         """This cache in buffers with ``room`` free positions after it (one copy, at prefill)."""
         if self.valid is None or self.capacity - self.length >= room:

@@ -261,10 +261,11 @@ def generate_mask_diffusion(
     # A shifted denoiser scores each block's first position with the context tower's last logits.
     context_logits = "last" if shifted(model) else "none"
     out, stats, prefill = prefill_prompts(model, prompts, config, context_logits, on_commit)
-    cache, first, batch, S = prefill.cache, prefill.logits, len(prompts), config.block_size
+    cache, first, S = prefill.cache, prefill.logits, config.block_size
     device = model.denoiser_device
     block_idx = 0
     while not out.finished:
+        batch = len(out.live)
         block = torch.full((batch, S), config.mask_token_id, dtype=torch.long, device=device)
         decoded = torch.zeros(batch, S, dtype=torch.bool, device=device)
         if step_callback is not None:
@@ -287,8 +288,13 @@ def generate_mask_diffusion(
         out.extend(block.tolist())
         if out.finished:
             break
+        block = block.to(model.context_device)
+        stay = out.leave()
+        if stay is not None:
+            rows = torch.tensor(stay, device=model.context_device)
+            cache, block = cache.select(rows), block[rows]
         stats.row_context_forwards += out.active
-        step = model.advance(cache, block.to(model.context_device), logits=context_logits)
+        step = model.advance(cache, block, logits=context_logits)
         cache, first = step.cache, step.logits
         stats.context_forwards += 1
     return stats
@@ -338,8 +344,12 @@ def generate_mock_ar(
         out.extend(new.tolist())
         if out.finished:
             break
-        stats.row_context_forwards += out.active
         last = new.to(model.context_device)
+        stay = out.leave()
+        if stay is not None:
+            rows = torch.tensor(stay, device=model.context_device)
+            cache, last = cache.select(rows), last[rows]
+        stats.row_context_forwards += out.active
         advanced = model.advance(cache, last, logits="none").cache
         short, cache = one_short(cache, advanced), advanced
         stats.context_forwards += 1
@@ -361,7 +371,11 @@ def generate_ar(
         out.extend(new.tolist())
         if out.finished:
             break
+        cache, stay = step.cache, out.leave()
+        if stay is not None:
+            rows = torch.tensor(stay, device=new.device)
+            cache, new = cache.select(rows), new[rows]
         stats.row_context_forwards += out.active
-        step = model.advance(step.cache, new, logits="last")
+        step = model.advance(cache, new, logits="last")
         stats.context_forwards += 1
     return stats
