@@ -65,12 +65,15 @@ class ContextTower(MegatronModule):
             raise ValueError("state_stride and position_states are exclusive")
         # States after every new position = boundaries at stride 1 from this call's start.
         stride = 1 if position_states else state_stride
+        # Padding masks only where a position may be padding: a prompt batch with padding
+        # (read once, at prefill) or any cache (earlier padding, speculative holes — masked
+        # without asking, so an advance reads nothing back from the device).
+        padded = valid is not None and not bool(valid.all())
         if valid is None:
             valid = torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device)
         new = cache.extend(valid)  # valid (b, P + s); K/V written per layer below
-        # Padding masks only where some position is padding; otherwise the unmasked fast paths.
-        padded = not bool(new.valid.all())
-        key_valid, valid = (new.valid, valid) if padded else (None, None)
+        key_valid = new.valid if padded or cache.length else None
+        valid = valid if padded else None
         model = self.backbone
         out = ContextOutput(cache=new, logits=None)
         hidden = embed(model, tokens)

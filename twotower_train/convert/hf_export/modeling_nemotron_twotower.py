@@ -170,11 +170,15 @@ class NemotronHTwoTowerForCausalLM(CardGeneration, NemotronHForCausalLM):
         return self._context(tokens, cache, None, logits, position_states)
 
     def _context(self, tokens, cache, valid, logits, position_states) -> ContextOutput:
+        # Padding masks only where a position may be padding: a prompt batch with padding
+        # (read once, at prefill) or any cache (earlier padding, speculative holes — masked
+        # without asking, so an advance reads nothing back from the device).
+        padded = valid is not None and not bool(valid.all())
         if valid is None:
             valid = torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device)
         new = cache.extend(valid)  # valid (b, P + s); K/V written per layer below
-        padded = not bool(new.valid.all())  # unmasked fast paths unless some position is padding
-        key_valid, valid = (new.valid, valid) if padded else (None, None)
+        key_valid = new.valid if padded or cache.length else None
+        valid = valid if padded else None
         out = ContextOutput(cache=new, logits=None)
         tower = self.context_tower
         hidden = tower.embeddings(tokens)  # (b, s, d)
