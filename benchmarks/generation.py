@@ -47,6 +47,7 @@ import torch  # noqa: E402
 
 from twotower_train import distributed  # noqa: E402
 from twotower_train.atomic_write import atomic_path, write_text
+from twotower_train.decoding.compiled import compiled, enable_dynamo  # noqa: E402
 from twotower_train.decoding.samplers import MaskDiffusionConfig  # noqa: E402
 from twotower_train.eval import forward_cost  # noqa: E402
 from twotower_train.eval.mode_comparison import agreement, ar_nll, mode_rows, run_mode  # noqa: E402
@@ -136,10 +137,8 @@ def _variants(args, loaded) -> tuple[dict, str | None]:
     variants = {"eager": loaded.model}
     if not args.compile:
         return variants, None
-    # This script disables dynamo unless asked to compile; torch.compile reads the variable itself.
-    os.environ.pop("TORCHDYNAMO_DISABLE", None)
-    torch._dynamo.config.disable = False
-    model = forward_cost.compiled(loaded.model)
+    enable_dynamo()  # this script disables it unless asked to compile
+    model = compiled(loaded.model)  # what DecodeConfig(compile=True) decodes with
     try:  # compile (and check) every method once on a short run of each kind
         forward_cost.forward_costs(
             model, [[loaded.pad_token_id + 1] * 3], 4, loaded.mask_token_id, loaded.pad_token_id, 1

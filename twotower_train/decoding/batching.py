@@ -30,6 +30,8 @@ class DecodeConfig:
     eos_token_id: int | None = None
     pad_token_id: int = 0
     """Left padding of prompts of different lengths."""
+    compile: bool = False
+    """Run the model's decoding forwards under ``torch.compile`` (:mod:`.compiled`)."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:

@@ -52,6 +52,7 @@ from .batching import (
     prefill_prompts,
 )
 from .cache import ContextCache
+from .compiled import decoding_model
 from .sampling import choose_block_tokens, choose_tokens
 
 StepCallback = Callable[..., None]
@@ -258,6 +259,7 @@ def generate_mask_diffusion(
 ) -> Generation:
     """Block-wise mask diffusion with confidence unmasking (module docstring; card §"How mask
     diffusion works"; :func:`unmask_block`)."""
+    model = decoding_model(model, config)
     # A shifted denoiser scores each block's first position with the context tower's last logits.
     context_logits = "last" if shifted(model) else "none"
     out, stats, prefill = prefill_prompts(model, prompts, config, context_logits, on_commit)
@@ -324,6 +326,7 @@ def generate_mock_ar(
     (attention K/V of positions < p − 1, Mamba conv/SSM states before p − 1). The context tower
     advances one token at a time; its prefill runs in two passes (all prompt tokens but the
     last, then the last) to keep the states before the last token."""
+    model = decoding_model(model, config)
     tokens, valid = left_pad(prompts, config.pad_token_id, model.context_device)
     out = Collector(tokens.shape[0], config.max_new_tokens, config.eos_token_id, on_commit)
     stats = Generation(tokens=out.rows, context_forwards=2, row_context_forwards=2 * len(prompts))
@@ -365,6 +368,7 @@ def generate_ar(
     on_commit: OnCommit | None = None,
 ) -> Generation:
     """Standard cached AR decoding with the context tower only."""
+    model = decoding_model(model, config)
     out, stats, step = prefill_prompts(model, prompts, config, "last", on_commit)
     while True:
         new, _ = choose_tokens(step.logits, config.choice, generator=generator)

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .compiled import decoding_model
 from .samplers import Generation, MaskDiffusionConfig, OnCommit, prefill_prompts, unmask_block
 from .sampling import choose_tokens
 
@@ -87,6 +88,7 @@ def generate_speculative(
     on_commit: OnCommit | None = None,
 ) -> SpeculativeGeneration:
     """Greedy self-speculative decoding (module docstring); same output as ``generate_ar``."""
+    model = decoding_model(model, config)
     out, stats, prefill = prefill_prompts(
         model, prompts, config, "last", on_commit, SpeculativeGeneration
     )
