@@ -170,6 +170,13 @@ def _row(name, variant, mode, config, generated, seconds, stats, agree, nll) -> 
         "tokens_per_denoiser_forward": (
             stats["generated"] / stats["denoiser"] if stats["denoiser"] else None
         ),
+        # The same without the tokens the context tower chose (a shifted denoiser's first
+        # position of each block): what the denoiser itself commits per forward.
+        "denoiser_tokens_per_denoiser_forward": (
+            (stats["generated"] - stats["context_tokens"]) / stats["denoiser"]
+            if stats["denoiser"]
+            else None
+        ),
         "exact_match_ar": agree[0],
         "token_agreement_ar": agree[1],
         "ar_nll": nll,
@@ -260,7 +267,8 @@ def table(report: dict) -> str:
     head = (
         f"{'mode':<32}"
         + "".join(f"{f'tok/s b{b}':>10}{f'×AR b{b}':>8}" for b in batches)
-        + f"{'fwd/tok':>9}{'tok/ctx':>9}{'tok/den':>9}{'exact':>7}{'agree':>7}{'AR NLL':>8}"
+        + f"{'fwd/tok':>9}{'tok/ctx':>9}{'tok/den':>9}{'den/den':>9}{'exact':>7}{'agree':>7}"
+        + f"{'AR NLL':>8}"
         f"{'acc/ver':>9}"
     )
     lines = [
@@ -272,6 +280,7 @@ def table(report: dict) -> str:
     ]
     for r in report["results"]:
         per_den = r["tokens_per_denoiser_forward"]
+        own = r["denoiser_tokens_per_denoiser_forward"]
         lines.append(
             f"{r['name']:<32}"
             + "".join(
@@ -280,6 +289,7 @@ def table(report: dict) -> str:
             )
             + f"{r['forwards_per_token']:>9.2f}{r['tokens_per_context_forward']:>9.2f}"
             + (f"{per_den:>9.2f}" if per_den else f"{'-':>9}")
+            + (f"{own:>9.2f}" if own else f"{'-':>9}")
             + f"{r['exact_match_ar']:>7.2f}{r['token_agreement_ar']:>7.2f}{r['ar_nll']:>8.3f}"
             + (
                 f"{r['accepted_per_verify']:>9.2f}"

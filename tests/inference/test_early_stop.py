@@ -84,6 +84,28 @@ def test_block_stops_once_every_row_is_settled(model):
     assert out.tokens_per_forward == (3 + 16) / (3 + 16)
 
 
+def test_finished_rows_leave_the_batch_and_free_tokens_are_apart(model):
+    """Row 0 ends at EOS in its first block and leaves the batch: the second block's forwards
+    run on row 1 alone. With a shifted denoiser each block's first token is the context
+    tower's choice: counted in ``context_tokens``, left out of the denoiser's own rate."""
+    tokens = [[20, 21, EOS, 23, 24, 25, 26, 27], list(range(30, 38))]
+    rank = [[6, 5, 7, 4, 3, 2, 1, 0], [7, 6, 5, 4, 3, 2, 1, 0]]
+    scripted = ScriptedDenoiser(model, tokens, rank)
+    scripted.denoiser_shift = True
+    widths = []
+    denoise = scripted.denoise_block
+    scripted.denoise_block = lambda cache, block, t: (
+        widths.append(len(block)) or denoise(cache, block, t)
+    )
+    out = generate_mask_diffusion(
+        scripted, PROMPTS, _floor_only(max_new_tokens=16, eos_token_id=EOS)
+    )
+    assert widths == [2] * 8 + [1] * 8  # the second block: row 1 alone
+    assert out.context_tokens == 1 + 2  # row 0: one block; row 1: two
+    assert out.tokens_per_batch_forward == out.generated / 16
+    assert out.denoiser_tokens_per_forward == (out.generated - 3) / out.row_denoiser_forwards
+
+
 def test_max_new_tokens_inside_a_block_stops_early(model):
     tokens = [list(range(20, 28))] * 2
     rank = [[7, 6, 5, 4, 3, 2, 1, 0]] * 2  # left to right

@@ -42,10 +42,16 @@ class DecodeConfig:
 class Generation:
     """New tokens per prompt and what they cost.
 
-    Forwards are counted twice: batched calls (``*_forwards``, each runs every row) and row
-    forwards (``row_*_forwards``: per forward, the rows still generating — a row stops counting
-    once its output is complete, even though the batch keeps computing it). The per-token rates
-    use row forwards, so a row that stops early is charged only for the forwards it needed.
+    Forwards are counted twice: batched calls (``*_forwards``: one per batch step, whatever the
+    batch holds) and row forwards (``row_*_forwards``: per forward, the rows it computed for a
+    row still generating). Finished rows leave the batch, and inside a diffusion block a row
+    whose block is settled stops counting, so a row is charged only for the forwards it
+    needed. Rates per row use row forwards (``tokens_per_forward``, the card's figure); rates
+    per batch step use batched ones (``tokens_per_batch_forward``, what wall-clock follows).
+
+    ``context_tokens``: tokens the context tower chose, not the denoiser — a shifted
+    denoiser's first position of each block, scored by the context tower's last logits.
+    :attr:`denoiser_tokens_per_forward` leaves them out.
     """
 
     tokens: list[list[int]]
@@ -55,6 +61,7 @@ class Generation:
     """Batched context-tower forwards, the prefill included."""
     row_denoiser_forwards: int = 0
     row_context_forwards: int = 0
+    context_tokens: int = 0
 
     @property
     def generated(self) -> int:
@@ -66,6 +73,18 @@ class Generation:
         diffusion (the card's "tokens / step")."""
         forwards = self.row_denoiser_forwards
         return self.generated / forwards if forwards else math.nan
+
+    @property
+    def tokens_per_batch_forward(self) -> float:
+        """Generated tokens (all rows) per batched denoiser forward: per batch step."""
+        forwards = self.denoiser_forwards
+        return self.generated / forwards if forwards else math.nan
+
+    @property
+    def denoiser_tokens_per_forward(self) -> float:
+        """Tokens the denoiser chose per denoiser forward of a row (``context_tokens`` apart)."""
+        forwards = self.row_denoiser_forwards
+        return (self.generated - self.context_tokens) / forwards if forwards else math.nan
 
     @property
     def tokens_per_context_forward(self) -> float:

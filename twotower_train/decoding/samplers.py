@@ -287,7 +287,11 @@ def generate_mask_diffusion(
             block_idx,
         )
         block_idx += 1
+        before = [len(out.rows[r]) for r in out.live]
+        live = list(out.live)
         out.extend(block.tolist())
+        if shifted(model):  # position 0 was the context tower's choice, in every row it reached
+            stats.context_tokens += sum(len(out.rows[r]) > n for r, n in zip(live, before))
         if out.finished:
             break
         block = block.to(model.context_device)
