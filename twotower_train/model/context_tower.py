@@ -26,6 +26,7 @@ from twotower_train.model.mixers import (
     causal_attention,
     mamba_forward,
 )
+from twotower_train.model.moe_decode import moe_decode
 
 
 class ContextTower(MegatronModule):
@@ -75,6 +76,8 @@ class ContextTower(MegatronModule):
         key_valid = new.valid if padded or cache.length else None
         valid = valid if padded else None
         model = self.backbone
+        # Prefill / advance (the training forward asks for block-boundary states instead).
+        decoding = state_stride is None and not torch.is_grad_enabled()
         out = ContextOutput(cache=new, logits=None)
         hidden = embed(model, tokens)
         for i, kind, layer in iter_layers(model):
@@ -105,6 +108,8 @@ class ContextTower(MegatronModule):
                 k, v = new.write_kv(i, k, v)  # (b, kv_heads, P + s, hd): cached, then new
                 attended = causal_attention(q, k, v, key_valid=key_valid)
                 hidden = hidden + attention_out(layer.self_attention, attended)
+            elif decoding:  # MoE without Megatron's dispatcher (model/moe_decode.py)
+                hidden = hidden + moe_decode(layer.mlp, normed)
             else:
                 mlp_out, _ = layer.mlp(normed)
                 hidden = hidden + mlp_out

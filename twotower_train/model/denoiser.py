@@ -46,6 +46,7 @@ from twotower_train.model.layers import (
     pre_norm,
 )
 from twotower_train.model.mixers import attention_out, attention_qkv, mamba_forward
+from twotower_train.model.moe_decode import moe_decode
 from twotower_train.ops.block_attention import AttentionBackend, denoiser_attention
 
 
@@ -186,6 +187,8 @@ class Denoiser(MegatronModule):
             out = attention_out(layer.self_attention, attended)
         elif kind is LayerKind.MLP:
             out = self._selective("mlp", lambda x: layer.mlp(x)[0], normed)
+        elif isinstance(conditioning, CacheConditioning):  # decoding: no dispatcher
+            out = moe_decode(layer.mlp, normed)
         else:
             out, _ = layer.mlp(normed)  # MoE: recomputes itself when "moe" is selected
         return hidden + out if mod is None else mod.residual(hidden, out)
