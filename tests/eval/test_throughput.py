@@ -1,0 +1,73 @@
+"""The wall-clock timing shared by the generation benchmark and the reproduction
+(``twotower_train.eval.throughput``): every model warms up once per mode, the timed passes run
+modes interleaved within each repeat, tokens/s is generated tokens over the median pass, and
+the speed-up divides by AR's at the same batch size and variant."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from twotower_train.eval import throughput
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    max_new_tokens: int
+
+
+# Seconds of each pass, per (mode, batch), in the order the repeats run them.
+SECONDS = {
+    ("ar", 1): [4.0, 1.0, 2.0],
+    ("mask_diffusion", 1): [1.0, 9.0, 0.5],
+    ("ar", 8): [1.0, 1.0, 1.0],
+    ("mask_diffusion", 8): [2.0, 2.0, 3.0],
+}
+
+
+@pytest.fixture
+def fake_decoding(monkeypatch):
+    calls, warm = [], []
+    passes = {key: iter(values) for key, values in SECONDS.items()}
+
+    def run_mode(model, prompts, mode, config, batch):
+        calls.append((model, mode, batch))
+        generated = len(prompts) * config.max_new_tokens
+        tokens = [[len(calls)]] * len(prompts)
+        return tokens, {"generated": generated}, next(passes[mode, batch])
+
+    def generate(model, prompts, mode, config):
+        warm.append((model, mode, config.max_new_tokens, len(calls)))
+
+    monkeypatch.setattr(throughput, "run_mode", run_mode)
+    monkeypatch.setattr(throughput.modes, "generate", generate)
+    return calls, warm
+
+
+def test_interleaved_median_and_speedup(fake_decoding):
+    calls, warm = fake_decoding
+    rows = {"AR": ("ar", _Config(10)), "diffusion γ=0.8": ("mask_diffusion", _Config(10))}
+    timed = throughput.time_modes({"eager": "m"}, rows, [[1], [2]], (1, 8), repeats=3)
+    # One short warm-up generation per mode, before any timed pass.
+    assert warm == [("m", "ar", throughput.WARMUP_TOKENS, 0), ("m", "mask_diffusion", 4, 0)]
+    # Repeat-major: each repeat runs batch 1 (AR, diffusion) then batch 8 (AR, diffusion).
+    one_repeat = [("m", "ar", 1), ("m", "mask_diffusion", 1), ("m", "ar", 8)]
+    one_repeat.append(("m", "mask_diffusion", 8))
+    assert calls == one_repeat * 3
+    ar1, diff1 = timed["eager", "AR", 1], timed["eager", "diffusion γ=0.8", 1]
+    assert ar1.seconds == [4.0, 1.0, 2.0] and ar1.median_seconds == 2.0
+    assert ar1.tokens == [[1], [1]]  # the first pass's generations
+    assert ar1.tokens_per_s == 20 / 2.0 and diff1.tokens_per_s == 20 / 1.0
+    speedup = throughput.speedups(timed)
+    assert speedup["eager", "diffusion γ=0.8", 1] == pytest.approx(2.0)
+    assert speedup["eager", "diffusion γ=0.8", 8] == pytest.approx(0.5)
+    assert speedup["eager", "AR", 8] == 1.0
+
+
+def test_conditions_record_threads_and_load():
+    import torch
+
+    found = throughput.conditions()
+    assert found["threads"] == torch.get_num_threads()
+    assert found["load_average"] >= 0.0
