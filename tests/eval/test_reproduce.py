@@ -43,6 +43,8 @@ TASK = [
     "0.8",
     "--threads",
     "1",
+    "--timing-repeats",
+    "2",
 ]
 # A small problem space and enough steps for the denoiser to learn: ~3 minutes on 2 shared cores
 # (masked accuracy 0.418 vs 0.263 for the untrained denoiser, on 316 held-out positions).
@@ -145,6 +147,12 @@ def test_pipeline_end_to_end_and_export_decodes_like_megatron(
         "diffusion γ=0.8",
         "speculative",
     ]
+    # Wall clock: every mode timed at batch 1 and 8 on the evaluated problems, AR the reference.
+    assert report["timing"]["batches"] == [1, 8] and report["timing"]["repeats"] == 2
+    assert report["timing"]["problems"] == 8 and report["timing"]["threads"] == 1
+    for row in report["modes"]:
+        assert row["tokens_per_s_batch1"] > 0 and row["tokens_per_s_batch8"] > 0
+    assert report["modes"][0]["speedup_vs_ar_batch1"] == 1.0
     # Learning: the denoiser uses its context and the visible tokens, which a unigram cannot.
     acc = report["masked_accuracy"]
     assert acc["masked"] >= 50

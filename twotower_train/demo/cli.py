@@ -10,8 +10,10 @@ small reasoning task (two-step sums up to 15) mixed with real text, a tiny backb
 (``model=tiny`` widths, pattern M*E*: Mamba-2, attention, MoE), stage-1 AR pretraining, the
 three-phase curriculum of a shifted denoiser (``model.denoiser_shift``) S=32 → S=32 → S=16,
 the HF export, and the evaluation on
-held-out problems — the results table (AR, mock-AR, mask diffusion over γ, speculative) is
-printed and written to ``OUT/results.{json,md}`` with the γ plot ``OUT/tradeoff.png``. Then it
+held-out problems — the results table (AR, mock-AR, mask diffusion over γ, speculative: quality,
+forward counts, wall-clock tokens/s and speed-up over AR at batch 1 and 8) and the verdict
+against the card's operating point (its 2.42× is a wall-clock ratio) are printed and written to
+``OUT/results.{json,md}`` with the γ plot ``OUT/tradeoff.png``. Then it
 runs the model card's "Use it with Transformers" code against ``OUT/hf``. ``--check`` then
 holds the results to the variant's thresholds (:func:`check`): exit 1 with one line naming the
 first one missed.
