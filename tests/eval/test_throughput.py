@@ -1,7 +1,8 @@
 """The wall-clock timing shared by the generation benchmark and the reproduction
 (``twotower_train.eval.throughput``): every model warms up once per mode, the timed passes run
-modes interleaved within each repeat, tokens/s is generated tokens over the median pass, and
-the speed-up divides by AR's at the same batch size and variant."""
+modes interleaved batch by batch within each repeat, a pass's seconds sum its batches, tokens/s
+is generated tokens over the median pass, and the speed-up divides by AR's at the same batch
+size and variant."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ class _Config:
     max_new_tokens: int
 
 
-# Seconds of each pass, per (mode, batch), in the order the repeats run them.
+# Seconds of each run_mode call, per (mode, batch), in the order the repeats make them: two
+# prompts are two batches of 1 (their seconds add up to the pass's) and one batch of 8.
 SECONDS = {
-    ("ar", 1): [4.0, 1.0, 2.0],
-    ("mask_diffusion", 1): [1.0, 9.0, 0.5],
+    ("ar", 1): [3.0, 1.0, 0.5, 0.5, 1.0, 1.0],
+    ("mask_diffusion", 1): [0.5, 0.5, 4.0, 5.0, 0.25, 0.25],
     ("ar", 8): [1.0, 1.0, 1.0],
     ("mask_diffusion", 8): [2.0, 2.0, 3.0],
 }
@@ -32,7 +34,7 @@ def fake_decoding(monkeypatch):
     passes = {key: iter(values) for key, values in SECONDS.items()}
 
     def run_mode(model, prompts, mode, config, batch):
-        calls.append((model, mode, batch))
+        calls.append((model, mode, batch, prompts))
         generated = len(prompts) * config.max_new_tokens
         tokens = [[len(calls)]] * len(prompts)
         return tokens, {"generated": generated}, next(passes[mode, batch])
@@ -51,13 +53,21 @@ def test_interleaved_median_and_speedup(fake_decoding):
     timed = throughput.time_modes({"eager": "m"}, rows, [[1], [2]], (1, 8), repeats=3)
     # One short warm-up generation per mode, before any timed pass.
     assert warm == [("m", "ar", throughput.WARMUP_TOKENS, 0), ("m", "mask_diffusion", 4, 0)]
-    # Repeat-major: each repeat runs batch 1 (AR, diffusion) then batch 8 (AR, diffusion).
-    one_repeat = [("m", "ar", 1), ("m", "mask_diffusion", 1), ("m", "ar", 8)]
-    one_repeat.append(("m", "mask_diffusion", 8))
-    assert calls == one_repeat * 3
+    # Repeat-major; within a batch size, AR then diffusion on each batch of prompts in turn.
+    one_repeat = [
+        ("ar", 1, [[1]]),
+        ("mask_diffusion", 1, [[1]]),
+        ("ar", 1, [[2]]),
+        ("mask_diffusion", 1, [[2]]),
+        ("ar", 8, [[1], [2]]),
+        ("mask_diffusion", 8, [[1], [2]]),
+    ]
+    assert [call[1:] for call in calls] == one_repeat * 3
     ar1, diff1 = timed["eager", "AR", 1], timed["eager", "diffusion γ=0.8", 1]
     assert ar1.seconds == [4.0, 1.0, 2.0] and ar1.median_seconds == 2.0
-    assert ar1.tokens == [[1], [1]]  # the first pass's generations
+    assert diff1.seconds == [1.0, 9.0, 0.5]
+    assert ar1.tokens == [[1], [3]]  # the first pass's generations, one per prompt
+    assert ar1.stats == {"generated": 20}
     assert ar1.tokens_per_s == 20 / 2.0 and diff1.tokens_per_s == 20 / 1.0
     speedup = throughput.speedups(timed)
     assert speedup["eager", "diffusion γ=0.8", 1] == pytest.approx(2.0)

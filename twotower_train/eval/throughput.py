@@ -54,23 +54,37 @@ def time_modes(
     decoding all of ``prompts`` in batches of each size of ``batches``, ``repeats`` times.
 
     Each model decodes one short generation per mode first (lazy initialisation, compilation);
-    then every repeat runs every batch size, variant and mode in turn."""
+    then every repeat runs every batch size, and for each batch of prompts every variant and
+    mode in turn; a pass's seconds are the sum over its batches."""
     for model in variants.values():
         for mode, config in rows.values():
             warm = dataclasses.replace(config, max_new_tokens=WARMUP_TOKENS)
             modes.generate(model, prompts[:1], mode, warm)
     timed: dict[tuple[str, str, int], Timed] = {}
-    for _ in range(repeats):
+    for repeat in range(repeats):
         for batch in batches:
-            for variant, model in variants.items():
-                for name, (mode, config) in rows.items():
-                    tokens, stats, took = run_mode(model, prompts, mode, config, batch)
-                    key = (variant, name, batch)
-                    if key in timed:
-                        timed[key].seconds.append(took)
-                    else:
-                        timed[key] = Timed(tokens, stats, [took])
+            took: dict[tuple[str, str, int], float] = {}
+            # Interleaved per batch of prompts, not per pass: load that comes and goes within
+            # a pass falls on every mode about equally.
+            for first in range(0, len(prompts), batch):
+                chunk = prompts[first : first + batch]
+                for variant, model in variants.items():
+                    for name, (mode, config) in rows.items():
+                        key = (variant, name, batch)
+                        tokens, stats, seconds = run_mode(model, chunk, mode, config, batch)
+                        took[key] = took.get(key, 0.0) + seconds
+                        if repeat == 0:
+                            _add(timed.setdefault(key, Timed([], {}, [])), tokens, stats)
+            for key, seconds in took.items():
+                timed[key].seconds.append(seconds)
     return timed
+
+
+def _add(timed: Timed, tokens: list[list[int]], stats: dict) -> None:
+    """Add one batch's generations and forward counts to the first pass's."""
+    timed.tokens += tokens
+    for name, value in stats.items():
+        timed.stats[name] = timed.stats.get(name, 0) + value
 
 
 def speedups(timed: dict[tuple[str, str, int], Timed], reference: str = "AR") -> dict:

@@ -130,8 +130,8 @@ def timing_line(report: dict) -> str:
     t = report["timing"]
     return (
         f"Wall clock: tokens/s decoding the first {t['problems']} evaluated problems at batch "
-        f"{' and '.join(map(str, t['batches']))} on {t['device']}, modes interleaved within each "
-        f"of {t['repeats']} passes, the median pass counted; {t['threads']} thread(s), load "
+        f"{' and '.join(map(str, t['batches']))} on {t['device']}, modes interleaved batch by "
+        f"batch, {t['repeats']} passes, the median pass counted; {t['threads']} thread(s), load "
         f"average {t['load_average_start']:.1f} → {t['load_average_end']:.1f} (other work on the "
         "machine slows some passes more than others). × AR = the mode's tokens/s over AR's at "
         "the same batch size; this ratio is the card's throughput figure. Tokens per (denoiser) "
