@@ -14,6 +14,7 @@ import pytest
 from twotower_train.eval.masked_accuracy import answer_blocks, masked_token_accuracy
 from twotower_train.eval.mode_comparison import mode_rows
 from twotower_train.inference import modes
+from twotower_train.reproduce.config import ReproduceConfig
 from twotower_train.reproduce.evaluate import MASK_RATIO
 
 TASK = [
@@ -193,6 +194,22 @@ def test_bad_task_setting_is_one_line(tmp_path, tool_env):
     assert proc.stderr.strip().count("\n") == 0
     assert "--task 'max_value=lots'" in proc.stderr
     assert not (tmp_path / "r" / "stage1").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--timing-batches", "1,x"], "--timing-batches must be comma-separated positive"),
+        (["--timing-batches", "0,8"], "--timing-batches must be comma-separated positive"),
+        (["--timing-repeats", "0"], "--timing-prompts and --timing-repeats must be positive"),
+    ],
+)
+def test_bad_timing_setting_is_one_line(argv, named, capsys):
+    with pytest.raises(SystemExit) as stop:
+        ReproduceConfig.from_argv(argv)
+    assert stop.value.code == 2
+    assert named in capsys.readouterr().err.strip().splitlines()[-1]
+    assert ReproduceConfig.from_argv(["--timing-batches", "1,4"]).timing_batches == (1, 4)
 
 
 @pytest.mark.slow
