@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 from pathlib import Path
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
@@ -49,8 +48,11 @@ from twotower_train import distributed  # noqa: E402
 from twotower_train.atomic_write import atomic_path, write_text
 from twotower_train.decoding.compiled import compiled, enable_dynamo  # noqa: E402
 from twotower_train.decoding.samplers import MaskDiffusionConfig  # noqa: E402
-from twotower_train.eval import forward_cost  # noqa: E402
-from twotower_train.eval.mode_comparison import agreement, ar_nll, mode_rows, run_mode  # noqa: E402
+from twotower_train.eval import (
+    forward_cost,  # noqa: E402
+    throughput,  # noqa: E402
+)
+from twotower_train.eval.mode_comparison import agreement, ar_nll, mode_rows  # noqa: E402
 from twotower_train.inference import modes  # noqa: E402
 from twotower_train.inference.load import LoadedModel, load_for_decoding, place  # noqa: E402
 
@@ -201,45 +203,34 @@ def measure(args, loaded, prompts) -> dict:
         for variant, model in variants.items()
     }
     experts = forward_cost.experts_touched(loaded.model, prompts[:1], *ids)
-    for model in variants.values():
-        for name, (mode, _) in rows.items():  # warm-up: one short generation per mode
-            warm = modes.build_config(mode, **{**rows[name][1], "max_new_tokens": 4})
-            modes.generate(model, prompts[:1], mode, warm)
-    keys = [(v, name, b) for v in variants for name in rows for b in batches]
-    seconds = {key: [] for key in keys}
-    first = {}
     # Modes interleaved within each repeat, so a shared machine's load drift hits all alike.
-    for _ in range(args.repeats):
-        for batch in batches:
-            for variant, model in variants.items():
-                for name, (mode, _) in rows.items():
-                    tokens, stats, took = run_mode(model, prompts, mode, configs[name], batch)
-                    seconds[variant, name, batch].append(took)
-                    first.setdefault((variant, name, batch), (tokens, stats))
-    reference = first["eager", "AR", batches[0]][0]
+    timed = throughput.time_modes(
+        variants,
+        {name: (mode, configs[name]) for name, (mode, _) in rows.items()},
+        prompts,
+        batches,
+        args.repeats,
+    )
+    speedup = throughput.speedups(timed)
+    reference = timed["eager", "AR", batches[0]].tokens
     results = []
     for variant in variants:
         for name, (mode, _) in rows.items():
-            tokens, stats = first[variant, name, batches[0]]
-            results.append(
-                _row(
-                    name if variant == "eager" else f"{name} [{variant}]",
-                    variant,
-                    mode,
-                    configs[name],
-                    {b: first[variant, name, b][1]["generated"] for b in batches},
-                    {b: statistics.median(seconds[variant, name, b]) for b in batches},
-                    stats,
-                    agreement(tokens, reference),
-                    ar_nll(loaded.model, prompts, tokens, loaded.pad_token_id),
-                )
+            first = timed[variant, name, batches[0]]
+            row = _row(
+                name if variant == "eager" else f"{name} [{variant}]",
+                variant,
+                mode,
+                configs[name],
+                {b: timed[variant, name, b].stats["generated"] for b in batches},
+                {b: timed[variant, name, b].median_seconds for b in batches},
+                first.stats,
+                agreement(first.tokens, reference),
+                ar_nll(loaded.model, prompts, first.tokens, loaded.pad_token_id),
             )
-        ar = next(r for r in results if r["variant"] == variant and r["mode"] == "ar")
-        for r in results:  # wall-clock speed-up over this variant's AR
-            if r["variant"] == variant:
-                for b in batches:
-                    key = f"tokens_per_s_batch{b}"
-                    r[f"speedup_vs_ar_batch{b}"] = r[key] / ar[key]
+            for b in batches:  # wall-clock speed-up over this variant's AR
+                row[f"speedup_vs_ar_batch{b}"] = speedup[variant, name, b]
+            results.append(row)
     return {
         "benchmark": "generation",
         "model": args.model or "smoke:tiny",
