@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 from pathlib import Path
 
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
@@ -47,9 +46,13 @@ import torch  # noqa: E402
 
 from twotower_train import distributed  # noqa: E402
 from twotower_train.atomic_write import atomic_path, write_text
+from twotower_train.decoding.compiled import compiled, enable_dynamo  # noqa: E402
 from twotower_train.decoding.samplers import MaskDiffusionConfig  # noqa: E402
-from twotower_train.eval import forward_cost  # noqa: E402
-from twotower_train.eval.mode_comparison import agreement, ar_nll, mode_rows, run_mode  # noqa: E402
+from twotower_train.eval import (
+    forward_cost,  # noqa: E402
+    throughput,  # noqa: E402
+)
+from twotower_train.eval.mode_comparison import agreement, ar_nll, mode_rows  # noqa: E402
 from twotower_train.inference import modes  # noqa: E402
 from twotower_train.inference.load import LoadedModel, load_for_decoding, place  # noqa: E402
 
@@ -136,10 +139,8 @@ def _variants(args, loaded) -> tuple[dict, str | None]:
     variants = {"eager": loaded.model}
     if not args.compile:
         return variants, None
-    # This script disables dynamo unless asked to compile; torch.compile reads the variable itself.
-    os.environ.pop("TORCHDYNAMO_DISABLE", None)
-    torch._dynamo.config.disable = False
-    model = forward_cost.compiled(loaded.model)
+    enable_dynamo()  # this script disables it unless asked to compile
+    model = compiled(loaded.model)  # what DecodeConfig(compile=True) decodes with
     try:  # compile (and check) every method once on a short run of each kind
         forward_cost.forward_costs(
             model, [[loaded.pad_token_id + 1] * 3], 4, loaded.mask_token_id, loaded.pad_token_id, 1
@@ -171,6 +172,13 @@ def _row(name, variant, mode, config, generated, seconds, stats, agree, nll) -> 
         "tokens_per_denoiser_forward": (
             stats["generated"] / stats["denoiser"] if stats["denoiser"] else None
         ),
+        # The same without the tokens the context tower chose (a shifted denoiser's first
+        # position of each block): what the denoiser itself commits per forward.
+        "denoiser_tokens_per_denoiser_forward": (
+            (stats["generated"] - stats["context_tokens"]) / stats["denoiser"]
+            if stats["denoiser"]
+            else None
+        ),
         "exact_match_ar": agree[0],
         "token_agreement_ar": agree[1],
         "ar_nll": nll,
@@ -195,45 +203,34 @@ def measure(args, loaded, prompts) -> dict:
         for variant, model in variants.items()
     }
     experts = forward_cost.experts_touched(loaded.model, prompts[:1], *ids)
-    for model in variants.values():
-        for name, (mode, _) in rows.items():  # warm-up: one short generation per mode
-            warm = modes.build_config(mode, **{**rows[name][1], "max_new_tokens": 4})
-            modes.generate(model, prompts[:1], mode, warm)
-    keys = [(v, name, b) for v in variants for name in rows for b in batches]
-    seconds = {key: [] for key in keys}
-    first = {}
     # Modes interleaved within each repeat, so a shared machine's load drift hits all alike.
-    for _ in range(args.repeats):
-        for batch in batches:
-            for variant, model in variants.items():
-                for name, (mode, _) in rows.items():
-                    tokens, stats, took = run_mode(model, prompts, mode, configs[name], batch)
-                    seconds[variant, name, batch].append(took)
-                    first.setdefault((variant, name, batch), (tokens, stats))
-    reference = first["eager", "AR", batches[0]][0]
+    timed = throughput.time_modes(
+        variants,
+        {name: (mode, configs[name]) for name, (mode, _) in rows.items()},
+        prompts,
+        batches,
+        args.repeats,
+    )
+    speedup = throughput.speedups(timed)
+    reference = timed["eager", "AR", batches[0]].tokens
     results = []
     for variant in variants:
         for name, (mode, _) in rows.items():
-            tokens, stats = first[variant, name, batches[0]]
-            results.append(
-                _row(
-                    name if variant == "eager" else f"{name} [{variant}]",
-                    variant,
-                    mode,
-                    configs[name],
-                    {b: first[variant, name, b][1]["generated"] for b in batches},
-                    {b: statistics.median(seconds[variant, name, b]) for b in batches},
-                    stats,
-                    agreement(tokens, reference),
-                    ar_nll(loaded.model, prompts, tokens, loaded.pad_token_id),
-                )
+            first = timed[variant, name, batches[0]]
+            row = _row(
+                name if variant == "eager" else f"{name} [{variant}]",
+                variant,
+                mode,
+                configs[name],
+                {b: timed[variant, name, b].stats["generated"] for b in batches},
+                {b: timed[variant, name, b].median_seconds for b in batches},
+                first.stats,
+                agreement(first.tokens, reference),
+                ar_nll(loaded.model, prompts, first.tokens, loaded.pad_token_id),
             )
-        ar = next(r for r in results if r["variant"] == variant and r["mode"] == "ar")
-        for r in results:  # wall-clock speed-up over this variant's AR
-            if r["variant"] == variant:
-                for b in batches:
-                    key = f"tokens_per_s_batch{b}"
-                    r[f"speedup_vs_ar_batch{b}"] = r[key] / ar[key]
+            for b in batches:  # wall-clock speed-up over this variant's AR
+                row[f"speedup_vs_ar_batch{b}"] = speedup[variant, name, b]
+            results.append(row)
     return {
         "benchmark": "generation",
         "model": args.model or "smoke:tiny",
@@ -261,7 +258,8 @@ def table(report: dict) -> str:
     head = (
         f"{'mode':<32}"
         + "".join(f"{f'tok/s b{b}':>10}{f'×AR b{b}':>8}" for b in batches)
-        + f"{'fwd/tok':>9}{'tok/ctx':>9}{'tok/den':>9}{'exact':>7}{'agree':>7}{'AR NLL':>8}"
+        + f"{'fwd/tok':>9}{'tok/ctx':>9}{'tok/den':>9}{'den/den':>9}{'exact':>7}{'agree':>7}"
+        + f"{'AR NLL':>8}"
         f"{'acc/ver':>9}"
     )
     lines = [
@@ -273,6 +271,7 @@ def table(report: dict) -> str:
     ]
     for r in report["results"]:
         per_den = r["tokens_per_denoiser_forward"]
+        own = r["denoiser_tokens_per_denoiser_forward"]
         lines.append(
             f"{r['name']:<32}"
             + "".join(
@@ -281,6 +280,7 @@ def table(report: dict) -> str:
             )
             + f"{r['forwards_per_token']:>9.2f}{r['tokens_per_context_forward']:>9.2f}"
             + (f"{per_den:>9.2f}" if per_den else f"{'-':>9}")
+            + (f"{own:>9.2f}" if own else f"{'-':>9}")
             + f"{r['exact_match_ar']:>7.2f}{r['token_agreement_ar']:>7.2f}{r['ar_nll']:>8.3f}"
             + (
                 f"{r['accepted_per_verify']:>9.2f}"

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from twotower_train.backends import forced_backend, resolve_backend
+from twotower_train.decoding.cache import ContextCache
+from twotower_train.model.denoiser import CacheConditioning
 from twotower_train.ops.block_attention import (
     AttentionBackend,
-    block_decode_attention,
     denoiser_attention,
 )
 
@@ -97,6 +98,16 @@ def test_gqa_head_mismatch_is_an_error():
         denoiser_attention(q, *kv, 4)
 
 
+def _decode(q, k_cache, v_cache, k_block, v_block, context_valid=None, causal_in_block=False):
+    """The sampler path: the denoiser's attention to a (preallocated) context cache."""
+    b, _, length, _ = k_cache.shape
+    if context_valid is None:
+        context_valid = torch.ones(b, length, dtype=torch.bool)
+    cache = ContextCache(keys={0: k_cache}, values={0: v_cache}, valid=context_valid)
+    cache = cache.reserve(q.shape[2])
+    return CacheConditioning(cache).attend(0, q, k_block, v_block, causal_in_block)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_block_decode_equals_training_rows_with_full_context(causal):
     seq_len, block_size = 64, 16
@@ -113,7 +124,7 @@ def test_block_decode_equals_training_rows_with_full_context(causal):
     )
     for p in range(0, seq_len, block_size):
         blk = slice(p, p + block_size)
-        out = block_decode_attention(
+        out = _decode(
             q[:, :, blk],
             k_ctx[:, :, :p],
             v_ctx[:, :, :p],
@@ -131,12 +142,10 @@ def test_block_decode_left_padding_ignores_pad_keys():
     k_cache, v_cache = torch.randn(2, 2, 12, 16), torch.randn(2, 2, 12, 16)
     lengths = torch.tensor([5, 12])  # row 0: 7 pad positions on the left
     valid = context_valid_from_lengths(lengths, 12)
-    batched = block_decode_attention(q, k_cache, v_cache, k_blk, v_blk, context_valid=valid)
-    alone = block_decode_attention(
-        q[:1], k_cache[:1, :, 7:], v_cache[:1, :, 7:], k_blk[:1], v_blk[:1]
-    )
+    batched = _decode(q, k_cache, v_cache, k_blk, v_blk, context_valid=valid)
+    alone = _decode(q[:1], k_cache[:1, :, 7:], v_cache[:1, :, 7:], k_blk[:1], v_blk[:1])
     torch.testing.assert_close(batched[:1], alone, **TOL)
-    full = block_decode_attention(q[1:], k_cache[1:], v_cache[1:], k_blk[1:], v_blk[1:])
+    full = _decode(q[1:], k_cache[1:], v_cache[1:], k_blk[1:], v_blk[1:])
     torch.testing.assert_close(batched[1:], full, **TOL)
 
 

@@ -4,8 +4,6 @@ import pytest
 import torch
 
 from twotower_train.diffusion.masks import (
-    block_decode_mask,
-    context_valid_from_lengths,
     denoiser_block_mask,
     denoiser_mask_dense,
 )
@@ -63,15 +61,3 @@ def test_block_mask_is_cached_and_shaped():
 def test_block_size_must_divide():
     with pytest.raises(ValueError, match="must divide"):
         denoiser_mask_dense(10, 4)
-
-
-def test_block_decode_mask_with_left_padding():
-    valid = context_valid_from_lengths(torch.tensor([3, 5]), 5)
-    assert valid.tolist() == [[False, False, True, True, True], [True] * 5]
-    mask = block_decode_mask(2, 5, context_valid=valid)
-    assert mask.shape == (2, 1, 2, 7)
-    assert mask[0, 0].tolist() == [[False, False, True, True, True, True, True]] * 2
-    assert mask[1, 0].all()
-    causal = block_decode_mask(2, 5, causal_in_block=True)
-    assert causal.shape == (1, 1, 2, 7)
-    assert causal[0, 0, :, 5:].tolist() == [[True, False], [True, True]]

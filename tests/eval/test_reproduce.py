@@ -14,6 +14,7 @@ import pytest
 from twotower_train.eval.masked_accuracy import answer_blocks, masked_token_accuracy
 from twotower_train.eval.mode_comparison import mode_rows
 from twotower_train.inference import modes
+from twotower_train.reproduce.config import ReproduceConfig
 from twotower_train.reproduce.evaluate import MASK_RATIO
 
 TASK = [
@@ -43,6 +44,8 @@ TASK = [
     "0.8",
     "--threads",
     "1",
+    "--timing-repeats",
+    "2",
 ]
 # A small problem space and enough steps for the denoiser to learn: ~3 minutes on 2 shared cores
 # (masked accuracy 0.418 vs 0.263 for the untrained denoiser, on 316 held-out positions).
@@ -145,6 +148,12 @@ def test_pipeline_end_to_end_and_export_decodes_like_megatron(
         "diffusion γ=0.8",
         "speculative",
     ]
+    # Wall clock: every mode timed at batch 1 and 8 on the evaluated problems, AR the reference.
+    assert report["timing"]["batches"] == [1, 8] and report["timing"]["repeats"] == 2
+    assert report["timing"]["problems"] == 8 and report["timing"]["threads"] == 1
+    for row in report["modes"]:
+        assert row["tokens_per_s_batch1"] > 0 and row["tokens_per_s_batch8"] > 0
+    assert report["modes"][0]["speedup_vs_ar_batch1"] == 1.0
     # Learning: the denoiser uses its context and the visible tokens, which a unigram cannot.
     acc = report["masked_accuracy"]
     assert acc["masked"] >= 50
@@ -185,6 +194,22 @@ def test_bad_task_setting_is_one_line(tmp_path, tool_env):
     assert proc.stderr.strip().count("\n") == 0
     assert "--task 'max_value=lots'" in proc.stderr
     assert not (tmp_path / "r" / "stage1").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["--timing-batches", "1,x"], "--timing-batches must be comma-separated positive"),
+        (["--timing-batches", "0,8"], "--timing-batches must be comma-separated positive"),
+        (["--timing-repeats", "0"], "--timing-prompts and --timing-repeats must be positive"),
+    ],
+)
+def test_bad_timing_setting_is_one_line(argv, named, capsys):
+    with pytest.raises(SystemExit) as stop:
+        ReproduceConfig.from_argv(argv)
+    assert stop.value.code == 2
+    assert named in capsys.readouterr().err.strip().splitlines()[-1]
+    assert ReproduceConfig.from_argv(["--timing-batches", "1,4"]).timing_batches == (1, 4)
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.inference.live_rows import follow_live_rows
 from twotower_train.decoding.samplers import (
     ARConfig,
     MaskDiffusionConfig,
@@ -41,12 +42,28 @@ class ScriptedDenoiser:
         self.context_device = self.denoiser_device = model.context_device
         self.prefill, self.advance = model.prefill, model.advance
         self.calls = 0
+        self.live = list(range(len(tokens)))  # follow_live_rows keeps it current
 
     def denoise_block(self, cache, block, t):
         self.calls += 1
+        tokens, rank = self.tokens[self.live], self.rank[self.live]
         logits = torch.zeros(*block.shape, self.vocab)
-        logits.scatter_(-1, self.tokens.unsqueeze(-1), (5.0 + self.rank).unsqueeze(-1))
+        logits.scatter_(-1, tokens.unsqueeze(-1), (5.0 + rank).unsqueeze(-1))
         return logits
+
+
+@pytest.fixture(autouse=True)
+def _live_rows(monkeypatch):
+    """Every ScriptedDenoiser built in a test follows the rows that stay in the batch."""
+    built = []
+    init = ScriptedDenoiser.__init__
+
+    def tracking_init(self, *args):
+        init(self, *args)
+        built.append(self)
+
+    monkeypatch.setattr(ScriptedDenoiser, "__init__", tracking_init)
+    follow_live_rows(built, monkeypatch)
 
 
 def _floor_only(**kw) -> MaskDiffusionConfig:
@@ -65,6 +82,28 @@ def test_block_stops_once_every_row_is_settled(model):
     assert scripted.calls == out.denoiser_forwards == 16  # row 1: two blocks of 8 steps
     assert out.row_denoiser_forwards == 3 + 16  # row 0 is charged its 3 forwards only
     assert out.tokens_per_forward == (3 + 16) / (3 + 16)
+
+
+def test_finished_rows_leave_the_batch_and_free_tokens_are_apart(model):
+    """Row 0 ends at EOS in its first block and leaves the batch: the second block's forwards
+    run on row 1 alone. With a shifted denoiser each block's first token is the context
+    tower's choice: counted in ``context_tokens``, left out of the denoiser's own rate."""
+    tokens = [[20, 21, EOS, 23, 24, 25, 26, 27], list(range(30, 38))]
+    rank = [[6, 5, 7, 4, 3, 2, 1, 0], [7, 6, 5, 4, 3, 2, 1, 0]]
+    scripted = ScriptedDenoiser(model, tokens, rank)
+    scripted.denoiser_shift = True
+    widths = []
+    denoise = scripted.denoise_block
+    scripted.denoise_block = lambda cache, block, t: (
+        widths.append(len(block)) or denoise(cache, block, t)
+    )
+    out = generate_mask_diffusion(
+        scripted, PROMPTS, _floor_only(max_new_tokens=16, eos_token_id=EOS)
+    )
+    assert widths == [2] * 8 + [1] * 8  # the second block: row 1 alone
+    assert out.context_tokens == 1 + 2  # row 0: one block; row 1: two
+    assert out.tokens_per_batch_forward == out.generated / 16
+    assert out.denoiser_tokens_per_forward == (out.generated - 3) / out.row_denoiser_forwards
 
 
 def test_max_new_tokens_inside_a_block_stops_early(model):

@@ -1,14 +1,15 @@
 """Causal depthwise conv1d (twotower_train.ops.conv) against F.conv1d with left zero padding.
 
 Tolerance 1e-6: each output is a sum of w=4 fp32 products of O(1) values, computed by the
-same conv primitive in a different layout, so differences are at the ulp level.
+same conv primitive in a different layout (or, up to ``SHORT`` positions, as w shifted
+multiply-adds), so differences are at the ulp level.
 """
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from twotower_train.ops.conv import causal_conv1d, conv_step
+from twotower_train.ops.conv import SHORT, causal_conv1d, conv_step
 
 TOL = dict(atol=1e-6, rtol=1e-6)
 
@@ -37,15 +38,17 @@ def inputs(b=2, l=32, d=6, w=4, seed=0):
 
 @pytest.mark.parametrize("activation", ["silu", None])
 @pytest.mark.parametrize("use_init", [False, True])
-def test_matches_reference(activation, use_init):
-    x, w, bias, init = inputs()
+@pytest.mark.parametrize("length", [1, 16, SHORT, SHORT + 1, 64])  # both sides of the short path
+def test_matches_reference(activation, use_init, length):
+    x, w, bias, init = inputs(l=length)
     y, final, _ = causal_conv1d(
         x, w, bias, initial_state=init if use_init else None, activation=activation
     )
     torch.testing.assert_close(
         y, reference(x, w, bias, init if use_init else None, activation), **TOL
     )
-    torch.testing.assert_close(final, x[:, -3:], atol=0, rtol=0)
+    history = init if use_init else torch.zeros_like(init)
+    torch.testing.assert_close(final, torch.cat([history, x], 1)[:, -3:], atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("stride", [4, 8, 16, 32])

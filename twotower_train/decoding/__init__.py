@@ -11,6 +11,7 @@ PORTABLE_MODULES: tuple[str, ...] = (
     "cache",
     "sampling",
     "batching",
+    "compiled",
     "samplers",
     "speculative",
     "card",

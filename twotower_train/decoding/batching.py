@@ -30,6 +30,8 @@ class DecodeConfig:
     eos_token_id: int | None = None
     pad_token_id: int = 0
     """Left padding of prompts of different lengths."""
+    compile: bool = False
+    """Run the model's decoding forwards under ``torch.compile`` (:mod:`.compiled`)."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:
@@ -40,10 +42,16 @@ class DecodeConfig:
 class Generation:
     """New tokens per prompt and what they cost.
 
-    Forwards are counted twice: batched calls (``*_forwards``, each runs every row) and row
-    forwards (``row_*_forwards``: per forward, the rows still generating — a row stops counting
-    once its output is complete, even though the batch keeps computing it). The per-token rates
-    use row forwards, so a row that stops early is charged only for the forwards it needed.
+    Forwards are counted twice: batched calls (``*_forwards``: one per batch step, whatever the
+    batch holds) and row forwards (``row_*_forwards``: per forward, the rows it computed for a
+    row still generating). Finished rows leave the batch, and inside a diffusion block a row
+    whose block is settled stops counting, so a row is charged only for the forwards it
+    needed. Rates per row use row forwards (``tokens_per_forward``, the card's figure); rates
+    per batch step use batched ones (``tokens_per_batch_forward``, what wall-clock follows).
+
+    ``context_tokens``: tokens the context tower chose, not the denoiser — a shifted
+    denoiser's first position of each block, scored by the context tower's last logits.
+    :attr:`denoiser_tokens_per_forward` leaves them out.
     """
 
     tokens: list[list[int]]
@@ -53,6 +61,7 @@ class Generation:
     """Batched context-tower forwards, the prefill included."""
     row_denoiser_forwards: int = 0
     row_context_forwards: int = 0
+    context_tokens: int = 0
 
     @property
     def generated(self) -> int:
@@ -64,6 +73,18 @@ class Generation:
         diffusion (the card's "tokens / step")."""
         forwards = self.row_denoiser_forwards
         return self.generated / forwards if forwards else math.nan
+
+    @property
+    def tokens_per_batch_forward(self) -> float:
+        """Generated tokens (all rows) per batched denoiser forward: per batch step."""
+        forwards = self.denoiser_forwards
+        return self.generated / forwards if forwards else math.nan
+
+    @property
+    def denoiser_tokens_per_forward(self) -> float:
+        """Tokens the denoiser chose per denoiser forward of a row (``context_tokens`` apart)."""
+        forwards = self.row_denoiser_forwards
+        return (self.generated - self.context_tokens) / forwards if forwards else math.nan
 
     @property
     def tokens_per_context_forward(self) -> float:
@@ -95,15 +116,31 @@ def left_pad(
 
 class Collector:
     """Collects new tokens per row; a row ends at its first EOS, at ``max_new`` tokens, or when
-    ``on_commit`` says so."""
+    ``on_commit`` says so.
+
+    Finished rows leave the batch: ``live`` lists the prompts (by index) the samplers' batch
+    still holds, in order; :meth:`extend` and :meth:`remaining` speak of those rows, and
+    :meth:`leave` drops the finished ones (the samplers then select the same rows of their
+    tensors), so no forward runs for a row whose output is complete."""
 
     def __init__(self, batch: int, max_new: int, eos: int | None, on_commit: OnCommit | None):
         self.rows: list[list[int]] = [[] for _ in range(batch)]
         self.done = [False] * batch
+        self.live = list(range(batch))
         self.max_new, self.eos, self.on_commit = max_new, eos, on_commit
 
+    def leave(self) -> list[int] | None:
+        """Drop the finished rows from ``live`` → the batch positions that stay (None when all
+        do, so nothing needs selecting)."""
+        stay = [i for i, row in enumerate(self.live) if not self.done[row]]
+        if len(stay) == len(self.live):
+            return None
+        self.live = [self.live[i] for i in stay]
+        return stay
+
     def extend(self, new: list[list[int]]) -> None:
-        for row, ids in enumerate(new):
+        """``new``: tokens per row of the current batch (``live``)."""
+        for row, ids in zip(self.live, new):
             if self.done[row]:
                 continue
             start = len(self.rows[row])
@@ -119,7 +156,7 @@ class Collector:
     def remaining(self, device) -> torch.Tensor:
         """(b,) tokens each row may still add (0 once it is done)."""
         return torch.tensor(
-            [0 if done else self.max_new - len(row) for row, done in zip(self.rows, self.done)],
+            [0 if self.done[r] else self.max_new - len(self.rows[r]) for r in self.live],
             dtype=torch.long,
             device=device,
         )
@@ -141,8 +178,14 @@ def prefill_prompts(
     on_commit: OnCommit | None,
     stats_type: type[Generation] = Generation,
 ):
-    """Left-pad the prompts and prefill the context tower → (collector, stats, prefill)."""
+    """Left-pad the prompts and prefill the context tower → (collector, stats, prefill).
+
+    The prefill's cache gets room for every new token and one block more
+    (:meth:`~.cache.ContextCache.reserve`), so decoding writes it in place."""
     tokens, valid = left_pad(prompts, config.pad_token_id, model.context_device)
     out = Collector(tokens.shape[0], config.max_new_tokens, config.eos_token_id, on_commit)
     stats = stats_type(tokens=out.rows, context_forwards=1, row_context_forwards=len(prompts))
-    return out, stats, model.prefill(tokens, valid=valid, logits=logits)
+    prefill = model.prefill(tokens, valid=valid, logits=logits)
+    room = config.max_new_tokens + getattr(config, "block_size", 1)
+    prefill.cache = prefill.cache.reserve(room)
+    return out, stats, prefill

@@ -54,17 +54,36 @@ class ContextCache:
     """Per-layer context state after ``length`` positions of a (left-padded) batch.
 
     keys/values: layer → (b, kv_heads, P, head_dim); mamba: layer → states after position P;
-    valid: (b, P) bool, False at left padding.
+    valid: (b, P) bool, False at left padding (and at the rejected drafts a speculative
+    rollback leaves behind, :meth:`ContextOutput.rollback`).
+
+    Decoding preallocates (:meth:`reserve`): keys/values/valid are then views of the first P
+    columns of buffers with room for more, :meth:`extend` / :meth:`write_kv` write the next
+    positions into that room in place (no concatenation of the whole cache per advance) and
+    :meth:`block_kv` puts a denoised block's K/V right after the cache without copying it.
+    Writes land beyond every existing view's P, so earlier cache objects stay what they were.
+    A cache without buffers (training, scoring, one built by hand) concatenates instead.
     """
 
     keys: dict[int, torch.Tensor] = field(default_factory=dict)
     values: dict[int, torch.Tensor] = field(default_factory=dict)
     mamba: dict[int, MambaStates] = field(default_factory=dict)
     valid: torch.Tensor | None = None
+    buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+    """layer → (key buffer, value buffer), (b, kv_heads, capacity, head_dim)."""
+    valid_buffer: torch.Tensor | None = field(default=None, repr=False)
+    """(b, capacity) bool; ``valid`` is its first P columns."""
+    _past: ContextCache | None = field(default=None, repr=False)  # set by extend()
+    _masks: dict = field(default_factory=dict, repr=False)  # block_mask(), per block
 
     @property
     def length(self) -> int:
         return 0 if self.valid is None else self.valid.shape[1]
+
+    @property
+    def capacity(self) -> int:
+        """Positions the buffers hold (the length when there are none)."""
+        return self.length if self.valid_buffer is None else self.valid_buffer.shape[1]
 
     def to(self, device: torch.device) -> ContextCache:
         """This cache on ``device`` — itself when it is already there (one-device decoding)."""
@@ -76,6 +95,116 @@ class ContextCache:
             mamba={i: m.to(device) for i, m in self.mamba.items()},
             valid=self.valid.to(device),
         )
+
+    def select(self, rows: torch.Tensor) -> ContextCache:
+        """The cache of batch rows ``rows`` (a long index), in that order — finished rows
+        leave the batch (one gather of what the kept rows hold, buffers included)."""
+        out = ContextCache(
+            mamba={
+                i: MambaStates(conv=m.conv[rows], ssm=m.ssm[rows]) for i, m in self.mamba.items()
+            },
+            valid=None if self.valid is None else self.valid[rows],
+        )
+        if self.valid_buffer is not None:
+            out.valid_buffer = self.valid_buffer[rows]
+            out.valid = out.valid_buffer[:, : self.length]
+        for i, k in self.keys.items():
+            if i in self.buffers:
+                out.buffers[i] = tuple(t[rows] for t in self.buffers[i])
+                out.keys[i], out.values[i] = (t[:, :, : self.length] for t in out.buffers[i])
+            else:
+                out.keys[i], out.values[i] = k[rows], self.values[i][rows]
+        return out
+
+    def reserve(self, room: int) -> ContextCache:
+        """This cache in buffers with ``room`` free positions after it (one copy, at prefill)."""
+        if self.valid is None or self.capacity - self.length >= room:
+            return self
+        capacity = self.length + room
+        valid_buffer = self.valid.new_zeros(self.valid.shape[0], capacity)
+        valid_buffer[:, : self.length] = self.valid
+        out = ContextCache(mamba=dict(self.mamba), valid_buffer=valid_buffer)
+        out.valid = valid_buffer[:, : self.length]
+        for i, k in self.keys.items():
+            buffers = tuple(
+                t.new_zeros(*t.shape[:2], capacity, t.shape[3]) for t in (k, self.values[i])
+            )
+            for buffer, t in zip(buffers, (k, self.values[i])):
+                buffer[:, :, : self.length] = t
+            out.buffers[i] = buffers
+            out.keys[i], out.values[i] = (t[:, :, : self.length] for t in buffers)
+        return out
+
+    def extend(self, valid: torch.Tensor) -> ContextCache:
+        """The cache object for this one + s new positions (``valid`` (b, s)); the context
+        forward then stores each attention layer's new K/V with :meth:`write_kv` and sets the
+        Mamba states. Writes into this cache's buffers when they have room."""
+        if self.valid is None:  # from empty
+            return ContextCache(valid=valid, _past=self)
+        end = self.length + valid.shape[1]
+        if self.valid_buffer is None or end > self.capacity:
+            if self.valid_buffer is None:
+                return ContextCache(valid=torch.cat([self.valid, valid], dim=1), _past=self)
+            grown = self.reserve(max(2 * self.capacity, end) - self.length)
+            grown.mamba = self.mamba
+            return grown.extend(valid)
+        self.valid_buffer[:, self.length : end] = valid
+        return ContextCache(
+            valid=self.valid_buffer[:, :end],
+            valid_buffer=self.valid_buffer,
+            buffers=self.buffers,
+            _past=self,
+        )
+
+    def write_kv(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new positions' k/v (b, kv_heads, s, hd) of ``layer`` (a cache from
+        :meth:`extend`) → that layer's keys and values over all positions."""
+        past = self._past
+        start, end = self.length - k.shape[2], self.length
+        if layer in self.buffers:
+            key_buffer, value_buffer = self.buffers[layer]
+            key_buffer[:, :, start:end] = k
+            value_buffer[:, :, start:end] = v
+            k, v = key_buffer[:, :, :end], value_buffer[:, :, :end]
+        elif past is not None and layer in past.keys:
+            k = torch.cat([past.keys[layer], k], dim=2)
+            v = torch.cat([past.values[layer], v], dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+    def block_kv(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (b, kv_heads, P + S, hd) for a block of S positions right after
+        the cache attending to it and to itself: the block's k/v go into the buffers' free
+        room (scratch: the next :meth:`extend` overwrites it) or are concatenated."""
+        if layer not in self.keys:
+            return k, v
+        start, end = self.length, self.length + k.shape[2]
+        if layer in self.buffers and end <= self.capacity:
+            key_buffer, value_buffer = self.buffers[layer]
+            key_buffer[:, :, start:end] = k
+            value_buffer[:, :, start:end] = v
+            return key_buffer[:, :, :end], value_buffer[:, :, :end]
+        return torch.cat([self.keys[layer], k], dim=2), torch.cat([self.values[layer], v], dim=2)
+
+    def block_mask(self, size: int, causal_in_block: bool, device) -> torch.Tensor:
+        """(b or 1, 1, S, P + S) bool for :meth:`block_kv`'s keys: every valid cache position,
+        and the block bidirectionally (causally with ``causal_in_block``). Built once per
+        cache and block shape — every layer and denoising step of the block reuses it."""
+        key = (size, causal_in_block, str(device))
+        if key not in self._masks:
+            in_block = torch.ones(size, size, dtype=torch.bool, device=device)
+            if causal_in_block:
+                in_block = in_block.tril()
+            if self.keys:  # a cache with attention layers (an empty one: the block alone)
+                b = self.valid.shape[0]
+                context = self.valid.to(device).unsqueeze(1).expand(b, size, self.length)
+                in_block = torch.cat([context, in_block.expand(b, size, size)], dim=-1)
+            self._masks[key] = in_block.unsqueeze(-3)
+        return self._masks[key]
 
 
 @dataclass
@@ -91,11 +220,11 @@ class ContextOutput:
         """This advance's cache with row r keeping only the first ``keep[r]`` (b,) of its s new
         positions — what it would be had ``advance`` seen just those (needs ``position_states``).
 
-        Rows are re-left-padded to the common length P + max(keep): a row that keeps fewer
-        positions gets its K/V shifted right, behind more padding. That is exact because the
-        model has no positional embeddings, and padding never reaches attention. Each Mamba
-        layer takes its states after the row's last kept position (the pre-advance state when
-        it keeps none).
+        The cache ends after P + max(keep) positions; a row that keeps fewer has its rejected
+        positions marked invalid (holes, never attended to). That is exact because the model
+        has no positional embeddings: attention sees the same keys in the same order. Each
+        Mamba layer takes its states after the row's last kept position (the pre-advance state
+        when it keeps none). No K/V moves: the cache is a view of what the advance wrote.
         """
         cache = self.cache
         batch, total = cache.valid.shape
@@ -103,17 +232,9 @@ class ContextOutput:
         keep = keep.to(device=cache.valid.device, dtype=torch.long)
         if keep.shape != (batch,) or bool((keep < 0).any()) or bool((keep > new).any()):
             raise ValueError(f"keep must be (b,) = ({batch},) values in [0, {new}]")
-        length = previous.length + int(keep.max())
-        # Position j of row r comes from position j − shift[r] of the advanced cache.
-        shift = length - previous.length - keep  # (b,) extra left padding per row
-        source = torch.arange(length, device=keep.device) - shift[:, None]
-        inside = source >= 0  # (b, length); False at the extra left padding
-        source = source.clamp(min=0)
-
-        def take(kv: torch.Tensor) -> torch.Tensor:  # (b, h, total, d) → (b, h, length, d)
-            index = source[:, None, :, None].expand(kv.shape[0], kv.shape[1], length, kv.shape[3])
-            return kv.gather(2, index)
-
+        kept = int(keep.max())
+        length = previous.length + kept
+        holes = torch.arange(kept, device=keep.device) < keep[:, None]  # (b, kept): kept
         rows = torch.arange(batch, device=keep.device)
         last = (keep - 1).clamp(min=0)  # (b,) index of each row's last kept position
 
@@ -133,11 +254,20 @@ class ContextOutput:
             )
         if set(mamba) != set(cache.mamba):
             raise ValueError("rollback needs advance(..., position_states=True)")
+        if cache.valid_buffer is not None:  # mark the holes where the next extend won't write
+            cache.valid_buffer[:, previous.length : length] &= holes
+            valid = cache.valid_buffer[:, :length]
+        elif previous.valid is None:
+            valid = holes
+        else:
+            valid = torch.cat([previous.valid, holes], dim=1)
         return ContextCache(
-            keys={i: take(k) for i, k in cache.keys.items()},
-            values={i: take(v) for i, v in cache.values.items()},
+            keys={i: k[:, :, :length] for i, k in cache.keys.items()},
+            values={i: v[:, :, :length] for i, v in cache.values.items()},
             mamba=mamba,
-            valid=cache.valid.gather(1, source) & inside,
+            valid=valid,
+            buffers=cache.buffers,
+            valid_buffer=cache.valid_buffer,
         )
 
 

@@ -12,7 +12,8 @@ Released keywords and defaults: ``max_new_tokens=128``, ``block_size=16``,
 ``steps_per_block=16``, ``mask_token_id=3``, ``temperature=0.0`` (greedy), ``top_k=None``,
 ``confidence_threshold=0.9``, ``eos_token_id=None`` (no EOS stop), ``step_callback=None``
 (:data:`~.samplers.StepCallback`). Our additions, keyword-only: ``attention_mask``, ``top_p``,
-``pad_token_id`` (default: the config's) and ``generator`` (seeds sampling). Unlike the released
+``pad_token_id`` (default: the config's), ``generator`` (seeds sampling) and ``compile``
+(the decoding forwards under ``torch.compile``, :mod:`.compiled`). Unlike the released
 code, ``max_new_tokens`` need not be a multiple of ``block_size`` and a row's tokens end at its
 EOS (``samplers`` module docstring).
 
@@ -65,10 +66,13 @@ class CardGeneration:
         top_p=None,
         pad_token_id=None,
         generator=None,
+        compile=False,
     ) -> torch.LongTensor:
         """Block-wise mask diffusion with confidence unmasking (the card's default mode)."""
         config = MaskDiffusionConfig(
-            **self._shared(max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id),
+            **self._shared(
+                max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id, compile
+            ),
             mask_token_id=mask_token_id,
             block_size=block_size,
             steps_per_block=steps_per_block,
@@ -95,10 +99,13 @@ class CardGeneration:
         attention_mask=None,
         pad_token_id=None,
         generator=None,
+        compile=False,
     ) -> torch.LongTensor:
         """Two-tower AR: the unmodulated denoiser on the last committed token predicts the next."""
         config = MockARConfig(
-            **self._shared(max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id)
+            **self._shared(
+                max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id, compile
+            )
         )
         return self._run(generate_mock_ar, config, input_ids, attention_mask, generator=generator)
 
@@ -114,14 +121,19 @@ class CardGeneration:
         attention_mask=None,
         pad_token_id=None,
         generator=None,
+        compile=False,
     ) -> torch.LongTensor:
         """Standard cached AR decoding with the context tower alone."""
         config = ARConfig(
-            **self._shared(max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id)
+            **self._shared(
+                max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id, compile
+            )
         )
         return self._run(generate_ar, config, input_ids, attention_mask, generator=generator)
 
-    def _shared(self, max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id):
+    def _shared(
+        self, max_new_tokens, temperature, top_k, top_p, eos_token_id, pad_token_id, compile
+    ):
         """The config fields every mode takes; ``pad_token_id`` defaults to the config's (or 0)."""
         if pad_token_id is None:
             pad_token_id = getattr(self.config, "pad_token_id", None)
@@ -130,6 +142,7 @@ class CardGeneration:
             "choice": TokenChoice(temperature=temperature, top_k=top_k, top_p=top_p),
             "eos_token_id": eos_token_id,
             "pad_token_id": 0 if pad_token_id is None else pad_token_id,
+            "compile": compile,
         }
 
     def _run(self, sampler, config, input_ids, attention_mask, **options) -> torch.LongTensor:

@@ -52,6 +52,7 @@ from .batching import (
     prefill_prompts,
 )
 from .cache import ContextCache
+from .compiled import decoding_model
 from .sampling import choose_block_tokens, choose_tokens
 
 StepCallback = Callable[..., None]
@@ -107,12 +108,54 @@ def block_logits(model, cache, block: torch.Tensor, t: torch.Tensor, first=None)
     position j scores position j + 1 and position 0 is scored by ``first`` (b, 1, V), the
     context tower's logits at the last cached position (its next-token prediction); ``first``
     None is for callers whose position 0 is already decoded (its score is never read)."""
-    logits = model.denoise_block(cache, block, t)  # (b, S, V)
+    return _scores(model, model.denoise_block(cache, block, t), first)
+
+
+def _scores(model, logits: torch.Tensor, first: torch.Tensor | None) -> torch.Tensor:
+    """The denoiser's raw ``logits`` (b, S, V) as per-position scores (:func:`block_logits`)."""
     if not shifted(model):
         return logits
     if first is None:
         first = torch.zeros_like(logits[:, :1])
     return torch.cat([first.to(logits), logits[:, :-1]], dim=1)
+
+
+class _BlockChoice:
+    """Per-step token choice over a block's positions from the denoiser's raw logits.
+
+    Greedy choices of a shifted denoiser skip building the (b, S, V) score tensor of
+    :func:`block_logits` (a copy of the whole block's logits per step): the denoiser's outputs
+    0..S−2 score positions 1..S−1 and position 0's choice, from the context tower's ``first``
+    logits, is the same at every step, so it is made once per block. Sampling draws from the
+    full score tensor, so the random stream is the one :func:`block_logits` defines."""
+
+    def __init__(self, model, config: MaskDiffusionConfig, first, generator):
+        self.config, self.generator = config, generator
+        self.shift = shifted(model)
+        self.fast = self.shift and config.choice.temperature == 0
+        self.first = first
+        if self.fast:
+            if first is None:  # position 0 already decoded: its score is never read
+                self.head = None
+            else:
+                self.head = choose_block_tokens(first, config.choice, config.mask_token_id)
+
+    def __call__(self, model, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        config = self.config
+        if not self.fast:
+            scores = _scores(model, logits, self.first)
+            return choose_block_tokens(scores, config.choice, config.mask_token_id, self.generator)
+        proposal, confidence = choose_block_tokens(
+            logits[:, :-1], config.choice, config.mask_token_id
+        )
+        if self.head is None:
+            head = (
+                proposal.new_zeros(proposal.shape[0], 1),
+                confidence.new_zeros(confidence.shape[0], 1),
+            )
+        else:
+            head = self.head
+        return torch.cat([head[0], proposal], 1), torch.cat([head[1], confidence], 1)
 
 
 def _settled(block: torch.Tensor, decoded: torch.Tensor, needed: torch.Tensor, eos: int | None):
@@ -124,6 +167,27 @@ def _settled(block: torch.Tensor, decoded: torch.Tensor, needed: torch.Tensor, e
     if eos is not None:
         settled |= (lead & (block == eos)).any(-1)
     return settled
+
+
+def commit_count(
+    confidence: torch.Tensor, masked: torch.Tensor, threshold: float, steps_left: int
+) -> torch.Tensor:
+    """(b,) positions to commit this step: min(m, max(#above γ or 1 if none, ⌈m / steps
+    left⌉)) of the m masked ones; ``confidence`` (b, S) is −1 at decoded positions."""
+    remaining = masked.sum(-1)  # (b,)
+    above = (confidence > threshold).sum(-1).clamp(min=1)
+    floor = (remaining + steps_left - 1).div(steps_left, rounding_mode="floor")  # ⌈m / left⌉
+    return torch.minimum(torch.maximum(above, floor), remaining)
+
+
+def descending_rank(values: torch.Tensor) -> torch.Tensor:
+    """(b, S) each position's place when ``values`` (b, S) are sorted descending, ties in
+    position order (a stable sort's). By pairwise comparison: S is a block (16), where this is
+    a few element-wise ops and two sorts cost more."""
+    before = values.unsqueeze(-1) < values.unsqueeze(-2)  # [j, i]: i sorts before j
+    ties = values.unsqueeze(-1) == values.unsqueeze(-2)
+    earlier = torch.ones_like(ties).tril(-1)  # [j, i]: i < j
+    return (before | (ties & earlier)).sum(-1)
 
 
 def unmask_block(
@@ -142,43 +206,45 @@ def unmask_block(
     """Confidence unmasking of ``block`` (b, S) after ``cache`` (both on the denoiser's device);
     ``decoded`` (b, S) marks the positions already fixed. Per step, of the m masked positions
     of a row, the k most confident are committed (confidence: the untempered probability of the
-    chosen token, :func:`~.sampling.choose_block_tokens`), k = min(m, max(#above γ or 1 if none,
-    ⌈m / steps left⌉)) — everything on the last step — and the rest stay masked. Steps until
-    every row is settled (:func:`_settled`; ``needed`` (b,) = positions of this block the row's
-    output can still use) or the steps run out. Stopping once every row is settled skips only
-    forwards whose commits would be discarded, so the tokens are those of running all the
-    steps. ``first``: :func:`block_logits`; ``step_callback``: :data:`StepCallback`."""
-    S = block.shape[1]
+    chosen token, :func:`~.sampling.choose_block_tokens`), k = :func:`commit_count` —
+    everything on the last step — and the rest stay masked. Steps until every row is settled
+    (:func:`_settled`; ``needed`` (b,) = positions of this block the row's output can still
+    use) or the steps run out. Stopping once every row is settled skips only forwards whose
+    commits would be discarded, so the tokens are those of running all the steps. ``first``:
+    :func:`block_logits`; ``step_callback``: :data:`StepCallback`.
+
+    The commit rule runs on the device; the loop reads one flag per step from it (whether
+    every row is settled) and the row forwards are summed there and read once per block."""
     decoded = decoded.clone()
+    choose = _BlockChoice(model, config, first, generator)
+    row_forwards = torch.zeros((), dtype=torch.long, device=block.device)
     for step in range(config.steps_per_block):
         settled = _settled(block, decoded, needed, config.eos_token_id)
-        if settled.all():
+        if bool(settled.all()):
             break
         masked = ~decoded
         t = masked.float().mean(-1)  # (b,) the block's masked fraction, per row
-        logits = block_logits(model, cache, block, t, first)  # (b, S, V)
+        logits = model.denoise_block(cache, block, t)  # (b, S, V) raw outputs
         stats.denoiser_forwards += 1
-        stats.row_denoiser_forwards += int((~settled).sum())
-        proposal, confidence = choose_block_tokens(
-            logits, config.choice, config.mask_token_id, generator
-        )
+        row_forwards += (~settled).sum()
+        proposal, confidence = choose(model, logits)
         confidence = confidence.masked_fill(decoded, -1.0)  # decoded rank last
-        remaining = masked.sum(-1)  # (b,)
-        above = (masked & (confidence > config.confidence_threshold)).sum(-1).clamp(min=1)
-        floor = torch.ceil(remaining / (config.steps_per_block - step)).long()  # finish in time
-        count = torch.minimum(torch.maximum(above, floor), remaining)  # (b,)
-        order = confidence.argsort(dim=-1, descending=True, stable=True)
-        rank = torch.empty_like(order).scatter_(
-            -1, order, torch.arange(S, device=order.device).expand_as(order)
+        count = commit_count(
+            confidence, masked, config.confidence_threshold, config.steps_per_block - step
         )
-        commit = masked & (rank < count.unsqueeze(-1))
+        commit = masked & (descending_rank(confidence) < count.unsqueeze(-1))
         if step_callback is not None:
-            mean_t = float(t.mean())
             step_callback(
-                step, config.steps_per_block, block, t=mean_t, logits=logits, block_idx=block_idx
+                step,
+                config.steps_per_block,
+                block,
+                t=float(t.mean()),
+                logits=_scores(model, logits, first),
+                block_idx=block_idx,
             )
         block = torch.where(commit, proposal, block)
         decoded |= commit
+    stats.row_denoiser_forwards += int(row_forwards)
     return block
 
 
@@ -193,13 +259,15 @@ def generate_mask_diffusion(
 ) -> Generation:
     """Block-wise mask diffusion with confidence unmasking (module docstring; card §"How mask
     diffusion works"; :func:`unmask_block`)."""
+    model = decoding_model(model, config)
     # A shifted denoiser scores each block's first position with the context tower's last logits.
     context_logits = "last" if shifted(model) else "none"
     out, stats, prefill = prefill_prompts(model, prompts, config, context_logits, on_commit)
-    cache, first, batch, S = prefill.cache, prefill.logits, len(prompts), config.block_size
+    cache, first, S = prefill.cache, prefill.logits, config.block_size
     device = model.denoiser_device
     block_idx = 0
     while not out.finished:
+        batch = len(out.live)
         block = torch.full((batch, S), config.mask_token_id, dtype=torch.long, device=device)
         decoded = torch.zeros(batch, S, dtype=torch.bool, device=device)
         if step_callback is not None:
@@ -219,11 +287,20 @@ def generate_mask_diffusion(
             block_idx,
         )
         block_idx += 1
+        before = [len(out.rows[r]) for r in out.live]
+        live = list(out.live)
         out.extend(block.tolist())
+        if shifted(model):  # position 0 was the context tower's choice, in every row it reached
+            stats.context_tokens += sum(len(out.rows[r]) > n for r, n in zip(live, before))
         if out.finished:
             break
+        block = block.to(model.context_device)
+        stay = out.leave()
+        if stay is not None:
+            rows = torch.tensor(stay, device=model.context_device)
+            cache, block = cache.select(rows), block[rows]
         stats.row_context_forwards += out.active
-        step = model.advance(cache, block.to(model.context_device), logits=context_logits)
+        step = model.advance(cache, block, logits=context_logits)
         cache, first = step.cache, step.logits
         stats.context_forwards += 1
     return stats
@@ -253,6 +330,7 @@ def generate_mock_ar(
     (attention K/V of positions < p − 1, Mamba conv/SSM states before p − 1). The context tower
     advances one token at a time; its prefill runs in two passes (all prompt tokens but the
     last, then the last) to keep the states before the last token."""
+    model = decoding_model(model, config)
     tokens, valid = left_pad(prompts, config.pad_token_id, model.context_device)
     out = Collector(tokens.shape[0], config.max_new_tokens, config.eos_token_id, on_commit)
     stats = Generation(tokens=out.rows, context_forwards=2, row_context_forwards=2 * len(prompts))
@@ -261,7 +339,9 @@ def generate_mock_ar(
         valid = torch.cat([torch.zeros_like(valid), valid], dim=1)
     short = model.prefill(tokens[:, :-1], valid=valid[:, :-1], logits="none").cache
     last = tokens[:, -1:]  # (b, 1) the last committed token
-    cache = model.advance(short, last, logits="none").cache
+    # Room in the full cache only: `short` caches never own buffers, so the denoiser's block
+    # K/V (ContextCache.block_kv) never land on the full cache's last position.
+    cache = model.advance(short, last, logits="none").cache.reserve(config.max_new_tokens)
     device = model.denoiser_device
     while not out.finished:
         logits = model.denoise_block(short.to(device), last.to(device), None)  # (b, 1, V)
@@ -271,8 +351,12 @@ def generate_mock_ar(
         out.extend(new.tolist())
         if out.finished:
             break
-        stats.row_context_forwards += out.active
         last = new.to(model.context_device)
+        stay = out.leave()
+        if stay is not None:
+            rows = torch.tensor(stay, device=model.context_device)
+            cache, last = cache.select(rows), last[rows]
+        stats.row_context_forwards += out.active
         advanced = model.advance(cache, last, logits="none").cache
         short, cache = one_short(cache, advanced), advanced
         stats.context_forwards += 1
@@ -288,13 +372,18 @@ def generate_ar(
     on_commit: OnCommit | None = None,
 ) -> Generation:
     """Standard cached AR decoding with the context tower only."""
+    model = decoding_model(model, config)
     out, stats, step = prefill_prompts(model, prompts, config, "last", on_commit)
     while True:
         new, _ = choose_tokens(step.logits, config.choice, generator=generator)
         out.extend(new.tolist())
         if out.finished:
             break
+        cache, stay = step.cache, out.leave()
+        if stay is not None:
+            rows = torch.tensor(stay, device=new.device)
+            cache, new = cache.select(rows), new[rows]
         stats.row_context_forwards += out.active
-        step = model.advance(step.cache, new, logits="last")
+        step = model.advance(cache, new, logits="last")
         stats.context_forwards += 1
     return stats

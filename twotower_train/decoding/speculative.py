@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .compiled import decoding_model
 from .samplers import Generation, MaskDiffusionConfig, OnCommit, prefill_prompts, unmask_block
 from .sampling import choose_tokens
 
@@ -87,6 +88,7 @@ def generate_speculative(
     on_commit: OnCommit | None = None,
 ) -> SpeculativeGeneration:
     """Greedy self-speculative decoding (module docstring); same output as ``generate_ar``."""
+    model = decoding_model(model, config)
     out, stats, prefill = prefill_prompts(
         model, prompts, config, "last", on_commit, SpeculativeGeneration
     )
@@ -97,38 +99,36 @@ def generate_speculative(
     out.extend(first.tolist())
     drafted = torch.zeros(batch, S, dtype=torch.bool, device=den_device)
     drafted[:, 0] = True  # position 0 is the AR token, fixed
-    rows = torch.arange(batch, device=ctx_device)
     while not out.finished:
+        stay = out.leave()  # finished rows leave the batch
+        if stay is not None:
+            kept = torch.tensor(stay, device=ctx_device)
+            cache, first = cache.select(kept), first[kept]
+        batch = len(out.live)
         block = torch.full((batch, S), config.mask_token_id, dtype=torch.long, device=den_device)
         block[:, 0] = first[:, 0].to(den_device)
         # A row can still use at most `remaining` tokens: the AR token after its accepted
         # drafts is one of them, so the drafts beyond position remaining − 1 are never used.
         needed = out.remaining(den_device).clamp(max=S)
         block = unmask_block(
-            model, cache.to(den_device), block, drafted, needed, config, stats, generator
+            model, cache.to(den_device), block, drafted[:batch], needed, config, stats, generator
         ).to(ctx_device)
         verified = model.advance(cache, block, logits="all", position_states=True)
         stats.context_forwards += 1
-        active = out.active
-        stats.row_context_forwards += active
-        stats.verify_forwards += active
+        stats.row_context_forwards += batch
+        stats.verify_forwards += batch
         ar, _ = choose_tokens(verified.logits, config.choice)  # (b, S) AR token after each
         agree = (block[:, 1:] == ar[:, :-1]).long()  # (b, S − 1) draft j+1 is AR's choice
         accepted = agree.cumprod(-1).sum(-1)  # (b,) longest agreeing draft prefix
-        first = ar[rows, accepted].unsqueeze(-1)  # (b, 1) the AR token after it
-        before = [len(row) for row in out.rows]
-        live = [not done for done in out.done]
-        out.extend(
-            [
-                block[r, 1 : 1 + a].tolist() + [first[r, 0].item()]
-                for r, a in enumerate(accepted.tolist())
-            ]
-        )
+        first = ar.gather(1, accepted.unsqueeze(-1))  # (b, 1) the AR token after it
+        # One read per round: each row's accepted count, its next AR token and its drafts.
+        host = torch.cat([accepted.unsqueeze(-1), first, block[:, 1:]], dim=1).tolist()
+        before = [len(out.rows[r]) for r in out.live]
+        live = list(out.live)
+        out.extend([row[2 : 2 + row[0]] + [row[1]] for row in host])
         # Accepted drafts that made it into the output (a row may stop inside its draft).
         stats.accepted += sum(
-            min(a, len(row) - n)
-            for a, row, n, on in zip(accepted.tolist(), out.rows, before, live)
-            if on
+            min(row[0], len(out.rows[r]) - n) for row, r, n in zip(host, live, before)
         )
         cache = verified.rollback(cache, accepted + 1)  # keep position 0 + the accepted drafts
     return stats

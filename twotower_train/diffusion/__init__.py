@@ -13,7 +13,6 @@ from twotower_train.diffusion.corruption import (
 )
 from twotower_train.diffusion.loss import LossOutput, LossWeighting, ar_loss, masked_diffusion_loss
 from twotower_train.diffusion.masks import (
-    block_decode_mask,
     context_valid_from_lengths,
     denoiser_block_mask,
     denoiser_mask_dense,
@@ -28,7 +27,6 @@ __all__ = [
     "MetricSums",
     "TimeSampling",
     "ar_loss",
-    "block_decode_mask",
     "context_valid_from_lengths",
     "corrupt_blocks",
     "denoiser_block_mask",

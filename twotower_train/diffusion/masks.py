@@ -37,7 +37,6 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask
 
 __all__ = [
-    "block_decode_mask",
     "context_valid_from_lengths",
     "denoiser_block_mask",
     "denoiser_mask_dense",
@@ -123,43 +122,3 @@ def context_valid_from_lengths(context_lengths: torch.Tensor, cache_len: int) ->
     """(b,) real prompt lengths of a LEFT-padded batch → (b, cache_len) bool, True = real key."""
     positions = torch.arange(cache_len, device=context_lengths.device).unsqueeze(0)  # (1, P)
     return positions >= (cache_len - context_lengths).unsqueeze(1)  # (b, P)
-
-
-def block_decode_mask(
-    block_size: int,
-    context_len: int,
-    *,
-    context_valid: torch.Tensor | None = None,
-    causal_in_block: bool = False,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """Mask for decoding one block against a context cache.
-
-    Args:
-        block_size: S, the number of queries (and of block keys).
-        context_len: P, the context cache length (including left padding).
-        context_valid: optional (b, P) bool, True where the cache holds a real token (padding
-            sub-mask); None = all P keys are real.
-        causal_in_block: restrict block keys to ``j <= i`` (as in the training mask).
-        device: where to build the mask (defaults to ``context_valid``'s device).
-
-    Returns:
-        (b, 1, S, P + S) bool (b = 1 without ``context_valid``), True = may attend; broadcasts
-        over heads.
-    """
-    if block_size <= 0 or context_len < 0:
-        raise ValueError(f"bad block_size={block_size} / context_len={context_len}")
-    if context_valid is not None:
-        if context_valid.dim() != 2 or context_valid.shape[1] != context_len:
-            raise ValueError(
-                f"context_valid must be (b, {context_len}), got {tuple(context_valid.shape)}"
-            )
-        device = context_valid.device
-    ctx = torch.ones(1, block_size, context_len, dtype=torch.bool, device=device)  # (1, S, P)
-    if context_valid is not None:
-        ctx = ctx & context_valid.to(torch.bool).unsqueeze(1)  # (b, S, P)
-    blk = torch.ones(block_size, block_size, dtype=torch.bool, device=device)  # (S, S)
-    if causal_in_block:
-        blk = torch.tril(blk)
-    blk = blk.unsqueeze(0).expand(ctx.shape[0], -1, -1)  # (b, S, S)
-    return torch.cat([ctx, blk], dim=-1).unsqueeze(1)  # (b, 1, S, P + S)

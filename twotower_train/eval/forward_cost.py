@@ -16,7 +16,7 @@ median is reported in milliseconds. :func:`experts_touched` counts, per MoE laye
 experts the router picks during one forward (mean over layers): a block of S tokens routes to
 more experts than one token, and per-expert loops pay for each.
 
-:func:`compiled` wraps the three methods in ``torch.compile`` (dynamic shapes: the cache grows);
+:func:`~twotower_train.decoding.compiled.compiled` puts them under ``torch.compile``;
 :func:`compile_stats` says how many graphs dynamo compiled and where it broke them;
 :func:`cost_table` prints a benchmark report's figures.
 """
@@ -196,18 +196,3 @@ def cost_table(report: dict) -> str:
             f"torch.compile: {stats['unique_graphs']} graphs, {stats['graph_breaks']} graph breaks"
         )
     return "\n".join(lines)
-
-
-class compiled:  # noqa: N801 — reads as a function: compiled(model)
-    """``model`` with ``prefill`` / ``advance`` / ``denoise_block`` under ``torch.compile``
-    (dynamic shapes); every other attribute is the model's."""
-
-    def __init__(self, model, **options):
-        self._model = model
-        options = {"dynamic": True, **options}
-        self.prefill = torch.compile(model.prefill, **options)
-        self.advance = torch.compile(model.advance, **options)
-        self.denoise_block = torch.compile(model.denoise_block, **options)
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)

@@ -46,7 +46,10 @@ def mode_rows(
 
 def run_mode(model, prompts, mode: str, config, batch: int):
     """(generations per prompt, combined statistics, seconds) for ``prompts`` in batches."""
-    tokens, stats = [], {"context": 0, "denoiser": 0, "generated": 0, "accepted": 0, "verify": 0}
+    tokens = []
+    stats = dict.fromkeys(
+        ("context", "denoiser", "generated", "accepted", "verify", "context_tokens"), 0
+    )
     start = time.perf_counter()
     for first in range(0, len(prompts), batch):
         out = modes.generate(model, prompts[first : first + batch], mode, config)
@@ -54,6 +57,7 @@ def run_mode(model, prompts, mode: str, config, batch: int):
         stats["context"] += out.row_context_forwards
         stats["denoiser"] += out.row_denoiser_forwards
         stats["generated"] += out.generated
+        stats["context_tokens"] += out.context_tokens  # a shifted denoiser's free first tokens
         stats["accepted"] += getattr(out, "accepted", 0)  # speculative only
         stats["verify"] += getattr(out, "verify_forwards", 0)
     return tokens, stats, time.perf_counter() - start

@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="load only the context tower and its head (--mode ar on one GPU)",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the decoding forwards under torch.compile (docs/evaluation.md: slower on "
+        "the demo model on a CPU)",
+    )
     knobs = p.add_argument_group(
         "mode knobs (defaults: the mode's config; mask diffusion's block size and steps: the "
         "block size the model was trained at)"
@@ -140,11 +146,15 @@ def _main(argv: list[str] | None) -> None:
     import torch
 
     import twotower_train  # noqa: F401  (CPU compatibility)
+    from twotower_train.decoding.compiled import enable_dynamo
     from twotower_train.inference import modes
     from twotower_train.inference.load import load_for_decoding
 
     knobs = {name: getattr(args, name) for name in modes.user_knobs()}
     knobs = {name: value for name, value in knobs.items() if value is not None}
+    if args.compile:  # this entry point disables dynamo unless asked (megatron's jit_fuser)
+        enable_dynamo()
+        knobs["compile"] = True
     modes.build_config(args.mode, **knobs)  # bad knobs fail before the model loads
     prompts = _read_prompts(args)
     loaded = load_for_decoding(

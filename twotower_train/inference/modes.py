@@ -74,7 +74,7 @@ def user_knobs() -> dict[str, type]:
     found: dict[str, type] = {}
     for _, config_type in MODES.values():
         for name, kind in _scalar_fields(config_type).items():
-            if name not in ("choice", *MODEL_KNOBS):
+            if name not in ("choice", "compile", *MODEL_KNOBS):  # --compile is a switch
                 found.setdefault(name, kind)
     return {**found, **_scalar_fields(TokenChoice)}
 

@@ -26,6 +26,7 @@ from twotower_train.model.mixers import (
     causal_attention,
     mamba_forward,
 )
+from twotower_train.model.moe_decode import moe_decode
 
 
 class ContextTower(MegatronModule):
@@ -65,14 +66,18 @@ class ContextTower(MegatronModule):
             raise ValueError("state_stride and position_states are exclusive")
         # States after every new position = boundaries at stride 1 from this call's start.
         stride = 1 if position_states else state_stride
+        # Padding masks only where a position may be padding: a prompt batch with padding
+        # (read once, at prefill) or any cache (earlier padding, speculative holes — masked
+        # without asking, so an advance reads nothing back from the device).
+        padded = valid is not None and not bool(valid.all())
         if valid is None:
             valid = torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device)
-        past = cache.valid if cache.valid is not None else valid[:, :0]
-        new = ContextCache(valid=torch.cat([past, valid], dim=1))  # (b, P + s)
-        # Padding masks only where some position is padding; otherwise the unmasked fast paths.
-        padded = not bool(new.valid.all())
-        key_valid, valid = (new.valid, valid) if padded else (None, None)
+        new = cache.extend(valid)  # valid (b, P + s); K/V written per layer below
+        key_valid = new.valid if padded or cache.length else None
+        valid = valid if padded else None
         model = self.backbone
+        # Prefill / advance (the training forward asks for block-boundary states instead).
+        decoding = state_stride is None and not torch.is_grad_enabled()
         out = ContextOutput(cache=new, logits=None)
         hidden = embed(model, tokens)
         for i, kind, layer in iter_layers(model):
@@ -100,12 +105,11 @@ class ContextTower(MegatronModule):
                 hidden = hidden + result.out
             elif kind is LayerKind.ATTENTION:
                 q, k, v = attention_qkv(layer.self_attention, normed)
-                if i in cache.keys:  # (b, kv_heads, P + s, hd): cached keys, then the new ones
-                    k = torch.cat([cache.keys[i], k], dim=2)
-                    v = torch.cat([cache.values[i], v], dim=2)
-                new.keys[i], new.values[i] = k, v
+                k, v = new.write_kv(i, k, v)  # (b, kv_heads, P + s, hd): cached, then new
                 attended = causal_attention(q, k, v, key_valid=key_valid)
                 hidden = hidden + attention_out(layer.self_attention, attended)
+            elif decoding:  # MoE without Megatron's dispatcher (model/moe_decode.py)
+                hidden = hidden + moe_decode(layer.mlp, normed)
             else:
                 mlp_out, _ = layer.mlp(normed)
                 hidden = hidden + mlp_out

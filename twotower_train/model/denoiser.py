@@ -28,6 +28,7 @@ import functools
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from megatron.core import tensor_parallel
 from megatron.core.models.hybrid.hybrid_model import HybridModel
@@ -45,11 +46,8 @@ from twotower_train.model.layers import (
     pre_norm,
 )
 from twotower_train.model.mixers import attention_out, attention_qkv, mamba_forward
-from twotower_train.ops.block_attention import (
-    AttentionBackend,
-    block_decode_attention,
-    denoiser_attention,
-)
+from twotower_train.model.moe_decode import moe_decode
+from twotower_train.ops.block_attention import AttentionBackend, denoiser_attention
 
 
 @dataclass
@@ -98,14 +96,12 @@ class CacheConditioning:
         return self.cache.mamba[layer]
 
     def attend(self, layer, q, k, v, causal_in_block: bool) -> torch.Tensor:
-        return block_decode_attention(
-            q,
-            self.cache.keys[layer],
-            self.cache.values[layer],
-            k,
-            v,
-            context_valid=self.cache.valid,
-            causal_in_block=causal_in_block,
+        # The block's K/V go after the cache's in its buffers and the mask is built once per
+        # block (ContextCache.block_kv / block_mask): no per-step copy of the context K/V.
+        keys, values = self.cache.block_kv(layer, k, v)
+        mask = self.cache.block_mask(q.shape[2], causal_in_block, q.device)
+        return F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask, enable_gqa=q.shape[1] != keys.shape[1]
         )
 
 
@@ -191,6 +187,8 @@ class Denoiser(MegatronModule):
             out = attention_out(layer.self_attention, attended)
         elif kind is LayerKind.MLP:
             out = self._selective("mlp", lambda x: layer.mlp(x)[0], normed)
+        elif isinstance(conditioning, CacheConditioning):  # decoding: no dispatcher
+            out = moe_decode(layer.mlp, normed)
         else:
             out, _ = layer.mlp(normed)  # MoE: recomputes itself when "moe" is selected
         return hidden + out if mod is None else mod.residual(hidden, out)

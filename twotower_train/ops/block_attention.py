@@ -29,15 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import flex_attention
 
-from twotower_train.diffusion.masks import (
-    block_decode_mask,
-    denoiser_block_mask,
-    denoiser_mask_dense,
-)
+from twotower_train.diffusion.masks import denoiser_block_mask, denoiser_mask_dense
 
 __all__ = [
     "AttentionBackend",
-    "block_decode_attention",
     "denoiser_attention",
 ]
 
@@ -118,49 +113,6 @@ def denoiser_attention(
     mask = denoiser_mask_dense(
         seq_len, block_size, causal_in_block=causal_in_block, device=q.device
     )  # (L, 2L)
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, scale=softmax_scale, enable_gqa=q.shape[1] != k.shape[1]
-    )
-
-
-def block_decode_attention(
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    k_block: torch.Tensor,
-    v_block: torch.Tensor,
-    *,
-    context_valid: torch.Tensor | None = None,
-    causal_in_block: bool = False,
-    softmax_scale: float | None = None,
-) -> torch.Tensor:
-    """Attention of one block being decoded against the context cache (sampler path).
-
-    Args:
-        q: (b, heads, S, d) queries of the block.
-        k_cache, v_cache: (b, kv_heads, P, d) context tower K/V for cache positions [0, P).
-        k_block, v_block: (b, kv_heads, S, d) the block's own K/V.
-        context_valid: optional (b, P) bool, False at LEFT-padding positions of the cache
-            (see :func:`twotower_train.diffusion.masks.context_valid_from_lengths`).
-        causal_in_block: as in :func:`denoiser_attention`.
-
-    Returns (b, heads, S, d). Dense SDPA: the score matrix is only (S, P + S) per head.
-    """
-    _check_shapes(q, k_cache, v_cache, k_block, v_block)
-    block_size, context_len = q.shape[2], k_cache.shape[2]
-    if k_block.shape[2] != block_size or v_block.shape[2] != block_size:
-        raise ValueError("k_block/v_block must have the block length S of q")
-    if v_cache.shape[2] != context_len:
-        raise ValueError("k_cache and v_cache must have the same length P")
-    k = torch.cat([k_cache, k_block], dim=2)  # (b, kv_heads, P + S, d)
-    v = torch.cat([v_cache, v_block], dim=2)  # (b, kv_heads, P + S, d)
-    mask = block_decode_mask(
-        block_size,
-        context_len,
-        context_valid=context_valid,
-        causal_in_block=causal_in_block,
-        device=q.device,
-    )  # (b or 1, 1, S, P + S)
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, scale=softmax_scale, enable_gqa=q.shape[1] != k.shape[1]
     )

@@ -43,6 +43,12 @@ class ReproduceConfig:
     threads: int | None
     device: str | None = None
     """Where the evaluation decodes (``--device``; default: where the export loads, the CPU)."""
+    timing_prompts: int = 16
+    """The first N evaluated problems whose decoding is timed (``--timing-prompts``)."""
+    timing_batches: tuple[int, ...] = (1, 8)
+    """Batch sizes of the wall-clock timing (``--timing-batches``)."""
+    timing_repeats: int = 3
+    """Timed passes per mode and batch size, modes interleaved; the median counts."""
 
     @classmethod
     def from_argv(cls, argv: list[str] | None = None) -> ReproduceConfig:
@@ -52,10 +58,21 @@ class ReproduceConfig:
         args = p.parse_args(argv)
         if min(args.eval_problems, args.max_new_tokens, args.batch) < 1:
             p.error("--eval-problems, --max-new-tokens and --batch must be positive")
+        if min(args.timing_prompts, args.timing_repeats) < 1:
+            p.error("--timing-prompts and --timing-repeats must be positive")
         try:
             gammas = [float(g) for g in args.gammas.split(",")]
         except ValueError:
             p.error(f"--gammas must be comma-separated numbers, got {args.gammas!r}")
+        try:
+            batches = tuple(int(b) for b in args.timing_batches.split(","))
+        except ValueError:
+            batches = ()
+        if not batches or min(batches) < 1:
+            p.error(
+                f"--timing-batches must be comma-separated positive integers, "
+                f"got {args.timing_batches!r}"
+            )
         return cls(
             out=Path(args.out),
             recipe=args.recipe,
@@ -72,6 +89,9 @@ class ReproduceConfig:
             results_page=args.results_page,
             threads=args.threads,
             device=args.device,
+            timing_prompts=args.timing_prompts,
+            timing_batches=batches,
+            timing_repeats=args.timing_repeats,
         )
 
 
@@ -104,6 +124,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch", type=int, default=8, help="prompts per generate call")
     p.add_argument("--gammas", default="0.5,0.7,0.8,0.9,0.95")
+    p.add_argument(
+        "--timing-prompts",
+        type=int,
+        default=16,
+        help="time decoding on the first N evaluated problems (default 16)",
+    )
+    p.add_argument(
+        "--timing-batches", default="1,8", help="batch sizes of the wall-clock timing (1,8)"
+    )
+    p.add_argument(
+        "--timing-repeats",
+        type=int,
+        default=3,
+        help="timed passes per mode and batch size, modes interleaved; median (default 3)",
+    )
     p.add_argument("--results-page", help="also write the results page here (plot beside it)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", help="where the evaluation decodes, e.g. cuda (default: the CPU)")

@@ -1,12 +1,14 @@
 """The reproduction's evaluation stage: every generation mode on held-out task problems through
-one model (the HF export), plus the denoiser's masked-token accuracy (see
-:mod:`twotower_train.reproduce.pipeline`)."""
+one model (the HF export) — quality on every evaluated problem, wall-clock tokens/s at each
+timing batch size on the first few (:mod:`twotower_train.eval.throughput`) — plus the
+denoiser's masked-token accuracy (see :mod:`twotower_train.reproduce.pipeline`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from twotower_train.eval import throughput
 from twotower_train.eval.masked_accuracy import (
     answer_blocks,
     masked_token_accuracy,
@@ -66,6 +68,39 @@ def _masked_accuracy(loaded, rows, train_rows, block_size: int) -> dict:
     }
 
 
+def _time(model, configs: dict, prompts: list[list[int]], settings: ReproduceConfig) -> dict:
+    """Wall-clock tokens/s and speed-up over AR per row and timing batch size (modes
+    interleaved, median of the repeats), with the threads and load average they ran under."""
+    start = throughput.conditions()
+    timed = throughput.time_modes(
+        {"eager": model}, configs, prompts, settings.timing_batches, settings.timing_repeats
+    )
+    speedup = throughput.speedups(timed)
+    rows = {
+        name: {
+            key: value
+            for b in settings.timing_batches
+            for key, value in (
+                (f"tokens_per_s_batch{b}", timed["eager", name, b].tokens_per_s),
+                (f"speedup_vs_ar_batch{b}", speedup["eager", name, b]),
+            )
+        }
+        for name in configs
+    }
+    return {
+        "rows": rows,
+        "conditions": {
+            "problems": len(prompts),
+            "batches": list(settings.timing_batches),
+            "repeats": settings.timing_repeats,
+            "threads": start["threads"],
+            "load_average_start": start["load_average"],
+            "load_average_end": throughput.load_average(),
+            "device": str(model.context_device),
+        },
+    }
+
+
 def evaluate(model_dir: Path, data, settings: ReproduceConfig) -> dict:
     """The evaluation section of ``results.json`` for the export at ``model_dir``."""
     loaded = load_for_decoding(model_dir, device=settings.device)
@@ -87,44 +122,46 @@ def evaluate(model_dir: Path, data, settings: ReproduceConfig) -> dict:
         gammas=settings.gammas,
         block_size=loaded.block_size,
     )
+    configs = {
+        name: (mode, modes.build_config(mode, **knobs)) for name, (mode, knobs) in table.items()
+    }
     results, reference, ar_em = [], None, None
-    for name, (mode, knobs) in table.items():
-        config = modes.build_config(mode, **knobs)
-        modes.generate(
-            loaded.model,
-            prompts[:1],
-            mode,
-            modes.build_config(mode, **{**knobs, "max_new_tokens": 2}),
-        )  # warm-up
-        tokens, stats, seconds = run_mode(loaded.model, prompts, mode, config, settings.batch)
+    for name, (mode, config) in configs.items():
+        tokens, stats, _ = run_mode(loaded.model, prompts, mode, config, settings.batch)
         if reference is None:  # AR comes first
             reference = tokens
         em = _exact_match(tok, tokens, rows, loaded.eos_token_id)
         ar_em = em if ar_em is None else ar_em
         exact, _ = agreement(tokens, reference)
         forwards = stats["context"] + stats["denoiser"]
-        row = {
-            "name": name,
-            "mode": mode,
-            "config": {k: v for k, v in vars(config).items() if k != "choice"},
-            "exact_match": em,
-            "retained": em / ar_em if ar_em else None,
-            "ar_nll": ar_nll(loaded.model, prompts, tokens, loaded.pad_token_id),
-            "tokens_per_denoiser_forward": (
-                stats["generated"] / stats["denoiser"] if stats["denoiser"] else None
-            ),
-            "tokens_per_forward": stats["generated"] / forwards,
-            "exact_match_ar": exact,
-            "tokens_per_s": stats["generated"] / seconds,
-            "seconds": seconds,
-            "generated": stats["generated"],
-            "example": tok.decode(tokens[0]),
-        }
-        results.append(row)
+        results.append(
+            {
+                "name": name,
+                "mode": mode,
+                "config": {k: v for k, v in vars(config).items() if k != "choice"},
+                "exact_match": em,
+                "retained": em / ar_em if ar_em else None,
+                "ar_nll": ar_nll(loaded.model, prompts, tokens, loaded.pad_token_id),
+                "tokens_per_denoiser_forward": (
+                    stats["generated"] / stats["denoiser"] if stats["denoiser"] else None
+                ),
+                "tokens_per_forward": stats["generated"] / forwards,
+                "exact_match_ar": exact,
+                "generated": stats["generated"],
+                "example": tok.decode(tokens[0]),
+            }
+        )
+    timing = _time(loaded.model, configs, prompts[: settings.timing_prompts], settings)
+    for row in results:
+        row.update(timing["rows"][row["name"]])
         print(
-            f"[reproduce] {name}: exact match {em:.3f}, "
+            f"[reproduce] {row['name']}: exact match {row['exact_match']:.3f}, "
             f"{row['tokens_per_denoiser_forward'] or 0:.2f} tokens/denoiser forward, "
-            f"{seconds:.1f}s",
+            + ", ".join(
+                f"{row[f'tokens_per_s_batch{b}']:.0f} tokens/s "
+                f"({row[f'speedup_vs_ar_batch{b}']:.2f}× AR) at batch {b}"
+                for b in settings.timing_batches
+            ),
             flush=True,
         )
     return {
@@ -135,6 +172,7 @@ def evaluate(model_dir: Path, data, settings: ReproduceConfig) -> dict:
             "batch": settings.batch,
             "gammas": settings.gammas,
         },
+        "timing": timing["conditions"],
         "masked_accuracy": _masked_accuracy(loaded, rows, train_rows, loaded.block_size),
         "modes": results,
     }

@@ -13,9 +13,12 @@ Stages (each one's wall time goes into the results):
 4. ``export`` — the final checkpoint as a Hugging Face folder ``OUT/hf``;
 5. ``eval`` — on held-out task problems, through the export: AR greedy, mock-AR, mask diffusion
    at each γ (S = 16, 16 steps per block) and speculative decoding — exact match, quality
-   retained (mode / AR), AR-tower NLL of the continuations, tokens per denoiser forward,
-   tokens/s; and the denoiser's masked-token accuracy against the unigram baseline
-   (:mod:`~twotower_train.eval.masked_accuracy`).
+   retained (mode / AR), AR-tower NLL of the continuations, tokens per denoiser forward (a
+   forward count: the card's "tokens / step"), and the wall-clock throughput: tokens/s at batch
+   1 and 8 on the first ``--timing-prompts`` problems, modes interleaved, median of
+   ``--timing-repeats``, and its ratio to AR's — the figure the card's 2.42× is
+   (:mod:`~twotower_train.eval.throughput`); and the denoiser's masked-token accuracy against
+   the unigram baseline (:mod:`~twotower_train.eval.masked_accuracy`).
 
 Writes ``OUT/results.json`` (command, machine, wall times, every number), ``OUT/results.md``
 and ``OUT/tradeoff.png`` (:mod:`~twotower_train.reproduce.results`); ``--results-page`` writes the
@@ -184,6 +187,7 @@ def run(config: ReproduceConfig, command: str) -> dict:
         "max_new_tokens": config.max_new_tokens,
         "batch": config.batch,
         "gammas": config.gammas,
+        "timing": [config.timing_prompts, list(config.timing_batches), config.timing_repeats],
     }
     results = out / "results.json"
     if stages.done("eval", eval_inputs) and results.is_file():
@@ -209,11 +213,12 @@ def run(config: ReproduceConfig, command: str) -> dict:
 
 def _publish(report: dict, out: Path, results_page: str | None) -> None:
     from twotower_train.reproduce.results import (
-        card_point,
+        card_table,
         markdown_table,
         masked_accuracy_line,
         page,
         plot_tradeoff,
+        verdict,
     )
 
     with atomic_path(out / "tradeoff.png", keep_suffix=True) as tmp:
@@ -226,7 +231,10 @@ def _publish(report: dict, out: Path, results_page: str | None) -> None:
             plot_tradeoff(report, tmp)
         text = target.read_text(encoding="utf-8") if target.exists() else ""
         write_text(target, _splice(text, page(report, plot.name)))
-    print(f"{masked_accuracy_line(report)}\n\n{markdown_table(report)}\n\n{card_point(report)}")
+    print(
+        f"{masked_accuracy_line(report)}\n\n{markdown_table(report)}\n\n{card_table(report)}"
+        f"\n\n{verdict(report)}"
+    )
     print(
         f"[reproduce] results: {out / 'results.json'}, {out / 'results.md'}, {out / 'tradeoff.png'}"
     )

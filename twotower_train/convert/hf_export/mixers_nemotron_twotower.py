@@ -235,17 +235,10 @@ def causal_attention(q, k, v, key_valid: torch.Tensor | None) -> torch.Tensor:
 def block_attention(q, k, v, cache: ContextCache, layer: int, causal_in_block: bool):
     """The block's queries q (b, heads, S, hd) attend to the context K/V of ``layer`` (every
     cached position, padding masked) and to the block's own k/v (b, kv, S, hd) — bidirectional,
-    or causal with ``causal_in_block``."""
-    b, S = q.shape[0], q.shape[2]
-    in_block = torch.ones(S, S, dtype=torch.bool, device=q.device)
-    if causal_in_block:
-        in_block = torch.tril(in_block)
-    mask = in_block.expand(b, S, S)  # (b, S, S)
-    if layer in cache.keys:
-        k = torch.cat([cache.keys[layer], k], dim=2)  # (b, kv, P + S, hd)
-        v = torch.cat([cache.values[layer], v], dim=2)
-        context = cache.valid.unsqueeze(1).expand(b, S, cache.length)  # (b, S, P)
-        mask = torch.cat([context, mask], dim=-1)  # (b, S, P + S)
+    or causal with ``causal_in_block`` (``ContextCache.block_kv`` / ``block_mask``: no copy of
+    the context K/V when the cache has room, one mask per block)."""
+    keys, values = cache.block_kv(layer, k, v)
+    mask = cache.block_mask(q.shape[2], causal_in_block, q.device)
     return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask.unsqueeze(1), enable_gqa=q.shape[1] != k.shape[1]
+        q, keys, values, attn_mask=mask, enable_gqa=q.shape[1] != keys.shape[1]
     )

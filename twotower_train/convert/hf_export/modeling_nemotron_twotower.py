@@ -171,12 +171,15 @@ class NemotronHTwoTowerForCausalLM(CardGeneration, NemotronHForCausalLM):
         return self._context(tokens, cache, None, logits, position_states)
 
     def _context(self, tokens, cache, valid, logits, position_states) -> ContextOutput:
+        # Padding masks only where a position may be padding: a prompt batch with padding
+        # (read once, at prefill) or any cache (earlier padding, speculative holes — masked
+        # without asking, so an advance reads nothing back from the device).
+        padded = valid is not None and not bool(valid.all())
         if valid is None:
             valid = torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device)
-        past = cache.valid if cache.valid is not None else valid[:, :0]
-        new = ContextCache(valid=torch.cat([past, valid], dim=1))  # (b, P + s)
-        padded = not bool(new.valid.all())  # unmasked fast paths unless some position is padding
-        key_valid, valid = (new.valid, valid) if padded else (None, None)
+        new = cache.extend(valid)  # valid (b, P + s); K/V written per layer below
+        key_valid = new.valid if padded or cache.length else None
+        valid = valid if padded else None
         out = ContextOutput(cache=new, logits=None)
         tower = self.context_tower
         hidden = tower.embeddings(tokens)  # (b, s, d)
@@ -190,10 +193,7 @@ class NemotronHTwoTowerForCausalLM(CardGeneration, NemotronHForCausalLM):
                     out.position_states[i] = per_position
             elif block.block_type == ATTENTION:
                 q, k, v = attention_qkv(block.mixer, normed)
-                if i in cache.keys:  # (b, kv, P + s, hd): cached keys, then the new ones
-                    k = torch.cat([cache.keys[i], k], dim=2)
-                    v = torch.cat([cache.values[i], v], dim=2)
-                new.keys[i], new.values[i] = k, v
+                k, v = new.write_kv(i, k, v)  # (b, kv, P + s, hd): cached keys, then the new
                 mixed = attention_out(block.mixer, causal_attention(q, k, v, key_valid))
             elif block.block_type == MOE:  # routed experts without a per-expert loop
                 mixed = moe_forward(block.mixer, normed)

@@ -1,0 +1,64 @@
+"""``DecodeConfig.compile``: the decoding forwards under ``torch.compile``.
+
+:func:`compiled` gives a view of a :class:`~.cache.DecodingModel` whose ``advance`` (the AR
+step, the block advance, the speculative verify) and ``denoise_block`` (every denoising step)
+run compiled; ``prefill`` stays eager (it runs once per call, on prompt shapes that differ every
+time). Both modes get the same treatment, so an AR / diffusion comparison stays fair. The view
+is built once per model and reused by every later call, so a model compiles once.
+
+Shapes are dynamic (``dynamic=True``: the cache grows by one position per AR step and one block
+per diffusion block, which would otherwise recompile per length), which rules out CUDA graphs
+(``mode="reduce-overhead"`` records one graph per shape); the default inductor mode is used on
+every device. Measured on the demo model on a 2-core CPU (docs/evaluation.md), compiling makes
+both forwards slower — the graphs break at the MoE routing and every cache length is guarded —
+so ``compile`` is off by default.
+
+Torch-only, like its siblings (the Hugging Face export ships it verbatim).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+class CompiledDecoding:
+    """``model`` with ``advance`` / ``denoise_block`` under ``torch.compile``; every other
+    attribute is the model's."""
+
+    def __init__(self, model):
+        self._model = model
+        self.advance = torch.compile(model.advance, dynamic=True)
+        self.denoise_block = torch.compile(model.denoise_block, dynamic=True)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+def enable_dynamo() -> None:
+    """Turn TorchDynamo back on in a process that disabled it (the command lines disable it
+    for Megatron's ``jit_fuser``; ``torch.compile`` reads the variable on every call)."""
+    os.environ.pop("TORCHDYNAMO_DISABLE", None)
+    torch._dynamo.config.disable = False
+
+
+def decoding_model(model, config):
+    """What a sampler drives: ``model``, or its compiled view when ``config.compile``."""
+    return compiled(model) if config.compile else model
+
+
+def compiled(model) -> CompiledDecoding:
+    """The compiled view of ``model`` (built on first use, then cached on the model)."""
+    if isinstance(model, CompiledDecoding):
+        return model
+    if torch._dynamo.config.disable or os.environ.get("TORCHDYNAMO_DISABLE") == "1":
+        raise ValueError(
+            "compile=True needs TorchDynamo, which is disabled in this process "
+            "(TORCHDYNAMO_DISABLE=1); unset it, or decode with compile=False"
+        )
+    view = model.__dict__.get("_compiled_decoding")
+    if view is None:
+        view = CompiledDecoding(model)
+        model.__dict__["_compiled_decoding"] = view
+    return view
