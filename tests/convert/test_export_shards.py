@@ -41,9 +41,9 @@ def test_shards_are_made_one_at_a_time_and_hold_the_eager_tensors(
     makers = {}
     for name, pending in plan.items():
         if id(pending.make) not in makers:
-            real = pending.make
+            real, key = pending.make, id(pending.make)
 
-            def make(real=real, key=id(pending.make)):
+            def make(real=real, key=key):
                 events.append(("make", key))
                 return real()
 
