@@ -19,7 +19,8 @@ the wheels of ``scripts/fetch_gpu_wheels.sh``). Steps, each a row of the table:
    defect; ``tests/kernels/seeded_scan_nano.py``: on CUDA the Triton kernels, fp32 and bf16
    scans; on a CPU the pure-torch scan, which the dry run below checks);
 8. batch-1 decoding tok/s (AR, mask diffusion γ = 0.8, speculative; eager and compiled) on the
-   trained demo model(s) of ``--demo-model`` (``scripts/gpu_check_decoding.py``);
+   trained demo model(s) of ``--demo-model`` and on a Nano-shaped MoE proxy
+   (``scripts/gpu_check_decoding.py``);
 9. the kernel benchmarks of the GPU-kernel issue (:data:`KERNEL_BENCHMARKS`).
 
 The orchestrator uses the standard library only (it runs before anything is installed); each
@@ -399,24 +400,6 @@ def samplers_main(checkpoint: str, new_tokens: int) -> None:
     print(json.dumps({"placed": placed, "modes": results}))
 
 
-def step_decoding(ctx: Context, cuda: bool) -> None:
-    """Batch-1 decoding tok/s on the demo model(s), eager vs compiled (gpu_check_decoding.py)."""
-    import gpu_check_decoding as decoding
-
-    found = decoding.models(ctx.args.demo_model, REPO)
-    if not found:
-        ctx.rows.append(
-            Row("decoding tok/s (demo model)", "SKIP", 0.0, "no runs/demo/hf; pass --demo-model")
-        )
-    for i, model in enumerate(found):
-        start, out = time.perf_counter(), ctx.out / f"decoding_{i}"
-        name = f"decoding tok/s, batch 1: {model.name}"
-        command = decoding.command(model, out, cuda, ctx.args.new_tokens)
-        rc, tail = _run(ctx, f"decoding_{i}", command, ctx.args.stage_timeout)
-        detail = decoding.summary(out / "result.json") if rc == 0 else f"exit {rc}"
-        _record(ctx, name, rc == 0, start, detail if rc == 0 else f"{detail}: {tail[-200:]}")
-
-
 def table(ctx: Context, environment: str) -> str:
     lines = [
         f"twotower-train GPU check - {environment}",
@@ -521,7 +504,9 @@ def main(argv: list[str] | None = None) -> int:
             if step_kill_and_resume(ctx, stage2, backbone):
                 step_samplers(ctx, ctx.out / "stage2_killed" / "checkpoints")
     run_checks(ctx, KERNEL_CHECKS)
-    step_decoding(ctx, cuda)
+    import gpu_check_decoding
+
+    gpu_check_decoding.step(ctx, cuda, _run, _record)
     run_checks(ctx, KERNEL_BENCHMARKS)
     report = table(ctx, environment)
     (ctx.out / "summary.md").write_text(report + "\n")
