@@ -13,7 +13,9 @@ the wheels of ``scripts/fetch_gpu_wheels.sh``). Steps, each a row of the table:
 5. stage 2 again, SIGKILLed after its checkpoint at step ``--steps // 2``, then resumed: the
    resumed steps' losses against run 4 (the first one must be equal);
 6. the three samplers on the stage-2 checkpoint in bf16 on the GPU, then again with the towers
-   placed on two handles of the device (``cuda:0``, ``cuda:0``): same tokens;
+   placed on two handles of the device (``cuda:0``, ``cuda:0``): same tokens; then ``export-hf``
+   of it (no model tensor on the GPU) and a context-only AR load of the export on the GPU
+   against the whole model (``scripts/gpu_check_export.py``);
 7. the kernel checks (:data:`KERNEL_CHECKS`): the denoiser's seeded scan at the Nano's real
    Mamba sizes with S < chunk against a per-token fp64 recurrence (the released code's GPU
    defect; ``tests/kernels/seeded_scan_nano.py``: on CUDA the Triton kernels, fp32 and bf16
@@ -503,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
         ):
             if step_kill_and_resume(ctx, stage2, backbone):
                 step_samplers(ctx, ctx.out / "stage2_killed" / "checkpoints")
+                import gpu_check_export
+
+                gpu_check_export.step(ctx, ctx.out / "stage2_killed" / "checkpoints", _run, _record)
     run_checks(ctx, KERNEL_CHECKS)
     import gpu_check_decoding
 

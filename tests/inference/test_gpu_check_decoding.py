@@ -74,3 +74,32 @@ def test_rows_of_a_gpu_host(decoding, tmp_path, monkeypatch):
     assert "--tiny" in proxy and "--compile" not in proxy
     assert proxy[proxy.index("--device") + 1] == "cpu"
     assert recorded[0] == ("decoding tok/s (demo model)", None)  # SKIP
+
+
+def test_export_row_on_the_cpu(two_tower_checkpoint, tmp_path, single_process):
+    """``scripts/gpu_check_export.py`` (the export + context-only row) runs here as on a GPU
+    host: the export, a context-only load of it with AR tokens equal to the whole model's; the
+    row passes on that result and fails when AR differs."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import gpu_check_export
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    result = gpu_check_export.main(
+        [str(two_tower_checkpoint), str(tmp_path / "hf"), "--new-tokens", "4"]
+    )
+    assert result["denoiser_on_meta"] and result["same_ar"]
+    assert result["export_gpu_bytes"] == 0 and result["device"] == "cpu"
+    assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
+    recorded = []
+    ctx = SimpleNamespace(args=SimpleNamespace(new_tokens=4), out=tmp_path)
+    on_gpu = {**result, "context_gpu_bytes": 40, "whole_gpu_bytes": 100}
+    for same, expected in ((True, True), (False, False)):
+        line = json.dumps({**on_gpu, "same_ar": same})
+        gpu_check_export.step(
+            ctx,
+            two_tower_checkpoint,
+            lambda *a, line=line: (0, line),
+            lambda c, n, ok, s, d: recorded.append(ok),
+        )
+        assert recorded[-1] is expected
