@@ -42,6 +42,9 @@ PROXY = {
     "num_experts": 128,
 }
 """Overrides of the ``nano_30b_a3b`` preset for the proxy row (its other sizes are the Nano's)."""
+PROXY_NEW_TOKENS = 32
+"""New tokens per prompt of the proxy row at most: random weights make diffusion take one
+denoiser forward per token, and the row must fit the check's stage timeout."""
 TINY_PROXY = {"pattern": "MEM*E", "num_experts": 8}
 """Overrides of the ``tiny`` preset for the CPU dry run of the same code."""
 
@@ -141,7 +144,7 @@ def step(ctx, cuda: bool, run, record) -> None:
         if model is not None:
             argv = command(model, out, cuda, ctx.args.new_tokens)
         else:
-            argv = proxy_command(out, cuda, ctx.args.new_tokens)
+            argv = proxy_command(out, cuda, min(ctx.args.new_tokens, PROXY_NEW_TOKENS))
             if not cuda:  # the dry run: the same code at tiny sizes, eager only
                 argv = [a for a in argv if a != "--compile"]
                 argv.insert(argv.index("--"), "--tiny")
