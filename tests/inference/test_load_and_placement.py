@@ -121,19 +121,26 @@ def test_context_only_placement_decodes_ar_and_refuses_the_denoiser(single_proce
         load_for_decoding("nowhere", context_only=True, denoiser_device="cpu")
 
 
-def test_a_model_bound_elsewhere_is_built_on_the_cpu_even_with_cuda(monkeypatch, tiny_cfg):
+def test_a_model_bound_elsewhere_is_built_on_the_cpu_even_with_cuda(
+    monkeypatch, tiny_cfg, single_process
+):
     """On a CUDA host Megatron allocates a model on the GPU unless ``use_cpu_initialization``;
     ``cpu_initialization`` (what ``load_trained_model`` builds a CPU-bound or context-only model
-    under, e.g. for ``export-hf``) makes ``transformer_config`` choose the CPU there."""
+    under, e.g. for ``export-hf``) makes every ``transformer_config`` caller choose the CPU
+    there, and nothing else: CUDA still looks available to what runs inside."""
     from twotower_train import backends
     from twotower_train.inference import load
-    from twotower_train.model.backbone import transformer_config
+    from twotower_train.model import backbone, two_tower
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a CUDA host, as far as
     monkeypatch.setattr(backends, "cuda_available", lambda: True)  # the build can tell
-    assert transformer_config(tiny_cfg).use_cpu_initialization is False
+    assert backbone.transformer_config(tiny_cfg).use_cpu_initialization is False
     with load.cpu_initialization():
-        assert transformer_config(tiny_cfg).use_cpu_initialization is True
+        assert torch.cuda.is_available()
+        assert backbone.transformer_config(tiny_cfg).use_cpu_initialization is True
+        model = two_tower.TwoTowerModel.build(tiny_cfg.replace(pattern="M*-"))
+    assert model.context_tower.backbone.config.use_cpu_initialization is True
+    assert model.denoiser.backbone.config.use_cpu_initialization is True
     with load.cpu_initialization(active=False):
-        assert transformer_config(tiny_cfg).use_cpu_initialization is False
-    assert torch.cuda.is_available()  # restored
+        assert backbone.transformer_config(tiny_cfg).use_cpu_initialization is False
+    assert two_tower.transformer_config(tiny_cfg).use_cpu_initialization is False  # restored

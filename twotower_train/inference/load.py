@@ -23,6 +23,8 @@ tokenizer; both offer the :class:`~twotower_train.decoding.cache.DecodingModel` 
 from __future__ import annotations
 
 import contextlib
+import functools
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,13 +115,32 @@ def load_trained_model(
 def cpu_initialization(active: bool = True) -> Iterator[None]:
     """Megatron allocates and initialises a model on the current GPU when CUDA is there
     (``transformer_config`` defaults ``use_cpu_initialization`` to "no CUDA"); inside this block
-    (when ``active``) a model is built in CPU memory instead — for one that goes elsewhere (the
-    CPU of an export, a context-only load) and may not fit one GPU whole. CUDA-dependent
-    choices (kernels, CPU stand-ins, the process group) are settled before, outside it."""
+    (when ``active``) the models built get ``use_cpu_initialization=True`` and land in CPU
+    memory instead — for one that goes elsewhere (the CPU of an export, a context-only load)
+    and may not fit one GPU whole. Only the config default changes: checkpoint loading inside
+    the block still sees CUDA (its process group is NCCL's)."""
+    from twotower_train.model import backbone
+
+    original = backbone.transformer_config
     if not active or not backends.cuda_available():
         yield
         return
-    with mock.patch.object(torch.cuda, "is_available", return_value=False):
+
+    @functools.wraps(original)
+    def on_cpu(*args, use_cpu_initialization=None, **kwargs):
+        chosen = True if use_cpu_initialization is None else use_cpu_initialization
+        return original(*args, use_cpu_initialization=chosen, **kwargs)
+
+    # Every module that imported the function by name (e.g. model.two_tower) gets the wrapper.
+    holders = [
+        module
+        for name, module in list(sys.modules.items())
+        if name.startswith("twotower_train.")
+        and getattr(module, "transformer_config", None) is original
+    ]
+    with contextlib.ExitStack() as stack:
+        for module in holders:
+            stack.enter_context(mock.patch.object(module, "transformer_config", on_cpu))
         yield
 
 
