@@ -8,7 +8,7 @@ are loaded, resharded to the current TP/EP layout by ``dist_checkpointing``. The
 ``device`` (default :func:`twotower_train.distributed.device`) in ``dtype`` (default: the
 precision it was trained in, ``optimizer.precision``).
 
-    from twotower_train import backends, distributed
+    from twotower_train import distributed
     from twotower_train.inference.load import load_trained_model
     distributed.initialize(seed=0)
     model, cfg = load_trained_model("runs/demo/stage2/checkpoints")
@@ -103,11 +103,9 @@ def load_trained_model(
         from twotower_train.inference.context_only import load_context_tower
 
         load_context_tower(model, resolved, objective, frozen=bool(reference))
-    else:
-        state = checkpoint.load_model_state(resolved, objective.checkpoint_state(model))
-        objective.load_checkpoint_state(model, state)
-    if context_only:
-        return model.eval(), cfg  # the caller places the context tower
+        return model.eval(), cfg  # on the CPU (denoiser on meta): the caller places it
+    state = checkpoint.load_model_state(resolved, objective.checkpoint_state(model))
+    objective.load_checkpoint_state(model, state)
     return distributed.to_device(model, target).eval(), cfg
 
 
