@@ -235,10 +235,11 @@ def _summary(records: list[dict]) -> str:
         return "no metrics"
     steady = records[len(records) // 2 :]  # after the first steps' warm-up and compilation
     tps = sum(r["tokens_per_s"] for r in steady) / len(steady)
-    mfu = sum(r["mfu"] for r in steady) / len(steady)
+    mfus = [r["mfu"] for r in steady if r.get("mfu") is not None]  # none where no peak is known
+    mfu = f", MFU {100 * sum(mfus) / len(mfus):.1f}%" if mfus else ""
     return (
         f"loss {records[0]['loss']:.3f} -> {records[-1]['loss']:.3f}; "
-        f"{tps:,.0f} tokens/s, MFU {100 * mfu:.1f}% (2nd half)"
+        f"{tps:,.0f} tokens/s{mfu} (2nd half)"
     )
 
 
