@@ -2,7 +2,8 @@
 stage-2 checkpoint must put no model tensor on the GPU (it converts on the CPU, shard by shard),
 and a context-only load of that export on the GPU (``load_for_decoding(..., context_only=True)``)
 must hold no denoiser weight (under 0.6 × the whole model's GPU memory) and decode AR token for
-token like the whole model there.
+token like the whole model there; so must a context-only load of the trainer checkpoint itself
+against the whole Megatron model.
 
 The orchestrator imports this module, so it uses the standard library at import time; run as a
 script it is the row's process and prints one JSON line::
@@ -40,6 +41,7 @@ def step(ctx, checkpoint: Path, run, record) -> None:
         and result["context_gpu_bytes"] < 0.6 * result["whole_gpu_bytes"]
         and result["denoiser_on_meta"]
         and result["same_ar"]
+        and result["checkpoint_same_ar"]
     )
     record(
         ctx,
@@ -49,7 +51,9 @@ def step(ctx, checkpoint: Path, run, record) -> None:
         f"export {result['export_s']:.0f} s, GPU bytes during it {result['export_gpu_bytes']}; "
         f"context-only on {result['device']}: {result['context_gpu_bytes'] / 2**30:.2f} GiB vs "
         f"whole model {result['whole_gpu_bytes'] / 2**30:.2f} GiB, AR "
-        + ("same tokens" if result["same_ar"] else "DIFFERENT tokens"),
+        + ("same tokens" if result["same_ar"] else "DIFFERENT tokens")
+        + "; trainer checkpoint context-only: AR "
+        + ("same tokens" if result["checkpoint_same_ar"] else "DIFFERENT tokens"),
     )
 
 
@@ -89,6 +93,15 @@ def main(argv: list[str] | None = None) -> dict:
         torch.cuda.reset_peak_memory_stats()
     whole = load_for_decoding(args.out, device=device).model
     whole_bytes = allocated()
+    same_ar = modes.generate(whole, prompts, "ar", config).tokens == tokens
+    del whole
+    # The trainer checkpoint itself, context-only against whole (Megatron's AR on the device).
+    megatron = load_for_decoding(args.checkpoint, context_only=True, device=device).model
+    ar_only_tokens = modes.generate(megatron, prompts, "ar", config).tokens
+    meta = meta and megatron.denoiser_device == torch.device("meta")
+    del megatron
+    megatron = load_for_decoding(args.checkpoint, device=device).model
+    checkpoint_same = modes.generate(megatron, prompts, "ar", config).tokens == ar_only_tokens
     result = {
         "device": str(device),
         "export_s": export_s,
@@ -96,7 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
         "context_gpu_bytes": context_bytes,
         "whole_gpu_bytes": whole_bytes,
         "denoiser_on_meta": meta,
-        "same_ar": modes.generate(whole, prompts, "ar", config).tokens == tokens,
+        "same_ar": same_ar,
+        "checkpoint_same_ar": checkpoint_same,
     }
     print(json.dumps(result), flush=True)
     return result

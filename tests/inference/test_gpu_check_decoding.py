@@ -88,7 +88,7 @@ def test_export_row_on_the_cpu(two_tower_checkpoint, tmp_path, single_process):
     result = gpu_check_export.main(
         [str(two_tower_checkpoint), str(tmp_path / "hf"), "--new-tokens", "4"]
     )
-    assert result["denoiser_on_meta"] and result["same_ar"]
+    assert result["denoiser_on_meta"] and result["same_ar"] and result["checkpoint_same_ar"]
     assert result["export_gpu_bytes"] == 0 and result["device"] == "cpu"
     assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
     recorded = []
