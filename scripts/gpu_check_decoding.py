@@ -138,7 +138,8 @@ def step(ctx, cuda: bool, run, record) -> None:
             time.perf_counter(),
             "no runs/demo/hf; pass --demo-model",
         )
-    runs.append(("decoding tok/s, batch 1: Nano-shaped MoE proxy (random, bf16)", None))
+    proxy = "random, bf16" if cuda else "tiny sizes, fp32: the CPU dry run"
+    runs.append((f"decoding tok/s, batch 1: Nano-shaped MoE proxy ({proxy})", None))
     for i, (name, model) in enumerate(runs):
         start, out = time.perf_counter(), ctx.out / f"decoding_{i}"
         if model is not None:
