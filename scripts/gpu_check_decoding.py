@@ -36,12 +36,9 @@ DEFAULT = Path("runs/demo/hf")
 ROWS = ("AR", "diffusion γ=0.8", "speculative")
 SCRIPT = "scripts/gpu_check_decoding.py"
 REPO = Path(__file__).resolve().parents[1]
-PROXY = {
-    "pattern": "MEM*E",
-    "max_sequence_length": 4096,
-    "num_experts": 128,
-}
-"""Overrides of the ``nano_30b_a3b`` preset for the proxy row (its other sizes are the Nano's)."""
+PROXY = {"pattern": "MEM*E", "num_experts": 128}
+"""Overrides of the ``nano_proxy`` preset (the Nano's widths and numerics, the token dispatcher
+the check's training rows run) for the proxy row: 5 layers, the Nano's 128 experts."""
 PROXY_NEW_TOKENS = 32
 """New tokens per prompt of the proxy row at most: random weights make diffusion take one
 denoiser forward per token, and the row must fit the check's stage timeout."""
@@ -166,7 +163,7 @@ def proxy_model(tiny: bool, device: str | None):
     from twotower_train.model.two_tower import TwoTowerModel
 
     distributed.initialize(seed=0)
-    cfg = preset("tiny", **TINY_PROXY) if tiny else preset("nano_30b_a3b", **PROXY)
+    cfg = preset("tiny", **TINY_PROXY) if tiny else preset("nano_proxy", **PROXY)
     cuda = torch.cuda.is_available() and (device or "cuda").startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
     model = TwoTowerModel.build(cfg, params_dtype=dtype).eval()
