@@ -13,13 +13,16 @@ the wheels of ``scripts/fetch_gpu_wheels.sh``). Steps, each a row of the table:
 5. stage 2 again, SIGKILLed after its checkpoint at step ``--steps // 2``, then resumed: the
    resumed steps' losses against run 4 (the first one must be equal);
 6. the three samplers on the stage-2 checkpoint in bf16 on the GPU, then again with the towers
-   placed on two handles of the device (``cuda:0``, ``cuda:0``): same tokens;
+   placed on two handles of the device (``cuda:0``, ``cuda:0``): same tokens; then ``export-hf``
+   of it (no model tensor on the GPU) and a context-only AR load of the export on the GPU
+   against the whole model (``scripts/gpu_check_export.py``);
 7. the kernel checks (:data:`KERNEL_CHECKS`): the denoiser's seeded scan at the Nano's real
    Mamba sizes with S < chunk against a per-token fp64 recurrence (the released code's GPU
    defect; ``tests/kernels/seeded_scan_nano.py``: on CUDA the Triton kernels, fp32 and bf16
    scans; on a CPU the pure-torch scan, which the dry run below checks);
 8. batch-1 decoding tok/s (AR, mask diffusion γ = 0.8, speculative; eager and compiled) on the
-   trained demo model(s) of ``--demo-model`` (``scripts/gpu_check_decoding.py``);
+   trained demo model(s) of ``--demo-model`` and on a Nano-shaped MoE proxy
+   (``scripts/gpu_check_decoding.py``);
 9. the kernel benchmarks of the GPU-kernel issue (:data:`KERNEL_BENCHMARKS`).
 
 The orchestrator uses the standard library only (it runs before anything is installed); each
@@ -232,10 +235,11 @@ def _summary(records: list[dict]) -> str:
         return "no metrics"
     steady = records[len(records) // 2 :]  # after the first steps' warm-up and compilation
     tps = sum(r["tokens_per_s"] for r in steady) / len(steady)
-    mfu = sum(r["mfu"] for r in steady) / len(steady)
+    mfus = [r["mfu"] for r in steady if r.get("mfu") is not None]  # none where no peak is known
+    mfu = f", MFU {100 * sum(mfus) / len(mfus):.1f}%" if mfus else ""
     return (
         f"loss {records[0]['loss']:.3f} -> {records[-1]['loss']:.3f}; "
-        f"{tps:,.0f} tokens/s, MFU {100 * mfu:.1f}% (2nd half)"
+        f"{tps:,.0f} tokens/s{mfu} (2nd half)"
     )
 
 
@@ -399,24 +403,6 @@ def samplers_main(checkpoint: str, new_tokens: int) -> None:
     print(json.dumps({"placed": placed, "modes": results}))
 
 
-def step_decoding(ctx: Context, cuda: bool) -> None:
-    """Batch-1 decoding tok/s on the demo model(s), eager vs compiled (gpu_check_decoding.py)."""
-    import gpu_check_decoding as decoding
-
-    found = decoding.models(ctx.args.demo_model, REPO)
-    if not found:
-        ctx.rows.append(
-            Row("decoding tok/s (demo model)", "SKIP", 0.0, "no runs/demo/hf; pass --demo-model")
-        )
-    for i, model in enumerate(found):
-        start, out = time.perf_counter(), ctx.out / f"decoding_{i}"
-        name = f"decoding tok/s, batch 1: {model.name}"
-        command = decoding.command(model, out, cuda, ctx.args.new_tokens)
-        rc, tail = _run(ctx, f"decoding_{i}", command, ctx.args.stage_timeout)
-        detail = decoding.summary(out / "result.json") if rc == 0 else f"exit {rc}"
-        _record(ctx, name, rc == 0, start, detail if rc == 0 else f"{detail}: {tail[-200:]}")
-
-
 def table(ctx: Context, environment: str) -> str:
     lines = [
         f"twotower-train GPU check - {environment}",
@@ -520,8 +506,13 @@ def main(argv: list[str] | None = None) -> int:
         ):
             if step_kill_and_resume(ctx, stage2, backbone):
                 step_samplers(ctx, ctx.out / "stage2_killed" / "checkpoints")
+                import gpu_check_export
+
+                gpu_check_export.step(ctx, ctx.out / "stage2_killed" / "checkpoints", _run, _record)
     run_checks(ctx, KERNEL_CHECKS)
-    step_decoding(ctx, cuda)
+    import gpu_check_decoding
+
+    gpu_check_decoding.step(ctx, cuda, _run, _record)
     run_checks(ctx, KERNEL_BENCHMARKS)
     report = table(ctx, environment)
     (ctx.out / "summary.md").write_text(report + "\n")

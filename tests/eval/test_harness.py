@@ -182,3 +182,25 @@ def test_long_requests_keep_their_end(lm):
     [(logprob, _)] = short._loglikelihood_tokens([(None, ctx, cont)], disable_tqdm=True)
     [(expected, _)] = score_ar(lm.model, [(ctx[-4:], cont)])
     assert logprob == pytest.approx(expected, abs=1e-5)
+
+
+def test_placement_model_args(lm, two_tower_checkpoint):
+    """``context_only=true`` reads only the context tower (AR scores unchanged, the denoiser on
+    the meta device) and takes the AR scorer and sampler alone; ``device`` moves a model passed
+    in ``loaded=`` too; a bad flag is one line."""
+    from twotower_train.inference.load import load_for_decoding
+
+    pairs = [(None, lm.tok_encode("The capital of France"), lm.tok_encode(" is Paris"))]
+    ar_only = TwoTowerLM(pretrained=str(two_tower_checkpoint), sampler="ar", context_only=True)
+    assert ar_only.model.denoiser_device == torch.device("meta")
+    assert ar_only._loglikelihood_tokens(pairs) == lm._loglikelihood_tokens(pairs)
+    with pytest.raises(UserError, match="context_only=true loads no denoiser"):
+        TwoTowerLM(pretrained=str(two_tower_checkpoint), context_only="true")  # mask diffusion
+    with pytest.raises(UserError, match="context_only='maybe'; use true or false"):
+        TwoTowerLM(pretrained=str(two_tower_checkpoint), sampler="ar", context_only="maybe")
+    loaded = load_for_decoding(two_tower_checkpoint)
+    moved = TwoTowerLM(loaded=loaded, device="meta", denoiser_device="cpu")
+    assert (moved.model.context_device, moved.model.denoiser_device) == (
+        torch.device("meta"),
+        torch.device("cpu"),
+    )

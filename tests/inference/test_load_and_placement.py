@@ -7,34 +7,10 @@ import pytest
 import torch
 
 from tests.inference.placement import cache_devices, tensor_devices
-from tests.training.fixtures import TINY_OVERRIDES, data_root, train  # noqa: F401  (fixture)
 from twotower_train.decoding.samplers import left_pad
 from twotower_train.inference.load import load_trained_model
 
 PROMPTS = [[5, 17, 99, 240, 31, 7], [12, 40, 9]]
-
-
-@pytest.fixture(scope="module")
-def stage2_checkpoint(data_root, tmp_path_factory):
-    """A two-tower checkpoint after two training steps (fp32), shared by this module's tests."""
-    from twotower_train.training.recipes import load_config
-
-    run = tmp_path_factory.mktemp("stage2")
-    cfg = load_config(
-        "demo",
-        [
-            f"data.root={data_root}",
-            f"output_dir={run}",
-            *TINY_OVERRIDES,
-            "objective=diffusion",
-            "objective.backbone_checkpoint=none",  # random towers: the test is about placement
-            "curriculum.phases.0.steps=2",
-            "curriculum.phases.0.lr.warmup_steps=0",
-            f"checkpoint.dir={run / 'ck'}",
-        ],
-    )
-    train(cfg)
-    return run / "ck"
 
 
 def test_load_on_a_device_moves_the_whole_model(stage2_checkpoint, single_process):
@@ -143,3 +119,28 @@ def test_context_only_placement_decodes_ar_and_refuses_the_denoiser(single_proce
     )
     with pytest.raises(UserError, match="context_only keeps no denoiser"):
         load_for_decoding("nowhere", context_only=True, denoiser_device="cpu")
+
+
+def test_a_model_bound_elsewhere_is_built_on_the_cpu_even_with_cuda(
+    monkeypatch, tiny_cfg, single_process
+):
+    """On a CUDA host Megatron allocates a model on the GPU unless ``use_cpu_initialization``;
+    ``cpu_initialization`` (what ``load_trained_model`` builds a CPU-bound or context-only model
+    under, e.g. for ``export-hf``) makes every ``transformer_config`` caller choose the CPU
+    there, and nothing else: CUDA still looks available to what runs inside."""
+    from twotower_train import backends
+    from twotower_train.inference import load
+    from twotower_train.model import backbone, two_tower
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a CUDA host, as far as
+    monkeypatch.setattr(backends, "cuda_available", lambda: True)  # the build can tell
+    assert backbone.transformer_config(tiny_cfg).use_cpu_initialization is False
+    with load.cpu_initialization():
+        assert torch.cuda.is_available()
+        assert backbone.transformer_config(tiny_cfg).use_cpu_initialization is True
+        model = two_tower.TwoTowerModel.build(tiny_cfg.replace(pattern="M*-"))
+    assert model.context_tower.backbone.config.use_cpu_initialization is True
+    assert model.denoiser.backbone.config.use_cpu_initialization is True
+    with load.cpu_initialization(active=False):
+        assert backbone.transformer_config(tiny_cfg).use_cpu_initialization is False
+    assert two_tower.transformer_config(tiny_cfg).use_cpu_initialization is False  # restored

@@ -7,10 +7,12 @@
   the adaLN (``objective.backbone_checkpoint: null``: the checkpoint is self-contained, so it
   never depends on where a backbone checkpoint lives); training continues with
   ``output_dir=OUT objective.backbone_checkpoint=null``.
-* :func:`export_checkpoint` — a trainer checkpoint saved at any TP/EP, loaded at TP=1 through
-  :func:`~twotower_train.inference.load.load_trained_model` (so a stage-2 checkpoint gets its
-  frozen context tower through its verified backbone reference) → the two-tower export folder,
-  or for a stage-1 checkpoint a plain ``nemotron_h`` folder stock transformers loads.
+* :func:`export_checkpoint` — a trainer checkpoint saved at any TP/EP, loaded at TP=1 on the
+  CPU through :func:`~twotower_train.inference.load.load_trained_model` (so a stage-2
+  checkpoint gets its frozen context tower through its verified backbone reference) → the
+  two-tower export folder, converted and written one shard at a time
+  (:func:`~twotower_train.convert.two_tower.export_plan`), or for a stage-1 checkpoint a plain
+  ``nemotron_h`` folder stock transformers loads.
 
 Imports write a complete trainer checkpoint (model, fresh optimizer state, step 0, the recipe
 ``--recipe`` with its model / parallelism / objective replaced by the imported ones) with the
@@ -265,11 +267,13 @@ def export_checkpoint(
         raise ConversionError(f"--dtype {dtype}; choose one of {sorted(DTYPES)}")
     distributed.initialize(seed=0)
     # Built in --dtype (default: the training precision), as Megatron holds each tensor in it:
-    # a bf16 model keeps e.g. the Mamba A_log / D in fp32, and the export writes them so.
+    # a bf16 model keeps e.g. the Mamba A_log / D in fp32, and the export writes them so. On
+    # the CPU, whatever the host has: the whole two-tower model never has to fit one GPU.
     model, train_cfg = load_trained_model(
         checkpoint_dir,
         backbone_checkpoint=backbone,
         backbone_option="--backbone ",
+        device="cpu",
         dtype=DTYPES[dtype] if dtype else None,
     )
     cfg = train_cfg.model
@@ -281,12 +285,9 @@ def export_checkpoint(
         cfg,
         explicit=tokenizer is not None,
     )
-    # Whole tensors on the CPU, where the safetensors writer reads them, in the dtype held.
-    state = {
-        k: v.detach().to("cpu")
-        for k, v in model.state_dict().items()
-        if not k.endswith("_extra_state")
-    }
+    # The model's own tensors (no copy), in the dtype held; the writer converts and holds one
+    # shard of them at a time.
+    state = {k: v.detach() for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
     if isinstance(model, TwoTowerModel):
         if block_size is None:
             block_size = train_cfg.trained_block_size

@@ -11,7 +11,8 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -70,26 +71,54 @@ def read_tensors(
     return out
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A tensor to write that is made only when its shard is written: ``like`` (on the ``meta``
+    device) gives its shape and dtype; ``make()`` returns the outputs of the conversion that
+    produces it (called once per shard that holds one of them), ``index`` picks this one."""
+
+    like: torch.Tensor
+    make: Callable[[], list[torch.Tensor]]
+    index: int = 0
+
+
 def write_shards(
-    tensors: dict[str, torch.Tensor], folder: Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES
+    tensors: Mapping[str, torch.Tensor | Pending],
+    folder: Path,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> None:
     """``model-0000k-of-0000n.safetensors`` shards of at most ``max_shard_bytes`` (a larger
-    tensor gets a shard of its own) and ``model.safetensors.index.json``, always."""
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
+    tensor gets a shard of its own) and ``model.safetensors.index.json``, always.
+
+    Shard by shard: only one shard's tensors are made (:class:`Pending`), copied to the CPU
+    and held at a time, so an export needs its source model plus one shard of memory."""
+    plan: list[list[str]] = [[]]
+    size = total = 0
     for name, tensor in tensors.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
+        like = tensor.like if isinstance(tensor, Pending) else tensor
+        nbytes = like.numel() * like.element_size()
+        if plan[-1] and size + nbytes > max_shard_bytes:
+            plan.append([])
             size = 0
-        shards[-1][name] = tensor.detach().to("cpu").contiguous()  # e.g. from a GPU model
+        plan[-1].append(name)
         size += nbytes
+        total += nbytes
     weight_map = {}
-    for k, shard in enumerate(tqdm(shards, desc="writing shards", unit="shard", disable=None), 1):
-        file = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+    for k, names in enumerate(tqdm(plan, desc="writing shards", unit="shard", disable=None), 1):
+        file = f"model-{k:05d}-of-{len(plan):05d}.safetensors"
+        made: dict[int, list[torch.Tensor]] = {}  # this shard's conversions, by producer
+        shard = {}
+        for name in names:
+            tensor = tensors[name]
+            if isinstance(tensor, Pending):
+                outputs = made.get(id(tensor.make))
+                if outputs is None:
+                    outputs = made[id(tensor.make)] = tensor.make()
+                tensor = outputs[tensor.index]
+            shard[name] = tensor.detach().to("cpu").contiguous()  # e.g. from a GPU model
         save_file(shard, folder / file, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(shard, file))
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
+        del shard, made  # before the next shard is made
+        weight_map.update(dict.fromkeys(names, file))
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (folder / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     tensor_files(folder)  # what was written reads back whole (before the folder is published)

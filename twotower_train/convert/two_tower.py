@@ -24,6 +24,7 @@ tensors; loading a checkpoint saved at another TP/EP into TP=1 is dist_checkpoin
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -37,13 +38,14 @@ from twotower_train.convert.hf_export.configuration_nemotron_twotower import (
 from twotower_train.convert.hf_files import (
     DEFAULT_SHARD_BYTES,
     ConversionError,
+    Pending,
     atomic_folder,
     listing,
     save_config,
     tensor_files,
     write_shards,
 )
-from twotower_train.convert.hf_names import ADALN_PREFIX, OLD_ADALN_TENSOR
+from twotower_train.convert.hf_names import ADALN_PREFIX, OLD_ADALN_TENSOR, TRANSFORMS, resolve
 from twotower_train.convert.nemotron_h import (
     backbone_config_from_hf,
     generation_config,
@@ -113,6 +115,37 @@ def megatron_to_export_state(
     return megatron_to_released_state(state, cfg)
 
 
+def export_plan(state: dict[str, torch.Tensor], cfg: BackboneConfig) -> dict[str, Pending]:
+    """What :func:`megatron_to_export_state` returns, in the same order, but made on demand:
+    each released tensor is a :class:`~twotower_train.convert.hf_files.Pending` whose shape and
+    dtype come from converting ``meta`` stand-ins (the whole state is checked that way, nothing
+    allocated) and whose value is converted from ``state`` only when its shard is written."""
+    meta = {k: v.to("meta") for k, v in state.items() if not k.endswith("_extra_state")}
+    likes = megatron_to_export_state(meta, cfg)  # names, shapes, dtypes; raises what it raises
+    naming = "te" if _has_te_names(meta, cfg) else "local"
+    table = released_table(cfg, naming)
+    transforms = {m.megatron: m.transform for m in resolve(cfg, naming)}  # no tower prefix
+    producers: dict[str, functools.partial] = {}
+    plan = {}
+    for name, like in likes.items():
+        megatron, sources = table[name]
+        if megatron not in producers:
+            transform = "copy"
+            if not megatron.startswith(ADALN_PREFIX):
+                transform = transforms[megatron.split(".backbone.", 1)[1]]
+            convert = TRANSFORMS[transform].to_hf
+            producers[megatron] = functools.partial(convert, state[megatron], cfg)
+        plan[name] = Pending(like, producers[megatron], sources.index(name))
+    return plan
+
+
+def _has_te_names(state: dict[str, torch.Tensor], cfg: BackboneConfig) -> bool:
+    """Whether ``state`` uses the TE spec's names (else the local spec's), as
+    :func:`~twotower_train.convert.nemotron_h.megatron_to_hf_state` tells them apart."""
+    prefix = "context_tower.backbone."
+    return all(prefix + m.megatron in state for m in resolve(cfg, "te"))
+
+
 def export_names(cfg: BackboneConfig) -> set[str]:
     """Every tensor name of the export (the released layout) of a model described by ``cfg``."""
     return set(released_table(cfg, "te"))
@@ -144,8 +177,8 @@ def save_twotower_folder(
     """Write a ``TwoTowerModel`` state (TP=1) as the two-tower export folder (module docstring),
     atomically; ``tokenizer`` (a loaded HF tokenizer) is saved into it."""
     path = Path(path)
-    tensors = megatron_to_export_state(state, cfg)
-    dtype = tensors["context_tower.embeddings.weight"].dtype  # the dtype of (nearly) everything
+    tensors = export_plan(state, cfg)  # converted shard by shard as the shards are written
+    dtype = tensors["context_tower.embeddings.weight"].like.dtype  # of (nearly) everything
     config = twotower_config(cfg, block_size=block_size, dtype=dtype)
     with atomic_folder(path, overwrite=overwrite) as tmp:
         save_config(config, tmp, drop=() if cfg.denoiser_shift else ("denoiser_shift",))

@@ -20,7 +20,10 @@ line with it registered::
   ``confidence_threshold``; :mod:`twotower_train.inference.modes`);
   mask diffusion's ``block_size`` and ``steps_per_block`` default to the block size the model
   trained at (``LoadedModel.block_size``), as in ``twotower-generate``;
-* ``batch_size`` (lm-eval's ``--batch_size``), ``max_length``, ``max_gen_toks`` (default 256).
+* ``batch_size`` (lm-eval's ``--batch_size``), ``max_length``, ``max_gen_toks`` (default 256);
+* placement: lm-eval's ``--device`` (the model), ``denoiser_device`` (the denoiser apart),
+  ``context_only=true`` (only the context tower is read and placed: ``scorer=ar``,
+  ``sampler=ar``).
 
 ``generate_until`` decodes left-padded batches; a row ends at EOS, at ``max_gen_toks`` or when a
 stop sequence appears in its text (checked after every committed block), and its text is cut
@@ -42,7 +45,7 @@ from tqdm import tqdm
 from twotower_train.errors import UserError
 from twotower_train.eval.scoring import score_ar, score_mock_ar
 from twotower_train.inference import modes
-from twotower_train.inference.load import LoadedModel, load_for_decoding
+from twotower_train.inference.load import LoadedModel, load_for_decoding, place
 
 SCORERS = ("ar", "mock_ar")
 REQUEST_KNOBS = ("until", "max_gen_toks", "do_sample", "temperature", "top_k", "top_p")
@@ -68,13 +71,17 @@ class TwoTowerLM(TemplateLM):
         max_gen_toks: int = 256,
         loaded: LoadedModel | None = None,
         device: str | None = None,
+        denoiser_device: str | None = None,
+        context_only: bool | str = False,
         max_batch_size: int | None = None,
         **knobs: Any,
     ):
         """``loaded`` passes an already-loaded model (programmatic use); ``device`` (lm-eval's
         ``--device``) is where the model goes (default: where it loads, ``distributed.device()``
-        / the export's placement); ``max_batch_size`` is lm-eval's too: batches are
-        ``batch_size``."""
+        / the export's placement), ``denoiser_device`` the denoiser instead (the towers apart,
+        ``place_towers_on_devices``), ``context_only`` (``true``) reads and places only the
+        context tower (``scorer=ar`` and ``sampler=ar`` alone; :func:`load_for_decoding`);
+        ``max_batch_size`` is lm-eval's too: batches are ``batch_size``."""
         super().__init__()
         if (pretrained is None) == (loaded is None):
             raise UserError("twotower: give model_args pretrained=<checkpoint or export folder>")
@@ -84,7 +91,20 @@ class TwoTowerLM(TemplateLM):
             raise UserError(f"twotower: batch_size={batch_size!r} must be a positive integer")
         if device == LM_EVAL_DEFAULT_DEVICE and not torch.cuda.is_available():
             device = None  # lm-eval's own default, not the user's choice: place as loaded
-        self.loaded = loaded or load_for_decoding(pretrained, tokenizer, device=device)
+        context_only = _flag("context_only", context_only)
+        if context_only and (scorer, sampler) != ("ar", "ar"):
+            raise UserError(
+                "twotower: context_only=true loads no denoiser; use it with scorer=ar and "
+                f"sampler=ar (not scorer={scorer}, sampler={sampler})"
+            )
+        placement = {"device": device, "denoiser_device": denoiser_device}
+        if loaded is None:
+            loaded = load_for_decoding(
+                pretrained, tokenizer, **placement, context_only=context_only
+            )
+        else:
+            loaded.model = place(loaded.model, **placement, context_only=context_only)
+        self.loaded = loaded
         self.model, self.tokenizer = self.loaded.model, self.loaded.tokenizer
         self.scorer, self.sampler = scorer, sampler
         self.knobs = knobs
@@ -214,3 +234,15 @@ class TwoTowerLM(TemplateLM):
             progress.update(len(chunk))
         progress.close()
         return order.get_original(results)
+
+
+def _flag(name: str, value: bool | str) -> bool:
+    """A model_args boolean: lm-eval turns ``true``/``false``/``1`` into Python values, a
+    programmatic caller may pass the strings."""
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes"):
+        return True
+    if str(value).lower() in ("false", "0", "no"):
+        return False
+    raise UserError(f"twotower: {name}={value!r}; use true or false")

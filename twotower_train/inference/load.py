@@ -22,14 +22,19 @@ tokenizer; both offer the :class:`~twotower_train.decoding.cache.DecodingModel` 
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 from megatron.core import parallel_state
 
-from twotower_train import distributed
+from twotower_train import backends, distributed
 from twotower_train.errors import ConfigError, UserError
 from twotower_train.model.config import ParallelConfig
 from twotower_train.training import checkpoint, checkpoint_layout, frozen_reference
@@ -44,6 +49,7 @@ def load_trained_model(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     backbone_option: str = "backbone_checkpoint=",
+    context_only: bool = False,
 ) -> tuple[torch.nn.Module, TrainConfig]:
     """(model in eval mode on ``device`` in ``dtype``, its training config) from a checkpoint
     root or ``iter_*`` folder.
@@ -53,6 +59,12 @@ def load_trained_model(
     tree moved as a whole), then the absolute path — and verifies their fingerprint. Messages
     name ``backbone_option`` as the way to pass them (a command's own option, e.g. ``--backbone
     ``).
+
+    A model that does not go to a GPU is built on the CPU, never on one. ``context_only``
+    (a two-tower checkpoint): only the context tower's tensors are read, the denoiser's
+    weights are on the ``meta`` device, and the model stays on the CPU for
+    :func:`place` to move its context tower
+    (:func:`~twotower_train.inference.context_only.load_context_tower`).
     """
     resolved = checkpoint_layout.resolve_checkpoint_dir(path)
     if resolved is None:
@@ -79,13 +91,55 @@ def load_trained_model(
     )
     if dtype is None:
         dtype = torch.bfloat16 if cfg.optimizer.precision is Precision.BF16 else torch.float32
-    model = distributed.to_device(objective.build_model(cfg.model, parallel, dtype))
+    target = distributed.device() if device is None else torch.device(device)
+    on_cpu = target.type != "cuda" or context_only  # built and filled where it will not stay
+    with cpu_initialization(on_cpu):
+        model = objective.build_model(cfg.model, parallel, dtype)
+    model = distributed.to_device(model, "cpu" if on_cpu else None)
     frozen_reference.verify_frozen_reference(
         resolved, common, objective, model, option=backbone_option.rstrip("= ")
     )
+    if context_only:
+        from twotower_train.inference.context_only import load_context_tower
+
+        load_context_tower(model, resolved, objective, frozen=bool(reference))
+        return model.eval(), cfg  # on the CPU (denoiser on meta): the caller places it
     state = checkpoint.load_model_state(resolved, objective.checkpoint_state(model))
     objective.load_checkpoint_state(model, state)
-    return distributed.to_device(model, device).eval(), cfg
+    return distributed.to_device(model, target).eval(), cfg
+
+
+@contextlib.contextmanager
+def cpu_initialization(active: bool = True) -> Iterator[None]:
+    """Megatron allocates and initialises a model on the current GPU when CUDA is there
+    (``transformer_config`` defaults ``use_cpu_initialization`` to "no CUDA"); inside this block
+    (when ``active``) the models built get ``use_cpu_initialization=True`` and land in CPU
+    memory instead — for one that goes elsewhere (the CPU of an export, a context-only load)
+    and may not fit one GPU whole. Only the config default changes: checkpoint loading inside
+    the block still sees CUDA (its process group is NCCL's)."""
+    from twotower_train.model import backbone
+
+    original = backbone.transformer_config
+    if not active or not backends.cuda_available():
+        yield
+        return
+
+    @functools.wraps(original)
+    def on_cpu(*args, use_cpu_initialization=None, **kwargs):
+        chosen = True if use_cpu_initialization is None else use_cpu_initialization
+        return original(*args, use_cpu_initialization=chosen, **kwargs)
+
+    # Every module that imported the function by name (e.g. model.two_tower) gets the wrapper.
+    holders = [
+        module
+        for name, module in list(sys.modules.items())
+        if name.startswith("twotower_train.")
+        and getattr(module, "transformer_config", None) is original
+    ]
+    with contextlib.ExitStack() as stack:
+        for module in holders:
+            stack.enter_context(mock.patch.object(module, "transformer_config", on_cpu))
+        yield
 
 
 @dataclass
@@ -181,8 +235,9 @@ def load_for_decoding(
     Placement (:func:`place`): ``device`` — where the model goes (default: a checkpoint on
     ``distributed.device()``, an export where ``from_pretrained`` put it, the CPU);
     ``denoiser_device`` — the denoiser (and its adaLN) there instead, through the model's
-    ``place_towers_on_devices``; ``context_only`` — keep only the context tower and its head
-    (AR decoding on one GPU): the denoiser's weights are dropped, only ``mode="ar"`` runs.
+    ``place_towers_on_devices``; ``context_only`` — read and place only the context tower and its
+    head (AR decoding on one GPU; :mod:`~twotower_train.inference.context_only`): the
+    denoiser's weights are never read (``meta`` device), only ``mode="ar"`` runs.
     """
     if context_only and denoiser_device is not None:
         raise UserError("context_only keeps no denoiser; drop the denoiser device")
@@ -198,6 +253,7 @@ def load_for_decoding(
             backbone_checkpoint=backbone,
             backbone_option=options[1],
             device="cpu" if split else device,  # towers apart: each moves once, from the CPU
+            context_only=context_only,  # the denoiser's tensors are not even read
         )
         if not hasattr(model, "denoise_block"):
             raise UserError(
@@ -219,10 +275,15 @@ def load_for_decoding(
 
         check_export_folder(path)  # a missing / truncated shard: one line, not a traceback
 
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path), trust_remote_code=True, local_files_only=True
-        ).eval()
-        model = place(model, device, denoiser_device, context_only)
+        if context_only:  # read the context tower's tensors only, straight to ``device``
+            from twotower_train.inference.context_only import load_export_context_only
+
+            model = load_export_context_only(path, device)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path), trust_remote_code=True, local_files_only=True
+            ).eval()
+            model = place(model, device, denoiser_device)
         ids, train_config = model.config, None
         max_length = ids.max_position_embeddings
         block_size = ids.block_size
