@@ -201,12 +201,12 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from twotower_train.atomic_write import write_text
-    from twotower_train.eval import forward_cost
+    from twotower_train.decoding.compiled import compiled
 
     device = rest[rest.index("--device") + 1] if "--device" in rest else None
     cuda = torch.cuda.is_available() and (device or "cuda").startswith("cuda")
     mode = args.compile_mode or ("reduce-overhead" if cuda else "default")
-    generation.forward_cost.compiled = functools.partial(forward_cost.compiled, mode=mode)
+    generation.compiled = functools.partial(compiled, mode=mode)
     if args.proxy:
         generation._smoke_model = lambda: proxy_model(args.tiny, device)
     report = generation.main(rest)

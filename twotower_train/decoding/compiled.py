@@ -24,16 +24,22 @@ import torch
 
 
 class CompiledDecoding:
-    """``model`` with ``advance`` / ``denoise_block`` under ``torch.compile``; every other
-    attribute is the model's."""
+    """``model`` with ``advance`` / ``denoise_block`` under ``torch.compile`` (``mode``: its
+    mode, None for the default); every other attribute is the model's."""
 
-    def __init__(self, model):
-        self._model = model
-        self.advance = torch.compile(model.advance, dynamic=True)
-        self.denoise_block = torch.compile(model.denoise_block, dynamic=True)
+    def __init__(self, model, mode: str | None = None):
+        self._model, self.mode = model, mode
+        self.advance = torch.compile(model.advance, dynamic=True, mode=mode)
+        self.denoise_block = torch.compile(model.denoise_block, dynamic=True, mode=mode)
 
     def __getattr__(self, name):
         return getattr(self._model, name)
+
+
+RECOMPILE_LIMIT = 64
+"""Graphs dynamo may keep per decoding method. One ``advance`` serves the AR step, a block's
+advance, the speculative verify (all logits, per-position states) and mock-AR's caches, each a
+graph of its own: past dynamo's default of 8 it would silently fall back to eager."""
 
 
 def enable_dynamo() -> None:
@@ -48,8 +54,9 @@ def decoding_model(model, config):
     return compiled(model) if config.compile else model
 
 
-def compiled(model) -> CompiledDecoding:
-    """The compiled view of ``model`` (built on first use, then cached on the model)."""
+def compiled(model, mode: str | None = None) -> CompiledDecoding:
+    """The compiled view of ``model`` (built on first use per ``mode``, then cached on the
+    model, so a model compiles once)."""
     if isinstance(model, CompiledDecoding):
         return model
     if torch._dynamo.config.disable or os.environ.get("TORCHDYNAMO_DISABLE") == "1":
@@ -57,8 +64,12 @@ def compiled(model) -> CompiledDecoding:
             "compile=True needs TorchDynamo, which is disabled in this process "
             "(TORCHDYNAMO_DISABLE=1); unset it, or decode with compile=False"
         )
-    view = model.__dict__.get("_compiled_decoding")
-    if view is None:
-        view = CompiledDecoding(model)
-        model.__dict__["_compiled_decoding"] = view
-    return view
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
+    config.accumulated_recompile_limit = max(
+        config.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT
+    )
+    views = model.__dict__.setdefault("_compiled_decoding", {})
+    if mode not in views:
+        views[mode] = CompiledDecoding(model, mode)
+    return views[mode]
