@@ -29,11 +29,27 @@ class CompiledDecoding:
 
     def __init__(self, model, mode: str | None = None):
         self._model, self.mode = model, mode
-        self.advance = torch.compile(model.advance, dynamic=True, mode=mode)
-        self.denoise_block = torch.compile(model.denoise_block, dynamic=True, mode=mode)
+        self._advance = torch.compile(_undecorated(model.advance), dynamic=True, mode=mode)
+        self._denoise = torch.compile(_undecorated(model.denoise_block), dynamic=True, mode=mode)
+
+    @torch.no_grad()
+    def advance(self, *args, **kwargs):
+        return self._advance(*args, **kwargs)
+
+    @torch.no_grad()
+    def denoise_block(self, *args, **kwargs):
+        return self._denoise(*args, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self._model, name)
+
+
+def _undecorated(method):
+    """``method`` without its ``torch.no_grad()`` wrapper: every wrapped method shares the
+    wrapper's code object, and dynamo counts recompiles per code object — compiled through it,
+    ``advance`` and ``denoise_block`` would exhaust one shared limit."""
+    function = getattr(method.__func__, "__wrapped__", method.__func__)
+    return function.__get__(method.__self__)
 
 
 RECOMPILE_LIMIT = 64
