@@ -249,6 +249,8 @@ def measure(args, loaded, prompts) -> dict:
         "experts_touched": experts,
         "compile_error": compile_error,
         "compile_stats": forward_cost.compile_stats() if "compiled" in variants else None,
+        # Methods whose compilation failed mid-run and fell back to eager (decoding/compiled.py).
+        "compile_fallbacks": variants["compiled"].failures if "compiled" in variants else None,
         "results": results,
     }
 

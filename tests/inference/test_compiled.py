@@ -52,3 +52,21 @@ def test_compiled_tokens_equal_eager(model, monkeypatch):
         config.compile = True
         assert generate(model, PROMPTS, config).tokens == eager
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it did compile
+
+
+def test_a_compiler_failure_falls_back_to_eager(model, monkeypatch):
+    """A method whose compilation fails warns once and runs eager from then on, same tokens."""
+    monkeypatch.delenv("TORCHDYNAMO_DISABLE", raising=False)
+    with torch._dynamo.config.patch(disable=False):
+        view = compiled(model)
+
+    def broken(*args, **kwargs):
+        raise AssertionError("sources must not be empty for symbol s25")  # a dynamo bug seen
+
+    monkeypatch.setitem(view._compiled, "advance", broken)
+    monkeypatch.setitem(view._compiled, "denoise_block", model.denoise_block)
+    config = MaskDiffusionConfig(max_new_tokens=6, block_size=4)
+    eager = generate_mask_diffusion(model, PROMPTS, config).tokens
+    with pytest.warns(UserWarning, match="runs eager from now on"):
+        assert generate_mask_diffusion(view, PROMPTS, config).tokens == eager
+    assert set(view.failures) == {"advance"} and "s25" in view.failures["advance"]

@@ -19,6 +19,7 @@ Torch-only, like its siblings (the Hugging Face export ships it verbatim).
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -29,16 +30,35 @@ class CompiledDecoding:
 
     def __init__(self, model, mode: str | None = None):
         self._model, self.mode = model, mode
-        self._advance = torch.compile(_undecorated(model.advance), dynamic=True, mode=mode)
-        self._denoise = torch.compile(_undecorated(model.denoise_block), dynamic=True, mode=mode)
+        self._compiled = {
+            name: torch.compile(_undecorated(getattr(model, name)), dynamic=True, mode=mode)
+            for name in ("advance", "denoise_block")
+        }
+        self.failures: dict[str, str] = {}
+        """Method → why compiling it failed (it then runs eager from that call on)."""
 
     @torch.no_grad()
     def advance(self, *args, **kwargs):
-        return self._advance(*args, **kwargs)
+        return self._call("advance", args, kwargs)
 
     @torch.no_grad()
     def denoise_block(self, *args, **kwargs):
-        return self._denoise(*args, **kwargs)
+        return self._call("denoise_block", args, kwargs)
+
+    def _call(self, name: str, args, kwargs):
+        if name not in self.failures:
+            try:
+                return self._compiled[name](*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 — a compiler failure, not the model's
+                # Dynamo fails while tracing or guarding, before the graph runs: nothing was
+                # written to the cache, so the eager call below starts from the same state.
+                self.failures[name] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+                warnings.warn(
+                    f"torch.compile failed on {name} ({self.failures[name]}); "
+                    "it runs eager from now on",
+                    stacklevel=3,
+                )
+        return getattr(self._model, name)(*args, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self._model, name)

@@ -190,6 +190,8 @@ def cost_table(report: dict) -> str:
         )
     if report["compile_error"]:
         lines.append(f"torch.compile failed: {report['compile_error']}")
+    for method, why in (report.get("compile_fallbacks") or {}).items():
+        lines.append(f"torch.compile failed on {method} mid-run, eager from then on: {why}")
     if report["compile_stats"]:
         stats = report["compile_stats"]
         lines.append(
