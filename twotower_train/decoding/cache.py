@@ -195,7 +195,9 @@ class ContextCache:
         and the block bidirectionally (causally with ``causal_in_block``). Built once per
         cache and block shape — every layer and denoising step of the block reuses it."""
         key = (size, causal_in_block, str(device))
-        if key not in self._masks:
+        # Under torch.compile the mask is part of the graph: kept on the cache it would be a
+        # tensor of symbolic size stored on an input, which this torch's guards choke on.
+        if key not in self._masks or torch.compiler.is_compiling():
             in_block = torch.ones(size, size, dtype=torch.bool, device=device)
             if causal_in_block:
                 in_block = in_block.tril()
@@ -203,7 +205,10 @@ class ContextCache:
                 b = self.valid.shape[0]
                 context = self.valid.to(device).unsqueeze(1).expand(b, size, self.length)
                 in_block = torch.cat([context, in_block.expand(b, size, size)], dim=-1)
-            self._masks[key] = in_block.unsqueeze(-3)
+            mask = in_block.unsqueeze(-3)
+            if torch.compiler.is_compiling():
+                return mask
+            self._masks[key] = mask
         return self._masks[key]
 
 
