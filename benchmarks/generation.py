@@ -101,9 +101,14 @@ def _smoke_model() -> tuple[LoadedModel, list[list[int]]]:
 
     distributed.initialize(seed=0)
     cfg = preset("tiny", pattern="M*E")
-    model = TwoTowerModel.build(cfg).eval()
+    return random_model(TwoTowerModel.build(cfg).eval(), cfg, (5, 9, 7, 3))
+
+
+def random_model(model, cfg, lengths) -> tuple[LoadedModel, list[list[int]]]:
+    """A randomly initialised ``model`` of config ``cfg`` as a ``LoadedModel``, with seeded
+    random prompts of ``lengths`` tokens (the smoke run's and the GPU check's proxy)."""
     gen = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(4, cfg.vocab_size, (n,), generator=gen).tolist() for n in (5, 9, 7, 3)]
+    prompts = [torch.randint(4, cfg.vocab_size, (n,), generator=gen).tolist() for n in lengths]
     loaded = LoadedModel(
         model,
         None,

@@ -154,11 +154,11 @@ def step(ctx, cuda: bool, run, record) -> None:
 def proxy_model(tiny: bool, device: str | None):
     """(LoadedModel, prompts) of the proxy: random weights, bf16 on a GPU (fp32 on the CPU),
     built where it runs (Megatron builds on the current GPU under CUDA)."""
+    import generation  # benchmarks/ (on sys.path from main)
     import torch
 
     from twotower_train import distributed
-    from twotower_train.decoding.samplers import MaskDiffusionConfig
-    from twotower_train.inference.load import LoadedModel, place
+    from twotower_train.inference.load import place
     from twotower_train.model.config import preset
     from twotower_train.model.two_tower import TwoTowerModel
 
@@ -168,18 +168,7 @@ def proxy_model(tiny: bool, device: str | None):
     dtype = torch.bfloat16 if cuda else torch.float32
     model = TwoTowerModel.build(cfg, params_dtype=dtype).eval()
     model = place(distributed.to_device(model), device)
-    gen = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(4, cfg.vocab_size, (n,), generator=gen).tolist() for n in (24, 17)]
-    loaded = LoadedModel(
-        model,
-        None,
-        cfg.eos_token_id,
-        cfg.mask_token_id,
-        cfg.pad_token_id,
-        cfg.max_sequence_length,
-        block_size=MaskDiffusionConfig.block_size,
-    )
-    return loaded, prompts
+    return generation.random_model(model, cfg, (24, 17))
 
 
 def main(argv: list[str] | None = None) -> dict:

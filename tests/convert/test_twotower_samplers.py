@@ -8,7 +8,7 @@ import torch
 
 from tests.convert.models import parity_config
 from tests.convert.two_tower_models import export, left_padded, load_export, random_two_tower
-from tests.inference.placement import cache_devices, tensor_devices
+from tests.inference.placement import EXPORT_TOWERS, cache_devices, tensor_devices
 from twotower_train import distributed
 from twotower_train.decoding.samplers import (
     ARConfig,
@@ -145,16 +145,7 @@ def test_place_towers_on_devices_puts_each_tower_on_its_device(pair, context, de
     _, _, folder = pair
     hf = load_export(folder)  # a fresh copy: weights moved to meta are gone
     assert hf.place_towers_on_devices(context, denoiser) is hf
-    towers = {
-        "context_tower.": "context",
-        "context_lm_head.": "context",
-        "denoiser_tower.": "denoiser",
-        "lm_head.": "denoiser",
-        "t_embedder.": "denoiser",
-        "t_block.": "denoiser",
-        "scale_shift_tables.": "denoiser",
-    }
-    assert tensor_devices(hf, towers) == {
+    assert tensor_devices(hf, EXPORT_TOWERS) == {
         "context": {torch.device(context)},
         "denoiser": {torch.device(denoiser)},
     }

@@ -9,6 +9,17 @@ from __future__ import annotations
 
 import torch
 
+EXPORT_TOWERS = {
+    "context_tower.": "context",
+    "context_lm_head.": "context",
+    "denoiser_tower.": "denoiser",
+    "lm_head.": "denoiser",
+    "t_embedder.": "denoiser",
+    "t_block.": "denoiser",
+    "scale_shift_tables.": "denoiser",
+}
+"""The Hugging Face export's state-dict prefixes (the released module names) → their tower."""
+
 
 def tensor_devices(model: torch.nn.Module, towers: dict[str, str]) -> dict[str, set]:
     """Tower name → the devices of its parameters and buffers; ``towers`` maps each state-dict

@@ -11,21 +11,12 @@ import torch
 
 from tests.convert.conftest import tokenizer_dir  # noqa: F401  (fixture)
 from tests.convert.two_tower_models import export, random_two_tower
-from tests.inference.placement import tensor_devices
+from tests.inference.placement import EXPORT_TOWERS, tensor_devices
 from twotower_train.inference import context_only, modes
 from twotower_train.inference.load import load_for_decoding
 
 PROMPTS = [[5, 17, 99, 240, 31, 7], [12, 40, 9]]
 AR = modes.build_config("ar", max_new_tokens=6)
-EXPORT_TOWERS = {
-    "context_tower.": "context",
-    "context_lm_head.": "context",
-    "denoiser_tower.": "denoiser",
-    "lm_head.": "denoiser",
-    "t_embedder.": "denoiser",
-    "t_block.": "denoiser",
-    "scale_shift_tables.": "denoiser",
-}
 TOWERS = {"context_tower.": "context", "denoiser.": "denoiser"}
 
 
