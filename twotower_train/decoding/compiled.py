@@ -8,10 +8,11 @@ is built once per model and reused by every later call, so a model compiles once
 
 Shapes are dynamic (``dynamic=True``: the cache grows by one position per AR step and one block
 per diffusion block, which would otherwise recompile per length), which rules out CUDA graphs
-(``mode="reduce-overhead"`` records one graph per shape); the default inductor mode is used on
-every device. Measured on the demo model on a 2-core CPU (docs/evaluation.md), compiling makes
-both forwards slower — the graphs break at the MoE routing and every cache length is guarded —
-so ``compile`` is off by default.
+(``mode="reduce-overhead"`` records one graph per shape). A method whose compilation fails
+warns once and runs eager from then on. Off by default (docs/decoding_speed.md: on the demo
+model on a CPU the compiled forwards ran 1.8–1.9× faster, but compiling takes tens of seconds
+per call kind and the denoiser's hit a TorchDynamo guard error under the benchmark's mix of
+shapes).
 
 Torch-only, like its siblings (the Hugging Face export ships it verbatim).
 """

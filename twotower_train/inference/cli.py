@@ -68,8 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compile",
         action="store_true",
-        help="run the decoding forwards under torch.compile (docs/evaluation.md: slower on "
-        "the demo model on a CPU)",
+        help="run the decoding forwards under torch.compile (off by default: "
+        "docs/decoding_speed.md)",
     )
     knobs = p.add_argument_group(
         "mode knobs (defaults: the mode's config; mask diffusion's block size and steps: the "
