@@ -11,8 +11,8 @@ def follow_live_rows(scripts: list, monkeypatch) -> None:
     every script in ``scripts`` (a list the caller may still add to)."""
     leave = Collector.leave
 
-    def tracked(self):
-        stay = leave(self)
+    def tracked(self, device):
+        stay = leave(self, device)
         for script in scripts:
             script.live = list(self.live)
         return stay

@@ -129,18 +129,20 @@ class Collector:
         self.live = list(range(batch))
         self.max_new, self.eos, self.on_commit = max_new, eos, on_commit
 
-    def leave(self) -> list[int] | None:
-        """Drop the finished rows from ``live`` → the batch positions that stay (None when all
-        do, so nothing needs selecting)."""
+    def leave(self, device) -> torch.Tensor | None:
+        """Drop the finished rows from ``live`` → the batch positions that stay, a long index
+        on ``device`` (None when all do, so nothing needs selecting)."""
         stay = [i for i, row in enumerate(self.live) if not self.done[row]]
         if len(stay) == len(self.live):
             return None
         self.live = [self.live[i] for i in stay]
-        return stay
+        return torch.tensor(stay, device=device)
 
-    def extend(self, new: list[list[int]]) -> None:
-        """``new``: tokens per row of the current batch (``live``)."""
+    def extend(self, new: list[list[int]]) -> list[int]:
+        """``new``: tokens per row of the current batch (``live``) → how many each row kept."""
+        gained = []
         for row, ids in zip(self.live, new):
+            gained.append(0)
             if self.done[row]:
                 continue
             start = len(self.rows[row])
@@ -150,8 +152,10 @@ class Collector:
                     self.done[row] = True
                     break
             added = self.rows[row][start:]
+            gained[-1] = len(added)
             if added and self.on_commit is not None and self.on_commit(row, added, self.rows[row]):
                 self.done[row] = True
+        return gained
 
     def remaining(self, device) -> torch.Tensor:
         """(b,) tokens each row may still add (0 once it is done)."""

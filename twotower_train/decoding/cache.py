@@ -110,8 +110,7 @@ class ContextCache:
             out.valid = out.valid_buffer[:, : self.length]
         for i, k in self.keys.items():
             if i in self.buffers:
-                out.buffers[i] = tuple(t[rows] for t in self.buffers[i])
-                out.keys[i], out.values[i] = (t[:, :, : self.length] for t in out.buffers[i])
+                out._hold(i, tuple(t[rows] for t in self.buffers[i]), self.length)
             else:
                 out.keys[i], out.values[i] = k[rows], self.values[i][rows]
         return out
@@ -131,9 +130,22 @@ class ContextCache:
             )
             for buffer, t in zip(buffers, (k, self.values[i])):
                 buffer[:, :, : self.length] = t
-            out.buffers[i] = buffers
-            out.keys[i], out.values[i] = (t[:, :, : self.length] for t in buffers)
+            out._hold(i, buffers, self.length)
         return out
+
+    def _hold(self, layer: int, buffers: tuple[torch.Tensor, torch.Tensor], length: int) -> None:
+        """Keep ``layer``'s (key, value) buffers, its keys/values the first ``length``."""
+        self.buffers[layer] = buffers
+        self.keys[layer], self.values[layer] = (t[:, :, :length] for t in buffers)
+
+    def _write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
+        """Put k/v (b, kv_heads, s, hd) at positions [start, start + s) of ``layer``'s buffers
+        → the buffers' views up to there."""
+        end = start + k.shape[2]
+        key_buffer, value_buffer = self.buffers[layer]
+        key_buffer[:, :, start:end] = k
+        value_buffer[:, :, start:end] = v
+        return key_buffer[:, :, :end], value_buffer[:, :, :end]
 
     def extend(self, valid: torch.Tensor) -> ContextCache:
         """The cache object for this one + s new positions (``valid`` (b, s)); the context
@@ -141,13 +153,11 @@ class ContextCache:
         Mamba states. Writes into this cache's buffers when they have room."""
         if self.valid is None:  # from empty
             return ContextCache(valid=valid, _past=self)
+        if self.valid_buffer is None:
+            return ContextCache(valid=torch.cat([self.valid, valid], dim=1), _past=self)
         end = self.length + valid.shape[1]
-        if self.valid_buffer is None or end > self.capacity:
-            if self.valid_buffer is None:
-                return ContextCache(valid=torch.cat([self.valid, valid], dim=1), _past=self)
-            grown = self.reserve(max(2 * self.capacity, end) - self.length)
-            grown.mamba = self.mamba
-            return grown.extend(valid)
+        if end > self.capacity:  # out of room: grow once, doubling
+            return self.reserve(max(2 * self.capacity, end) - self.length).extend(valid)
         self.valid_buffer[:, self.length : end] = valid
         return ContextCache(
             valid=self.valid_buffer[:, :end],
@@ -162,12 +172,8 @@ class ContextCache:
         """Store the new positions' k/v (b, kv_heads, s, hd) of ``layer`` (a cache from
         :meth:`extend`) → that layer's keys and values over all positions."""
         past = self._past
-        start, end = self.length - k.shape[2], self.length
         if layer in self.buffers:
-            key_buffer, value_buffer = self.buffers[layer]
-            key_buffer[:, :, start:end] = k
-            value_buffer[:, :, start:end] = v
-            k, v = key_buffer[:, :, :end], value_buffer[:, :, :end]
+            k, v = self._write(layer, self.length - k.shape[2], k, v)
         elif past is not None and layer in past.keys:
             k = torch.cat([past.keys[layer], k], dim=2)
             v = torch.cat([past.values[layer], v], dim=2)
@@ -182,34 +188,32 @@ class ContextCache:
         room (scratch: the next :meth:`extend` overwrites it) or are concatenated."""
         if layer not in self.keys:
             return k, v
-        start, end = self.length, self.length + k.shape[2]
-        if layer in self.buffers and end <= self.capacity:
-            key_buffer, value_buffer = self.buffers[layer]
-            key_buffer[:, :, start:end] = k
-            value_buffer[:, :, start:end] = v
-            return key_buffer[:, :, :end], value_buffer[:, :, :end]
+        if layer in self.buffers and self.length + k.shape[2] <= self.capacity:
+            return self._write(layer, self.length, k, v)
         return torch.cat([self.keys[layer], k], dim=2), torch.cat([self.values[layer], v], dim=2)
 
     def block_mask(self, size: int, causal_in_block: bool, device) -> torch.Tensor:
         """(b or 1, 1, S, P + S) bool for :meth:`block_kv`'s keys: every valid cache position,
         and the block bidirectionally (causally with ``causal_in_block``). Built once per
         cache and block shape — every layer and denoising step of the block reuses it."""
-        key = (size, causal_in_block, str(device))
         # Under torch.compile the mask is part of the graph: kept on the cache it would be a
         # tensor of symbolic size stored on an input, which this torch's guards choke on.
-        if key not in self._masks or torch.compiler.is_compiling():
-            in_block = torch.ones(size, size, dtype=torch.bool, device=device)
-            if causal_in_block:
-                in_block = in_block.tril()
-            if self.keys:  # a cache with attention layers (an empty one: the block alone)
-                b = self.valid.shape[0]
-                context = self.valid.to(device).unsqueeze(1).expand(b, size, self.length)
-                in_block = torch.cat([context, in_block.expand(b, size, size)], dim=-1)
-            mask = in_block.unsqueeze(-3)
-            if torch.compiler.is_compiling():
-                return mask
-            self._masks[key] = mask
+        if torch.compiler.is_compiling():
+            return self._build_block_mask(size, causal_in_block, device)
+        key = (size, causal_in_block, str(device))
+        if key not in self._masks:
+            self._masks[key] = self._build_block_mask(size, causal_in_block, device)
         return self._masks[key]
+
+    def _build_block_mask(self, size: int, causal_in_block: bool, device) -> torch.Tensor:
+        in_block = torch.ones(size, size, dtype=torch.bool, device=device)
+        if causal_in_block:
+            in_block = in_block.tril()
+        if self.keys:  # a cache with attention layers (an empty one: the block alone)
+            b = self.valid.shape[0]
+            context = self.valid.to(device).unsqueeze(1).expand(b, size, self.length)
+            in_block = torch.cat([context, in_block.expand(b, size, size)], dim=-1)
+        return in_block.unsqueeze(-3)
 
 
 @dataclass

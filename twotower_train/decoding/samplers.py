@@ -131,8 +131,7 @@ class _BlockChoice:
 
     def __init__(self, model, config: MaskDiffusionConfig, first, generator):
         self.config, self.generator = config, generator
-        self.shift = shifted(model)
-        self.fast = self.shift and config.choice.temperature == 0
+        self.fast = shifted(model) and config.choice.temperature == 0
         self.first = first
         if self.fast:
             if first is None:  # position 0 already decoded: its score is never read
@@ -287,18 +286,15 @@ def generate_mask_diffusion(
             block_idx,
         )
         block_idx += 1
-        before = [len(out.rows[r]) for r in out.live]
-        live = list(out.live)
-        out.extend(block.tolist())
+        gained = out.extend(block.tolist())
         if shifted(model):  # position 0 was the context tower's choice, in every row it reached
-            stats.context_tokens += sum(len(out.rows[r]) > n for r, n in zip(live, before))
+            stats.context_tokens += sum(n > 0 for n in gained)
         if out.finished:
             break
         block = block.to(model.context_device)
-        stay = out.leave()
+        stay = out.leave(model.context_device)
         if stay is not None:
-            rows = torch.tensor(stay, device=model.context_device)
-            cache, block = cache.select(rows), block[rows]
+            cache, block = cache.select(stay), block[stay]
         stats.row_context_forwards += out.active
         step = model.advance(cache, block, logits=context_logits)
         cache, first = step.cache, step.logits
@@ -352,10 +348,9 @@ def generate_mock_ar(
         if out.finished:
             break
         last = new.to(model.context_device)
-        stay = out.leave()
+        stay = out.leave(model.context_device)
         if stay is not None:
-            rows = torch.tensor(stay, device=model.context_device)
-            cache, last = cache.select(rows), last[rows]
+            cache, last = cache.select(stay), last[stay]
         stats.row_context_forwards += out.active
         advanced = model.advance(cache, last, logits="none").cache
         short, cache = one_short(cache, advanced), advanced
@@ -379,10 +374,9 @@ def generate_ar(
         out.extend(new.tolist())
         if out.finished:
             break
-        cache, stay = step.cache, out.leave()
+        cache, stay = step.cache, out.leave(new.device)
         if stay is not None:
-            rows = torch.tensor(stay, device=new.device)
-            cache, new = cache.select(rows), new[rows]
+            cache, new = cache.select(stay), new[stay]
         stats.row_context_forwards += out.active
         step = model.advance(cache, new, logits="last")
         stats.context_forwards += 1

@@ -100,10 +100,9 @@ def generate_speculative(
     drafted = torch.zeros(batch, S, dtype=torch.bool, device=den_device)
     drafted[:, 0] = True  # position 0 is the AR token, fixed
     while not out.finished:
-        stay = out.leave()  # finished rows leave the batch
+        stay = out.leave(ctx_device)  # finished rows leave the batch
         if stay is not None:
-            kept = torch.tensor(stay, device=ctx_device)
-            cache, first = cache.select(kept), first[kept]
+            cache, first = cache.select(stay), first[stay]
         batch = len(out.live)
         block = torch.full((batch, S), config.mask_token_id, dtype=torch.long, device=den_device)
         block[:, 0] = first[:, 0].to(den_device)
@@ -123,12 +122,8 @@ def generate_speculative(
         first = ar.gather(1, accepted.unsqueeze(-1))  # (b, 1) the AR token after it
         # One read per round: each row's accepted count, its next AR token and its drafts.
         host = torch.cat([accepted.unsqueeze(-1), first, block[:, 1:]], dim=1).tolist()
-        before = [len(out.rows[r]) for r in out.live]
-        live = list(out.live)
-        out.extend([row[2 : 2 + row[0]] + [row[1]] for row in host])
+        gained = out.extend([row[2 : 2 + row[0]] + [row[1]] for row in host])
         # Accepted drafts that made it into the output (a row may stop inside its draft).
-        stats.accepted += sum(
-            min(row[0], len(out.rows[r]) - n) for row, r, n in zip(host, live, before)
-        )
+        stats.accepted += sum(min(row[0], n) for row, n in zip(host, gained))
         cache = verified.rollback(cache, accepted + 1)  # keep position 0 + the accepted drafts
     return stats
