@@ -121,8 +121,8 @@ def summary(result_file: Path) -> str:
 
 def step(ctx, cuda: bool, run, record) -> None:
     """The decoding rows of the check (``ctx``, ``run`` and ``record`` are
-    ``scripts/gpu_check.py``'s ``Context``, ``_run`` and ``_record``): each demo model, then the
-    proxy — which the CPU dry run runs at tiny sizes."""
+    ``scripts/gpu_check_report.py``'s ``Context``, ``run`` and ``record``): each demo model, then
+    the proxy — which the CPU dry run runs at tiny sizes."""
     import time
 
     found = models(ctx.args.demo_model, REPO)

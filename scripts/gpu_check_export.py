@@ -27,8 +27,8 @@ checkpoint loader's planning) go through NCCL; no model tensor may."""
 
 
 def step(ctx, checkpoint: Path, run, record) -> None:
-    """The row (``ctx``, ``run``, ``record``: ``scripts/gpu_check.py``'s ``Context``, ``_run``,
-    ``_record``)."""
+    """The row (``ctx``, ``run``, ``record``: ``scripts/gpu_check_report.py``'s ``Context``,
+    ``run``, ``record``)."""
     start = time.perf_counter()
     argv = [sys.executable, SCRIPT, str(checkpoint), str(ctx.out / "export")]
     rc, tail = run(ctx, "export", [*argv, "--new-tokens", str(ctx.args.new_tokens)], 600)
