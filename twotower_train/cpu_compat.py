@@ -21,6 +21,10 @@ What is adapted, and why:
    Recipes that ask for it (the Nano recipe does) get Megatron's allgather dispatcher, which
    routes every token to the same experts with the same weights; only the communication
    pattern differs.
+5. The MoE router's ``gating`` moves CPU weights to ``torch.cuda.current_device()`` on every
+   call — a no-op here (the answer is "cpu"), but TorchDynamo takes the stand-in for a torch
+   op returning a non-tensor and breaks compiled decoding graphs at every router. Here gating
+   is the same linear without the move.
 
 (``MambaMixer`` without mamba_ssm is a kernel choice, not a CPU matter — GPU hosts without the
 ``[gpu]`` extra need it too — so it lives in :func:`twotower_train.backends.install_mamba_fallback`.)
@@ -136,6 +140,19 @@ def _patch_moe_dispatcher() -> None:
     moe_layer.MoEAlltoAllTokenDispatcher = moe_layer.MoEAllGatherTokenDispatcher
 
 
+def _patch_router_gating() -> None:
+    import torch
+    from megatron.core.transformer.moe.router import Router, router_gating_linear
+
+    def gating(self, input):  # Router.gating minus the weight move (item 5)
+        dtype = {"fp32": torch.float32, "fp64": torch.float64}.get(
+            self.config.moe_router_dtype, input.dtype
+        )
+        return router_gating_linear(input, self.weight, self.bias, dtype)
+
+    Router.gating = gating
+
+
 def apply() -> None:
     """Install the CPU stand-ins once; a no-op when CUDA is available."""
     global _APPLIED
@@ -149,6 +166,7 @@ def apply() -> None:
     _patch_rng_tracker()
     _patch_causal_mask()
     _patch_moe_dispatcher()
+    _patch_router_gating()
     _APPLIED = True
 
 

@@ -174,6 +174,11 @@ class Collector:
         return all(self.done)
 
 
+def static_caches(model) -> bool:
+    """Whether ``model`` decodes on static caches (a compiled view, :mod:`.compiled`)."""
+    return bool(getattr(model, "static_caches", False))
+
+
 def prefill_prompts(
     model,
     prompts: list[list[int]],
@@ -185,11 +190,13 @@ def prefill_prompts(
     """Left-pad the prompts and prefill the context tower → (collector, stats, prefill).
 
     The prefill's cache gets room for every new token and one block more
-    (:meth:`~.cache.ContextCache.reserve`), so decoding writes it in place."""
+    (:meth:`~.cache.ContextCache.reserve`), so decoding writes it in place; a model that
+    decodes compiled gets a static cache (the block's room as its scratch)."""
     tokens, valid = left_pad(prompts, config.pad_token_id, model.context_device)
     out = Collector(tokens.shape[0], config.max_new_tokens, config.eos_token_id, on_commit)
     stats = stats_type(tokens=out.rows, context_forwards=1, row_context_forwards=len(prompts))
     prefill = model.prefill(tokens, valid=valid, logits=logits)
-    room = config.max_new_tokens + getattr(config, "block_size", 1)
-    prefill.cache = prefill.cache.reserve(room)
+    block = getattr(config, "block_size", 1)
+    room = config.max_new_tokens + block
+    prefill.cache = prefill.cache.reserve(room, static=static_caches(model), scratch=block)
     return out, stats, prefill

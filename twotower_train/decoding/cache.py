@@ -34,6 +34,10 @@ from typing import Protocol
 
 import torch
 
+STATIC_CAPACITY_STEP = 128
+"""A static cache's capacity is a multiple of this: one compiled graph per 128 positions of
+prompt + new tokens, not one per prompt length."""
+
 
 @dataclass
 class MambaStates:
@@ -63,6 +67,13 @@ class ContextCache:
     :meth:`block_kv` puts a denoised block's K/V right after the cache without copying it.
     Writes land beyond every existing view's P, so earlier cache objects stay what they were.
     A cache without buffers (training, scoring, one built by hand) concatenates instead.
+
+    A **static** cache (``reserve(..., static=True)``, compiled decoding) keeps every shape fixed
+    so that one compiled graph serves every step: keys/values/valid are the whole buffers, the
+    filled length is a device tensor ``end`` (masks, not slices, hide what lies beyond it) and a
+    denoised block's K/V go to ``scratch`` positions at the buffers' tail (no positional
+    embeddings: where a key sits never matters, only the mask). ``length`` is then the host's
+    copy of ``end``, kept by whoever advances the cache outside a compiled region.
     """
 
     keys: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -73,22 +84,58 @@ class ContextCache:
     """layer → (key buffer, value buffer), (b, kv_heads, capacity, head_dim)."""
     valid_buffer: torch.Tensor | None = field(default=None, repr=False)
     """(b, capacity) bool; ``valid`` is its first P columns."""
+    end: torch.Tensor | None = None
+    """Static caches: positions filled, a 0-dim long tensor on the cache's device."""
+    scratch: int = 0
+    """Static caches: positions at the buffers' tail that hold a denoised block's K/V."""
+    _length: int | None = None  # static caches: the host's copy of ``end``
     _past: ContextCache | None = field(default=None, repr=False)  # set by extend()
     _masks: dict = field(default_factory=dict, repr=False)  # block_mask(), per block
 
     @property
+    def static(self) -> bool:
+        return self.end is not None
+
+    @property
     def length(self) -> int:
+        if self.static:
+            return self._length
         return 0 if self.valid is None else self.valid.shape[1]
 
     @property
     def capacity(self) -> int:
-        """Positions the buffers hold (the length when there are none)."""
-        return self.length if self.valid_buffer is None else self.valid_buffer.shape[1]
+        """Positions the context may fill (the length when there are no buffers)."""
+        if self.valid_buffer is None:
+            return self.length
+        return self.valid_buffer.shape[1] - self.scratch
+
+    def _like(self, move, **fields) -> ContextCache:
+        """A static cache with every tensor of this one passed through ``move`` (``fields``
+        override attributes)."""
+        buffers = {i: (move(k), move(v)) for i, (k, v) in self.buffers.items()}
+        valid = None if self.valid is None else move(self.valid)
+        out = ContextCache(
+            keys={i: buffers[i][0] if i in buffers else move(k) for i, k in self.keys.items()},
+            values={i: buffers[i][1] if i in buffers else move(v) for i, v in self.values.items()},
+            mamba={i: MambaStates(move(m.conv), move(m.ssm)) for i, m in self.mamba.items()},
+            valid=valid,
+            buffers=buffers,
+            valid_buffer=valid,
+            end=None if self.end is None else self.end.to(valid.device),
+            scratch=self.scratch,
+            # Compiled, the length is the caller's to keep (a read would specialize the graph).
+            _length=None if torch.compiler.is_compiling() else self._length,
+        )
+        for name, value in fields.items():
+            setattr(out, name, value)
+        return out
 
     def to(self, device: torch.device) -> ContextCache:
         """This cache on ``device`` — itself when it is already there (one-device decoding)."""
         if self.valid is None or self.valid.device == torch.device(device):
             return self
+        if self.static:
+            return self._like(lambda t: t.to(device))
         return ContextCache(
             keys={i: k.to(device) for i, k in self.keys.items()},
             values={i: v.to(device) for i, v in self.values.items()},
@@ -99,6 +146,8 @@ class ContextCache:
     def select(self, rows: torch.Tensor) -> ContextCache:
         """The cache of batch rows ``rows`` (a long index), in that order — finished rows
         leave the batch (one gather of what the kept rows hold, buffers included)."""
+        if self.static:
+            return self._like(lambda t: t[rows])
         out = ContextCache(
             mamba={
                 i: MambaStates(conv=m.conv[rows], ssm=m.ssm[rows]) for i, m in self.mamba.items()
@@ -115,22 +164,38 @@ class ContextCache:
                 out.keys[i], out.values[i] = k[rows], self.values[i][rows]
         return out
 
-    def reserve(self, room: int) -> ContextCache:
-        """This cache in buffers with ``room`` free positions after it (one copy, at prefill)."""
-        if self.valid is None or self.capacity - self.length >= room:
+    def reserve(self, room: int, static: bool = False, scratch: int = 0) -> ContextCache:
+        """This cache in buffers with ``room`` free positions after it (one copy, at prefill).
+
+        ``static``: a static cache (class docstring) with ``scratch`` positions for a block's
+        K/V, its capacity rounded up to a multiple of :data:`STATIC_CAPACITY_STEP` so that
+        prompts of different lengths share one compiled graph."""
+        if self.valid is None or (
+            self.static == static
+            and self.scratch >= scratch
+            and self.capacity - self.length >= room
+        ):
             return self
-        capacity = self.length + room
-        valid_buffer = self.valid.new_zeros(self.valid.shape[0], capacity)
-        valid_buffer[:, : self.length] = self.valid
+        length, valid = self.length, self.valid[:, : self.length]
+        capacity = length + room
+        if static:
+            step = STATIC_CAPACITY_STEP
+            capacity = -(-capacity // step) * step
+        valid_buffer = valid.new_zeros(valid.shape[0], capacity + scratch)
+        valid_buffer[:, :length] = valid
         out = ContextCache(mamba=dict(self.mamba), valid_buffer=valid_buffer)
-        out.valid = valid_buffer[:, : self.length]
+        out.valid = valid_buffer if static else valid_buffer[:, :length]
+        if static:
+            out.end = torch.tensor(length, device=valid.device)
+            out.scratch, out._length = scratch, length
         for i, k in self.keys.items():
             buffers = tuple(
-                t.new_zeros(*t.shape[:2], capacity, t.shape[3]) for t in (k, self.values[i])
+                t.new_zeros(*t.shape[:2], capacity + scratch, t.shape[3])
+                for t in (k, self.values[i])
             )
             for buffer, t in zip(buffers, (k, self.values[i])):
-                buffer[:, :, : self.length] = t
-            out._hold(i, buffers, self.length)
+                buffer[:, :, :length] = t[:, :, :length]
+            out._hold(i, buffers, capacity + scratch if static else length)
         return out
 
     def _hold(self, layer: int, buffers: tuple[torch.Tensor, torch.Tensor], length: int) -> None:
@@ -151,6 +216,8 @@ class ContextCache:
         """The cache object for this one + s new positions (``valid`` (b, s)); the context
         forward then stores each attention layer's new K/V with :meth:`write_kv` and sets the
         Mamba states. Writes into this cache's buffers when they have room."""
+        if self.static:
+            return self._extend_static(valid)
         if self.valid is None:  # from empty
             return ContextCache(valid=valid, _past=self)
         if self.valid_buffer is None:
@@ -166,13 +233,49 @@ class ContextCache:
             _past=self,
         )
 
+    def _extend_static(self, valid: torch.Tensor) -> ContextCache:
+        s = valid.shape[1]
+        length = None
+        # Compiled, the host's length is kept by the caller (compiled.py): read here, it would
+        # specialize the graph to one length.
+        if not torch.compiler.is_compiling():
+            length = self.length + s
+            if length > self.capacity:  # out of room: grow once, doubling (a new graph)
+                grown = self.reserve(
+                    max(2 * self.capacity, length) - self.length, True, self.scratch
+                )
+                return grown.extend(valid)
+        self.valid_buffer.index_copy_(1, self.end + torch.arange(s, device=valid.device), valid)
+        return self._like(
+            lambda t: t, keys={}, values={}, end=self.end + s, _length=length, _past=self
+        )
+
+    def causal_mask(self, new: int) -> torch.Tensor | None:
+        """Static caches (from :meth:`extend`): (b, 1, s, capacity + scratch) bool for the
+        ``new`` newest positions' queries — every valid position up to each query's own (a
+        query always sees itself). None for other caches (the attention builds its own)."""
+        if not self.static:
+            return None
+        width = self.valid_buffer.shape[1]
+        keys = torch.arange(width, device=self.end.device)
+        queries = (self.end - new + torch.arange(new, device=self.end.device)).unsqueeze(1)
+        seen = (keys <= queries) & self.valid_buffer.unsqueeze(1)  # (b, s, width)
+        return (seen | (keys == queries)).unsqueeze(1)
+
     def write_kv(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new positions' k/v (b, kv_heads, s, hd) of ``layer`` (a cache from
-        :meth:`extend`) → that layer's keys and values over all positions."""
+        :meth:`extend`) → that layer's keys and values over all positions (a static cache:
+        the whole buffers, :meth:`causal_mask` says which to read)."""
         past = self._past
-        if layer in self.buffers:
+        if self.static:
+            positions = past.end + torch.arange(k.shape[2], device=k.device)
+            key_buffer, value_buffer = self.buffers[layer]
+            key_buffer.index_copy_(2, positions, k)
+            value_buffer.index_copy_(2, positions, v)
+            k, v = key_buffer, value_buffer
+        elif layer in self.buffers:
             k, v = self._write(layer, self.length - k.shape[2], k, v)
         elif past is not None and layer in past.keys:
             k = torch.cat([past.keys[layer], k], dim=2)
@@ -188,6 +291,11 @@ class ContextCache:
         room (scratch: the next :meth:`extend` overwrites it) or are concatenated."""
         if layer not in self.keys:
             return k, v
+        if self.static:  # the block's K/V in the scratch positions, after the capacity
+            if k.shape[2] > self.scratch:
+                raise ValueError(f"a block of {k.shape[2]} > the cache's scratch {self.scratch}")
+            self._write(layer, self.capacity, k, v)
+            return self.buffers[layer]
         if layer in self.buffers and self.length + k.shape[2] <= self.capacity:
             return self._write(layer, self.length, k, v)
         return torch.cat([self.keys[layer], k], dim=2), torch.cat([self.values[layer], v], dim=2)
@@ -200,6 +308,7 @@ class ContextCache:
         # tensor of symbolic size stored on an input, which this torch's guards choke on.
         if torch.compiler.is_compiling():
             return self._build_block_mask(size, causal_in_block, device)
+        # One per cache object and block shape (a static cache's end is fixed per object).
         key = (size, causal_in_block, str(device))
         if key not in self._masks:
             self._masks[key] = self._build_block_mask(size, causal_in_block, device)
@@ -209,6 +318,13 @@ class ContextCache:
         in_block = torch.ones(size, size, dtype=torch.bool, device=device)
         if causal_in_block:
             in_block = in_block.tril()
+        if self.static and self.keys:  # context up to end, then the block in the scratch
+            width = self.valid_buffer.shape[1]
+            keys = torch.arange(width, device=device)
+            context = self.valid_buffer.to(device) & (keys < self.end.to(device))  # (b, width)
+            block = torch.zeros(size, width, dtype=torch.bool, device=device)
+            block[:, self.capacity : self.capacity + size] = in_block
+            return (context.unsqueeze(1) | block).unsqueeze(-3)
         if self.keys:  # a cache with attention layers (an empty one: the block alone)
             b = self.valid.shape[0]
             context = self.valid.to(device).unsqueeze(1).expand(b, size, self.length)
@@ -236,7 +352,7 @@ class ContextOutput:
         when it keeps none). No K/V moves: the cache is a view of what the advance wrote.
         """
         cache = self.cache
-        batch, total = cache.valid.shape
+        batch, total = cache.valid.shape[0], cache.length
         new = total - previous.length
         keep = keep.to(device=cache.valid.device, dtype=torch.long)
         if keep.shape != (batch,) or bool((keep < 0).any()) or bool((keep > new).any()):
@@ -266,6 +382,10 @@ class ContextOutput:
         if cache.valid_buffer is not None:  # mark the holes where the next extend won't write
             cache.valid_buffer[:, previous.length : length] &= holes
             valid = cache.valid_buffer[:, :length]
+            if cache.static:  # the same buffers, ending after the kept positions
+                return cache._like(
+                    lambda t: t, mamba=mamba, end=previous.end + kept, _length=length, _past=None
+                )
         elif previous.valid is None:
             valid = holes
         else:

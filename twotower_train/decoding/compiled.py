@@ -6,13 +6,15 @@ run compiled; ``prefill`` stays eager (it runs once per call, on prompt shapes t
 time). Both modes get the same treatment, so an AR / diffusion comparison stays fair. The view
 is built once per model and reused by every later call, so a model compiles once.
 
-Shapes are dynamic (``dynamic=True``: the cache grows by one position per AR step and one block
-per diffusion block, which would otherwise recompile per length), which rules out CUDA graphs
-(``mode="reduce-overhead"`` records one graph per shape). A method whose compilation fails
-warns once and runs eager from then on. Off by default (docs/decoding_speed.md: on the demo
-model on a CPU the compiled forwards ran 1.8–1.9× faster, but compiling takes tens of seconds
-per call kind and the denoiser's hit a TorchDynamo guard error under the benchmark's mix of
-shapes).
+Shapes are static: compiled decoding runs on a static cache (:class:`~.cache.ContextCache`,
+made by the samplers when ``compile`` is set) whose buffers keep one shape for a whole
+generation and whose length is a device tensor, so each kind of call — AR step, block advance,
+verify, denoising step — is one graph for every position, and a GPU replays it as a CUDA graph
+(``mode="reduce-overhead"``, the default on CUDA devices). The view keeps the cache's host-side
+length itself (a compiled graph never reads it). A call on a non-static cache, or one that
+would outgrow the cache, runs eager; a method whose compilation fails warns once and runs eager
+from then on. Off by default (docs/decoding_speed.md: compiling costs tens of seconds per call
+kind, which a short generation does not earn back).
 
 Torch-only, like its siblings (the Hugging Face export ships it verbatim).
 """
@@ -29,25 +31,44 @@ class CompiledDecoding:
     """``model`` with ``advance`` / ``denoise_block`` under ``torch.compile`` (``mode``: its
     mode, None for the default); every other attribute is the model's."""
 
+    static_caches = True
+    """The samplers give this view static caches (``ContextCache.reserve(static=True)``)."""
+
     def __init__(self, model, mode: str | None = None):
         self._model, self.mode = model, mode
         self._compiled = {
-            name: torch.compile(_undecorated(getattr(model, name)), dynamic=True, mode=mode)
+            name: torch.compile(_undecorated(getattr(model, name)), dynamic=False, mode=mode)
             for name in ("advance", "denoise_block")
         }
+        self._functions: dict = {}  # compile_function's originals, by name
         self.failures: dict[str, str] = {}
         """Method → why compiling it failed (it then runs eager from that call on)."""
 
     @torch.no_grad()
-    def advance(self, *args, **kwargs):
-        return self._call("advance", args, kwargs)
+    def advance(self, cache, tokens, logits="last", position_states=False):
+        length = cache.length + tokens.shape[1]
+        compiled = cache.static and length <= cache.capacity
+        out = self._call("advance", compiled, (cache, tokens, logits, position_states))
+        if compiled:
+            out.cache._length = length  # the graph never reads the host's length (cache.py)
+        return out
 
     @torch.no_grad()
-    def denoise_block(self, *args, **kwargs):
-        return self._call("denoise_block", args, kwargs)
+    def denoise_block(self, cache, *args, **kwargs):
+        return self._call("denoise_block", cache.static, (cache, *args), kwargs)
 
-    def _call(self, name: str, args, kwargs):
-        if name not in self.failures:
+    def compile_function(self, function):
+        """``function`` (pure device work a sampler runs per step, e.g. the denoising commit
+        rule) compiled like the methods, once per view; eager after a failure, like them."""
+        name = function.__name__
+        if name not in self._compiled:
+            self._compiled[name] = torch.compile(function, dynamic=False, mode=self.mode)
+            self._functions[name] = function
+        return lambda *args: self._call(name, True, args)
+
+    def _call(self, name: str, compiled: bool, args, kwargs=None):
+        kwargs = kwargs or {}
+        if compiled and name not in self.failures:
             try:
                 return self._compiled[name](*args, **kwargs)
             except Exception as error:  # noqa: BLE001 — a compiler failure, not the model's
@@ -59,6 +80,8 @@ class CompiledDecoding:
                     "it runs eager from now on",
                     stacklevel=3,
                 )
+        if name in self._functions:
+            return self._functions[name](*args, **kwargs)
         return getattr(self._model, name)(*args, **kwargs)
 
     def __getattr__(self, name):
@@ -87,8 +110,12 @@ def enable_dynamo() -> None:
 
 
 def decoding_model(model, config):
-    """What a sampler drives: ``model``, or its compiled view when ``config.compile``."""
-    return compiled(model) if config.compile else model
+    """What a sampler drives: ``model``, or its compiled view when ``config.compile`` (CUDA
+    graphs where the denoiser runs on a CUDA device)."""
+    if not config.compile:
+        return model
+    cuda = torch.device(model.denoiser_device).type == "cuda"
+    return compiled(model, "reduce-overhead" if cuda else None)
 
 
 def compiled(model, mode: str | None = None) -> CompiledDecoding:

@@ -50,6 +50,7 @@ from .batching import (
     OnCommit,
     left_pad,
     prefill_prompts,
+    static_caches,
 )
 from .cache import ContextCache
 from .compiled import decoding_model
@@ -169,10 +170,11 @@ def _settled(block: torch.Tensor, decoded: torch.Tensor, needed: torch.Tensor, e
 
 
 def commit_count(
-    confidence: torch.Tensor, masked: torch.Tensor, threshold: float, steps_left: int
+    confidence: torch.Tensor, masked: torch.Tensor, threshold: float, steps_left
 ) -> torch.Tensor:
     """(b,) positions to commit this step: min(m, max(#above γ or 1 if none, ⌈m / steps
-    left⌉)) of the m masked ones; ``confidence`` (b, S) is −1 at decoded positions."""
+    left⌉)) of the m masked ones; ``confidence`` (b, S) is −1 at decoded positions;
+    ``steps_left`` an int or a 0-dim tensor."""
     remaining = masked.sum(-1)  # (b,)
     above = (confidence > threshold).sum(-1).clamp(min=1)
     floor = (remaining + steps_left - 1).div(steps_left, rounding_mode="floor")  # ⌈m / left⌉
@@ -187,6 +189,39 @@ def descending_rank(values: torch.Tensor) -> torch.Tensor:
     ties = values.unsqueeze(-1) == values.unsqueeze(-2)
     earlier = torch.ones_like(ties).tril(-1)  # [j, i]: i < j
     return (before | (ties & earlier)).sum(-1)
+
+
+@dataclass
+class _BlockState:
+    """A block between denoising steps, all on the device: its tokens, which are decoded,
+    whether every row is settled (``done``, 0-dim), how many rows are not (``live``) and the
+    diffusion time of the next step (``t`` (b,), each row's masked fraction)."""
+
+    block: torch.Tensor
+    decoded: torch.Tensor
+    done: torch.Tensor
+    live: torch.Tensor
+    t: torch.Tensor
+
+
+def _progress(block, decoded, needed, eos: int | None) -> _BlockState:
+    settled = _settled(block, decoded, needed, eos)
+    t = (~decoded).float().mean(-1)
+    return _BlockState(block, decoded, settled.all(), (~settled).sum(), t)
+
+
+def _denoising_step(
+    choose, model, logits, state: _BlockState, needed, steps_left, threshold: float, eos
+) -> _BlockState:
+    """One step's commit rule (:func:`unmask_block`) from the denoiser's ``logits``: the block
+    after it. Device work only — a compiled model runs it as one graph."""
+    block, decoded = state.block, state.decoded
+    masked = ~decoded
+    proposal, confidence = choose(model, logits)
+    confidence = confidence.masked_fill(decoded, -1.0)  # decoded rank last
+    count = commit_count(confidence, masked, threshold, steps_left)
+    commit = masked & (descending_rank(confidence) < count.unsqueeze(-1))
+    return _progress(torch.where(commit, proposal, block), decoded | commit, needed, eos)
 
 
 def unmask_block(
@@ -212,39 +247,44 @@ def unmask_block(
     commits would be discarded, so the tokens are those of running all the steps. ``first``:
     :func:`block_logits`; ``step_callback``: :data:`StepCallback`.
 
-    The commit rule runs on the device; the loop reads one flag per step from it (whether
-    every row is settled) and the row forwards are summed there and read once per block."""
-    decoded = decoded.clone()
+    The commit rule runs on the device (compiled into one graph when the model decodes
+    compiled and greedily); the loop reads one flag per step from it (whether every row is
+    settled) and the row forwards are summed there and read once per block."""
     choose = _BlockChoice(model, config, first, generator)
+    steps = config.steps_per_block
+    step_rule = _denoising_step
+    if config.choice.temperature == 0:  # a random draw's generator stays out of compiled code
+        step_rule = getattr(model, "compile_function", lambda f: f)(_denoising_step)
+    steps_left = torch.arange(steps, 0, -1, device=block.device)  # one 0-dim view per step
+    state = _progress(block, decoded.clone(), needed, config.eos_token_id)
     row_forwards = torch.zeros((), dtype=torch.long, device=block.device)
-    for step in range(config.steps_per_block):
-        settled = _settled(block, decoded, needed, config.eos_token_id)
-        if bool(settled.all()):
+    for step in range(steps):
+        if bool(state.done):
             break
-        masked = ~decoded
-        t = masked.float().mean(-1)  # (b,) the block's masked fraction, per row
-        logits = model.denoise_block(cache, block, t)  # (b, S, V) raw outputs
+        logits = model.denoise_block(cache, state.block, state.t)  # (b, S, V) raw outputs
         stats.denoiser_forwards += 1
-        row_forwards += (~settled).sum()
-        proposal, confidence = choose(model, logits)
-        confidence = confidence.masked_fill(decoded, -1.0)  # decoded rank last
-        count = commit_count(
-            confidence, masked, config.confidence_threshold, config.steps_per_block - step
-        )
-        commit = masked & (descending_rank(confidence) < count.unsqueeze(-1))
-        if step_callback is not None:
+        row_forwards += state.live
+        if step_callback is not None:  # the block as the denoiser read it
             step_callback(
                 step,
-                config.steps_per_block,
-                block,
-                t=float(t.mean()),
+                steps,
+                state.block,
+                t=float(state.t.mean()),
                 logits=_scores(model, logits, first),
                 block_idx=block_idx,
             )
-        block = torch.where(commit, proposal, block)
-        decoded |= commit
+        state = step_rule(
+            choose,
+            model,
+            logits,
+            state,
+            needed,
+            steps_left[step],
+            config.confidence_threshold,
+            config.eos_token_id,
+        )
     stats.row_denoiser_forwards += int(row_forwards)
-    return block
+    return state.block
 
 
 @torch.no_grad()
@@ -305,6 +345,10 @@ def generate_mask_diffusion(
 def one_short(before: ContextCache, after: ContextCache) -> ContextCache:
     """The cache one position short of ``after`` (= ``before`` advanced by one token): its K/V
     minus the last position (views) and ``before``'s Mamba states — mock-AR's denoiser cache."""
+    if after.static:  # the same buffers, ending one position earlier
+        return after._like(
+            lambda t: t, mamba=before.mamba, end=after.end - 1, _length=after.length - 1
+        )
     return ContextCache(
         keys={i: k[:, :, :-1] for i, k in after.keys.items()},
         values={i: v[:, :, :-1] for i, v in after.values.items()},
@@ -335,9 +379,13 @@ def generate_mock_ar(
         valid = torch.cat([torch.zeros_like(valid), valid], dim=1)
     short = model.prefill(tokens[:, :-1], valid=valid[:, :-1], logits="none").cache
     last = tokens[:, -1:]  # (b, 1) the last committed token
-    # Room in the full cache only: `short` caches never own buffers, so the denoiser's block
-    # K/V (ContextCache.block_kv) never land on the full cache's last position.
-    cache = model.advance(short, last, logits="none").cache.reserve(config.max_new_tokens)
+    if static_caches(model):  # `short` and the full cache share buffers, the block has scratch
+        short = short.reserve(config.max_new_tokens + 1, static=True, scratch=1)
+        cache = model.advance(short, last, logits="none").cache
+    else:
+        # Room in the full cache only: `short` caches never own buffers, so the denoiser's
+        # block K/V (ContextCache.block_kv) never land on the full cache's last position.
+        cache = model.advance(short, last, logits="none").cache.reserve(config.max_new_tokens)
     device = model.denoiser_device
     while not out.finished:
         logits = model.denoise_block(short.to(device), last.to(device), None)  # (b, 1, V)

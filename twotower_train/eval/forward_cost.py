@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 import torch
 
+from twotower_train.decoding.batching import static_caches
 from twotower_train.decoding.samplers import left_pad, shifted
 
 KINDS = ("ar_step", "denoiser_block", "context_advance", "verify")
@@ -46,7 +47,10 @@ def forward_calls(
     """Kind → a call running one forward of that kind after the prefill of ``prompts``."""
     ctx, den = model.context_device, model.denoiser_device
     tokens, valid = left_pad(prompts, pad_token_id, ctx)
-    cache = model.prefill(tokens, valid).cache
+    prefill = model.prefill(tokens, valid).cache
+    # Decoding's caches: preallocated (static for a compiled view); the AR steps grow their own.
+    room, static = 64 + 2 * block_size, static_caches(model)
+    cache = prefill.reserve(room, static=static, scratch=block_size)
     batch = len(prompts)
     one = tokens[:, -1:]
     clean = tokens[:, -1:].expand(batch, block_size).contiguous()  # any committed block
@@ -54,7 +58,7 @@ def forward_calls(
     t = torch.ones(batch, device=den)
     den_cache = cache.to(den)
     committed = "last" if shifted(model) else "none"  # what mask diffusion's advance asks for
-    grown = {"cache": cache}
+    grown = {"cache": prefill.reserve(room, static=static, scratch=block_size)}
 
     def ar_step():  # from the state the previous step left, as AR decoding runs
         grown["cache"] = model.advance(grown["cache"], one, logits="last").cache

@@ -73,7 +73,8 @@ class ContextTower(MegatronModule):
         if valid is None:
             valid = torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device)
         new = cache.extend(valid)  # valid (b, P + s); K/V written per layer below
-        key_valid = new.valid if padded or cache.length else None
+        mask = new.causal_mask(tokens.shape[1])  # a static cache's (compiled decoding)
+        key_valid = None if mask is not None else new.valid if padded or cache.length else None
         valid = valid if padded else None
         model = self.backbone
         # Prefill / advance (the training forward asks for block-boundary states instead).
@@ -106,7 +107,7 @@ class ContextTower(MegatronModule):
             elif kind is LayerKind.ATTENTION:
                 q, k, v = attention_qkv(layer.self_attention, normed)
                 k, v = new.write_kv(i, k, v)  # (b, kv_heads, P + s, hd): cached, then new
-                attended = causal_attention(q, k, v, key_valid=key_valid)
+                attended = causal_attention(q, k, v, key_valid=key_valid, mask=mask)
                 hidden = hidden + attention_out(layer.self_attention, attended)
             elif decoding:  # MoE without Megatron's dispatcher (model/moe_decode.py)
                 hidden = hidden + moe_decode(layer.mlp, normed)

@@ -231,14 +231,18 @@ def causal_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     key_valid: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The context tower's attention: the S newest positions query all P+S keys causally.
 
     q (b, heads, S, hd); k/v (b, kv_heads, P+S, hd) — cached keys followed by the new ones.
     ``key_valid`` (b, P+S) marks left padding; a query always sees itself, so fully padded rows
-    stay finite. Without a cache and padding this is plain causal SDPA (flash on GPU).
+    stay finite. Without a cache and padding this is plain causal SDPA (flash on GPU). A
+    ready ``mask`` (b, 1, S, keys) replaces both (a static cache's, ``ContextCache.causal_mask``).
     """
     gqa = q.shape[1] != k.shape[1]
+    if mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
     new, total = q.shape[2], k.shape[2]
     if new == total and key_valid is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)

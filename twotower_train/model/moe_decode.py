@@ -41,8 +41,14 @@ def _stacked(experts: SequentialMLP) -> tuple[torch.Tensor, torch.Tensor]:
     """(fc1 (E, F, d), fc2 (E, d, F)) stacked once and kept until a weight changes (its
     storage or version: an optimizer step, a load)."""
     weights = [(e.linear_fc1.weight, e.linear_fc2.weight) for e in experts.local_experts]
-    key = tuple((w.data_ptr(), w._version) for pair in weights for w in pair)
     cached = experts.__dict__.get("_decode_stack")
+    if torch.compiler.is_compiling():
+        # Storage pointers cannot be traced. Every generation's prefill runs eager and
+        # refreshes the stack first, so the compiled steps after it read a current one.
+        if cached is not None:
+            return cached[1], cached[2]
+        return torch.stack([w1 for w1, _ in weights]), torch.stack([w2 for _, w2 in weights])
+    key = tuple((w.data_ptr(), w._version) for pair in weights for w in pair)
     if cached is None or cached[0] != key:
         fc1 = torch.stack([w1 for w1, _ in weights]).detach()
         fc2 = torch.stack([w2 for _, w2 in weights]).detach()

@@ -29,6 +29,8 @@ Example (CPU)::
 from __future__ import annotations
 
 import torch
+from megatron.core import parallel_state
+from megatron.core import utils as megatron_utils
 from megatron.core.models.hybrid.hybrid_model import HybridModel
 from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 from megatron.core.transformer import TransformerConfig
@@ -47,6 +49,27 @@ from twotower_train.model.denoiser import BlockwiseConditioning, CacheConditioni
 def denoiser_scan_dtype(cfg: BackboneConfig) -> torch.dtype | None:
     """The torch dtype of ``model.denoiser_scan_dtype`` (None: the activation dtype)."""
     return torch.float32 if cfg.denoiser_scan_dtype == "fp32" else None
+
+
+@torch._dynamo.substitute_in_graph(megatron_utils.get_tensor_model_parallel_group_if_none)
+def _group_if_none(tp_group, is_expert=False, check_initialized=True):
+    """What compiled code runs for Megatron-Core's helper of that name: the same group, without
+    its deprecation warning — which ``RowParallelLinear`` triggers on every forward (it passes
+    ``tp_group=None`` itself) and which would break every compiled decoding graph there."""
+    if not torch.distributed.is_initialized():
+        return None
+    if not parallel_state.is_initialized() or tp_group is not None:
+        return tp_group
+    if is_expert:
+        return parallel_state.get_expert_tensor_parallel_group(check_initialized=check_initialized)
+    return parallel_state.get_tensor_model_parallel_group(check_initialized=check_initialized)
+
+
+def _gather_vocab(logits: torch.Tensor) -> torch.Tensor:
+    """Vocab-parallel logits → full vocabulary. The group is passed: without it Megatron-Core
+    warns on every call, which breaks a compiled decoding graph."""
+    group = parallel_state.get_tensor_model_parallel_group()
+    return gather_from_tensor_model_parallel_region(logits, group=group)
 
 
 class TwoTowerModel(MegatronModule):
@@ -210,7 +233,7 @@ class TwoTowerModel(MegatronModule):
     @staticmethod
     def _full_vocab(out: ContextOutput) -> ContextOutput:
         if out.logits is not None:
-            out.logits = gather_from_tensor_model_parallel_region(out.logits)
+            out.logits = _gather_vocab(out.logits)
         return out
 
     @torch.no_grad()
@@ -256,4 +279,4 @@ class TwoTowerModel(MegatronModule):
             logits = self.denoiser(
                 block_tokens, t_tokens, CacheConditioning(cache), causal_in_block=causal_in_block
             )
-            return gather_from_tensor_model_parallel_region(logits)
+            return _gather_vocab(logits)

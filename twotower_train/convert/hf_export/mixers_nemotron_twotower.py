@@ -215,11 +215,14 @@ def attention_out(attention: nn.Module, context: torch.Tensor) -> torch.Tensor:
     return attention.o_proj(context.transpose(1, 2).reshape(b, s, -1))
 
 
-def causal_attention(q, k, v, key_valid: torch.Tensor | None) -> torch.Tensor:
+def causal_attention(q, k, v, key_valid: torch.Tensor | None, mask=None) -> torch.Tensor:
     """The s newest positions q (b, heads, s, hd) attend causally to all P + s keys k/v
     (b, kv, P + s, hd); ``key_valid`` (b, P + s) masks left padding, and a query always sees
-    itself so that fully padded rows stay finite."""
+    itself so that fully padded rows stay finite. A ready ``mask`` (b, 1, s, keys) replaces
+    both (a static cache's, ``ContextCache.causal_mask``)."""
     gqa = q.shape[1] != k.shape[1]
+    if mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
     new, total = q.shape[2], k.shape[2]
     if new == total and key_valid is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)

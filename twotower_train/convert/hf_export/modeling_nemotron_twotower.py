@@ -178,7 +178,8 @@ class NemotronHTwoTowerForCausalLM(CardGeneration, NemotronHForCausalLM):
         if valid is None:
             valid = torch.ones(tokens.shape, dtype=torch.bool, device=tokens.device)
         new = cache.extend(valid)  # valid (b, P + s); K/V written per layer below
-        key_valid = new.valid if padded or cache.length else None
+        mask = new.causal_mask(tokens.shape[1])  # a static cache's (compiled decoding)
+        key_valid = None if mask is not None else new.valid if padded or cache.length else None
         valid = valid if padded else None
         out = ContextOutput(cache=new, logits=None)
         tower = self.context_tower
@@ -194,7 +195,7 @@ class NemotronHTwoTowerForCausalLM(CardGeneration, NemotronHForCausalLM):
             elif block.block_type == ATTENTION:
                 q, k, v = attention_qkv(block.mixer, normed)
                 k, v = new.write_kv(i, k, v)  # (b, kv, P + s, hd): cached keys, then the new
-                mixed = attention_out(block.mixer, causal_attention(q, k, v, key_valid))
+                mixed = attention_out(block.mixer, causal_attention(q, k, v, key_valid, mask))
             elif block.block_type == MOE:  # routed experts without a per-expert loop
                 mixed = moe_forward(block.mixer, normed)
             else:
