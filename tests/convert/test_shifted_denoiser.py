@@ -16,12 +16,12 @@ from twotower_train.decoding.samplers import (
     ARConfig,
     MaskDiffusionConfig,
     MockARConfig,
-    block_logits,
     generate_ar,
     generate_mask_diffusion,
     generate_mock_ar,
 )
 from twotower_train.decoding.speculative import SpeculativeConfig, generate_speculative
+from twotower_train.decoding.unmasking import block_logits
 
 PROMPTS = [[5, 17, 99, 240, 31, 7], [12, 400, 9], [77]]
 NEW = 16

@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from twotower_train.decoding.cache import ContextCache, ContextOutput
+from twotower_train.decoding.cache import ContextCache
+from twotower_train.decoding.interface import ContextOutput
 from twotower_train.decoding.samplers import MaskDiffusionConfig, generate_mask_diffusion
 from twotower_train.decoding.sampling import TokenChoice, choose_block_tokens
 

@@ -51,7 +51,14 @@ def test_compiled_tokens_equal_eager(model, monkeypatch):
         eager = generate(model, PROMPTS, config).tokens
         config.compile = True
         assert generate(model, PROMPTS, config).tokens == eager
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it did compile
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert graphs > 0  # it did compile
+    # Static caches: more tokens and other prompt lengths (same batch) reuse the same graphs.
+    others = [[3, 1, 4, 1, 5, 9, 2, 6, 5], [2, 7]]
+    generate_mask_diffusion(model, others, MaskDiffusionConfig(14, block_size=4, compile=True))
+    generate_ar(model, others, ARConfig(max_new_tokens=14, compile=True))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    assert not compiled(model).failures
 
 
 def test_a_compiler_failure_falls_back_to_eager(model, monkeypatch):

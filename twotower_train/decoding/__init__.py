@@ -9,9 +9,11 @@ it): the Hugging Face export ships verbatim copies of exactly the modules in
 
 PORTABLE_MODULES: tuple[str, ...] = (
     "cache",
+    "interface",
     "sampling",
     "batching",
     "compiled",
+    "unmasking",
     "samplers",
     "speculative",
     "card",

@@ -2,7 +2,7 @@
 ``generate_mock_ar`` and ``generate_ar`` with the released code's keyword names and defaults.
 
 :class:`CardGeneration` is a mixin for a model that implements the samplers' interface
-(:class:`~.cache.DecodingModel`) and has a ``config`` with ``pad_token_id``: the Hugging Face
+(:class:`~.interface.DecodingModel`) and has a ``config`` with ``pad_token_id``: the Hugging Face
 export's ``NemotronTwoTowerForCausalLM`` inherits it (this file is shipped verbatim next to the
 modeling code). Each method takes ``input_ids`` (b, P), left-padded with an ``attention_mask``
 when the prompts differ in length, and returns (b, P + new) ids like ``generate()``: the
@@ -11,7 +11,7 @@ prompts, then each row's new tokens, rows that stopped early filled with ``pad_t
 Released keywords and defaults: ``max_new_tokens=128``, ``block_size=16``,
 ``steps_per_block=16``, ``mask_token_id=3``, ``temperature=0.0`` (greedy), ``top_k=None``,
 ``confidence_threshold=0.9``, ``eos_token_id=None`` (no EOS stop), ``step_callback=None``
-(:data:`~.samplers.StepCallback`). Our additions, keyword-only: ``attention_mask``, ``top_p``,
+(:data:`~.unmasking.StepCallback`). Our additions, keyword-only: ``attention_mask``, ``top_p``,
 ``pad_token_id`` (default: the config's), ``generator`` (seeds sampling) and ``compile``
 (the decoding forwards under ``torch.compile``, :mod:`.compiled`). Unlike the released
 code, ``max_new_tokens`` need not be a multiple of ``block_size`` and a row's tokens end at its

@@ -1,6 +1,6 @@
 """``DecodeConfig.compile``: the decoding forwards under ``torch.compile``.
 
-:func:`compiled` gives a view of a :class:`~.cache.DecodingModel` whose ``advance`` (the AR
+:func:`compiled` gives a view of a :class:`~.interface.DecodingModel` whose ``advance`` (the AR
 step, the block advance, the speculative verify) and ``denoise_block`` (every denoising step)
 run compiled; ``prefill`` stays eager (it runs once per call, on prompt shapes that differ every
 time). Both modes get the same treatment, so an AR / diffusion comparison stays fair. The view

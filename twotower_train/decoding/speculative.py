@@ -4,12 +4,12 @@ Each round works on one block of S positions right after the context cache:
 
 1. position 0 holds the AR tower's token after everything accepted so far (already emitted);
    the denoiser drafts positions 1..S−1 by confidence unmasking (few steps, low γ —
-   :func:`~.samplers.unmask_block`, the mask-diffusion inner loop);
+   :func:`~.unmasking.unmask_block`, the mask-diffusion inner loop);
 2. the context tower advances over the whole block in ONE forward with logits at every
    position and the Mamba states after every position (``advance(..., position_states=True)``);
 3. per row, the longest draft prefix equal to the AR tower's greedy choices is accepted, and
    the AR token after it becomes position 0 of the next block;
-4. the cache is rolled back to the accepted length (:meth:`~.cache.ContextOutput.rollback`:
+4. the cache is rolled back to the accepted length (:meth:`~.interface.ContextOutput.rollback`:
    K/V trimmed, Mamba conv/SSM states at the accepted length, exact).
 
 Every emitted token is the AR tower's greedy choice given the tokens before it, so the output
@@ -39,9 +39,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .batching import Generation, OnCommit, prefill_prompts
 from .compiled import decoding_model
-from .samplers import Generation, MaskDiffusionConfig, OnCommit, prefill_prompts, unmask_block
 from .sampling import choose_tokens
+from .unmasking import MaskDiffusionConfig, unmask_block
 
 
 @dataclass

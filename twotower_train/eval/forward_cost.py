@@ -1,7 +1,7 @@
 """What one model forward of each decoding kind costs, and how many MoE experts it touches.
 
 The generation benchmark (``benchmarks/generation.py``) reports tokens/s per mode; these figures
-say where that time goes. On any :class:`~twotower_train.decoding.cache.DecodingModel` (a
+say where that time goes. On any :class:`~twotower_train.decoding.interface.DecodingModel` (a
 trainer checkpoint's ``TwoTowerModel`` or an HF export), after a prefill of the prompts:
 
 * ``ar_step`` — ``advance`` over one token, last logits (an AR step; mock-AR's context half),
@@ -30,7 +30,8 @@ from collections.abc import Callable
 import torch
 
 from twotower_train.decoding.batching import static_caches
-from twotower_train.decoding.samplers import left_pad, shifted
+from twotower_train.decoding.samplers import left_pad
+from twotower_train.decoding.unmasking import shifted
 
 KINDS = ("ar_step", "denoiser_block", "context_advance", "verify")
 

@@ -6,7 +6,7 @@ answer + EOS form one block in which every position is masked with probability
 ``mask_ratio`` (at least one); the denoiser predicts the block at t = the block's masked
 fraction, as in training, and its argmax (mask token excluded, as the samplers do) is compared
 with the true token at the masked positions. A shifted denoiser (``denoiser_shift``) is scored
-through ``samplers.block_logits`` on the masked positions after the block's first, which the
+through ``unmasking.block_logits`` on the masked positions after the block's first, which the
 context tower predicts. The unigram baseline predicts, at every masked
 position, the most frequent token of a reference token stream (the training answers): what a
 denoiser that ignored its context and the visible tokens would score at best.
@@ -18,7 +18,8 @@ from collections import Counter
 
 import torch
 
-from twotower_train.decoding.samplers import block_logits, left_pad, shifted
+from twotower_train.decoding.batching import left_pad
+from twotower_train.decoding.unmasking import block_logits, shifted
 from twotower_train.diffusion import shifted_loss_positions
 
 

@@ -15,7 +15,7 @@
 
 Both take a batch of (context ids, continuation ids) pairs and return (sum of log-probs over
 the full vocabulary, whether every continuation token is the greedy choice) per pair. Any
-:class:`~twotower_train.decoding.cache.DecodingModel` works.
+:class:`~twotower_train.decoding.interface.DecodingModel` works.
 """
 
 from __future__ import annotations

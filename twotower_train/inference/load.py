@@ -17,7 +17,7 @@ precision it was trained in, ``optimizer.precision``).
 :func:`load_for_decoding` is what the front ends (``twotower-generate``, the lm-eval adapter,
 ``benchmarks/generation.py``) call: a trainer checkpoint of a two-tower run or an exported
 folder (``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``), each with its
-tokenizer; both offer the :class:`~twotower_train.decoding.cache.DecodingModel` interface.
+tokenizer; both offer the :class:`~twotower_train.decoding.interface.DecodingModel` interface.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def place(
     denoiser_device: torch.device | str | None = None,
     context_only: bool = False,
 ):
-    """``model`` (a :class:`~twotower_train.decoding.cache.DecodingModel`) with its context
+    """``model`` (a :class:`~twotower_train.decoding.interface.DecodingModel`) with its context
     tower on ``device`` (default: where it is) and its denoiser on ``denoiser_device`` (default:
     with the context tower; ``context_only``: nowhere — its weights go to the ``meta`` device
     and free their memory). Nothing moves when nothing is asked."""

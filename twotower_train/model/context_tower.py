@@ -18,7 +18,8 @@ import torch
 from megatron.core.models.hybrid.hybrid_model import HybridModel
 from megatron.core.transformer.module import MegatronModule
 
-from twotower_train.decoding.cache import ContextCache, ContextOutput, MambaStates
+from twotower_train.decoding.cache import ContextCache, MambaStates
+from twotower_train.decoding.interface import ContextOutput
 from twotower_train.model.layers import LayerKind, embed, iter_layers, lm_head, pre_norm
 from twotower_train.model.mixers import (
     attention_out,

@@ -35,7 +35,8 @@ from megatron.core.models.hybrid.hybrid_model import HybridModel
 from megatron.core.transformer.module import MegatronModule
 
 from twotower_train import backends
-from twotower_train.decoding.cache import ContextCache, ContextOutput, MambaStates
+from twotower_train.decoding.cache import ContextCache, MambaStates
+from twotower_train.decoding.interface import ContextOutput
 from twotower_train.model.adaln import AdaLNSingle
 from twotower_train.model.layers import (
     LayerKind,

@@ -37,7 +37,8 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.module import MegatronModule
 
 from twotower_train import distributed
-from twotower_train.decoding.cache import ContextCache, ContextOutput
+from twotower_train.decoding.cache import ContextCache
+from twotower_train.decoding.interface import ContextOutput
 from twotower_train.errors import ConfigError
 from twotower_train.model.adaln import AdaLNSingle
 from twotower_train.model.backbone import build_backbone, denoiser_stack_spec, transformer_config
@@ -219,7 +220,7 @@ class TwoTowerModel(MegatronModule):
     @property
     def denoiser_shift(self) -> bool:
         """Whether the denoiser's output at position i scores the token at i + 1
-        (``model.denoiser_shift``; the samplers read it through ``samplers.block_logits``)."""
+        (``model.denoiser_shift``; the samplers read it through ``unmasking.block_logits``)."""
         return self.cfg.denoiser_shift
 
     @property

@@ -31,9 +31,10 @@ from transformers.models.nemotron_h.modeling_nemotron_h import (
 )
 
 from .adaln_nemotron_twotower import TimestepEmbedder, scale_shift_tables, time_block
-from .cache import ContextCache, ContextOutput
+from .cache import ContextCache
 from .card import CardGeneration
 from .configuration_nemotron_twotower import NemotronTwoTowerConfig
+from .interface import ContextOutput
 from .mixers_nemotron_twotower import (
     attention_out,
     attention_qkv,
@@ -157,7 +158,7 @@ class NemotronHTwoTowerForCausalLM(CardGeneration, NemotronHForCausalLM):
     def denoiser_device(self) -> torch.device:
         return self.denoiser_tower.embeddings.weight.device
 
-    # --- the samplers' interface (cache.DecodingModel) ------------------------------------------
+    # --- the samplers' interface (interface.DecodingModel) ------------------------------------------
 
     @torch.no_grad()
     def prefill(self, tokens, valid=None, logits="last") -> ContextOutput:
