@@ -68,6 +68,12 @@ class CompiledDecoding:
 
     def _call(self, name: str, compiled: bool, args, kwargs=None):
         kwargs = kwargs or {}
+        if compiled and self.mode == "reduce-overhead" and name in ("advance", "denoise_block"):
+            # The graphs write into the cache's buffers: CUDA graphs replay only over inputs
+            # at fixed addresses (a new generation's buffers re-record once).
+            cache = args[0]
+            for tensor in (cache.valid_buffer, *(t for kv in cache.buffers.values() for t in kv)):
+                torch._dynamo.mark_static_address(tensor)
         if compiled and name not in self.failures:
             try:
                 return self._compiled[name](*args, **kwargs)
