@@ -172,3 +172,6 @@ def test_export_caches_live_with_the_tower_that_reads_them(tmp_path):
     assert logits.device == meta and logits.shape == (len(PROMPTS), 4, hf.config.vocab_size)
     step = hf.advance(out.cache, torch.full((len(PROMPTS), 4), 5), logits="all")
     assert cache_devices(step.cache) == {cpu} and step.logits.device == cpu
+    again = step.cache.to(hf.denoiser_device, like=moved)  # the next block's copy: refreshed
+    assert cache_devices(again) == {meta} and again.length == step.cache.length
+    assert all(again.buffers[i][0] is moved.buffers[i][0] for i in moved.buffers)

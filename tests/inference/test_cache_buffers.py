@@ -136,3 +136,38 @@ def test_advance_writes_in_place(models):
     assert grown.capacity >= grown.length == cache.length + 1
     assert grown.keys[layer].data_ptr() != start
     torch.testing.assert_close(grown.keys[layer][:, :, : cache.length], cache.keys[layer])
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_a_copy_elsewhere_is_refreshed_with_the_new_positions_only(models, static):
+    """Towers apart: ``to(device, like=previous copy)`` copies only what the cache gained since
+    (two CPU devices do not exist, so the copy step runs here on the CPU itself)."""
+    model = models["megatron"]
+    tokens, valid = left_pad(PROMPTS, 0)
+    prefill = model.prefill(tokens, valid=valid, logits="none").cache
+    cache = prefill.reserve(8, static=static, scratch=4 if static else 0)
+    like = (
+        cache._like(torch.clone)
+        if static
+        else ContextCache(
+            keys=dict(cache.keys), values=dict(cache.values), mamba=cache.mamba, valid=cache.valid
+        ).reserve(8)
+    )
+    grown = model.advance(cache, torch.tensor([[9, 8], [10, 7], [11, 6]]), logits="none").cache
+    layer = next(iter(grown.keys))
+    old = grown.keys[layer][:, :, 0].clone()
+    grown.keys[layer][:, :, 0] = 123.0  # an old position changed at the source: not copied
+    assert grown._grew_from(like)
+    copy = grown._copy_into(like)
+    assert copy.buffers[layer][0] is like.buffers[layer][0]  # the same buffers, refreshed
+    assert copy.length == grown.length == prefill.length + 2 and copy.static == static
+    torch.testing.assert_close(copy.keys[layer][:, :, 0], old)
+    grown.keys[layer][:, :, 0] = old
+    new = slice(prefill.length, grown.length)
+    for i in grown.keys:
+        torch.testing.assert_close(copy.keys[i][:, :, new], grown.keys[i][:, :, new])
+        torch.testing.assert_close(copy.values[i][:, :, new], grown.values[i][:, :, new])
+    torch.testing.assert_close(copy.valid[:, : grown.length], grown.valid[:, : grown.length])
+    for i, states in grown.mamba.items():
+        torch.testing.assert_close(copy.mamba[i].ssm, states.ssm)
+    assert not grown.select(torch.tensor([0, 1]))._grew_from(like)  # rows left: copy it all

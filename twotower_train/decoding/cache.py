@@ -108,18 +108,59 @@ class ContextCache:
             setattr(out, name, value)
         return out
 
-    def to(self, device: torch.device) -> ContextCache:
-        """This cache on ``device`` — itself when it is already there (one-device decoding)."""
+    def to(self, device: torch.device, like: ContextCache | None = None) -> ContextCache:
+        """This cache on ``device`` — itself when it is already there (one-device decoding).
+
+        ``like``: the copy an earlier call made on ``device`` (towers placed apart: the
+        denoiser's copy of the previous block's cache). If this cache only grew since — the
+        samplers' appends and rollbacks never change a position the copy holds — just the
+        positions written since are copied, into its buffers; else everything is."""
         if self.valid is None or self.valid.device == torch.device(device):
             return self
+        if like is not None and self._grew_from(like):
+            return self._copy_into(like)
         if self.static:
             return self._like(lambda t: t.to(device))
-        return ContextCache(
+        copy = ContextCache(
             keys={i: k.to(device) for i, k in self.keys.items()},
             values={i: v.to(device) for i, v in self.values.items()},
             mamba={i: m.to(device) for i, m in self.mamba.items()},
             valid=self.valid.to(device),
         )
+        # Buffers, so the next block's copy is incremental (room: as the source's, or doubling).
+        return copy.reserve(max(self.capacity - self.length, self.length, 64))
+
+    def _grew_from(self, like: ContextCache) -> bool:
+        return (
+            like.valid_buffer is not None
+            and like.static == self.static
+            and set(like.buffers) == set(self.keys)
+            and like.valid.shape[0] == self.valid.shape[0]
+            and like.length <= self.length <= like.capacity
+            and (not self.static or like.valid_buffer.shape == self.valid_buffer.shape)
+        )
+
+    def _copy_into(self, like: ContextCache) -> ContextCache:
+        """This cache in ``like``'s buffers (on another device): positions [like.length,
+        length) copied, the Mamba states whole (:meth:`to`)."""
+        start, end, device = like.length, self.length, like.valid.device
+        for i, buffers in like.buffers.items():
+            for buffer, source in zip(buffers, (self.keys[i], self.values[i])):
+                buffer[:, :, start:end] = source[:, :, start:end]
+        like.valid_buffer[:, start:end] = self.valid[:, start:end]
+        out = ContextCache(
+            mamba={i: m.to(device) for i, m in self.mamba.items()},
+            valid_buffer=like.valid_buffer,
+            scratch=like.scratch,
+        )
+        width = like.valid_buffer.shape[1]
+        if self.static:
+            out.valid, out.end, out._length = like.valid_buffer, self.end.to(device), end
+        else:
+            out.valid = like.valid_buffer[:, :end]
+        for i, buffers in like.buffers.items():
+            out._hold(i, buffers, width if self.static else end)
+        return out
 
     def select(self, rows: torch.Tensor) -> ContextCache:
         """The cache of batch rows ``rows`` (a long index), in that order — finished rows

@@ -84,17 +84,19 @@ def generate_mask_diffusion(
     out, stats, prefill = prefill_prompts(model, prompts, config, context_logits, on_commit)
     cache, first, S = prefill.cache, prefill.logits, config.block_size
     device = model.denoiser_device
-    block_idx = 0
+    block_idx, mirror = 0, None
     while not out.finished:
         batch = len(out.live)
         block = torch.full((batch, S), config.mask_token_id, dtype=torch.long, device=device)
         decoded = torch.zeros(batch, S, dtype=torch.bool, device=device)
         if step_callback is not None:
             step_callback(0, config.steps_per_block, block, t=1.0, logits=None, block_idx=block_idx)
-        # Towers on two devices: the denoiser reads a copy of the cache on its own device.
+        # Towers on two devices: the denoiser reads a copy of the cache on its own device,
+        # refreshed with the positions the last block added.
+        mirror = cache.to(device, like=mirror)
         block = unmask_block(
             model,
-            cache.to(device),
+            mirror,
             block,
             decoded,
             out.remaining(device).clamp(max=S),
@@ -166,9 +168,10 @@ def generate_mock_ar(
         # Room in the full cache only: `short` caches never own buffers, so the denoiser's
         # block K/V (ContextCache.block_kv) never land on the full cache's last position.
         cache = model.advance(short, last, logits="none").cache.reserve(config.max_new_tokens)
-    device = model.denoiser_device
+    device, mirror = model.denoiser_device, None
     while not out.finished:
-        logits = model.denoise_block(short.to(device), last.to(device), None)  # (b, 1, V)
+        mirror = short.to(device, like=mirror)  # towers apart: one new position per step
+        logits = model.denoise_block(mirror, last.to(device), None)  # (b, 1, V)
         stats.denoiser_forwards += 1
         stats.row_denoiser_forwards += out.active
         new, _ = choose_tokens(logits, config.choice, generator=generator)

@@ -100,6 +100,7 @@ def generate_speculative(
     out.extend(first.tolist())
     drafted = torch.zeros(batch, S, dtype=torch.bool, device=den_device)
     drafted[:, 0] = True  # position 0 is the AR token, fixed
+    mirror = None
     while not out.finished:
         stay = out.leave(ctx_device)  # finished rows leave the batch
         if stay is not None:
@@ -110,8 +111,9 @@ def generate_speculative(
         # A row can still use at most `remaining` tokens: the AR token after its accepted
         # drafts is one of them, so the drafts beyond position remaining − 1 are never used.
         needed = out.remaining(den_device).clamp(max=S)
+        mirror = cache.to(den_device, like=mirror)  # towers apart: what the last round added
         block = unmask_block(
-            model, cache.to(den_device), block, drafted[:batch], needed, config, stats, generator
+            model, mirror, block, drafted[:batch], needed, config, stats, generator
         ).to(ctx_device)
         verified = model.advance(cache, block, logits="all", position_states=True)
         stats.context_forwards += 1
