@@ -93,14 +93,18 @@ def test_buffers_change_nothing(models, impl, mode, monkeypatch):
     model = models[impl]
     tokens, logits = _run(model, mode)
     monkeypatch.setattr(ContextCache, "reserve", lambda self, room, **_: self)
-    ref_tokens, ref_logits = _run(model, mode)
-    assert tokens == ref_tokens
-    assert len(logits) == len(ref_logits)
-    for ours, theirs in zip(logits, ref_logits):
-        if theirs is None:
-            assert ours is None
+    _assert_same_run((tokens, logits), _run(model, mode), tolerance=1e-6)
+
+
+def _assert_same_run(ours, theirs, tolerance: float) -> None:
+    """Two :func:`_run` results: the same tokens, every logit tensor within ``tolerance``."""
+    assert ours[0] == theirs[0]
+    assert len(ours[1]) == len(theirs[1])
+    for mine, reference in zip(ours[1], theirs[1]):
+        if reference is None:
+            assert mine is None
         else:
-            torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-6)
+            torch.testing.assert_close(mine, reference, atol=tolerance, rtol=tolerance)
 
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -109,15 +113,8 @@ def test_static_caches_change_nothing(models, impl, mode):
     """Static caches (whole buffers, masks instead of slices, the block's K/V in the scratch)
     give the same logits: the same keys reach the softmax, in another order and next to
     masked ones (fp32 sums reordered: 1e-5)."""
-    tokens, logits = _run(models[impl], mode)
-    static_tokens, static_logits = _run(models[impl], mode, StaticRecorder)
-    assert static_tokens == tokens
-    assert len(static_logits) == len(logits)
-    for ours, theirs in zip(static_logits, logits):
-        if theirs is None:
-            assert ours is None
-        else:
-            torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    reference = _run(models[impl], mode)
+    _assert_same_run(_run(models[impl], mode, StaticRecorder), reference, tolerance=1e-5)
 
 
 def test_advance_writes_in_place(models):
