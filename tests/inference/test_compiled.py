@@ -11,8 +11,10 @@ from twotower_train.decoding.compiled import CompiledDecoding, compiled
 from twotower_train.decoding.samplers import (
     ARConfig,
     MaskDiffusionConfig,
+    MockARConfig,
     generate_ar,
     generate_mask_diffusion,
+    generate_mock_ar,
 )
 from twotower_train.model.two_tower import TwoTowerModel
 
@@ -59,6 +61,11 @@ def test_compiled_tokens_equal_eager(model, monkeypatch):
     generate_ar(model, others, ARConfig(max_new_tokens=14, compile=True))
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
     assert not compiled(model).failures
+    # The CUDA-graph mode's path (on a CPU inductor records no CUDA graph): mock-AR keeps each
+    # step's cache past the next call of the same graph.
+    mock = MockARConfig(max_new_tokens=5)
+    eager = generate_mock_ar(model, PROMPTS, mock).tokens
+    assert generate_mock_ar(compiled(model, "reduce-overhead"), PROMPTS, mock).tokens == eager
 
 
 def test_a_compiler_failure_falls_back_to_eager(model, monkeypatch):
@@ -77,3 +84,29 @@ def test_a_compiler_failure_falls_back_to_eager(model, monkeypatch):
     with pytest.warns(UserWarning, match="runs eager from now on"):
         assert generate_mask_diffusion(view, PROMPTS, config).tokens == eager
     assert set(view.failures) == {"advance"} and "s25" in view.failures["advance"]
+
+
+def test_cuda_graph_results_are_kept_apart_from_the_buffers(model):
+    """``mode="reduce-overhead"`` (CUDA graphs reuse their outputs' memory on the next replay):
+    a compiled call's result is cloned before the samplers keep it — except the cache's
+    buffers, which the graphs write in place and must stay the caller's."""
+    from twotower_train.decoding.compiled import _kept
+    from twotower_train.decoding.samplers import left_pad
+
+    tokens, valid = left_pad(PROMPTS, 0)
+    prefill = model.prefill(tokens, valid=valid)
+    prefill.cache = prefill.cache.reserve(8, static=True, scratch=4)
+    out = model.advance(prefill.cache, tokens[:, -1:], position_states=True)
+    kept = _kept(out)
+    cache = kept.cache
+    assert cache.buffers is out.cache.buffers and cache.valid is out.cache.valid
+    assert all(cache.keys[i] is out.cache.keys[i] for i in cache.keys)
+    fresh = [
+        (kept.logits, out.logits),
+        (cache.end, out.cache.end),
+        *((cache.mamba[i].ssm, out.cache.mamba[i].ssm) for i in cache.mamba),
+        *((kept.position_states[i].conv, out.position_states[i].conv) for i in cache.mamba),
+    ]
+    for copy, original in fresh:
+        assert copy.data_ptr() != original.data_ptr() and torch.equal(copy, original)
+    assert cache.length == out.cache.length

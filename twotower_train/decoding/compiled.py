@@ -10,9 +10,10 @@ Shapes are static: compiled decoding runs on a static cache (:class:`~.cache.Con
 made by the samplers when ``compile`` is set) whose buffers keep one shape for a whole
 generation and whose length is a device tensor, so each kind of call — AR step, block advance,
 verify, denoising step — is one graph for every position, and a GPU replays it as a CUDA graph
-(``mode="reduce-overhead"``, the default on CUDA devices). The view keeps the cache's host-side
-length itself (a compiled graph never reads it). A call on a non-static cache, or one that
-would outgrow the cache, runs eager; a method whose compilation fails warns once and runs eager
+(``mode="reduce-overhead"``, the default on CUDA devices: the cache buffers the graphs write are
+marked static addresses, and what a call returns is cloned, :func:`_kept`). The view keeps the
+cache's host-side length itself (a compiled graph never reads it). A call on a non-static
+cache, or one that would outgrow the cache, runs eager; a method whose compilation fails warns once and runs eager
 from then on. Off by default (docs/decoding_speed.md: compiling costs tens of seconds per call
 kind, which a short generation does not earn back).
 
@@ -21,10 +22,13 @@ Torch-only, like its siblings (the Hugging Face export ships it verbatim).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 
 import torch
+
+from .cache import ContextCache
 
 
 class CompiledDecoding:
@@ -76,7 +80,8 @@ class CompiledDecoding:
                 torch._dynamo.mark_static_address(tensor)
         if compiled and name not in self.failures:
             try:
-                return self._compiled[name](*args, **kwargs)
+                result = self._compiled[name](*args, **kwargs)
+                return _kept(result) if self.mode == "reduce-overhead" else result
             except Exception as error:  # noqa: BLE001 — a compiler failure, not the model's
                 # Dynamo fails while tracing or guarding, before the graph runs: nothing was
                 # written to the cache, so the eager call below starts from the same state.
@@ -92,6 +97,26 @@ class CompiledDecoding:
 
     def __getattr__(self, name):
         return getattr(self._model, name)
+
+
+def _kept(value):
+    """A compiled call's result, safe to keep past the next replay of its CUDA graph (which
+    reuses its outputs' memory; the samplers keep caches and logits across calls): its
+    tensors cloned — except a cache's buffers, the caller's inputs written in place."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {key: _kept(item) for key, item in value.items()}
+    if isinstance(value, ContextCache):  # buffers, keys/values and validity are the inputs'
+        return dataclasses.replace(
+            value,
+            mamba=_kept(value.mamba),
+            end=None if value.end is None else value.end.clone(),
+        )
+    if dataclasses.is_dataclass(value):
+        fields = dataclasses.fields(value)
+        return dataclasses.replace(value, **{f.name: _kept(getattr(value, f.name)) for f in fields})
+    return value
 
 
 def _undecorated(method):
