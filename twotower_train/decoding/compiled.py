@@ -48,6 +48,11 @@ class CompiledDecoding:
         self.failures: dict[str, str] = {}
         """Method → why compiling it failed (it then runs eager from that call on)."""
 
+    @property
+    def wrapped(self):
+        """The model this view compiles (what a :meth:`compile_function` function calls)."""
+        return self._model
+
     @torch.no_grad()
     def advance(self, cache, tokens, logits="last", position_states=False):
         length = cache.length + tokens.shape[1]
@@ -62,8 +67,9 @@ class CompiledDecoding:
         return self._call("denoise_block", cache.static, (cache, *args), kwargs)
 
     def compile_function(self, function):
-        """``function`` (pure device work a sampler runs per step, e.g. the denoising commit
-        rule) compiled like the methods, once per view; eager after a failure, like them."""
+        """``function`` (device work a sampler runs per step on :attr:`wrapped`, e.g. a
+        denoising step: forward and commit rule) compiled like the methods, once per view;
+        eager after a failure, like them."""
         name = function.__name__
         if name not in self._compiled:
             self._compiled[name] = torch.compile(function, dynamic=False, mode=self.mode)
@@ -72,12 +78,13 @@ class CompiledDecoding:
 
     def _call(self, name: str, compiled: bool, args, kwargs=None):
         kwargs = kwargs or {}
-        if compiled and self.mode == "reduce-overhead" and name in ("advance", "denoise_block"):
+        if compiled and self.mode == "reduce-overhead":
             # The graphs write into the cache's buffers: CUDA graphs replay only over inputs
             # at fixed addresses (a new generation's buffers re-record once).
-            cache = args[0]
-            for tensor in (cache.valid_buffer, *(t for kv in cache.buffers.values() for t in kv)):
-                torch._dynamo.mark_static_address(tensor)
+            for cache in (a for a in args if isinstance(a, ContextCache)):
+                buffers = (t for pair in cache.buffers.values() for t in pair)
+                for tensor in (cache.valid_buffer, *buffers):
+                    torch._dynamo.mark_static_address(tensor)
         if compiled and name not in self.failures:
             try:
                 result = self._compiled[name](*args, **kwargs)

@@ -164,17 +164,19 @@ def _progress(block, decoded, needed, eos: int | None) -> _BlockState:
 
 
 def _denoising_step(
-    choose, model, logits, state: _BlockState, needed, steps_left, threshold: float, eos
-) -> _BlockState:
-    """One step's commit rule (:func:`unmask_block`) from the denoiser's ``logits``: the block
-    after it. Device work only — a compiled model runs it as one graph."""
+    choose, model, cache, state: _BlockState, needed, steps_left, threshold: float, eos
+) -> tuple[torch.Tensor, _BlockState]:
+    """One denoising step of :func:`unmask_block`: the denoiser over the block, then the commit
+    rule → (the denoiser's raw logits, the block after the step). Device work only — decoding
+    compiled, it is one graph."""
+    logits = model.denoise_block(cache, state.block, state.t)  # (b, S, V)
     block, decoded = state.block, state.decoded
     masked = ~decoded
     proposal, confidence = choose(model, logits)
     confidence = confidence.masked_fill(decoded, -1.0)  # decoded rank last
     count = commit_count(confidence, masked, threshold, steps_left)
     commit = masked & (descending_rank(confidence) < count.unsqueeze(-1))
-    return _progress(torch.where(commit, proposal, block), decoded | commit, needed, eos)
+    return logits, _progress(torch.where(commit, proposal, block), decoded | commit, needed, eos)
 
 
 def unmask_block(
@@ -200,41 +202,44 @@ def unmask_block(
     commits would be discarded, so the tokens are those of running all the steps. ``first``:
     :func:`block_logits`; ``step_callback``: :data:`StepCallback`.
 
-    The commit rule runs on the device (compiled into one graph when the model decodes
-    compiled and greedily); the loop reads one flag per step from it (whether every row is
+    The commit rule runs on the device — decoding compiled and greedily, each step (forward and
+    rule) is one graph; the loop reads one flag per step from it (whether every row is
     settled) and the row forwards are summed there and read once per block."""
     choose = _BlockChoice(model, config, first, generator)
     steps = config.steps_per_block
-    step_rule = _denoising_step
-    if config.choice.temperature == 0:  # a random draw's generator stays out of compiled code
-        step_rule = getattr(model, "compile_function", lambda f: f)(_denoising_step)
+    step_of, target = _denoising_step, model
+    compile_function = getattr(model, "compile_function", None)
+    # A random draw's generator stays out of compiled code; a cache that is not static
+    # (compiled.py) runs eager.
+    if compile_function and config.choice.temperature == 0 and cache.static:
+        step_of, target = compile_function(_denoising_step), model.wrapped
     steps_left = torch.arange(steps, 0, -1, device=block.device)  # one 0-dim view per step
     state = _progress(block, decoded.clone(), needed, config.eos_token_id)
     row_forwards = torch.zeros((), dtype=torch.long, device=block.device)
     for step in range(steps):
         if bool(state.done):
             break
-        logits = model.denoise_block(cache, state.block, state.t)  # (b, S, V) raw outputs
-        stats.denoiser_forwards += 1
-        row_forwards += state.live
-        if step_callback is not None:  # the block as the denoiser read it
-            step_callback(
-                step,
-                steps,
-                state.block,
-                t=float(state.t.mean()),
-                logits=_scores(model, logits, first),
-                block_idx=block_idx,
-            )
-        state = step_rule(
+        read = state
+        logits, state = step_of(
             choose,
-            model,
-            logits,
-            state,
+            target,
+            cache,
+            read,
             needed,
             steps_left[step],
             config.confidence_threshold,
             config.eos_token_id,
         )
+        stats.denoiser_forwards += 1
+        row_forwards += read.live
+        if step_callback is not None:  # the block as the denoiser read it
+            step_callback(
+                step,
+                steps,
+                read.block,
+                t=float(read.t.mean()),
+                logits=_scores(model, logits, first),
+                block_idx=block_idx,
+            )
     stats.row_denoiser_forwards += int(row_forwards)
     return state.block
