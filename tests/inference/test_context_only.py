@@ -173,3 +173,35 @@ def test_checkpoint_with_a_frozen_reference_reads_nothing_of_itself(
     assert not any(k.startswith("denoiser.") for k in log.keys)
     assert model.denoiser_device == torch.device("meta")
     assert _ar(model) == _ar(full)
+
+
+def test_a_context_only_load_builds_the_denoiser_on_meta(
+    stage2_checkpoint, single_process, monkeypatch
+):
+    """The denoiser of a context-only load is never allocated: its backbone is built under the
+    ``meta`` device (a Nano-scale denoiser would otherwise take host memory and init time)."""
+    from twotower_train.model import two_tower
+
+    devices = []
+    real = two_tower.build_backbone
+
+    def build_backbone(*args, **kwargs):
+        devices.append(torch.get_default_device().type)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(two_tower, "build_backbone", build_backbone)
+    model = load_for_decoding(stage2_checkpoint, context_only=True, device="cpu").model
+    assert devices == ["cpu", "meta"]  # the context tower, then the denoiser
+    assert {p.device.type for p in model.denoiser.parameters()} == {"meta"}
+    full = load_for_decoding(stage2_checkpoint, device="cpu").model
+    assert devices == ["cpu", "meta", "cpu", "cpu"]  # a whole load builds both for real
+    assert _ar(model) == _ar(full)
+
+
+def test_a_context_only_load_of_one_tower_says_so(two_tower_checkpoint, single_process):
+    from twotower_train.errors import UserError
+
+    backbone = Path(str(two_tower_checkpoint).replace("/stage2/", "/stage1/"))  # its stage 1
+    assert backbone.is_dir()
+    with pytest.raises(UserError, match="single-tower checkpoint"):
+        load_for_decoding(backbone, context_only=True, device="cpu")

@@ -94,8 +94,11 @@ def load_trained_model(
     target = distributed.device() if device is None else torch.device(device)
     on_cpu = target.type != "cuda" or context_only  # built and filled where it will not stay
     with cpu_initialization(on_cpu):
-        model = objective.build_model(cfg.model, parallel, dtype)
-    model = distributed.to_device(model, "cpu" if on_cpu else None)
+        model = objective.build_model(cfg.model, parallel, dtype, context_only=context_only)
+    if context_only and hasattr(model, "denoise_block"):  # the denoiser stays on meta
+        model.context_tower.to("cpu")
+    else:
+        model = distributed.to_device(model, "cpu" if on_cpu else None)
     frozen_reference.verify_frozen_reference(
         resolved, common, objective, model, option=backbone_option.rstrip("= ")
     )

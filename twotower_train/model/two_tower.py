@@ -28,6 +28,8 @@ Example (CPU)::
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from megatron.core import parallel_state
 from megatron.core import utils as megatron_utils
@@ -75,22 +77,33 @@ def _gather_vocab(logits: torch.Tensor) -> torch.Tensor:
 
 class TwoTowerModel(MegatronModule):
     def __init__(
-        self, cfg: BackboneConfig, config: TransformerConfig, *, use_te: bool | None = None
+        self,
+        cfg: BackboneConfig,
+        config: TransformerConfig,
+        *,
+        use_te: bool | None = None,
+        denoiser_on_meta: bool = False,
     ):
+        """``denoiser_on_meta``: the denoiser and adaLN-single are built on the ``meta`` device
+        (no memory, no initialisation) — a context-only load, which never fills them."""
         super().__init__(config=config)
         self.cfg = cfg
         spec = denoiser_stack_spec(cfg, use_te=use_te)
         self.context_tower = ContextTower(build_backbone(cfg, config, spec=spec))
-        denoiser_backbone = build_backbone(cfg, config, spec=spec)
-        # Same weights in both towers at init; the state-dict keys of the two specs agree.
-        denoiser_backbone.load_state_dict(self.context_tower.backbone.state_dict())
-        adaln = AdaLNSingle(
-            cfg.hidden_size,
-            len(cfg.pattern),
-            sequence_parallel=config.sequence_parallel,
-            dtype=config.params_dtype,
-        )
+        with torch.device("meta") if denoiser_on_meta else contextlib.nullcontext():
+            denoiser_backbone = build_backbone(cfg, config, spec=spec)
+            adaln = AdaLNSingle(
+                cfg.hidden_size,
+                len(cfg.pattern),
+                sequence_parallel=config.sequence_parallel,
+                dtype=config.params_dtype,
+            )
+        if not denoiser_on_meta:
+            # Same weights in both towers at init; the state-dict keys of the two specs agree.
+            denoiser_backbone.load_state_dict(self.context_tower.backbone.state_dict())
         self.denoiser = Denoiser(denoiser_backbone, adaln, scan_dtype=denoiser_scan_dtype(cfg))
+        if denoiser_on_meta:  # the few tensors Megatron allocates on an explicit device
+            self.denoiser.to("meta")
         self._check_towers_agree()
         self._freeze_context_tower()
 

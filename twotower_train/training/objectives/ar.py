@@ -32,6 +32,7 @@ class ARObjective(ObjectiveBase):
         params_dtype: torch.dtype,
         *,
         recompute: Recompute = Recompute.NONE,
+        context_only: bool = False,  # one tower: all of it is the context tower
     ) -> MegatronModule:
         from twotower_train.model.backbone import build_backbone, transformer_config
 

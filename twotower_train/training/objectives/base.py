@@ -73,9 +73,12 @@ class Objective(Protocol):
         params_dtype: torch.dtype,
         *,
         recompute: Recompute = Recompute.NONE,
+        context_only: bool = False,
     ) -> MegatronModule:
         """Build the (unwrapped) model; model-parallel groups are initialised. ``recompute``
-        (``training.recompute``) goes into the model's Megatron ``TransformerConfig``."""
+        (``training.recompute``) goes into the model's Megatron ``TransformerConfig``.
+        ``context_only``: only a context tower will be filled (a context-only load for AR
+        decoding) — a two-tower model builds its denoiser on the ``meta`` device."""
 
     def trainable_parameters(self, model: MegatronModule) -> Iterable[torch.nn.Parameter]:
         """The parameters to train; every other parameter of ``model`` is frozen."""

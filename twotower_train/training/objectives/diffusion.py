@@ -140,10 +140,15 @@ class DiffusionObjective(ObjectiveBase):
         params_dtype: torch.dtype,
         *,
         recompute: Recompute = Recompute.NONE,
+        context_only: bool = False,
     ) -> MegatronModule:
         self.check_model(model_cfg)
         model = TwoTowerModel.build(
-            model_cfg, parallel, params_dtype=params_dtype, recompute=recompute
+            model_cfg,
+            parallel,
+            params_dtype=params_dtype,
+            recompute=recompute,
+            denoiser_on_meta=context_only,
         )
         if self.backbone is not None:
             loaded = load_backbone_checkpoint(model, self.backbone)
