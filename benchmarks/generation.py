@@ -15,9 +15,10 @@ and speculative decoding, one run measures:
   step, per denoiser block forward, per context advance over a block and per speculative
   verify, at each batch size (median of ``--cost-repeats``, kinds interleaved), and for an MoE
   model the experts each forward touches per MoE layer;
-* with ``--compile``, all of it again with the model's ``prefill`` / ``advance`` /
-  ``denoise_block`` under ``torch.compile`` (rows marked ``[compiled]``); a model that does not
-  compile says why in the report (``compile_error``) and runs eager only.
+* with ``--compile``, all of it again through the compiled view that ``compile=True`` decodes
+  with (``advance`` and each denoising step under ``torch.compile`` on static caches; the
+  prefill eager; rows marked ``[compiled]``, graphs and graph breaks counted); a model that
+  does not compile says why in the report (``compile_error``) and runs eager only.
 
 It prints a console table (machine, device, threads and load average in its first line) with
 the per-forward costs under it, then ONE JSON line, and writes a PNG of the γ trade-off
