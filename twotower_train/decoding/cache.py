@@ -93,8 +93,8 @@ class ContextCache:
         buffers = {i: (move(k), move(v)) for i, (k, v) in self.buffers.items()}
         valid = None if self.valid is None else move(self.valid)
         out = ContextCache(
-            keys={i: buffers[i][0] if i in buffers else move(k) for i, k in self.keys.items()},
-            values={i: buffers[i][1] if i in buffers else move(v) for i, v in self.values.items()},
+            keys={i: key for i, (key, _) in buffers.items()},  # a static cache's: the buffers
+            values={i: value for i, (_, value) in buffers.items()},
             mamba={i: MambaStates(move(m.conv), move(m.ssm)) for i, m in self.mamba.items()},
             valid=valid,
             buffers=buffers,
@@ -121,14 +121,9 @@ class ContextCache:
             return self._copy_into(like)
         if self.static:
             return self._like(lambda t: t.to(device))
-        copy = ContextCache(
-            keys={i: k.to(device) for i, k in self.keys.items()},
-            values={i: v.to(device) for i, v in self.values.items()},
-            mamba={i: m.to(device) for i, m in self.mamba.items()},
-            valid=self.valid.to(device),
-        )
-        # Buffers, so the next block's copy is incremental (room: as the source's, or doubling).
-        return copy.reserve(max(self.capacity - self.length, self.length, 64))
+        # Into buffers, so the next block's copy is incremental (room: as the source's, or
+        # doubling).
+        return self.reserve(max(self.capacity - self.length, self.length, 64), device=device)
 
     def _grew_from(self, like: ContextCache) -> bool:
         return (
@@ -183,16 +178,23 @@ class ContextCache:
                 out.keys[i], out.values[i] = k[rows], self.values[i][rows]
         return out
 
-    def reserve(self, room: int, static: bool = False, scratch: int = 0) -> ContextCache:
+    def reserve(
+        self, room: int, static: bool = False, scratch: int = 0, device=None
+    ) -> ContextCache:
         """This cache in buffers with ``room`` free positions after it (one copy, at prefill).
 
         ``static``: a static cache (class docstring) with ``scratch`` positions for a block's
         K/V, its capacity rounded up to a multiple of :data:`STATIC_CAPACITY_STEP` so that
-        prompts of different lengths share one compiled graph."""
-        if self.valid is None or (
+        prompts of different lengths share one compiled graph. ``device``: the buffers there
+        (the cache copied straight into them; :meth:`to`)."""
+        if self.valid is None:
+            return self
+        device = self.valid.device if device is None else torch.device(device)
+        if (
             self.static == static
             and self.scratch >= scratch
             and self.capacity - self.length >= room
+            and self.valid.device == device
         ):
             return self
         length, valid = self.length, self.valid[:, : self.length]
@@ -200,16 +202,18 @@ class ContextCache:
         if static:
             step = STATIC_CAPACITY_STEP
             capacity = -(-capacity // step) * step
-        valid_buffer = valid.new_zeros(valid.shape[0], capacity + scratch)
+        valid_buffer = valid.new_zeros(valid.shape[0], capacity + scratch, device=device)
         valid_buffer[:, :length] = valid
-        out = ContextCache(mamba=dict(self.mamba), valid_buffer=valid_buffer)
+        out = ContextCache(
+            mamba={i: m.to(device) for i, m in self.mamba.items()}, valid_buffer=valid_buffer
+        )
         out.valid = valid_buffer if static else valid_buffer[:, :length]
         if static:
-            out.end = torch.tensor(length, device=valid.device)
+            out.end = torch.tensor(length, device=device)
             out.scratch, out._length = scratch, length
         for i, k in self.keys.items():
             buffers = tuple(
-                t.new_zeros(*t.shape[:2], capacity + scratch, t.shape[3])
+                t.new_zeros(*t.shape[:2], capacity + scratch, t.shape[3], device=device)
                 for t in (k, self.values[i])
             )
             for buffer, t in zip(buffers, (k, self.values[i])):

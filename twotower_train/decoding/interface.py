@@ -87,7 +87,7 @@ class ContextOutput:
             valid = cache.valid_buffer[:, :length]
             if cache.static:  # the same buffers, ending after the kept positions
                 return cache._like(
-                    lambda t: t, mamba=mamba, end=previous.end + kept, _length=length, _past=None
+                    lambda t: t, mamba=mamba, end=previous.end + kept, _length=length
                 )
         elif previous.valid is None:
             valid = holes
